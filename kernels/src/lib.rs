@@ -12,7 +12,7 @@ pub mod gpu;
 pub mod select;
 pub mod tensor;
 
-pub use backend::Backend;
+pub use backend::{Backend, BeaverKind, BinaryOp, ScalarOp};
 pub use cpu::CpuBackend;
 pub use error::{KernelError, Result};
 pub use gpu::GpuBackend;

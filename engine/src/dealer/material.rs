@@ -1,0 +1,255 @@
+//! Material kinds and the one place that defines how each party's share is drawn.
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::RngCore;
+
+use crate::error::{EngineError, Result};
+
+/// One piece of correlated randomness a protocol step needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MaterialSpec {
+    /// Elementwise Beaver triple `c = a * b` of `n` elements.
+    MulTriple {
+        /// Elements.
+        n: usize,
+    },
+    /// Matrix Beaver triple `a [m,k]`, `b [k,n]`, `c = a·b [m,n]`.
+    MatmulTriple {
+        /// Rows of a.
+        m: usize,
+        /// Inner dimension.
+        k: usize,
+        /// Columns of b.
+        n: usize,
+    },
+    /// A fixed mask `b [k,n]` for a long-lived operand, kept by the dealer under `fixed_id`.
+    FixedMask {
+        /// Identifier of the fixed operand.
+        fixed_id: u64,
+        /// Rows.
+        k: usize,
+        /// Columns.
+        n: usize,
+    },
+    /// Per-product material for `X [m,k] · W` with `W` fixed: fresh `a [m,k]`, `c = a·b [m,n]`.
+    FixedTriple {
+        /// Identifier of the fixed operand.
+        fixed_id: u64,
+        /// Rows of X.
+        m: usize,
+        /// Inner dimension (rows of W).
+        k: usize,
+        /// Columns of W.
+        n: usize,
+    },
+    /// Truncation pairs: random `r`, with shares of `r >> bits` (logical) and of `msb(r)`.
+    Trunc {
+        /// Elements.
+        n: usize,
+        /// Shift.
+        bits: u32,
+    },
+    /// Boolean AND triples on 64-bit words: `c = a & b`, XOR-shared.
+    AndTriple {
+        /// Words.
+        n: usize,
+    },
+    /// Random bits `r` shared both as XOR bits and arithmetically, plus for each of `payloads`
+    /// vectors a mask `a` and arithmetic shares of `a * r` (the select-by-secret-bit material).
+    BitSelect {
+        /// Bits (elements).
+        n: usize,
+        /// Number of payload vectors to multiply by the bit.
+        payloads: usize,
+    },
+}
+
+/// Sizes (in u64 words) of a spec's random parts and derived parts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartShapes {
+    /// Parts each party draws from its own seed.
+    pub random: Vec<usize>,
+    /// Parts alice draws and bob receives as corrections.
+    pub derived: Vec<usize>,
+}
+
+/// How bob's correction combines with alice's share of a derived part.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Correction {
+    /// `bob = value - alice` (mod 2^64).
+    Arithmetic,
+    /// `bob = value ^ alice`.
+    Boolean,
+}
+
+const TAG_MUL: u64 = 1;
+const TAG_MATMUL: u64 = 2;
+const TAG_FIXED_MASK: u64 = 3;
+const TAG_FIXED_TRIPLE: u64 = 4;
+const TAG_TRUNC: u64 = 5;
+const TAG_AND: u64 = 6;
+const TAG_SELECT: u64 = 7;
+
+impl MaterialSpec {
+    /// Word sizes of the random and derived parts.
+    pub fn parts(&self) -> PartShapes {
+        use MaterialSpec::*;
+        let (random, derived) = match *self {
+            MulTriple { n } => (vec![n, n], vec![n]),
+            MatmulTriple { m, k, n } => (vec![m * k, k * n], vec![m * n]),
+            FixedMask { k, n, .. } => (vec![k * n], vec![]),
+            FixedTriple { m, k, n, .. } => (vec![m * k], vec![m * n]),
+            Trunc { n, .. } => (vec![n], vec![n, n]),
+            AndTriple { n } => (vec![n, n], vec![n]),
+            BitSelect { n, payloads } => (vec![n, payloads * n], vec![n, payloads * n]),
+        };
+        PartShapes { random, derived }
+    }
+
+    /// Into how many equal tensors each part (random parts, then derived) is split when a party
+    /// uploads it: BitSelect's masks and products come one tensor per payload.
+    pub fn part_chunks(&self) -> Vec<usize> {
+        let shapes = self.parts();
+        let count = shapes.random.len() + shapes.derived.len();
+        match *self {
+            MaterialSpec::BitSelect { payloads, .. } => vec![1, payloads, 1, payloads],
+            _ => vec![1; count],
+        }
+    }
+
+    /// How derived parts are corrected.
+    pub fn correction(&self) -> Correction {
+        match self {
+            MaterialSpec::AndTriple { .. } => Correction::Boolean,
+            _ => Correction::Arithmetic,
+        }
+    }
+
+    /// Encode as request words.
+    pub fn encode(&self, out: &mut Vec<u64>) {
+        use MaterialSpec::*;
+        let w = |x: usize| x as u64;
+        match *self {
+            MulTriple { n } => out.extend([TAG_MUL, w(n), 0, 0, 0]),
+            MatmulTriple { m, k, n } => out.extend([TAG_MATMUL, w(m), w(k), w(n), 0]),
+            FixedMask { fixed_id, k, n } => out.extend([TAG_FIXED_MASK, fixed_id, w(k), w(n), 0]),
+            FixedTriple { fixed_id, m, k, n } => {
+                out.extend([TAG_FIXED_TRIPLE, fixed_id, w(m), w(k), w(n)])
+            }
+            Trunc { n, bits } => out.extend([TAG_TRUNC, w(n), bits as u64, 0, 0]),
+            AndTriple { n } => out.extend([TAG_AND, w(n), 0, 0, 0]),
+            BitSelect { n, payloads } => out.extend([TAG_SELECT, w(n), w(payloads), 0, 0]),
+        }
+    }
+
+    /// Words per encoded spec.
+    pub const ENCODED_WORDS: usize = 5;
+
+    /// Decode request words produced by [`MaterialSpec::encode`].
+    pub fn decode(w: &[u64]) -> Result<MaterialSpec> {
+        use MaterialSpec::*;
+        if w.len() != Self::ENCODED_WORDS {
+            return Err(EngineError::Protocol("truncated material request".into()));
+        }
+        let u = |x: u64| x as usize;
+        Ok(match w[0] {
+            TAG_MUL => MulTriple { n: u(w[1]) },
+            TAG_MATMUL => MatmulTriple {
+                m: u(w[1]),
+                k: u(w[2]),
+                n: u(w[3]),
+            },
+            TAG_FIXED_MASK => FixedMask {
+                fixed_id: w[1],
+                k: u(w[2]),
+                n: u(w[3]),
+            },
+            TAG_FIXED_TRIPLE => FixedTriple {
+                fixed_id: w[1],
+                m: u(w[2]),
+                k: u(w[3]),
+                n: u(w[4]),
+            },
+            TAG_TRUNC => Trunc {
+                n: u(w[1]),
+                bits: w[2] as u32,
+            },
+            TAG_AND => AndTriple { n: u(w[1]) },
+            TAG_SELECT => BitSelect {
+                n: u(w[1]),
+                payloads: u(w[2]),
+            },
+            t => return Err(EngineError::Protocol(format!("unknown material tag {t}"))),
+        })
+    }
+}
+
+/// Fill `buf` with uniform words from `rng`.
+pub(crate) fn fill_words(rng: &mut ChaCha20Rng, buf: &mut [u64]) {
+    rng.fill_bytes(bytemuck_words(buf));
+}
+
+fn bytemuck_words(buf: &mut [u64]) -> &mut [u8] {
+    // SAFETY: any byte pattern is a valid u64; the byte view covers exactly the slice.
+    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, buf.len() * 8) }
+}
+
+/// Random bits drawn as words are masked to bit 0 for the XOR-shared bit part of BitSelect.
+fn is_bit_part(spec: &MaterialSpec, index: usize) -> bool {
+    matches!(spec, MaterialSpec::BitSelect { .. }) && index == 0
+}
+
+/// The parts every party draws from its own stream (masks, random values, random bits).
+pub fn draw_random_parts(spec: &MaterialSpec, rng: &mut ChaCha20Rng) -> Vec<Vec<u64>> {
+    spec.parts()
+        .random
+        .iter()
+        .enumerate()
+        .map(|(i, &len)| {
+            let mut v = vec![0u64; len];
+            fill_words(rng, &mut v);
+            if is_bit_part(spec, i) {
+                v.iter_mut().for_each(|x| *x &= 1);
+            }
+            v
+        })
+        .collect()
+}
+
+/// A party's share of `spec` expanded from its stream.
+///
+/// Alice (`index == 0`) draws random and derived parts from the stream; bob draws the random
+/// parts and takes the derived parts from the dealer's `corrections` (concatenated).
+/// The dealer calls the same functions to know both parties' random parts and alice's derived
+/// parts, so the two sides can never disagree on the drawing order.
+pub fn expand_party_share(
+    spec: &MaterialSpec,
+    index: usize,
+    rng: &mut ChaCha20Rng,
+    corrections: Option<&[u64]>,
+) -> Result<Vec<Vec<u64>>> {
+    let shapes = spec.parts();
+    let mut parts = draw_random_parts(spec, rng);
+    if index == 0 {
+        for &len in &shapes.derived {
+            let mut v = vec![0u64; len];
+            fill_words(rng, &mut v);
+            parts.push(v);
+        }
+    } else {
+        let corr = corrections.unwrap_or(&[]);
+        let need: usize = shapes.derived.iter().sum();
+        if corr.len() != need {
+            return Err(EngineError::Protocol(format!(
+                "dealer sent {} correction words for {spec:?}, expected {need}",
+                corr.len()
+            )));
+        }
+        let mut off = 0;
+        for &len in &shapes.derived {
+            parts.push(corr[off..off + len].to_vec());
+            off += len;
+        }
+    }
+    Ok(parts)
+}

@@ -1,0 +1,95 @@
+//! Engine errors: every bad input and every communication failure is a precise `Err`.
+
+use std::time::Duration;
+
+use crate::transport::PartyId;
+
+/// Result alias for the engine.
+pub type Result<T> = std::result::Result<T, EngineError>;
+
+/// What can go wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A backend kernel failed (shape mismatch inside a kernel, GPU error, ...).
+    #[error(transparent)]
+    Kernel(#[from] kernels::KernelError),
+    /// Operand shapes do not fit an operation.
+    #[error("shape mismatch in {op}: {detail}")]
+    Shape {
+        /// The operation.
+        op: &'static str,
+        /// What was given.
+        detail: String,
+    },
+    /// A real value cannot be encoded in the fixed-point range.
+    #[error("value {value} at index {index} is outside the fixed-point range ±{max} ({frac_bits} fractional bits)")]
+    OutOfRange {
+        /// The offending value.
+        value: f64,
+        /// Its flat index in the input.
+        index: usize,
+        /// The largest representable magnitude.
+        max: f64,
+        /// Fractional bits of the encoding.
+        frac_bits: u32,
+    },
+    /// NaN or infinity in an input.
+    #[error("value at index {index} is not finite ({value})")]
+    NotFinite {
+        /// The offending value.
+        value: f64,
+        /// Its flat index in the input.
+        index: usize,
+    },
+    /// Invalid configuration or argument.
+    #[error("invalid argument: {0}")]
+    Invalid(String),
+    /// A peer did not answer within the timeout.
+    #[error("{me} timed out after {after:?} waiting for {peer}")]
+    Timeout {
+        /// Who was waiting.
+        me: PartyId,
+        /// Who did not answer.
+        peer: PartyId,
+        /// The timeout.
+        after: Duration,
+    },
+    /// A peer went away.
+    #[error("{me}: connection to {peer} closed")]
+    Disconnected {
+        /// Who noticed.
+        me: PartyId,
+        /// Who disconnected.
+        peer: PartyId,
+    },
+    /// A message did not have the expected form.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// A party thread failed or panicked.
+    #[error("party {party} failed: {detail}")]
+    PartyFailed {
+        /// Which party.
+        party: PartyId,
+        /// What happened.
+        detail: String,
+    },
+    /// Model or data file problem.
+    #[error("{0}")]
+    Format(String),
+    /// I/O error with the path involved.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+/// Build an [`EngineError::Shape`].
+pub(crate) fn shape_err(op: &'static str, detail: impl Into<String>) -> EngineError {
+    EngineError::Shape {
+        op,
+        detail: detail.into(),
+    }
+}

@@ -1,0 +1,317 @@
+//! One compute party: its own backend, transport, dealer stream and share store.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use kernels::{Backend, BinaryOp, Tensor};
+
+use crate::dealer::{
+    expand_party_share, material_stream, words_to_seed, words_to_text, MaterialSpec, OP_BATCH,
+    STATUS_OK,
+};
+use crate::error::{shape_err, EngineError, Result};
+use crate::fixed::FixedPoint;
+use crate::share::Share;
+use crate::transport::{PartyId, TrafficStats, Transport};
+
+/// Material fetched ahead of use, in the order the protocols will consume it.
+struct Prepared {
+    spec: MaterialSpec,
+    parts: Vec<Tensor>,
+}
+
+/// A compute party (alice = 0, bob = 1). Lives on its own thread; see [`crate::Session`].
+pub struct Party {
+    index: usize,
+    net: Box<dyn Transport>,
+    backend: Arc<dyn Backend>,
+    fixed: FixedPoint,
+    dealer_seed: [u8; 32],
+    next_stream: u64,
+    queue: VecDeque<Prepared>,
+    store: HashMap<u64, Share>,
+    /// The public masked value `F = W - b` of each fixed operand, by id.
+    fixed_public: HashMap<u64, Tensor>,
+    next_id: u64,
+}
+
+impl Party {
+    /// Set up party `index`, receiving its dealer seed.
+    pub fn new(
+        index: usize,
+        mut net: Box<dyn Transport>,
+        backend: Arc<dyn Backend>,
+        fixed: FixedPoint,
+    ) -> Result<Party> {
+        net.meter().set_step("dealer");
+        let seed = words_to_seed(&net.recv(PartyId::Dealer)?)?;
+        Ok(Party {
+            index,
+            net,
+            backend,
+            fixed,
+            dealer_seed: seed,
+            next_stream: 0,
+            queue: VecDeque::new(),
+            store: HashMap::new(),
+            fixed_public: HashMap::new(),
+            next_id: 1,
+        })
+    }
+
+    /// 0 for alice, 1 for bob.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    /// This party's identity.
+    pub fn id(&self) -> PartyId {
+        PartyId::compute(self.index)
+    }
+
+    /// The other compute party.
+    pub fn peer(&self) -> PartyId {
+        PartyId::compute(1 - self.index)
+    }
+
+    /// The compute backend.
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+
+    /// The fixed-point format.
+    pub fn fixed_point(&self) -> FixedPoint {
+        self.fixed
+    }
+
+    /// Traffic counted so far by this party's transport.
+    pub fn traffic(&self) -> TrafficStats {
+        self.net.meter_ref().stats().clone()
+    }
+
+    /// Attribute following traffic to `step`; returns the previous step name.
+    pub fn set_step(&mut self, step: &'static str) -> &'static str {
+        self.net.meter().set_step(step)
+    }
+
+    // ---- share store (persists between session runs) ----
+
+    /// Keep a share under a new id (ids advance identically on both parties).
+    pub fn keep(&mut self, share: Share) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.store.insert(id, share);
+        id
+    }
+
+    /// A kept share.
+    pub fn kept(&self, id: u64) -> Result<Share> {
+        self.store
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| EngineError::Invalid(format!("no shared tensor with id {id}")))
+    }
+
+    /// Drop a kept share.
+    pub fn forget(&mut self, id: u64) {
+        self.store.remove(&id);
+        self.fixed_public.remove(&id);
+    }
+
+    /// Allocate an id without storing anything (for fixed operands).
+    pub(crate) fn allocate_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    /// This party's own share values (its own data: for inspection, tests and statistics).
+    pub fn own_words(&self, x: &Share) -> Result<Vec<u64>> {
+        Ok(self.backend.download(x.tensor())?)
+    }
+
+    // ---- communication with the peer ----
+
+    /// Send `payload` to the peer and receive the peer's message: one round.
+    pub(crate) fn exchange(&mut self, step: &'static str, payload: Vec<u64>) -> Result<Vec<u64>> {
+        let prev = self.set_step(step);
+        let peer = self.peer();
+        let expected = payload.len();
+        self.net.send(peer, payload)?;
+        let got = self.net.recv(peer)?;
+        self.set_step(prev);
+        if got.len() != expected {
+            return Err(EngineError::Protocol(format!(
+                "{step}: peer sent {} words, expected {expected}",
+                got.len()
+            )));
+        }
+        Ok(got)
+    }
+
+    /// Send raw words to any endpoint (reveal to an owner).
+    pub(crate) fn send_to(&mut self, step: &'static str, to: PartyId, payload: Vec<u64>) -> Result<()> {
+        let prev = self.set_step(step);
+        self.net.send(to, payload)?;
+        self.set_step(prev);
+        Ok(())
+    }
+
+    /// Receive raw words from any endpoint (shares from an owner).
+    pub(crate) fn recv_from(&mut self, step: &'static str, from: PartyId) -> Result<Vec<u64>> {
+        let prev = self.set_step(step);
+        let r = self.net.recv(from);
+        self.set_step(prev);
+        r
+    }
+
+    /// Send the listed tensors to the peer and receive the peer's tensors of the same shapes,
+    /// all in one message (one round).
+    pub(crate) fn exchange_tensors(
+        &mut self,
+        step: &'static str,
+        mine: &[&Tensor],
+    ) -> Result<Vec<Tensor>> {
+        let mut payload = Vec::with_capacity(mine.iter().map(|t| t.len()).sum());
+        for t in mine {
+            payload.extend(self.backend.download(t)?);
+        }
+        let theirs = self.exchange(step, payload)?;
+        let mut out = Vec::with_capacity(mine.len());
+        let mut off = 0;
+        for t in mine {
+            out.push(self.backend.upload(t.shape(), &theirs[off..off + t.len()])?);
+            off += t.len();
+        }
+        Ok(out)
+    }
+
+    /// Open masked values: both parties learn the sum of the shares of every tensor, in one round.
+    ///
+    /// Only ever called on values masked with fresh dealer randomness (Beaver differences,
+    /// truncation masks), so the opened values are uniform.
+    pub(crate) fn open(&mut self, step: &'static str, mine: &[&Tensor]) -> Result<Vec<Tensor>> {
+        self.open_with(step, mine, BinaryOp::Add)
+    }
+
+    fn open_with(&mut self, step: &'static str, mine: &[&Tensor], op: BinaryOp) -> Result<Vec<Tensor>> {
+        let theirs = self.exchange_tensors(step, mine)?;
+        mine.iter()
+            .zip(&theirs)
+            .map(|(m, t)| Ok(self.backend.binary(op, m, t)?))
+            .collect()
+    }
+
+    // ---- dealer material ----
+
+    /// Fetch material for `specs` now (one dealer round trip for bob, none for alice) and queue
+    /// it for the protocol steps that follow, in order. This is the offline phase.
+    pub fn preprocess(&mut self, specs: &[MaterialSpec]) -> Result<()> {
+        let fetched = self.fetch(specs)?;
+        self.queue.extend(fetched);
+        Ok(())
+    }
+
+    /// Number of queued material items.
+    pub fn queued_material(&self) -> usize {
+        self.queue.len()
+    }
+
+    /// Drop queued material (e.g. after an aborted run).
+    pub fn clear_material(&mut self) {
+        self.queue.clear();
+    }
+
+    /// The next material item: from the queue if preprocessed, else fetched on demand.
+    pub(crate) fn material(&mut self, spec: MaterialSpec) -> Result<Vec<Tensor>> {
+        if let Some(front) = self.queue.pop_front() {
+            if front.spec != spec {
+                return Err(EngineError::Protocol(format!(
+                    "preprocessed material out of order: queued {:?}, protocol needs {spec:?}",
+                    front.spec
+                )));
+            }
+            return Ok(front.parts);
+        }
+        let mut fetched = self.fetch(&[spec])?;
+        Ok(fetched.pop().expect("one item fetched").parts)
+    }
+
+    /// Fetch one item now, bypassing the queue (set-up steps such as fixed masks).
+    pub(crate) fn material_now(&mut self, spec: MaterialSpec) -> Result<Vec<Tensor>> {
+        let mut fetched = self.fetch(&[spec])?;
+        Ok(fetched.pop().expect("one item fetched").parts)
+    }
+
+    fn fetch(&mut self, specs: &[MaterialSpec]) -> Result<Vec<Prepared>> {
+        if specs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let first = self.next_stream;
+        self.next_stream += specs.len() as u64;
+        let corrections = if self.index == 1 {
+            let mut req = vec![OP_BATCH, first, specs.len() as u64];
+            for s in specs {
+                s.encode(&mut req);
+            }
+            let prev = self.set_step("dealer");
+            self.net.send(PartyId::Dealer, req)?;
+            let reply = self.net.recv(PartyId::Dealer)?;
+            self.set_step(prev);
+            if reply.first() != Some(&STATUS_OK) {
+                return Err(EngineError::Protocol(format!(
+                    "dealer refused material request: {}",
+                    words_to_text(reply.get(1..).unwrap_or(&[]))
+                )));
+            }
+            Some(reply)
+        } else {
+            None
+        };
+        let mut off = 1;
+        let mut out = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let mut rng = material_stream(self.dealer_seed, first + i as u64);
+            let need: usize = spec.parts().derived.iter().sum();
+            let corr = corrections.as_ref().map(|c| {
+                let s = &c[off.min(c.len())..(off + need).min(c.len())];
+                off += need;
+                s
+            });
+            let host = expand_party_share(spec, self.index, &mut rng, corr)?;
+            let mut parts = Vec::with_capacity(host.len());
+            for (p, chunks) in host.iter().zip(spec.part_chunks()) {
+                let len = p.len() / chunks.max(1);
+                for c in 0..chunks {
+                    parts.push(self.backend.upload(&[len], &p[c * len..(c + 1) * len])?);
+                }
+            }
+            let parts = self.prepare(spec, parts)?;
+            out.push(Prepared { spec: *spec, parts });
+        }
+        Ok(out)
+    }
+
+    /// Input-independent precomputation on fetched material.
+    ///
+    /// For a fixed-operand product `X·W` the per-call material `(a, c = a·b)` becomes
+    /// `(a, M = a·F + c)` where `F = W - b` is the operand's public masked value: `M` is a share
+    /// of `a·W`, so the online phase needs only `E·W_i + M_i` (one product per party).
+    fn prepare(&mut self, spec: &MaterialSpec, mut parts: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        if let MaterialSpec::FixedTriple { fixed_id, m, k, n } = *spec {
+            let f = self.fixed_public.get(&fixed_id).ok_or_else(|| {
+                EngineError::Invalid(format!("fixed operand {fixed_id} is not registered"))
+            })?;
+            let a = parts[0].reshaped(vec![m, k]).ok_or_else(|| shape_err("fixed", "a"))?;
+            let c = parts[1].reshaped(vec![m, n]).ok_or_else(|| shape_err("fixed", "c"))?;
+            let mm = self.backend.matmul(&a, f, Some(&c))?;
+            parts = vec![a, mm];
+        }
+        Ok(parts)
+    }
+
+    /// Remember the public masked value of a fixed operand.
+    pub(crate) fn register_fixed_public(&mut self, id: u64, f: Tensor) {
+        self.fixed_public.insert(id, f);
+    }
+}

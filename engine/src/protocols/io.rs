@@ -1,0 +1,59 @@
+//! Getting secrets in (from an owner) and out (to a named recipient).
+
+use crate::error::{shape_err, EngineError, Result};
+use crate::party::Party;
+use crate::share::Share;
+use crate::transport::PartyId;
+
+impl Party {
+    /// Receive this party's share of a tensor from `owner` (who split it and sent one share to
+    /// each compute party). The message carries the shape, checked against `shape`.
+    pub fn receive_share(&mut self, owner: PartyId, shape: &[usize]) -> Result<Share> {
+        let msg = self.recv_from("share", owner)?;
+        let (got, data) = unframe(&msg)?;
+        if got != shape {
+            return Err(shape_err(
+                "receive_share",
+                format!("{owner} sent shape {got:?}, expected {shape:?}"),
+            ));
+        }
+        Ok(Share::new(self.backend().upload(shape, data)?))
+    }
+
+    /// Send this party's share to `recipient`, who alone reconstructs the value.
+    pub fn reveal_to(&mut self, recipient: PartyId, x: &Share) -> Result<()> {
+        if matches!(recipient, PartyId::Alice | PartyId::Bob | PartyId::Dealer) {
+            return Err(EngineError::Invalid(format!(
+                "reveal recipient must be a data owner, not {recipient}"
+            )));
+        }
+        let msg = frame(x.shape(), &self.backend().download(x.tensor())?);
+        self.send_to("reveal", recipient, msg)
+    }
+}
+
+/// Frame a tensor for sending: `[rank, dims..., values...]`.
+pub(crate) fn frame(shape: &[usize], values: &[u64]) -> Vec<u64> {
+    let mut msg = Vec::with_capacity(1 + shape.len() + values.len());
+    msg.push(shape.len() as u64);
+    msg.extend(shape.iter().map(|&d| d as u64));
+    msg.extend_from_slice(values);
+    msg
+}
+
+/// Parse a framed tensor.
+pub(crate) fn unframe(msg: &[u64]) -> Result<(Vec<usize>, &[u64])> {
+    let rank = *msg.first().ok_or_else(|| EngineError::Protocol("empty message".into()))? as usize;
+    if msg.len() < 1 + rank {
+        return Err(EngineError::Protocol("message shorter than its header".into()));
+    }
+    let shape: Vec<usize> = msg[1..1 + rank].iter().map(|&d| d as usize).collect();
+    let data = &msg[1 + rank..];
+    if data.len() != shape.iter().product::<usize>() {
+        return Err(EngineError::Protocol(format!(
+            "message holds {} values for shape {shape:?}",
+            data.len()
+        )));
+    }
+    Ok((shape, data))
+}

@@ -1,0 +1,18 @@
+//! Protocols on shares, as methods of [`crate::Party`].
+//!
+//! - [`linear`]: local operations (add, sub, neg, public constants, sums).
+//! - [`io`]: receiving shares from an owner, revealing to a named recipient.
+//! - [`truncate`]: dealer-assisted exact fixed-point truncation (1 round).
+//! - [`mul`]: Beaver elementwise multiplication.
+//! - [`matmul`]: Beaver matrix products, including fixed (masked-once) operands.
+//! - [`compare`]: sign/less-than via a boolean prefix adder, ReLU, eq, max, argmax.
+
+pub mod compare;
+pub mod io;
+pub mod linear;
+pub mod matmul;
+pub mod mul;
+pub mod truncate;
+
+pub use compare::ARGMAX_TIE_RULE;
+pub use matmul::FixedOperand;

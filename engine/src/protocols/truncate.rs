@@ -1,0 +1,71 @@
+//! Dealer-assisted fixed-point truncation, exact up to one ulp, one round.
+//!
+//! To divide a shared `x` (|x| < 2^62) by `2^f`:
+//! 1. shift to a non-negative value `x' = x + 2^62 < 2^63`;
+//! 2. open `c = x' + r` for a dealer mask `r` (uniform on Z_2^64, so `c` reveals nothing);
+//! 3. whether `x' + r` wrapped past 2^64 is `w = msb(r) · (1 - msb(c))` — exact because
+//!    `x' < 2^63` — and is linear in the shares of `msb(r)` given public `c`;
+//! 4. `x' >> f = (c >> f) - (r >> f) + w · 2^(64-f) - borrow`, where `borrow ∈ {0,1}` comes from
+//!    the low `f` bits; dropping it gives `floor(x/2^f)` or `floor(x/2^f) + 1` after removing the
+//!    offset `2^(62-f)`. So the error is below one ulp, for negative values too, with no
+//!    probabilistic failure. The dealer supplies shares of `r`, `r >> f` (logical) and `msb(r)`.
+
+use kernels::{BinaryOp, ScalarOp};
+
+use crate::dealer::MaterialSpec;
+use crate::error::Result;
+use crate::party::Party;
+use crate::share::Share;
+
+/// Offset making every in-range pre-truncation value non-negative.
+const OFFSET_BITS: u32 = 62;
+
+impl Party {
+    /// Truncate by the fixed-point fractional bits (after a product of two encoded values).
+    pub fn truncate(&mut self, x: &Share) -> Result<Share> {
+        let f = self.fixed_point().frac_bits();
+        self.truncate_by(x, f)
+    }
+
+    /// Divide by `2^bits` (floor, error < 1 ulp) for `|x| < 2^62`.
+    pub fn truncate_by(&mut self, x: &Share, bits: u32) -> Result<Share> {
+        if !(1..=OFFSET_BITS).contains(&bits) {
+            return Err(crate::EngineError::Invalid(format!(
+                "truncation by {bits} bits (must be 1..={OFFSET_BITS})"
+            )));
+        }
+        let n = x.len();
+        let parts = self.material(MaterialSpec::Trunc { n, bits })?;
+        let be = self.backend();
+        let shape = x.shape().to_vec();
+        let flat = x.tensor().reshaped(vec![n]).expect("same length");
+        let shifted = if self.index() == 0 {
+            be.scalar(ScalarOp::Add, &flat, 1u64 << OFFSET_BITS)?
+        } else {
+            flat
+        };
+        let masked = be.binary(BinaryOp::Add, &shifted, &parts[0])?;
+        let c = self.open("truncate", &[&masked])?.pop().expect("one opened");
+        let be = self.backend();
+        // w = msb(r) · (1 - msb(c)): (1 - msb(c)) is public, 0 or 1 per element.
+        let not_msb_c = be.scalar(ScalarOp::Xor, &be.scalar(ScalarOp::ShrLogical, &c, 63)?, 1)?;
+        let w = be.binary(BinaryOp::Mul, &parts[2], &not_msb_c)?;
+        // y = [alice](c >> f) - (r >> f) + w · 2^(64-f) - [alice] 2^(62-f)
+        let mut y = be.scalar(ScalarOp::Neg, &parts[1], 0)?;
+        y = be.binary(
+            BinaryOp::Add,
+            &y,
+            &be.scalar(ScalarOp::Mul, &w, 1u64 << (64 - bits))?,
+        )?;
+        if self.index() == 0 {
+            let c_hi = be.scalar(ScalarOp::ShrLogical, &c, bits as u64)?;
+            y = be.binary(BinaryOp::Add, &y, &c_hi)?;
+            y = be.scalar(
+                ScalarOp::Add,
+                &y,
+                (1u64 << (OFFSET_BITS - bits)).wrapping_neg(),
+            )?;
+        }
+        Ok(Share::new(y.reshaped(shape).expect("same length")))
+    }
+}

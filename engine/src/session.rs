@@ -1,0 +1,330 @@
+//! An in-process deployment: alice, bob and the dealer on their own threads, data owners on the
+//! caller's side, all connected by metered channels.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use kernels::{backend_from_kind, BackendKind};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+
+use crate::dealer::{run_dealer, DealerRng, OP_SHUTDOWN};
+use crate::error::{shape_err, EngineError, Result};
+use crate::fixed::FixedPoint;
+use crate::party::Party;
+use crate::protocols::io::{frame, unframe};
+use crate::transport::{channel_mesh, ChannelTransport, PartyId, TrafficStats, Transport};
+
+/// How to set up a session.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// Compute backend of both parties.
+    pub backend: BackendKind,
+    /// Fixed-point format.
+    pub fixed: FixedPoint,
+    /// How long a party waits for a message before failing with a timeout.
+    pub timeout: Duration,
+    /// `Some(seed)` only in tests: makes all randomness reproducible. `None`: OS entropy.
+    pub test_seed: Option<u64>,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            backend: BackendKind::Cpu,
+            fixed: FixedPoint::default(),
+            timeout: Duration::from_secs(300),
+            test_seed: None,
+        }
+    }
+}
+
+/// A handle to a secret tensor held as shares by alice and bob (no data, just its id and shape).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedTensor {
+    id: u64,
+    shape: Vec<usize>,
+}
+
+impl SharedTensor {
+    /// The store id on both parties.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// The shape.
+    pub fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Party) -> Box<dyn Any + Send> + Send>;
+
+struct PartyThread {
+    jobs: Option<Sender<Job>>,
+    results: Receiver<Box<dyn Any + Send>>,
+    handle: Option<JoinHandle<()>>,
+}
+
+/// A data owner endpoint (model owner or client): splits its plaintext into shares and
+/// reconstructs values revealed to it. It is the only place where two shares meet.
+pub struct DataOwner {
+    net: ChannelTransport,
+    rng: ChaCha20Rng,
+}
+
+impl DataOwner {
+    /// Split ring values into two uniformly random additive shares and send one to each party.
+    fn send_shares(&mut self, shape: &[usize], values: &[u64]) -> Result<()> {
+        let mut mask = vec![0u64; values.len()];
+        for m in mask.iter_mut() {
+            *m = self.rng.next_u64();
+        }
+        let share0: Vec<u64> = values
+            .iter()
+            .zip(&mask)
+            .map(|(v, m)| v.wrapping_sub(*m))
+            .collect();
+        self.net.meter().set_step("share");
+        self.net.send(PartyId::Alice, frame(shape, &share0))?;
+        self.net.send(PartyId::Bob, frame(shape, &mask))
+    }
+
+    /// Receive both parties' shares of a revealed value and add them.
+    fn receive_reveal(&mut self) -> Result<(Vec<usize>, Vec<u64>)> {
+        self.net.meter().set_step("reveal");
+        let m0 = self.net.recv(PartyId::Alice)?;
+        let m1 = self.net.recv(PartyId::Bob)?;
+        let (s0, v0) = unframe(&m0)?;
+        let (s1, v1) = unframe(&m1)?;
+        if s0 != s1 {
+            return Err(EngineError::Protocol(format!(
+                "revealed shares disagree on shape: {s0:?} vs {s1:?}"
+            )));
+        }
+        Ok((s0, v0.iter().zip(v1).map(|(a, b)| a.wrapping_add(*b)).collect()))
+    }
+}
+
+/// Alice, bob and the dealer running in-process, plus the two data owners.
+pub struct Session {
+    config: SessionConfig,
+    parties: Vec<PartyThread>,
+    dealer: Option<JoinHandle<Result<()>>>,
+    owners: HashMap<PartyId, DataOwner>,
+    stop_dealer: Option<Sender<Vec<u64>>>,
+    backend_desc: String,
+}
+
+impl Session {
+    /// Start the parties and the dealer.
+    pub fn new(config: SessionConfig) -> Result<Session> {
+        let mut mesh = channel_mesh(&PartyId::ALL, config.timeout);
+        let dealer_net = mesh.remove(&PartyId::Dealer).expect("dealer endpoint");
+        let source = match config.test_seed {
+            Some(s) => DealerRng::TestSeed(s),
+            None => DealerRng::Os,
+        };
+        let dealer = std::thread::Builder::new()
+            .name("dealer".into())
+            .spawn(move || run_dealer(Box::new(dealer_net), source))
+            .map_err(|e| EngineError::Invalid(format!("cannot spawn dealer thread: {e}")))?;
+        let mut backends = Vec::new();
+        for _ in 0..2 {
+            backends.push(backend_from_kind(config.backend)?);
+        }
+        let backend_desc = backends[0].describe();
+        let mut parties = Vec::new();
+        for (index, backend) in backends.into_iter().enumerate() {
+            let net = mesh.remove(&PartyId::compute(index)).expect("party endpoint");
+            let (job_tx, job_rx) = channel::<Job>();
+            let (res_tx, res_rx) = channel::<Box<dyn Any + Send>>();
+            let fixed = config.fixed;
+            let handle = std::thread::Builder::new()
+                .name(PartyId::compute(index).to_string())
+                .spawn(move || {
+                    let mut party = match Party::new(index, Box::new(net), backend, fixed) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            let _ = res_tx.send(Box::new(Err::<(), _>(e)));
+                            return;
+                        }
+                    };
+                    while let Ok(job) = job_rx.recv() {
+                        let out = job(&mut party);
+                        if res_tx.send(out).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .map_err(|e| EngineError::Invalid(format!("cannot spawn party thread: {e}")))?;
+            parties.push(PartyThread {
+                jobs: Some(job_tx),
+                results: res_rx,
+                handle: Some(handle),
+            });
+        }
+        let mut owners = HashMap::new();
+        for id in [PartyId::ModelOwner, PartyId::Client] {
+            let rng = match config.test_seed {
+                Some(s) => ChaCha20Rng::seed_from_u64(s ^ (id as u64 + 1) * 0x9E37_79B9),
+                None => ChaCha20Rng::from_entropy(),
+            };
+            owners.insert(
+                id,
+                DataOwner {
+                    net: mesh.remove(&id).expect("owner endpoint"),
+                    rng,
+                },
+            );
+        }
+        Ok(Session {
+            config,
+            parties,
+            dealer: Some(dealer),
+            owners,
+            stop_dealer: None,
+            backend_desc,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    /// Description of the compute backend.
+    pub fn backend_description(&self) -> &str {
+        &self.backend_desc
+    }
+
+    /// Run `program` on alice and bob concurrently (each on its own thread, with its own state)
+    /// and return both results. A program is the same code for both parties (SPMD).
+    pub fn run<R, F>(&mut self, program: F) -> Result<[R; 2]>
+    where
+        R: Send + 'static,
+        F: Fn(&mut Party) -> Result<R> + Send + Sync + 'static,
+    {
+        let program = Arc::new(program);
+        for (i, p) in self.parties.iter().enumerate() {
+            let prog = program.clone();
+            let job: Job = Box::new(move |party: &mut Party| Box::new(prog(party)));
+            p.jobs
+                .as_ref()
+                .expect("running")
+                .send(job)
+                .map_err(|_| EngineError::PartyFailed {
+                    party: PartyId::compute(i),
+                    detail: "party thread has stopped".into(),
+                })?;
+        }
+        let mut out: Vec<Result<R>> = Vec::with_capacity(2);
+        for (i, p) in self.parties.iter().enumerate() {
+            let any = p.results.recv().map_err(|_| EngineError::PartyFailed {
+                party: PartyId::compute(i),
+                detail: "party thread panicked".into(),
+            })?;
+            let r = any.downcast::<Result<R>>().map_err(|_| EngineError::PartyFailed {
+                party: PartyId::compute(i),
+                detail: "party failed during set-up".into(),
+            })?;
+            out.push(*r);
+        }
+        let b = out.pop().expect("bob");
+        let a = out.pop().expect("alice");
+        Ok([a?, b?])
+    }
+
+    /// `owner` fixed-point encodes `values` and shares them to alice and bob.
+    pub fn share(&mut self, owner: PartyId, shape: &[usize], values: &[f64]) -> Result<SharedTensor> {
+        let encoded = self.config.fixed.encode(values)?;
+        self.share_ring(owner, shape, &encoded)
+    }
+
+    /// `owner` shares already-encoded ring values.
+    pub fn share_ring(&mut self, owner: PartyId, shape: &[usize], values: &[u64]) -> Result<SharedTensor> {
+        if shape.iter().product::<usize>() != values.len() {
+            return Err(shape_err(
+                "share",
+                format!("shape {shape:?} does not hold {} values", values.len()),
+            ));
+        }
+        self.owner(owner)?.send_shares(shape, values)?;
+        let s = shape.to_vec();
+        let [a, b] = self.run(move |p| {
+            let x = p.receive_share(owner, &s)?;
+            Ok(p.keep(x))
+        })?;
+        debug_assert_eq!(a, b);
+        Ok(SharedTensor {
+            id: a,
+            shape: shape.to_vec(),
+        })
+    }
+
+    /// Reveal a shared tensor to `owner` only; returns the ring values the owner reconstructs.
+    pub fn reveal_ring(&mut self, owner: PartyId, x: &SharedTensor) -> Result<Vec<u64>> {
+        self.owner(owner)?;
+        let id = x.id;
+        self.run(move |p| {
+            let s = p.kept(id)?;
+            p.reveal_to(owner, &s)
+        })?;
+        Ok(self.owner(owner)?.receive_reveal()?.1)
+    }
+
+    /// Reveal to `owner` and decode as fixed point.
+    pub fn reveal(&mut self, owner: PartyId, x: &SharedTensor) -> Result<Vec<f64>> {
+        let ring = self.reveal_ring(owner, x)?;
+        Ok(self.config.fixed.decode(&ring))
+    }
+
+    /// Receive a reveal that a party program already sent to `owner`.
+    pub fn receive_revealed(&mut self, owner: PartyId) -> Result<(Vec<usize>, Vec<u64>)> {
+        self.owner(owner)?.receive_reveal()
+    }
+
+    fn owner(&mut self, id: PartyId) -> Result<&mut DataOwner> {
+        self.owners
+            .get_mut(&id)
+            .ok_or_else(|| EngineError::Invalid(format!("{id} is not a data owner")))
+    }
+
+    /// Traffic counted by alice and bob so far.
+    pub fn traffic(&mut self) -> Result<[TrafficStats; 2]> {
+        self.run(|p| Ok(p.traffic()))
+    }
+
+    /// Wrap a store id as a handle (for programs that keep shares themselves).
+    pub fn handle(id: u64, shape: &[usize]) -> SharedTensor {
+        SharedTensor {
+            id,
+            shape: shape.to_vec(),
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let _ = self.stop_dealer.take();
+        // Ask the dealer to stop through bob's link, then close the parties.
+        let _ = self.run(|p| {
+            if p.index() == 1 {
+                p.send_to("dealer", PartyId::Dealer, vec![OP_SHUTDOWN])?;
+            }
+            Ok(())
+        });
+        for p in &mut self.parties {
+            p.jobs.take();
+            if let Some(h) = p.handle.take() {
+                let _ = h.join();
+            }
+        }
+        if let Some(d) = self.dealer.take() {
+            let _ = d.join();
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! How parties talk: the [`Transport`] trait, party identities, and traffic metering.
+//!
+//! Messages are vectors of ring words (`Vec<u64>`). Every endpoint meters what it sends and
+//! receives per protocol step; a *round* is counted each time an endpoint sends after having
+//! received (consecutive sends without waiting belong to one round).
+
+mod channel;
+mod meter;
+
+pub use channel::{channel_mesh, ChannelTransport};
+pub use meter::{Meter, StepStats, TrafficStats};
+
+use std::fmt;
+
+use crate::error::Result;
+
+/// Who is talking.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PartyId {
+    /// Compute party 0.
+    Alice,
+    /// Compute party 1.
+    Bob,
+    /// The crypto provider: hands out correlated randomness, never sees data.
+    Dealer,
+    /// The server: owns the model.
+    ModelOwner,
+    /// The client: owns the data.
+    Client,
+}
+
+impl PartyId {
+    /// The compute party with index 0 or 1.
+    pub fn compute(index: usize) -> PartyId {
+        if index == 0 {
+            PartyId::Alice
+        } else {
+            PartyId::Bob
+        }
+    }
+
+    /// All endpoints of an in-process session.
+    pub const ALL: [PartyId; 5] = [
+        PartyId::Alice,
+        PartyId::Bob,
+        PartyId::Dealer,
+        PartyId::ModelOwner,
+        PartyId::Client,
+    ];
+}
+
+impl fmt::Display for PartyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PartyId::Alice => "alice",
+            PartyId::Bob => "bob",
+            PartyId::Dealer => "dealer",
+            PartyId::ModelOwner => "model owner",
+            PartyId::Client => "client",
+        })
+    }
+}
+
+/// A party's connection to the others.
+pub trait Transport: Send {
+    /// This endpoint's identity.
+    fn me(&self) -> PartyId;
+    /// Send a message to `to` (does not wait for it to be read).
+    fn send(&mut self, to: PartyId, payload: Vec<u64>) -> Result<()>;
+    /// Receive the next message from `from`, waiting at most the transport's timeout.
+    fn recv(&mut self, from: PartyId) -> Result<Vec<u64>>;
+    /// The traffic meter of this endpoint.
+    fn meter(&mut self) -> &mut Meter;
+    /// Read-only view of the meter.
+    fn meter_ref(&self) -> &Meter;
+}

@@ -1,0 +1,729 @@
+//! Backend conformance: one suite run against every available backend.
+//!
+//! * every backend against a naive host reference written here (wrapping u64, triple-loop
+//!   matmul), on edge values and shapes that are not multiples of any tile size;
+//! * every GPU configuration against the CPU backend, bit for bit, on random cases (seed from
+//!   env `SEED`, else fresh from the OS; printed so a failure can be replayed);
+//! * GPU memory stays flat over 1000 repeated ops (pool counters unchanged after warm-up);
+//! * asking for a missing wgpu backend fails with `GpuUnavailable`.
+//!
+//! GPU configurations: the default (variant chosen at start-up), the other u64 variant where the
+//! adapter offers it, and a backend whose storage bindings are capped at 64 KiB so that
+//! small tensors exercise the chunking of large operands. Without an adapter the GPU parts print
+//! one `SKIP gpu conformance: <reason>` line and pass, except with env `CI=true`, where a missing
+//! adapter fails.
+
+use std::sync::{Arc, OnceLock};
+
+use kernels::backend::{BeaverKind, BinaryOp, ScalarOp};
+use kernels::gpu::{GpuOptions, U64Variant};
+use kernels::{Backend, CpuBackend, GpuBackend, KernelError, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const BINARY_OPS: [BinaryOp; 5] = [
+    BinaryOp::Add,
+    BinaryOp::Sub,
+    BinaryOp::Mul,
+    BinaryOp::Xor,
+    BinaryOp::And,
+];
+const SCALAR_OPS: [ScalarOp; 8] = [
+    ScalarOp::Neg,
+    ScalarOp::Add,
+    ScalarOp::Mul,
+    ScalarOp::Xor,
+    ScalarOp::And,
+    ScalarOp::ShrArith,
+    ScalarOp::ShrLogical,
+    ScalarOp::Shl,
+];
+const SHIFTS: [u64; 6] = [0, 1, 31, 32, 33, 63];
+const EDGE: [u64; 14] = [
+    0,
+    1,
+    2,
+    1 << 63,
+    (1 << 63) - 1,
+    u64::MAX,
+    u64::MAX - 1,
+    (1 << 32) - 1,
+    1 << 32,
+    (1 << 32) + 1,
+    1 << 31,
+    0xffff,
+    0x1_0000,
+    0xffff_ffff_0000_0000,
+];
+/// Dimensions around the tile sizes (64 tiles, 16 deep, 4x4 blocks, skinny limit 16).
+const DIMS: [usize; 12] = [1, 2, 7, 15, 16, 17, 33, 63, 65, 100, 129, 257];
+/// Random cases of the default GPU configuration (others run fewer).
+const RANDOM_CASES: usize = 1000;
+
+// ---------------------------------------------------------------------------------------------
+// Naive host reference.
+
+mod reference {
+    use super::{BeaverKind, BinaryOp, ScalarOp};
+
+    pub fn binary(op: BinaryOp, a: &[u64], b: &[u64]) -> Vec<u64> {
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| match op {
+                BinaryOp::Add => x.wrapping_add(y),
+                BinaryOp::Sub => x.wrapping_sub(y),
+                BinaryOp::Mul => x.wrapping_mul(y),
+                BinaryOp::Xor => x ^ y,
+                BinaryOp::And => x & y,
+            })
+            .collect()
+    }
+
+    pub fn scalar(op: ScalarOp, a: &[u64], s: u64) -> Vec<u64> {
+        a.iter()
+            .map(|&x| match op {
+                ScalarOp::Neg => 0u64.wrapping_sub(x),
+                ScalarOp::Add => x.wrapping_add(s),
+                ScalarOp::Mul => x.wrapping_mul(s),
+                ScalarOp::Xor => x ^ s,
+                ScalarOp::And => x & s,
+                ScalarOp::ShrArith => ((x as i64) >> s) as u64,
+                ScalarOp::ShrLogical => x >> s,
+                ScalarOp::Shl => x << s,
+            })
+            .collect()
+    }
+
+    pub fn matmul(
+        a: &[u64],
+        b: &[u64],
+        acc: Option<&[u64]>,
+        m: usize,
+        k: usize,
+        n: usize,
+    ) -> Vec<u64> {
+        let mut c = acc.map_or_else(|| vec![0; m * n], <[u64]>::to_vec);
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0u64;
+                for l in 0..k {
+                    s = s.wrapping_add(a[i * k + l].wrapping_mul(b[l * n + j]));
+                }
+                c[i * n + j] = c[i * n + j].wrapping_add(s);
+            }
+        }
+        c
+    }
+
+    pub fn beaver(kind: BeaverKind, t: [&[u64]; 5], with_ef: bool) -> Vec<u64> {
+        let [c, e, f, a, b] = t;
+        (0..c.len())
+            .map(|i| match kind {
+                BeaverKind::Arithmetic => {
+                    let z = c[i]
+                        .wrapping_add(e[i].wrapping_mul(b[i]))
+                        .wrapping_add(a[i].wrapping_mul(f[i]));
+                    if with_ef {
+                        z.wrapping_add(e[i].wrapping_mul(f[i]))
+                    } else {
+                        z
+                    }
+                }
+                BeaverKind::Boolean => {
+                    let z = c[i] ^ (e[i] & b[i]) ^ (a[i] & f[i]);
+                    if with_ef {
+                        z ^ (e[i] & f[i])
+                    } else {
+                        z
+                    }
+                }
+            })
+            .collect()
+    }
+
+    pub fn sum_rows(a: &[u64], m: usize, n: usize) -> Vec<u64> {
+        (0..m)
+            .map(|i| {
+                a[i * n..(i + 1) * n]
+                    .iter()
+                    .fold(0u64, |s, &v| s.wrapping_add(v))
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backends under test.
+
+/// One GPU configuration.
+struct GpuUnderTest {
+    label: String,
+    gpu: Arc<GpuBackend>,
+    /// How it was opened (to open a private twin).
+    opts: GpuOptions,
+}
+
+fn open_gpu(label: &str, opts: GpuOptions) -> GpuUnderTest {
+    let gpu = GpuBackend::with_options(opts.clone())
+        .unwrap_or_else(|e| panic!("opening GPU configuration '{label}': {e}"));
+    eprintln!("gpu[{label}]: {}", gpu.describe());
+    GpuUnderTest {
+        label: label.to_string(),
+        gpu: Arc::new(gpu),
+        opts,
+    }
+}
+
+/// The GPU configurations, opened once per test binary. Empty when no adapter exists (after
+/// printing the SKIP line); with `CI=true` a missing adapter panics instead.
+fn gpus() -> &'static [GpuUnderTest] {
+    static GPUS: OnceLock<Vec<GpuUnderTest>> = OnceLock::new();
+    GPUS.get_or_init(|| {
+        let first = match GpuBackend::new() {
+            Ok(g) => g,
+            Err(KernelError::GpuUnavailable(reason)) => {
+                if std::env::var("CI").as_deref() == Ok("true") {
+                    panic!("CI=true but no GPU adapter could be opened: {reason}");
+                }
+                eprintln!("SKIP gpu conformance: {reason}");
+                return Vec::new();
+            }
+            Err(e) => panic!("opening the GPU backend failed: {e}"),
+        };
+        eprintln!("gpu adapter: {}", first.adapter_name());
+        eprintln!("gpu[default]: {}", first.describe());
+        let chosen = first.variant();
+        let mut v = vec![GpuUnderTest {
+            label: format!("default/{chosen}"),
+            gpu: Arc::new(first),
+            opts: GpuOptions::default(),
+        }];
+        let other = match chosen {
+            U64Variant::NativeU64 => Some(U64Variant::U32Pairs),
+            U64Variant::U32Pairs => {
+                let forced = GpuBackend::with_options(GpuOptions {
+                    u64_variant: Some(U64Variant::NativeU64),
+                    ..Default::default()
+                });
+                match forced {
+                    Ok(_) => Some(U64Variant::NativeU64),
+                    Err(KernelError::GpuUnavailable(why)) => {
+                        eprintln!("gpu: native u64 variant not testable here: {why}");
+                        None
+                    }
+                    Err(e) => panic!("forcing native u64: {e}"),
+                }
+            }
+        };
+        if let Some(o) = other {
+            v.push(open_gpu(
+                &format!("forced/{o}"),
+                GpuOptions {
+                    u64_variant: Some(o),
+                    ..Default::default()
+                },
+            ));
+        }
+        v.push(open_gpu(
+            &format!("chunked-64KiB/{chosen}"),
+            GpuOptions {
+                u64_variant: Some(chosen),
+                max_binding_bytes: Some(64 << 10),
+                ..Default::default()
+            },
+        ));
+        v
+    })
+}
+
+/// Every backend: the CPU plus each GPU configuration.
+fn all_backends() -> Vec<(String, Arc<dyn Backend>)> {
+    let mut v: Vec<(String, Arc<dyn Backend>)> = vec![("cpu".into(), Arc::new(CpuBackend::new()))];
+    for g in gpus() {
+        v.push((format!("gpu[{}]", g.label), g.gpu.clone()));
+    }
+    v
+}
+
+/// The run's seed: env `SEED`, else fresh from the OS; printed once.
+fn seed() -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    *SEED.get_or_init(|| {
+        let s = match std::env::var("SEED") {
+            Ok(v) => v.parse().expect("SEED must be a u64"),
+            Err(_) => rand::random(),
+        };
+        eprintln!("conformance SEED={s} (rerun with SEED={s} to replay)");
+        s
+    })
+}
+
+fn rng(salt: u64) -> ChaCha8Rng {
+    ChaCha8Rng::seed_from_u64(seed() ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Values and comparison.
+
+/// Values mixing edge cases and uniform randoms (`edge_share` in [0, 1]).
+fn values(r: &mut ChaCha8Rng, len: usize, edge_share: f64) -> Vec<u64> {
+    (0..len)
+        .map(|_| {
+            if r.gen_bool(edge_share) {
+                EDGE[r.gen_range(0..EDGE.len())]
+            } else {
+                r.gen()
+            }
+        })
+        .collect()
+}
+
+/// Every ordered pair of edge values, as two equal-length vectors.
+fn edge_pairs() -> (Vec<u64>, Vec<u64>) {
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    for &x in &EDGE {
+        for &y in &EDGE {
+            a.push(x);
+            b.push(y);
+        }
+    }
+    (a, b)
+}
+
+#[track_caller]
+fn check(what: &str, got: &[u64], want: &[u64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
+        panic!(
+            "{what}: element {i} is {:#018x}, expected {:#018x} ({} of {} differ; SEED={})",
+            got[i],
+            want[i],
+            (0..got.len()).filter(|&j| got[j] != want[j]).count(),
+            got.len(),
+            seed()
+        );
+    }
+}
+
+fn up(be: &dyn Backend, shape: &[usize], data: &[u64]) -> Tensor {
+    be.upload(shape, data).expect("upload")
+}
+
+fn down(be: &dyn Backend, t: &Tensor) -> Vec<u64> {
+    be.download(t).expect("download")
+}
+
+// ---------------------------------------------------------------------------------------------
+// (a) Each backend against the naive host reference.
+
+fn reference_suite(name: &str, be: &dyn Backend, r: &mut ChaCha8Rng) {
+    // Round trip, including an empty tensor.
+    for shape in [vec![0usize], vec![1], vec![7, 33], vec![257, 3]] {
+        let len = shape.iter().product();
+        let d = values(r, len, 0.5);
+        check(
+            &format!("{name} upload/download {shape:?}"),
+            &down(be, &up(be, &shape, &d)),
+            &d,
+        );
+    }
+
+    // Elementwise ops on every pair of edge values.
+    let (ea, eb) = edge_pairs();
+    let shape = [EDGE.len(), EDGE.len()];
+    let (ta, tb) = (up(be, &shape, &ea), up(be, &shape, &eb));
+    for op in BINARY_OPS {
+        let got = down(be, &be.binary(op, &ta, &tb).unwrap());
+        check(
+            &format!("{name} binary {op:?} edges"),
+            &got,
+            &reference::binary(op, &ea, &eb),
+        );
+    }
+    for op in SCALAR_OPS {
+        let scalars: Vec<u64> = match op {
+            ScalarOp::ShrArith | ScalarOp::ShrLogical | ScalarOp::Shl => SHIFTS.to_vec(),
+            _ => EDGE.to_vec(),
+        };
+        for s in scalars {
+            let got = down(be, &be.scalar(op, &ta, s).unwrap());
+            check(
+                &format!("{name} scalar {op:?} {s:#x} edges"),
+                &got,
+                &reference::scalar(op, &ea, s),
+            );
+        }
+    }
+
+    // Beaver, both kinds, with and without e*f, on edge-heavy data of an odd size.
+    let shape = [33, 7];
+    let t: Vec<Vec<u64>> = (0..5).map(|_| values(r, 33 * 7, 0.6)).collect();
+    let tt: Vec<Tensor> = t.iter().map(|d| up(be, &shape, d)).collect();
+    for kind in [BeaverKind::Arithmetic, BeaverKind::Boolean] {
+        for with_ef in [false, true] {
+            let got = be
+                .beaver_combine(kind, &tt[0], &tt[1], &tt[2], &tt[3], &tt[4], with_ef)
+                .unwrap();
+            let want = reference::beaver(kind, [&t[0], &t[1], &t[2], &t[3], &t[4]], with_ef);
+            check(
+                &format!("{name} beaver {kind:?} ef={with_ef}"),
+                &down(be, &got),
+                &want,
+            );
+        }
+    }
+
+    // Matmul and sum_rows over shapes straddling the tile sizes.
+    for &(m, k, n) in &[
+        (1, 1, 1),
+        (1, 257, 7),
+        (7, 33, 100),
+        (16, 17, 65),
+        (17, 16, 33),
+        (33, 100, 1),
+        (65, 7, 63),
+        (100, 65, 129),
+        (257, 33, 17),
+        (5, 0, 3),
+    ] {
+        let (a, b, c) = (
+            values(r, m * k, 0.4),
+            values(r, k * n, 0.4),
+            values(r, m * n, 0.4),
+        );
+        let (ta, tb, tc) = (
+            up(be, &[m, k], &a),
+            up(be, &[k, n], &b),
+            up(be, &[m, n], &c),
+        );
+        let got = down(be, &be.matmul(&ta, &tb, None).unwrap());
+        check(
+            &format!("{name} matmul {m}x{k}x{n}"),
+            &got,
+            &reference::matmul(&a, &b, None, m, k, n),
+        );
+        let got = down(be, &be.matmul(&ta, &tb, Some(&tc)).unwrap());
+        check(
+            &format!("{name} matmul+acc {m}x{k}x{n}"),
+            &got,
+            &reference::matmul(&a, &b, Some(&c), m, k, n),
+        );
+        let got = down(be, &be.sum_rows(&ta).unwrap());
+        check(
+            &format!("{name} sum_rows {m}x{k}"),
+            &got,
+            &reference::sum_rows(&a, m, k),
+        );
+    }
+
+    // Carry chains: all-ones operands and long all-ones rows.
+    let ones = vec![u64::MAX; 257 * 257];
+    let t1 = up(be, &[257, 257], &ones);
+    let got = down(be, &be.matmul(&t1, &t1, Some(&t1)).unwrap());
+    check(
+        &format!("{name} matmul all-ones 257^3"),
+        &got,
+        &reference::matmul(&ones, &ones, Some(&ones), 257, 257, 257),
+    );
+    let got = down(be, &be.sum_rows(&t1).unwrap());
+    check(
+        &format!("{name} sum_rows all-ones"),
+        &got,
+        &reference::sum_rows(&ones, 257, 257),
+    );
+
+    // The trait's default beaver_matmul_combine over the backend's matmul.
+    let (m, k, n) = (33, 17, 7);
+    let d: Vec<Vec<u64>> = [m * n, m * k, k * n, m * k, k * n]
+        .iter()
+        .map(|&l| values(r, l, 0.3))
+        .collect();
+    let shapes = [[m, n], [m, k], [k, n], [m, k], [k, n]];
+    let t: Vec<Tensor> = d.iter().zip(&shapes).map(|(v, s)| up(be, s, v)).collect();
+    for with_ef in [false, true] {
+        let got = be
+            .beaver_matmul_combine(&t[0], &t[1], &t[2], &t[3], &t[4], with_ef)
+            .unwrap();
+        let mut want = reference::matmul(&d[1], &d[4], Some(&d[0]), m, k, n);
+        want = reference::matmul(&d[3], &d[2], Some(&want), m, k, n);
+        if with_ef {
+            want = reference::matmul(&d[1], &d[2], Some(&want), m, k, n);
+        }
+        check(
+            &format!("{name} beaver_matmul ef={with_ef}"),
+            &down(be, &got),
+            &want,
+        );
+    }
+}
+
+#[test]
+fn every_backend_matches_host_reference() {
+    for (name, be) in all_backends() {
+        reference_suite(&name, be.as_ref(), &mut rng(1));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (b) GPU against CPU, bit for bit, on random cases.
+
+fn dim(r: &mut ChaCha8Rng) -> usize {
+    if r.gen_bool(0.7) {
+        DIMS[r.gen_range(0..DIMS.len())]
+    } else {
+        r.gen_range(1..=300)
+    }
+}
+
+/// One random case: returns its description after checking GPU == CPU.
+fn random_case(
+    gpu: &dyn Backend,
+    cpu: &dyn Backend,
+    r: &mut ChaCha8Rng,
+    forced: Option<usize>,
+) -> String {
+    let edge_share = [0.0, 0.3, 0.9][r.gen_range(0..3)];
+    let kind = forced.unwrap_or_else(|| r.gen_range(0..6));
+    let (m, n) = (dim(r), dim(r));
+    let both = |shape: &[usize], d: &[u64]| (up(gpu, shape, d), up(cpu, shape, d));
+    let desc;
+    let (g, c) = match kind {
+        0 => {
+            let op = BINARY_OPS[r.gen_range(0..BINARY_OPS.len())];
+            let (a, b) = (values(r, m * n, edge_share), values(r, m * n, edge_share));
+            let ((ga, ca), (gb, cb)) = (both(&[m, n], &a), both(&[m, n], &b));
+            desc = format!("binary {op:?} [{m},{n}]");
+            (gpu.binary(op, &ga, &gb), cpu.binary(op, &ca, &cb))
+        }
+        1 => {
+            let op = SCALAR_OPS[r.gen_range(0..SCALAR_OPS.len())];
+            let s = match op {
+                ScalarOp::ShrArith | ScalarOp::ShrLogical | ScalarOp::Shl => {
+                    if r.gen_bool(0.7) {
+                        SHIFTS[r.gen_range(0..SHIFTS.len())]
+                    } else {
+                        r.gen_range(0..64)
+                    }
+                }
+                _ => values(r, 1, 0.5)[0],
+            };
+            let a = values(r, m * n, edge_share);
+            let (ga, ca) = both(&[m, n], &a);
+            desc = format!("scalar {op:?} s={s:#x} [{m},{n}]");
+            (gpu.scalar(op, &ga, s), cpu.scalar(op, &ca, s))
+        }
+        2 | 3 => {
+            let k = dim(r);
+            let a = values(r, m * k, edge_share);
+            let b = values(r, k * n, edge_share);
+            let ((ga, ca), (gb, cb)) = (both(&[m, k], &a), both(&[k, n], &b));
+            if kind == 3 {
+                let acc = values(r, m * n, edge_share);
+                let (gc, cc) = both(&[m, n], &acc);
+                desc = format!("matmul+acc {m}x{k}x{n}");
+                (
+                    gpu.matmul(&ga, &gb, Some(&gc)),
+                    cpu.matmul(&ca, &cb, Some(&cc)),
+                )
+            } else {
+                desc = format!("matmul {m}x{k}x{n}");
+                (gpu.matmul(&ga, &gb, None), cpu.matmul(&ca, &cb, None))
+            }
+        }
+        4 => {
+            let bk = if r.gen_bool(0.5) {
+                BeaverKind::Arithmetic
+            } else {
+                BeaverKind::Boolean
+            };
+            let with_ef = r.gen_bool(0.5);
+            let d: Vec<Vec<u64>> = (0..5).map(|_| values(r, m * n, edge_share)).collect();
+            let t: Vec<(Tensor, Tensor)> = d.iter().map(|v| both(&[m, n], v)).collect();
+            desc = format!("beaver {bk:?} ef={with_ef} [{m},{n}]");
+            (
+                gpu.beaver_combine(bk, &t[0].0, &t[1].0, &t[2].0, &t[3].0, &t[4].0, with_ef),
+                cpu.beaver_combine(bk, &t[0].1, &t[1].1, &t[2].1, &t[3].1, &t[4].1, with_ef),
+            )
+        }
+        _ => {
+            let a = values(r, m * n, edge_share);
+            let (ga, ca) = both(&[m, n], &a);
+            desc = format!("sum_rows [{m},{n}]");
+            (gpu.sum_rows(&ga), cpu.sum_rows(&ca))
+        }
+    };
+    let (g, c) = (g.unwrap_or_else(|e| panic!("gpu {desc}: {e}")), c.unwrap());
+    assert_eq!(g.shape(), c.shape(), "{desc}: shape");
+    check(&desc, &down(gpu, &g), &down(cpu, &c));
+    desc
+}
+
+fn gpu_vs_cpu(index: usize, cases: usize, salt: u64) {
+    let Some(g) = gpus().get(index) else {
+        return;
+    };
+    let cpu = CpuBackend::new();
+    let mut r = rng(salt);
+    let t0 = std::time::Instant::now();
+    // Every case kind at least a few times first, then random kinds.
+    for i in 0..cases {
+        let forced = (i < 24).then_some(i % 6);
+        random_case(g.gpu.as_ref(), &cpu, &mut r, forced);
+    }
+    eprintln!(
+        "gpu[{}]: {cases} random cases bit-identical to the CPU in {:.1?} (SEED={})",
+        g.label,
+        t0.elapsed(),
+        seed()
+    );
+}
+
+#[test]
+fn gpu_matches_cpu_default() {
+    gpu_vs_cpu(0, RANDOM_CASES, 2);
+}
+
+#[test]
+fn gpu_matches_cpu_other_configs() {
+    // The other u64 variant (where offered) and the chunked configuration.
+    for i in 1..gpus().len() {
+        gpu_vs_cpu(i, 300, 3 + i as u64);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (c) Memory stays flat.
+
+#[test]
+fn gpu_memory_stays_flat() {
+    for shared in gpus() {
+        // A private backend: the shared ones serve tests running in parallel.
+        let g = open_gpu(&shared.label, shared.opts.clone());
+        let be = g.gpu.as_ref();
+        let mut r = rng(4);
+        let (m, k, n) = (33, 65, 17);
+        let a = up(be, &[m, k], &values(&mut r, m * k, 0.3));
+        let b = up(be, &[k, n], &values(&mut r, k * n, 0.3));
+        let mut x = up(be, &[m, n], &values(&mut r, m * n, 0.3));
+        let step = |i: usize, x: &Tensor| -> Tensor {
+            match i % 5 {
+                0 => be.matmul(&a, &b, Some(x)).unwrap(),
+                1 => be.binary(BinaryOp::Mul, x, x).unwrap(),
+                2 => be.scalar(ScalarOp::ShrArith, x, 3).unwrap(),
+                3 => be
+                    .beaver_combine(BeaverKind::Arithmetic, x, x, x, x, x, true)
+                    .unwrap(),
+                _ => {
+                    let s = be.sum_rows(x).unwrap();
+                    assert_eq!(down(be, &s).len(), m);
+                    x.clone()
+                }
+            }
+        };
+        for i in 0..50 {
+            x = step(i, &x);
+        }
+        let _ = down(be, &x);
+        let before = g.gpu.pool_stats();
+        for i in 0..1000 {
+            x = step(i, &x);
+        }
+        let _ = down(be, &x);
+        let after = g.gpu.pool_stats();
+        eprintln!(
+            "gpu[{}]: pool after warm-up {before:?}, after 1000 ops {after:?}",
+            g.label
+        );
+        assert_eq!(
+            before, after,
+            "gpu[{}]: pool grew over 1000 repeated ops",
+            g.label
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// (d) Errors.
+
+#[test]
+fn missing_wgpu_backend_is_gpu_unavailable() {
+    // A backend that cannot exist on this OS.
+    let absent = if cfg!(target_os = "macos") {
+        wgpu::Backends::DX12
+    } else {
+        wgpu::Backends::METAL
+    };
+    match GpuBackend::with_options(GpuOptions {
+        backends: Some(absent),
+        ..Default::default()
+    }) {
+        Err(KernelError::GpuUnavailable(msg)) => {
+            assert!(msg.contains("no wgpu adapter"), "unclear message: {msg}");
+            eprintln!("missing backend reports: {msg}");
+        }
+        other => panic!("expected GpuUnavailable, got {other:?}"),
+    }
+}
+
+#[test]
+fn bad_inputs_are_errors_not_panics() {
+    let cpu = CpuBackend::new();
+    let cpu_t = cpu.upload(&[2, 2], &[1, 2, 3, 4]).unwrap();
+    let other = gpus().get(1).map(|g| g.gpu.clone());
+    for (name, be) in all_backends() {
+        let a = up(be.as_ref(), &[2, 3], &[1; 6]);
+        let b = up(be.as_ref(), &[3, 2], &[1; 6]);
+        assert!(
+            matches!(
+                be.binary(BinaryOp::Add, &a, &b),
+                Err(KernelError::Shape { .. })
+            ),
+            "{name}"
+        );
+        assert!(
+            matches!(be.matmul(&a, &a, None), Err(KernelError::Shape { .. })),
+            "{name}"
+        );
+        assert!(
+            matches!(be.matmul(&a, &b, Some(&a)), Err(KernelError::Shape { .. })),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                be.scalar(ScalarOp::Shl, &a, 64),
+                Err(KernelError::Shape { .. })
+            ),
+            "{name}"
+        );
+        assert!(
+            matches!(
+                be.sum_rows(&a.reshaped(vec![6]).unwrap()),
+                Err(KernelError::Shape { .. })
+            ),
+            "{name}"
+        );
+        assert!(
+            matches!(be.upload(&[4], &[1, 2]), Err(KernelError::Shape { .. })),
+            "{name}"
+        );
+        if be.name() == "gpu" {
+            assert!(
+                matches!(be.download(&cpu_t), Err(KernelError::ForeignTensor { .. })),
+                "{name}"
+            );
+            if let Some(o) = &other {
+                let t = o.upload(&[2, 3], &[1; 6]).unwrap();
+                if !std::ptr::addr_eq(Arc::as_ptr(o), Arc::as_ptr(&be)) {
+                    assert!(
+                        matches!(
+                            be.binary(BinaryOp::Add, &a, &t),
+                            Err(KernelError::ForeignTensor { .. })
+                        ),
+                        "{name}"
+                    );
+                }
+            }
+        }
+    }
+}
