@@ -27,7 +27,7 @@ fn binary(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = (wid.x) * 256u + lid;
+    let i = flat_index(wid, nwg, lid);
     if (i >= p.len) {
         return;
     }
@@ -51,7 +51,7 @@ fn scalar(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = (wid.x) * 256u + lid;
+    let i = flat_index(wid, nwg, lid);
     if (i >= p.len) {
         return;
     }

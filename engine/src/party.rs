@@ -33,6 +33,8 @@ pub struct Party {
     /// The public masked value `F = W - b` of each fixed operand, by id.
     fixed_public: HashMap<u64, Tensor>,
     next_id: u64,
+    /// When `Some`, every message received from the peer is kept (for audits and tests).
+    transcript: Option<Vec<Vec<u64>>>,
 }
 
 impl Party {
@@ -56,6 +58,7 @@ impl Party {
             store: HashMap::new(),
             fixed_public: HashMap::new(),
             next_id: 1,
+            transcript: None,
         })
     }
 
@@ -130,6 +133,16 @@ impl Party {
         Ok(self.backend.download(x.tensor())?)
     }
 
+    /// Start keeping every message received from the peer (drops an earlier transcript).
+    pub fn record_transcript(&mut self) {
+        self.transcript = Some(Vec::new());
+    }
+
+    /// Stop recording and return the messages received from the peer since recording began.
+    pub fn take_transcript(&mut self) -> Vec<Vec<u64>> {
+        self.transcript.take().unwrap_or_default()
+    }
+
     // ---- communication with the peer ----
 
     /// Send `payload` to the peer and receive the peer's message: one round.
@@ -140,6 +153,9 @@ impl Party {
         self.net.send(peer, payload)?;
         let got = self.net.recv(peer)?;
         self.set_step(prev);
+        if let Some(t) = self.transcript.as_mut() {
+            t.push(got.clone());
+        }
         if got.len() != expected {
             return Err(EngineError::Protocol(format!(
                 "{step}: peer sent {} words, expected {expected}",

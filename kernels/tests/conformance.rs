@@ -8,8 +8,9 @@
 //! * asking for a missing wgpu backend fails with `GpuUnavailable`.
 //!
 //! GPU configurations: the default (variant chosen at start-up), the other u64 variant where the
-//! adapter offers it, and a backend whose storage bindings are capped at 64 KiB so that
-//! small tensors exercise the chunking of large operands. Without an adapter the GPU parts print
+//! adapter offers it, and a backend whose storage bindings are capped at 64 KiB and dispatch
+//! grids at 8 workgroups per axis, so that small tensors exercise the chunking of large operands
+//! and 2-D dispatch grids. Without an adapter the GPU parts print
 //! one `SKIP gpu conformance: <reason>` line and pass, except with env `CI=true`, where a missing
 //! adapter fails.
 
@@ -225,10 +226,11 @@ fn gpus() -> &'static [GpuUnderTest] {
             ));
         }
         v.push(open_gpu(
-            &format!("chunked-64KiB/{chosen}"),
+            &format!("chunked-64KiB-grid8/{chosen}"),
             GpuOptions {
                 u64_variant: Some(chosen),
                 max_binding_bytes: Some(64 << 10),
+                max_workgroups_per_dim: Some(8),
                 ..Default::default()
             },
         ));
@@ -726,4 +728,97 @@ fn bad_inputs_are_errors_not_panics() {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Slow checks, run on demand: `cargo test --release -p kernels --test conformance -- --ignored`.
+
+/// Matmul throughput of each u64 variant (prints G MAC/s).
+#[test]
+#[ignore = "timing, run on demand"]
+fn gpu_matmul_throughput() {
+    let Some(first) = gpus().first() else {
+        return;
+    };
+    let mut variants = vec![U64Variant::U32Pairs];
+    if gpus()
+        .iter()
+        .any(|g| g.gpu.variant() == U64Variant::NativeU64)
+    {
+        variants.push(U64Variant::NativeU64);
+    }
+    let mut r = rng(5);
+    for v in variants {
+        let be = GpuBackend::with_options(GpuOptions {
+            u64_variant: Some(v),
+            ..first.opts.clone()
+        })
+        .unwrap();
+        for &(m, k, n) in &[(512, 512, 512), (1024, 1024, 1024), (8, 4096, 4096)] {
+            let a = up(&be, &[m, k], &values(&mut r, m * k, 0.0));
+            let b = up(&be, &[k, n], &values(&mut r, k * n, 0.0));
+            drop(be.matmul(&a, &b, None).unwrap());
+            be.synchronize().unwrap();
+            let reps = 3;
+            let t0 = std::time::Instant::now();
+            for _ in 0..reps {
+                drop(be.matmul(&a, &b, None).unwrap());
+            }
+            be.synchronize().unwrap();
+            let s = t0.elapsed().as_secs_f64() / reps as f64;
+            eprintln!(
+                "gpu {v}: matmul {m}x{k}x{n}: {:.1} ms, {:.2} G MAC/s",
+                s * 1e3,
+                (m * k * n) as f64 / s / 1e9
+            );
+        }
+    }
+}
+
+/// A VGG16 fc1-sized weight (25088 x 4096 u64 = 822 MB) exceeds one storage binding on
+/// lavapipe (128 MiB): the product must be split over k and still match the host.
+#[test]
+#[ignore = "uploads 822 MB, run on demand"]
+fn gpu_matmul_larger_than_one_binding() {
+    let Some(g) = gpus().first() else {
+        return;
+    };
+    let be = g.gpu.as_ref();
+    let (m, k, n) = (2, 25088, 4096);
+    let mut r = rng(6);
+    let a = values(&mut r, m * k, 0.2);
+    let w = values(&mut r, k * n, 0.2);
+    let acc = values(&mut r, m * n, 0.2);
+    let t0 = std::time::Instant::now();
+    let (ta, tw, tc) = (
+        up(be, &[m, k], &a),
+        up(be, &[k, n], &w),
+        up(be, &[m, n], &acc),
+    );
+    let got = down(be, &be.matmul(&ta, &tw, Some(&tc)).unwrap());
+    eprintln!(
+        "gpu[{}]: {m}x{k}x{n} matmul incl. upload in {:.1?}",
+        g.label,
+        t0.elapsed()
+    );
+    let cpu = CpuBackend::new();
+    let want = down(
+        &cpu,
+        &cpu.matmul(
+            &up(&cpu, &[m, k], &a),
+            &up(&cpu, &[k, n], &w),
+            Some(&up(&cpu, &[m, n], &acc)),
+        )
+        .unwrap(),
+    );
+    check("matmul 2x25088x4096", &got, &want);
+    // Row sums and an elementwise op over the whole weight (also past one binding).
+    let got = down(be, &be.sum_rows(&tw).unwrap());
+    check("sum_rows 25088x4096", &got, &reference::sum_rows(&w, k, n));
+    let got = down(be, &be.scalar(ScalarOp::Mul, &tw, 3).unwrap());
+    check(
+        "scalar 25088x4096",
+        &got,
+        &reference::scalar(ScalarOp::Mul, &w, 3),
+    );
 }

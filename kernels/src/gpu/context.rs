@@ -125,7 +125,10 @@ impl GpuContext {
             has_int64,
             max_binding_elems: (binding_bytes / 8) as usize,
             max_buffer_bytes,
-            max_groups: limits.max_compute_workgroups_per_dimension,
+            max_groups: opts
+                .max_workgroups_per_dim
+                .map_or(u32::MAX, |c| c.max(1))
+                .min(limits.max_compute_workgroups_per_dimension),
             faults,
         })
     }

@@ -60,6 +60,9 @@ pub struct GpuOptions {
     /// Cap on the bytes one storage binding may span, below the device limit (to exercise the
     /// chunking of large operands with small tensors in tests). `None`: the device limit.
     pub max_binding_bytes: Option<u64>,
+    /// Cap on workgroups per dispatch axis, below the device limit (to exercise 2-D dispatch
+    /// grids and row chunking in tests). `None`: the device limit.
+    pub max_workgroups_per_dim: Option<u32>,
     /// Idle buffer bytes the pool keeps for reuse (returned buffers beyond this are freed).
     pub pool_cache_bytes: u64,
 }
@@ -70,6 +73,7 @@ impl Default for GpuOptions {
             backends: None,
             u64_variant: None,
             max_binding_bytes: None,
+            max_workgroups_per_dim: None,
             pool_cache_bytes: 1 << 30,
         }
     }
