@@ -9,9 +9,13 @@
 //!   receive reveals through it.
 //! - [`protocols`]: share/reveal, add, mul, matmul (incl. fixed operands), truncation, comparison.
 
+pub mod bench;
+pub mod cli;
 pub mod dealer;
 pub mod error;
 pub mod fixed;
+pub mod io;
+pub mod nn;
 pub mod party;
 pub mod protocols;
 pub mod session;

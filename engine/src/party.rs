@@ -326,6 +326,11 @@ impl Party {
         Ok(parts)
     }
 
+    /// Whether a fixed operand with this id is registered.
+    pub(crate) fn has_fixed_public(&self, id: u64) -> bool {
+        self.fixed_public.contains_key(&id)
+    }
+
     /// Remember the public masked value of a fixed operand.
     pub(crate) fn register_fixed_public(&mut self, id: u64, f: Tensor) {
         self.fixed_public.insert(id, f);

@@ -33,6 +33,10 @@ pub struct FixedOperand {
 }
 
 impl FixedOperand {
+    /// The fixed-operand id (shared by both parties and the dealer).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
     /// Rows (inner dimension of products with it).
     pub fn k(&self) -> usize {
         self.w.shape()[0]
@@ -105,6 +109,20 @@ impl Party {
         let f: Tensor = self.open("fix_operand", &[&d])?.pop().expect("one opened");
         self.register_fixed_public(id, f);
         Ok(FixedOperand { id, w: w.clone() })
+    }
+
+    /// Re-attach a registered fixed operand to its weight share (e.g. from a model's store ids).
+    pub fn fixed_operand(&self, fixed_id: u64, w: &Share) -> Result<FixedOperand> {
+        check_2d("fixed_operand", w)?;
+        if !self.has_fixed_public(fixed_id) {
+            return Err(crate::EngineError::Invalid(format!(
+                "fixed operand {fixed_id} is not registered"
+            )));
+        }
+        Ok(FixedOperand {
+            id: fixed_id,
+            w: w.clone(),
+        })
     }
 
     /// `x [m,k] · W` on ring values for a fixed operand, no truncation: opens only `E = X - a`.

@@ -1,0 +1,285 @@
+//! The project's own bench command: GEMM vs the machine's u64 MAC peak, secure matmul vs
+//! plaintext GEMM, comparison costs, and the VGG16 head — ratios measured in one run.
+
+use std::time::Instant;
+
+use kernels::cpu::gemm::measure_mac_peak;
+use kernels::{backend_from_kind, BackendKind, Tensor};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+
+use crate::dealer::MaterialSpec;
+use crate::error::Result;
+use crate::nn::plain::{vgg16_head, Layer};
+use crate::nn::shared::SharedModel;
+use crate::protocols::compare::compare_specs;
+use crate::session::{Session, SessionConfig};
+use crate::transport::PartyId;
+
+/// Best-of-`reps` wall time of `f` in seconds.
+fn time_best(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..reps {
+        let t = Instant::now();
+        f()?;
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    Ok(best)
+}
+
+fn random_words(rng: &mut ChaCha20Rng, n: usize) -> Vec<u64> {
+    (0..n).map(|_| rng.gen()).collect()
+}
+
+/// Small fixed-point values (|v| < 2^14 ring units) so sums stay in range.
+fn small_values(rng: &mut ChaCha20Rng, n: usize) -> Vec<u64> {
+    (0..n).map(|_| rng.gen_range(-(1i64 << 14)..(1i64 << 14)) as u64).collect()
+}
+
+/// Run the whole bench and print the tables.
+pub fn run(kind: BackendKind, quick: bool) -> Result<()> {
+    let be = backend_from_kind(kind)?;
+    let threads = rayon::current_num_threads();
+    println!("backend: {}", be.describe());
+    let peak = measure_mac_peak(threads);
+    println!(
+        "u64 multiply-add peak (independent vpmullq+vpaddq chains, {threads} threads): {:.1} GMAC/s\n",
+        peak / 1e9
+    );
+    let mut rng = ChaCha20Rng::from_entropy();
+    let shapes: Vec<(usize, usize, usize)> = if quick {
+        vec![(64, 64, 64), (256, 256, 256), (16, 1024, 512)]
+    } else {
+        vec![(256, 256, 256), (1024, 1024, 1024), (64, 25088, 4096)]
+    };
+    println!("| shape m x k x n | u64 GEMM ms | GMAC/s | % of peak | secure online ms | online / GEMM | with preprocessing ms | total / GEMM |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for &(m, k, n) in &shapes {
+        let a = be.upload(&[m, k], &random_words(&mut rng, m * k))?;
+        let b = be.upload(&[k, n], &random_words(&mut rng, k * n))?;
+        be.matmul(&a, &b, None)?; // packs b once, as for model weights
+        let reps = if m * k * n > 1 << 30 { 3 } else { 5 };
+        let t_gemm = time_best(reps, || be.matmul(&a, &b, None).map(|_| ()).map_err(Into::into))?;
+        let gmacs = (m * k * n) as f64 / t_gemm / 1e9;
+        let (online, total) = secure_matmul_times(kind, m, k, n, &mut rng, reps)?;
+        println!(
+            "| {m} x {k} x {n} | {:.2} | {:.1} | {:.0}% | {:.2} | {:.2}x | {:.2} | {:.2}x |",
+            t_gemm * 1e3,
+            gmacs,
+            100.0 * gmacs * 1e9 / peak,
+            online * 1e3,
+            online / t_gemm,
+            total * 1e3,
+            total / t_gemm
+        );
+    }
+    println!();
+    comparison_table(kind, quick)?;
+    println!();
+    vgg_head(kind, quick, &mut rng)?;
+    Ok(())
+}
+
+/// Secure fixed-operand matmul (weights masked once): online time (both parties, truncation
+/// included) and time including the dealer's and parties' preprocessing, best of `reps`.
+fn secure_matmul_times(
+    kind: BackendKind,
+    m: usize,
+    k: usize,
+    n: usize,
+    rng: &mut ChaCha20Rng,
+    reps: usize,
+) -> Result<(f64, f64)> {
+    let mut s = Session::new(SessionConfig {
+        backend: kind,
+        ..Default::default()
+    })?;
+    let w = s.share_ring(PartyId::ModelOwner, &[k, n], &small_values(rng, k * n))?;
+    let x = s.share_ring(PartyId::Client, &[m, k], &small_values(rng, m * k))?;
+    let (wid, xid) = (w.id(), x.id());
+    let [fid, _] = s.run(move |p| {
+        let w = p.kept(wid)?;
+        Ok(p.fix_operand(&w)?.id())
+    })?;
+    let (mut best_online, mut best_total) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..reps {
+        let t0 = Instant::now();
+        s.run(move |p| {
+            let w = p.fixed_operand(fid, &p.kept(wid)?)?;
+            let f = p.fixed_point().frac_bits();
+            p.preprocess(&[w.triple_spec(m), MaterialSpec::Trunc { n: m * n, bits: f }])
+        })?;
+        let t1 = Instant::now();
+        s.run(move |p| {
+            let w = p.fixed_operand(fid, &p.kept(wid)?)?;
+            let x = p.kept(xid)?;
+            p.matmul_fixed(&x, &w).map(|_| ())
+        })?;
+        let t2 = Instant::now();
+        best_online = best_online.min((t2 - t1).as_secs_f64());
+        best_total = best_total.min((t2 - t0).as_secs_f64());
+    }
+    Ok((best_online, best_total))
+}
+
+fn comparison_table(kind: BackendKind, quick: bool) -> Result<()> {
+    let mut s = Session::new(SessionConfig {
+        backend: kind,
+        ..Default::default()
+    })?;
+    println!("| op | batch | elements | rounds | bytes sent per party | bytes / element | online ms | online us / element | with preprocessing ms |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let batches: &[usize] = if quick { &[1, 64] } else { &[1, 64, 1024] };
+    for &batch in batches {
+        for (op, width) in [("ReLU (x4096)", 4096usize), ("argmax (10 classes)", 10)] {
+            let n = batch * width;
+            let vals: Vec<f64> = (0..n).map(|i| ((i * 37 % 101) as f64 - 50.0) / 8.0).collect();
+            let x = s.share(PartyId::Client, &[batch, width], &vals)?;
+            let xid = x.id();
+            let is_relu = width == 4096;
+            let t0 = Instant::now();
+            if is_relu {
+                s.run(move |p| p.preprocess(&compare_specs(n, 1)))?;
+            }
+            let t1 = Instant::now();
+            let [stats, _] = s.run(move |p| {
+                let x = p.kept(xid)?;
+                let before = p.traffic();
+                if is_relu {
+                    p.relu(&x)?;
+                } else {
+                    p.argmax_last(&x)?;
+                }
+                Ok(p.traffic().since(&before).online())
+            })?;
+            let t2 = Instant::now();
+            let online = (t2 - t1).as_secs_f64();
+            println!(
+                "| {op} | {batch} | {n} | {} | {} | {:.1} | {:.2} | {:.3} | {:.2} |",
+                stats.rounds,
+                stats.bytes_sent,
+                stats.bytes_sent as f64 / n as f64,
+                online * 1e3,
+                online * 1e6 / n as f64,
+                (t2 - t0).as_secs_f64() * 1e3
+            );
+            s.run(move |p| {
+                p.forget(xid);
+                Ok(())
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// Plaintext u64 inference of a head: the same products on ring values, bias adds, ReLU as a
+/// sign test — the baseline the secure head is compared with.
+fn plaintext_u64_head(
+    be: &dyn kernels::Backend,
+    weights: &[(Tensor, Vec<u64>)],
+    x: &Tensor,
+    relu_after: &[bool],
+    frac: u32,
+) -> Result<Tensor> {
+    let mut cur = x.clone();
+    for ((w, bias), &relu) in weights.iter().zip(relu_after) {
+        let z = be.matmul(&cur, w, None)?;
+        let mut h = be.download(&z)?;
+        let n = bias.len();
+        for (i, v) in h.iter_mut().enumerate() {
+            let t = ((*v as i64) >> frac) as u64;
+            let y = t.wrapping_add(bias[i % n]);
+            *v = if relu && (y as i64) < 0 { 0 } else { y };
+        }
+        cur = be.upload(z.shape(), &h)?;
+    }
+    Ok(cur)
+}
+
+fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()> {
+    let (input, hidden, classes, batch) = if quick { (1024, 256, 7, 16) } else { (25088, 4096, 7, 64) };
+    let model = vgg16_head(input, hidden, classes, rng);
+    let mut s = Session::new(SessionConfig {
+        backend: kind,
+        ..Default::default()
+    })?;
+    let fx = s.config().fixed;
+    let be = backend_from_kind(kind)?;
+    let mut weights = Vec::new();
+    for l in &model.layers {
+        if let Layer::Linear {
+            in_features,
+            out_features,
+            weight,
+            bias,
+        } = l
+        {
+            let (i, o) = (*in_features, *out_features);
+            let mut wt = vec![0u64; i * o];
+            for r in 0..o {
+                for c in 0..i {
+                    wt[c * o + r] = fx.encode_one(weight[r * i + c], 0)?;
+                }
+            }
+            weights.push((be.upload(&[i, o], &wt)?, fx.encode(bias)?));
+        }
+    }
+    let xs: Vec<f64> = (0..batch * input).map(|_| rng.gen_range(0.0..1.0)).collect();
+    let xt = be.upload(&[batch, input], &fx.encode(&xs)?)?;
+    let relu_after = [true, true, false];
+    plaintext_u64_head(be.as_ref(), &weights, &xt, &relu_after, fx.frac_bits())?;
+    let t_plain = time_best(3, || {
+        plaintext_u64_head(be.as_ref(), &weights, &xt, &relu_after, fx.frac_bits()).map(|_| ())
+    })?;
+    let t_share = Instant::now();
+    let shared: SharedModel = s.share_model(PartyId::ModelOwner, &model)?;
+    let share_secs = t_share.elapsed().as_secs_f64();
+    let x = s.share(PartyId::Client, &[batch, input], &xs)?;
+    let xid = x.id();
+    let (mut best_on, mut best_total, mut stats) = (f64::INFINITY, f64::INFINITY, None);
+    for _ in 0..3 {
+        let m1 = shared.clone();
+        let t0 = Instant::now();
+        s.run(move |p| {
+            let f = p.fixed_point().frac_bits();
+            p.preprocess(&m1.material_specs(batch, f))
+        })?;
+        let t1 = Instant::now();
+        let m2 = shared.clone();
+        let [st, _] = s.run(move |p| {
+            let before = p.traffic();
+            let x = p.kept(xid)?;
+            m2.forward(p, &x)?;
+            Ok(p.traffic().since(&before).online())
+        })?;
+        let t2 = Instant::now();
+        best_on = best_on.min((t2 - t1).as_secs_f64());
+        best_total = best_total.min((t2 - t0).as_secs_f64());
+        stats = Some(st);
+    }
+    let st = stats.expect("ran");
+    println!(
+        "VGG16 head {input}-{hidden}-{hidden}-{classes}, batch {batch} (model shared once in {share_secs:.1} s):"
+    );
+    println!("| phase | ms | images/s | ratio to plaintext u64 head |");
+    println!("|---|---|---|---|");
+    println!("| plaintext u64 head | {:.1} | {:.0} | 1.00x |", t_plain * 1e3, batch as f64 / t_plain);
+    println!(
+        "| secure, online only | {:.1} | {:.0} | {:.2}x |",
+        best_on * 1e3,
+        batch as f64 / best_on,
+        best_on / t_plain
+    );
+    println!(
+        "| secure, with preprocessing | {:.1} | {:.0} | {:.2}x |",
+        best_total * 1e3,
+        batch as f64 / best_total,
+        best_total / t_plain
+    );
+    println!(
+        "online traffic per party per batch: {:.1} MB sent, {} rounds",
+        st.bytes_sent as f64 / 1e6,
+        st.rounds
+    );
+    Ok(())
+}

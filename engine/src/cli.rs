@@ -1,0 +1,189 @@
+//! The `secure-serving` command line: `classify`, `demo`, `bench`.
+
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use kernels::BackendKind;
+
+use crate::error::{EngineError, Result};
+use crate::fixed::FixedPoint;
+use crate::io::{load_features, load_labels, load_safetensors_model, write_predictions};
+use crate::nn::plain::{Layer, Sequential};
+use crate::nn::{ClassifyOptions, ClassifyReport, SecureClassifier};
+use crate::session::{Session, SessionConfig};
+use crate::transport::PartyId;
+
+/// Secure two-party inference with a dealer (alice, bob, crypto provider), in-process.
+#[derive(Parser, Debug)]
+#[command(name = "secure-serving", version, about)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Classify a data set with a shared model; reveal only the accuracy to the model owner.
+    Classify {
+        /// safetensors file with the model's state dict.
+        #[arg(long)]
+        model: String,
+        /// Layer list in PyTorch order (e.g. `linear,relu,dropout,linear`) or `vgg16-head`.
+        #[arg(long)]
+        arch: String,
+        /// Tensor-name prefix (e.g. `classifier.`).
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Inputs `.npy`, f32/f64 `[N, features]`.
+        #[arg(long)]
+        input: String,
+        /// Labels `.npy`, int64 `[N]`.
+        #[arg(long)]
+        labels: Option<String>,
+        /// Rows per batch.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Compute backend.
+        #[arg(long, default_value = "cpu")]
+        backend: BackendKind,
+        /// Fixed-point fractional bits.
+        #[arg(long, default_value_t = 16)]
+        frac_bits: u32,
+        /// Write the client-revealed predictions (int64 `.npy`).
+        #[arg(long)]
+        output: Option<String>,
+    },
+    /// The tutorial on an embedded default: Linear(1,1), one input, one label.
+    Demo {
+        /// Compute backend.
+        #[arg(long, default_value = "cpu")]
+        backend: BackendKind,
+    },
+    /// Benchmarks: GEMM vs MAC peak, secure matmul vs GEMM, comparisons, VGG16 head.
+    Bench {
+        /// Compute backend.
+        #[arg(long, default_value = "cpu")]
+        backend: BackendKind,
+        /// Small shapes (seconds instead of minutes).
+        #[arg(long)]
+        quick: bool,
+    },
+}
+
+fn print_report(r: &ClassifyReport) {
+    if let (Some(c), Some(acc)) = (r.correct, r.accuracy()) {
+        println!(
+            "Test set: Accuracy: {c}/{} ({:.0}%)  [revealed to the model owner only]",
+            r.inputs,
+            100.0 * acc
+        );
+    }
+    println!(
+        "time: {:.3} s for {} inputs in {} batches ({:.1} inputs/s)",
+        r.seconds,
+        r.inputs,
+        r.batches,
+        r.inputs as f64 / r.seconds
+    );
+    for (i, t) in r.traffic.iter().enumerate() {
+        println!(
+            "{}: sent {:.3} MB in {} rounds ({} messages)",
+            PartyId::compute(i),
+            t.bytes_sent as f64 / 1e6,
+            t.rounds,
+            t.messages
+        );
+    }
+}
+
+/// Run the tutorial's Linear(1,1) case; returns the report.
+pub fn demo(backend: BackendKind) -> Result<ClassifyReport> {
+    let mut session = Session::new(SessionConfig {
+        backend,
+        ..Default::default()
+    })?;
+    println!("alice, bob and the crypto provider are up ({})", session.backend_description());
+    let model = Sequential::new(vec![Layer::linear(1, 1, vec![0.5], vec![0.0])?])?;
+    let t = Instant::now();
+    let shared = session.share_model(PartyId::ModelOwner, &model)?;
+    println!(
+        "model.fix_precision().share(alice, bob, crypto_provider): {:.2} ms",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+    let mut clf = SecureClassifier::new(&mut session, shared);
+    let report = clf.classify(
+        &[0.0],
+        Some(&[0]),
+        &ClassifyOptions {
+            batch: 1,
+            reveal_predictions: true,
+            progress: false,
+        },
+    )?;
+    print_report(&report);
+    println!(
+        "Prediction = {:?}, Label = [0]  [prediction revealed to the client only]",
+        report.predictions.as_deref().unwrap_or(&[])
+    );
+    Ok(report)
+}
+
+/// Run the CLI.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo { backend } => demo(backend).map(|_| ()),
+        Command::Bench { backend, quick } => crate::bench::run(backend, quick),
+        Command::Classify {
+            model,
+            arch,
+            prefix,
+            input,
+            labels,
+            batch,
+            backend,
+            frac_bits,
+            output,
+        } => {
+            let fixed = FixedPoint::new(frac_bits)?;
+            let plain = load_safetensors_model(&model, &arch, &prefix)?;
+            let (n, data) = load_features(&input, plain.in_features())?;
+            let labels = match labels {
+                Some(p) => {
+                    let l = load_labels(&p)?;
+                    if l.len() != n {
+                        return Err(EngineError::Format(format!(
+                            "{p}: {} labels for {n} inputs",
+                            l.len()
+                        )));
+                    }
+                    Some(l)
+                }
+                None => None,
+            };
+            let mut session = Session::new(SessionConfig {
+                backend,
+                fixed,
+                ..Default::default()
+            })?;
+            let shared = session.share_model(PartyId::ModelOwner, &plain)?;
+            let mut clf = SecureClassifier::new(&mut session, shared);
+            let report = clf.classify(
+                &data,
+                labels.as_deref(),
+                &ClassifyOptions {
+                    batch,
+                    reveal_predictions: output.is_some(),
+                    progress: true,
+                },
+            )?;
+            print_report(&report);
+            if let (Some(path), Some(preds)) = (output, report.predictions.as_ref()) {
+                write_predictions(&path, preds)?;
+                println!("predictions written to {path} (revealed to the client only)");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Model and data import: PyTorch `nn.Sequential` state dicts in safetensors, `.npy` inputs.
+
+pub mod model;
+pub mod npy;
+
+pub use model::load_safetensors_model;
+pub use npy::{load_features, load_labels, write_predictions};

@@ -1,0 +1,229 @@
+//! The tutorial's encrypted evaluation: shared model × shared data → encrypted argmax, eq with
+//! the shared labels, sum; the correct-count is revealed only to the model owner and the
+//! predictions only to the client.
+
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::error::{shape_err, Result};
+use crate::fixed::FixedPoint;
+use crate::nn::shared::SharedModel;
+use crate::session::Session;
+use crate::transport::{PartyId, StepStats};
+
+/// Options of an encrypted evaluation.
+#[derive(Clone, Debug)]
+pub struct ClassifyOptions {
+    /// Rows per batch (preprocessing is streamed per batch).
+    pub batch: usize,
+    /// Reveal each prediction to the client.
+    pub reveal_predictions: bool,
+    /// Show a progress bar when there is more than one batch.
+    pub progress: bool,
+}
+
+impl Default for ClassifyOptions {
+    fn default() -> Self {
+        ClassifyOptions {
+            batch: 64,
+            reveal_predictions: false,
+            progress: false,
+        }
+    }
+}
+
+/// What an encrypted evaluation produced and cost.
+#[derive(Clone, Debug)]
+pub struct ClassifyReport {
+    /// Inputs classified.
+    pub inputs: usize,
+    /// Correct predictions (revealed to the model owner only), when labels were given.
+    pub correct: Option<u64>,
+    /// Class indices (revealed to the client only), when asked.
+    pub predictions: Option<Vec<i64>>,
+    /// Wall time in seconds, preprocessing included.
+    pub seconds: f64,
+    /// Traffic of alice and bob during the evaluation (sent by each).
+    pub traffic: [StepStats; 2],
+    /// Batches run.
+    pub batches: usize,
+}
+
+impl ClassifyReport {
+    /// Accuracy in [0, 1], when labels were given.
+    pub fn accuracy(&self) -> Option<f64> {
+        self.correct
+            .map(|c| c as f64 / self.inputs.max(1) as f64)
+    }
+}
+
+/// A shared model ready to classify shared data (the PySyft `test(model, data, target)` flow).
+pub struct SecureClassifier<'s> {
+    session: &'s mut Session,
+    model: SharedModel,
+}
+
+impl<'s> SecureClassifier<'s> {
+    /// Wrap a session and a model shared in it.
+    pub fn new(session: &'s mut Session, model: SharedModel) -> Self {
+        SecureClassifier { session, model }
+    }
+
+    /// The shared model.
+    pub fn model(&self) -> &SharedModel {
+        &self.model
+    }
+
+    /// Classify `data [n, in]` (row-major, the client's plaintext) with optional integer
+    /// `labels [n]`. The client shares each batch; everything after runs on shares.
+    pub fn classify(
+        &mut self,
+        data: &[f64],
+        labels: Option<&[i64]>,
+        opts: &ClassifyOptions,
+    ) -> Result<ClassifyReport> {
+        let width = self.model.in_features();
+        if width == 0 || data.len() % width != 0 {
+            return Err(shape_err(
+                "classify",
+                format!("{} input values are not rows of {width} features", data.len()),
+            ));
+        }
+        let n = data.len() / width;
+        if let Some(l) = labels {
+            if l.len() != n {
+                return Err(shape_err(
+                    "classify",
+                    format!("{} labels for {n} inputs", l.len()),
+                ));
+            }
+            let classes = self.model.out_features() as i64;
+            if let Some((i, bad)) = l.iter().enumerate().find(|(_, &v)| v < 0 || v >= classes) {
+                return Err(crate::EngineError::Invalid(format!(
+                    "label {bad} at index {i} is not a class index in 0..{classes}"
+                )));
+            }
+        }
+        if opts.batch == 0 {
+            return Err(crate::EngineError::Invalid("batch size must be at least 1".into()));
+        }
+        let fx = self.session.config().fixed;
+        let start = Instant::now();
+        let before = self.session.traffic()?;
+        let batches = n.div_ceil(opts.batch);
+        let bar = (opts.progress && batches > 1).then(|| {
+            let b = ProgressBar::new(n as u64);
+            b.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} inputs {per_sec} eta {eta}")
+                    .expect("valid template"),
+            );
+            b
+        });
+        let mut predictions = opts.reveal_predictions.then(Vec::new);
+        let mut acc_id: Option<u64> = None;
+        for b in 0..batches {
+            let lo = b * opts.batch;
+            let hi = (lo + opts.batch).min(n);
+            let m = hi - lo;
+            let x = self.session.share(PartyId::Client, &[m, width], &data[lo * width..hi * width])?;
+            let y = match labels {
+                Some(l) => Some(self.session.share_ring(
+                    PartyId::Client,
+                    &[m],
+                    &l[lo..hi].iter().map(|&v| (v as u64) << fx.frac_bits()).collect::<Vec<_>>(),
+                )?),
+                None => None,
+            };
+            let model = self.model.clone();
+            let (xid, yid, reveal_pred) = (x.id(), y.map(|y| y.id()), opts.reveal_predictions);
+            let [new_acc, _] = self.session.run(move |p| {
+                p.preprocess(&model.material_specs(m, p.fixed_point().frac_bits()))?;
+                let x = p.kept(xid)?;
+                let logits = model.forward(p, &x)?;
+                let pred = p.argmax_last(&logits)?;
+                if reveal_pred {
+                    p.reveal_to(PartyId::Client, &pred)?;
+                }
+                p.forget(xid);
+                let mut acc = acc_id;
+                if let Some(yid) = yid {
+                    let y = p.kept(yid)?;
+                    let correct = p.eq(&pred, &y)?;
+                    let count = p.sum_all(&correct)?;
+                    let total = match acc_id {
+                        Some(id) => {
+                            let prev = p.kept(id)?;
+                            p.forget(id);
+                            p.add(&prev, &count)?
+                        }
+                        None => count,
+                    };
+                    acc = Some(p.keep(total));
+                    p.forget(yid);
+                }
+                Ok(acc)
+            })?;
+            acc_id = new_acc;
+            if let Some(preds) = predictions.as_mut() {
+                let (_, ring) = self.session.receive_revealed(PartyId::Client)?;
+                preds.extend(ring.iter().map(|&v| (v as i64) >> fx.frac_bits()));
+            }
+            if let Some(bar) = &bar {
+                bar.inc(m as u64);
+            }
+        }
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let correct = match acc_id {
+            Some(id) => {
+                let h = Session::handle(id, &[1]);
+                let v = self.session.reveal_ring(PartyId::ModelOwner, &h)?;
+                self.session.run(move |p| {
+                    p.forget(id);
+                    Ok(())
+                })?;
+                Some(v[0])
+            }
+            None => None,
+        };
+        let after = self.session.traffic()?;
+        let traffic = [
+            after[0].since(&before[0]).total(),
+            after[1].since(&before[1]).total(),
+        ];
+        Ok(ClassifyReport {
+            inputs: n,
+            correct,
+            predictions,
+            seconds: start.elapsed().as_secs_f64(),
+            traffic,
+            batches,
+        })
+    }
+
+    /// Encrypted logits `[n, classes]` revealed to the client (the client's own outputs), for
+    /// comparing with plaintext evaluation.
+    pub fn logits_for_client(&mut self, data: &[f64], batch: usize) -> Result<Vec<f64>> {
+        let width = self.model.in_features();
+        let n = data.len() / width.max(1);
+        let fx: FixedPoint = self.session.config().fixed;
+        let mut out = Vec::with_capacity(n * self.model.out_features());
+        for lo in (0..n).step_by(batch.max(1)) {
+            let hi = (lo + batch.max(1)).min(n);
+            let x = self.session.share(PartyId::Client, &[hi - lo, width], &data[lo * width..hi * width])?;
+            let model = self.model.clone();
+            let xid = x.id();
+            self.session.run(move |p| {
+                let x = p.kept(xid)?;
+                let logits = model.forward(p, &x)?;
+                p.forget(xid);
+                p.reveal_to(PartyId::Client, &logits)
+            })?;
+            let (_, ring) = self.session.receive_revealed(PartyId::Client)?;
+            out.extend(fx.decode(&ring));
+        }
+        Ok(out)
+    }
+}
