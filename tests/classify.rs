@@ -104,11 +104,19 @@ fn vgg_head_traffic_grows_with_activations_not_weights() {
             Ok(p.traffic().since(&before).online())
         })
         .unwrap();
-    // Per Linear: E = X - a (batch x in) and the truncation opening (batch x out); per ReLU
-    // of w elements: 12 AND gates x 2 words, 1 payload word, and w/64 packed bits (rounded up).
+    // Per Linear: E = X - a (batch x in) and the truncation opening (batch x out); per ReLU of
+    // n elements: two masked words per AND word (level 0: n; level j: ceil(n/2^j) for G and,
+    // below the top, for P), the packed masked sign bits, and one payload word per element.
     let b = batch as u64;
     let linear = |i: u64, o: u64| 8 * b * (i + o);
-    let relu = |w: u64| 8 * (b * w * 25 + (b * w).div_ceil(64));
+    let relu = |w: u64| {
+        let n = b * w;
+        let mut and_words = n;
+        for j in 1..=6 {
+            and_words += n.div_ceil(1 << j) * if j < 6 { 2 } else { 1 };
+        }
+        16 * and_words + 8 * n.div_ceil(64) + 8 * n
+    };
     let (i, h, c) = (input as u64, hidden as u64, classes as u64);
     let want = linear(i, h) + relu(h) + linear(h, h) + relu(h) + linear(h, c);
     assert_eq!(t.bytes_sent, want);

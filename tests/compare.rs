@@ -125,6 +125,17 @@ fn argmax_and_max_match_plaintext_with_lowest_index_ties() {
     }
 }
 
+/// Bytes one party sends for one comparison of `n` elements: two masked words per AND word
+/// (level 0: n words; level j: ceil(n/2^j) words for G and, below the top level, for P), plus
+/// the packed masked sign bits.
+pub fn compare_bytes(n: u64) -> u64 {
+    let mut and_words = n;
+    for j in 1..=6 {
+        and_words += n.div_ceil(1 << j) * if j < 6 { 2 } else { 1 };
+    }
+    16 * and_words + 8 * n.div_ceil(64)
+}
+
 #[test]
 fn rounds_and_bytes_per_comparison_are_fixed() {
     let mut s = session();
@@ -146,11 +157,10 @@ fn rounds_and_bytes_per_comparison_are_fixed() {
                 Ok((t1.since(&t0).online(), t3.since(&t2).online()))
             })
             .unwrap();
-        let bits = 8 * n.div_ceil(64) as u64;
         assert_eq!(ltz.rounds, 8);
-        assert_eq!(ltz.bytes_sent, 12 * 2 * 8 * n as u64 + bits);
+        assert_eq!(ltz.bytes_sent, compare_bytes(n as u64));
         assert_eq!(relu.rounds, 8);
-        assert_eq!(relu.bytes_sent, 12 * 2 * 8 * n as u64 + bits + 8 * n as u64);
+        assert_eq!(relu.bytes_sent, compare_bytes(n as u64) + 8 * n as u64);
     }
     // Argmax over 10 classes: ceil(log2 10) = 4 tournament levels of 8 rounds.
     let x = s.share(PartyId::Client, &[64, 10], &vec![0.25; 640]).unwrap();

@@ -17,7 +17,13 @@ use crate::transport::{PartyId, TrafficStats, Transport};
 /// Material fetched ahead of use, in the order the protocols will consume it.
 struct Prepared {
     spec: MaterialSpec,
-    parts: Vec<Tensor>,
+    parts: Parts,
+}
+
+/// Where a material item lives: on the backend, or in host memory (boolean-circuit material).
+enum Parts {
+    Device(Vec<Tensor>),
+    Host(Vec<Vec<u64>>),
 }
 
 /// A compute party (alice = 0, bob = 1). Lives on its own thread; see [`crate::Session`].
@@ -239,7 +245,7 @@ impl Party {
     }
 
     /// The next material item: from the queue if preprocessed, else fetched on demand.
-    pub(crate) fn material(&mut self, spec: MaterialSpec) -> Result<Vec<Tensor>> {
+    fn next_material(&mut self, spec: MaterialSpec) -> Result<Parts> {
         if let Some(front) = self.queue.pop_front() {
             if front.spec != spec {
                 return Err(EngineError::Protocol(format!(
@@ -249,14 +255,31 @@ impl Party {
             }
             return Ok(front.parts);
         }
-        let mut fetched = self.fetch(&[spec])?;
-        Ok(fetched.pop().expect("one item fetched").parts)
+        Ok(self.fetch(&[spec])?.pop().expect("one item fetched").parts)
+    }
+
+    /// The next backend-resident material item.
+    pub(crate) fn material(&mut self, spec: MaterialSpec) -> Result<Vec<Tensor>> {
+        match self.next_material(spec)? {
+            Parts::Device(t) => Ok(t),
+            Parts::Host(_) => Err(EngineError::Protocol(format!("{spec:?} is host material"))),
+        }
+    }
+
+    /// The next host-resident (boolean-circuit) material item.
+    pub(crate) fn material_host(&mut self, spec: MaterialSpec) -> Result<Vec<Vec<u64>>> {
+        match self.next_material(spec)? {
+            Parts::Host(h) => Ok(h),
+            Parts::Device(_) => Err(EngineError::Protocol(format!("{spec:?} is device material"))),
+        }
     }
 
     /// Fetch one item now, bypassing the queue (set-up steps such as fixed masks).
     pub(crate) fn material_now(&mut self, spec: MaterialSpec) -> Result<Vec<Tensor>> {
-        let mut fetched = self.fetch(&[spec])?;
-        Ok(fetched.pop().expect("one item fetched").parts)
+        match self.fetch(&[spec])?.pop().expect("one item fetched").parts {
+            Parts::Device(t) => Ok(t),
+            Parts::Host(_) => Err(EngineError::Protocol(format!("{spec:?} is host material"))),
+        }
     }
 
     fn fetch(&mut self, specs: &[MaterialSpec]) -> Result<Vec<Prepared>> {
@@ -295,14 +318,15 @@ impl Party {
                 s
             });
             let host = expand_party_share(spec, self.index, &mut rng, corr)?;
-            let mut parts = Vec::with_capacity(host.len());
-            for (p, chunks) in host.iter().zip(spec.part_chunks()) {
-                let len = p.len() / chunks.max(1);
-                for c in 0..chunks {
-                    parts.push(self.backend.upload(&[len], &p[c * len..(c + 1) * len])?);
+            let parts = if spec.is_host() {
+                Parts::Host(host)
+            } else {
+                let mut parts = Vec::with_capacity(host.len());
+                for p in &host {
+                    parts.push(self.backend.upload(&[p.len()], p)?);
                 }
-            }
-            let parts = self.prepare(spec, parts)?;
+                Parts::Device(self.prepare(spec, parts)?)
+            };
             out.push(Prepared { spec: *spec, parts });
         }
         Ok(out)

@@ -54,8 +54,9 @@ pub enum MaterialSpec {
         /// Words.
         n: usize,
     },
-    /// Random bits `r` shared both as XOR bits and arithmetically, plus for each of `payloads`
-    /// vectors a mask `a` and arithmetic shares of `a * r` (the select-by-secret-bit material).
+    /// Random bits `r` shared both as XOR bits (packed 64 to a word) and arithmetically, plus for
+    /// each of `payloads` vectors a mask `a` and arithmetic shares of `a * r` (the
+    /// select-by-secret-bit material).
     BitSelect {
         /// Bits (elements).
         n: usize,
@@ -101,20 +102,15 @@ impl MaterialSpec {
             FixedTriple { m, k, n, .. } => (vec![m * k], vec![m * n]),
             Trunc { n, .. } => (vec![n], vec![n, n]),
             AndTriple { n } => (vec![n, n], vec![n]),
-            BitSelect { n, payloads } => (vec![n, payloads * n], vec![n, payloads * n]),
+            BitSelect { n, payloads } => (vec![n.div_ceil(64), payloads * n], vec![n, payloads * n]),
         };
         PartShapes { random, derived }
     }
 
-    /// Into how many equal tensors each part (random parts, then derived) is split when a party
-    /// uploads it: BitSelect's masks and products come one tensor per payload.
-    pub fn part_chunks(&self) -> Vec<usize> {
-        let shapes = self.parts();
-        let count = shapes.random.len() + shapes.derived.len();
-        match *self {
-            MaterialSpec::BitSelect { payloads, .. } => vec![1, payloads, 1, payloads],
-            _ => vec![1; count],
-        }
+    /// Whether a party keeps this material in host memory: boolean-circuit material is consumed
+    /// by the comparison circuit, which runs on the host (rayon); the rest goes to the backend.
+    pub fn is_host(&self) -> bool {
+        matches!(self, MaterialSpec::AndTriple { .. } | MaterialSpec::BitSelect { .. })
     }
 
     /// How derived parts are corrected.
@@ -194,23 +190,14 @@ fn bytemuck_words(buf: &mut [u64]) -> &mut [u8] {
     unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, buf.len() * 8) }
 }
 
-/// Random bits drawn as words are masked to bit 0 for the XOR-shared bit part of BitSelect.
-fn is_bit_part(spec: &MaterialSpec, index: usize) -> bool {
-    matches!(spec, MaterialSpec::BitSelect { .. }) && index == 0
-}
-
 /// The parts every party draws from its own stream (masks, random values, random bits).
 pub fn draw_random_parts(spec: &MaterialSpec, rng: &mut ChaCha20Rng) -> Vec<Vec<u64>> {
     spec.parts()
         .random
         .iter()
-        .enumerate()
-        .map(|(i, &len)| {
+        .map(|&len| {
             let mut v = vec![0u64; len];
             fill_words(rng, &mut v);
-            if is_bit_part(spec, i) {
-                v.iter_mut().for_each(|x| *x &= 1);
-            }
             v
         })
         .collect()

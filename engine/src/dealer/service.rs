@@ -152,7 +152,8 @@ impl Dealer {
                 vec![a.par_iter().zip(&b).map(|(x, y)| x & y).collect()]
             }
             MaterialSpec::BitSelect { n, payloads } => {
-                let bit: Vec<u64> = p0[0].iter().zip(&p1[0]).map(|(x, y)| x ^ y).collect();
+                let packed: Vec<u64> = p0[0].iter().zip(&p1[0]).map(|(x, y)| x ^ y).collect();
+                let bit: Vec<u64> = (0..n).map(|e| (packed[e / 64] >> (e % 64)) & 1).collect();
                 let a = add(&p0[1], &p1[1]);
                 let c: Vec<u64> = (0..payloads * n)
                     .into_par_iter()

@@ -2,30 +2,37 @@
 //!
 //! # Protocol
 //! `x = x_0 + x_1 mod 2^64` is negative iff its most significant bit is set. Each party's share
-//! is one addend of a 64-bit addition, so `msb(x) = msb(x_0) ⊕ msb(x_1) ⊕ carry_63`, where the
-//! carry into bit 63 comes from a Kogge–Stone parallel-prefix adder evaluated on XOR-shared
-//! bits packed 64 to a word (CrypTen-style arithmetic-to-binary conversion, with the dealer
-//! supplying boolean AND triples under the same seed compression as arithmetic triples):
+//! is one addend of a 64-bit addition, so `msb(x) = msb(x_0) ⊕ msb(x_1) ⊕ c_63`, where `c_63`,
+//! the carry into bit 63, is the group-generate bit of bits 0..62. It is computed by a carry
+//! tree on XOR-shared bits (CrypTen-style arithmetic-to-binary conversion; the dealer supplies
+//! boolean AND triples under the same seed compression as arithmetic triples):
 //!
-//! - generate `G = x_0 & x_1` (one AND round), propagate `P = x_0 ^ x_1` (local);
-//! - for `s = 1, 2, 4, 8, 16, 32`: `G ^= P & (G << s)`, `P &= P << s` (both ANDs in one round;
-//!   the last level needs only `G`), so bit 62 of `G` is the carry into bit 63.
+//! - level 0: generate `G = A & B`, propagate `P = A ^ B` for the addends `A = x_0 | 2^63`
+//!   (alice's input) and `B = x_1 & (2^63 - 1)` (bob's): forcing bit 63 to "propagate" makes the
+//!   group over all 64 bits generate exactly `c_63`;
+//! - levels 1..6: pairs of groups merge, `G' = G_hi ^ (P_hi & G_lo)`, `P' = P_hi & P_lo`, and the
+//!   bits are compacted so level `j` works on `64 >> j` bits per element
+//!   (`circuit`; one round per level, the top level needs only `G`).
 //!
-//! That is 7 rounds and 12 AND words per element. The XOR-shared sign bit is then turned into
-//! an arithmetic share with a dealer random bit `r` (shared both ways): the parties open
+//! That is 7 rounds and about 3 AND words per element. The XOR-shared sign bit is then turned
+//! into an arithmetic share with a dealer random bit `r` (shared both ways): the parties open
 //! `d = msb ⊕ r` (1 round, one bit per element, packed) and `[msb] = d + [r] - 2d[r]`.
 //! Multiplying a payload `y` by the secret bit costs no extra round: the payload's Beaver
-//! difference `y - a` (dealer material `a`, `a·r`) is opened together with the first AND round.
+//! difference `y - a` (dealer material `a`, `a·r`) is opened together with the level-0 ANDs.
 //!
-//! **Exactness.** The adder computes the carry exactly, so the result is correct for every
-//! ring value (no probabilistic failure at all). Comparisons of two values `x < y` use
-//! `msb(x - y)`, exact when `|x - y| < 2^63` (always true within the fixed-point range).
+//! **Exactness.** The tree computes the carry exactly, so the sign is correct for every ring
+//! value (no probabilistic failure at all). Comparisons `x < y` use `msb(x - y)`, exact when
+//! `|x - y| < 2^63` (always true within the fixed-point range).
 //!
-//! **Cost per comparison** (per element, per party): 8 rounds, `12 · 2 · 8 = 192` bytes of AND
-//! openings plus 1/8 byte for the masked bit, plus 8 bytes per payload. All elements of a tensor
-//! share the same messages.
+//! **Cost** per comparison of `n` elements, per party: 8 rounds; `16·(n + 2⌈n/2⌉ + 2⌈n/4⌉ +
+//! 2⌈n/8⌉ + 2⌈n/16⌉ + 2⌈n/32⌉ + ⌈n/64⌉) + 8⌈n/64⌉` bytes (≈ 47.5 bytes per element for large
+//! `n`), plus 8 bytes per element and payload. The boolean work runs on host words with rayon.
 
-use kernels::{BeaverKind, BinaryOp, ScalarOp, Tensor};
+mod circuit;
+
+use rayon::prelude::*;
+
+use circuit::{and_batch_words, and_combine, and_mask, compact};
 
 use crate::dealer::MaterialSpec;
 use crate::error::{shape_err, Result};
@@ -35,80 +42,49 @@ use crate::share::Share;
 /// How ties are broken by [`Party::argmax_last`] and [`Party::max_last`].
 pub const ARGMAX_TIE_RULE: &str = "lowest index wins among equal maxima";
 
-/// Prefix-adder shift distances.
-const LEVELS: [u64; 6] = [1, 2, 4, 8, 16, 32];
-
 /// Material specs, in consumption order, of one batched comparison of `n` elements with
 /// `payloads` payload vectors.
 pub fn compare_specs(n: usize, payloads: usize) -> Vec<MaterialSpec> {
-    let mut v = vec![
-        MaterialSpec::BitSelect { n, payloads },
-        MaterialSpec::AndTriple { n },
-    ];
-    for (i, _) in LEVELS.iter().enumerate() {
-        v.push(MaterialSpec::AndTriple { n });
-        if i + 1 < LEVELS.len() {
-            v.push(MaterialSpec::AndTriple { n });
-        }
-    }
+    let mut v = vec![MaterialSpec::BitSelect { n, payloads }];
+    v.extend(
+        and_batch_words(n)
+            .into_iter()
+            .map(|words| MaterialSpec::AndTriple { n: words }),
+    );
     v
 }
 
-/// Pack the low bit of each word, 64 per word.
-fn pack_bits(words: &[u64]) -> Vec<u64> {
-    words
-        .chunks(64)
-        .map(|c| c.iter().enumerate().fold(0u64, |acc, (i, &w)| acc | ((w & 1) << i)))
-        .collect()
-}
-
-/// Inverse of [`pack_bits`] for `n` bits.
-fn unpack_bits(packed: &[u64], n: usize) -> Vec<u64> {
-    (0..n).map(|i| (packed[i / 64] >> (i % 64)) & 1).collect()
-}
+/// Elements per rayon task in the arithmetic tail.
+const CHUNK: usize = 1 << 14;
 
 impl Party {
-    /// One round of AND gates on XOR-shared words: `x_j & y_j` for every pair, plus extra
-    /// arithmetic tensors sent in the same message (their peer values are returned).
-    fn and_round(
-        &mut self,
-        pairs: &[(&Tensor, &Tensor)],
-        extra: &[&Tensor],
-    ) -> Result<(Vec<Tensor>, Vec<Tensor>)> {
-        let mut triples = Vec::with_capacity(pairs.len());
-        let mut masked = Vec::with_capacity(2 * pairs.len() + extra.len());
-        for (x, y) in pairs {
-            let t = self.material(MaterialSpec::AndTriple { n: x.len() })?;
-            let be = self.backend();
-            masked.push(be.binary(BinaryOp::Xor, x, &t[0])?);
-            masked.push(be.binary(BinaryOp::Xor, y, &t[1])?);
-            triples.push(t);
-        }
-        let mut send: Vec<&Tensor> = masked.iter().collect();
-        send.extend_from_slice(extra);
-        let theirs = self.exchange_tensors("compare", &send)?;
-        let be = self.backend();
-        let mut outs = Vec::with_capacity(pairs.len());
-        for (j, t) in triples.iter().enumerate() {
-            let e = be.binary(BinaryOp::Xor, &masked[2 * j], &theirs[2 * j])?;
-            let f = be.binary(BinaryOp::Xor, &masked[2 * j + 1], &theirs[2 * j + 1])?;
-            outs.push(be.beaver_combine(
-                BeaverKind::Boolean,
-                &t[2],
-                &e,
-                &f,
-                &t[0],
-                &t[1],
-                self.index() == 0,
-            )?);
-        }
-        Ok((outs, theirs[2 * pairs.len()..].to_vec()))
+    /// One round of AND gates: `xs[j] & ys[j]` on XOR-shared words (all gates of the round in
+    /// one batch), plus extra words sent in the same message (the peer's extra words returned).
+    fn and_round(&mut self, xs: &[u64], ys: &[u64], extra: &[u64]) -> Result<(Vec<u64>, Vec<u64>)> {
+        let words = xs.len();
+        let t = self.material_host(MaterialSpec::AndTriple { n: words })?;
+        let mut msg = Vec::with_capacity(2 * words + extra.len());
+        and_mask(xs, ys, &t[0], &t[1], &mut msg);
+        msg.extend_from_slice(extra);
+        let theirs = self.exchange("compare", msg.clone())?;
+        let z = and_combine(
+            &msg[..words],
+            &msg[words..2 * words],
+            &theirs[..words],
+            &theirs[words..2 * words],
+            &t[0],
+            &t[1],
+            &t[2],
+            self.index() == 0,
+        );
+        Ok((z, theirs[2 * words..].to_vec()))
     }
 
     /// The core comparison: arithmetic shares of `[x < 0]` (0/1 at scale 0) for every element of
     /// `x`, and `y_p · [x < 0]` for each payload `y_p` (same shape as `x`), in 8 rounds.
     pub fn ltz_select(&mut self, x: &Share, payloads: &[&Share]) -> Result<(Share, Vec<Share>)> {
         let n = x.len();
+        let np = payloads.len();
         let shape = x.shape().to_vec();
         for p in payloads {
             if p.len() != n {
@@ -119,79 +95,88 @@ impl Party {
             }
         }
         let prev = self.set_step("compare");
-        let sel = self.material(MaterialSpec::BitSelect {
-            n,
-            payloads: payloads.len(),
-        })?;
-        let np = payloads.len();
-        let (rbit, masks, rarith, prods) = (&sel[0], &sel[1..1 + np], &sel[1 + np], &sel[2 + np..]);
-        let be = self.backend();
-        let xf = x.tensor().reshaped(vec![n]).expect("n");
-        let mut pay_e = Vec::with_capacity(np);
-        for (p, a) in payloads.iter().zip(masks) {
-            let pf = p.tensor().reshaped(vec![n]).expect("n");
-            pay_e.push(be.binary(BinaryOp::Sub, &pf, a)?);
+        let sel = self.material_host(MaterialSpec::BitSelect { n, payloads: np })?;
+        let (rbits, masks, rarith, prods) = (&sel[0], &sel[1], &sel[2], &sel[3]);
+        let xs = self.own_words(x)?;
+        let mut ys = Vec::with_capacity(np * n);
+        for p in payloads {
+            ys.extend(self.own_words(p)?);
         }
-        // Inputs of the adder as XOR sharings: alice holds (x_0, 0), bob (0, x_1).
-        let zero = be.scalar(ScalarOp::And, &xf, 0)?;
-        let (in_a, in_b) = if self.index() == 0 {
-            (xf.clone(), zero)
-        } else {
-            (zero, xf.clone())
-        };
-        let pay_refs: Vec<&Tensor> = pay_e.iter().collect();
-        let (mut g, their_pay) = self.and_round(&[(&in_a, &in_b)], &pay_refs)?;
-        let mut g = g.pop().expect("one AND");
-        let mut p = xf.clone(); // propagate share: x_0 ^ x_1 split as (x_0, x_1)
-        for (i, &s) in LEVELS.iter().enumerate() {
-            let be = self.backend();
-            let g_s = be.scalar(ScalarOp::Shl, &g, s)?;
-            if i + 1 < LEVELS.len() {
-                let p_s = be.scalar(ScalarOp::Shl, &p, s)?;
-                let (outs, _) = self.and_round(&[(&p, &g_s), (&p, &p_s)], &[])?;
-                g = self.backend().binary(BinaryOp::Xor, &g, &outs[0])?;
-                p = outs[1].clone();
+        let pay_e: Vec<u64> = ys.par_iter().zip(masks).map(|(y, a)| y.wrapping_sub(*a)).collect();
+        // Level 0: the addends as XOR sharings (alice holds A, bob holds B).
+        const TOP: u64 = 1 << 63;
+        let first = self.index() == 0;
+        let own: Vec<u64> = xs
+            .par_iter()
+            .map(|&v| if first { v | TOP } else { v & !TOP })
+            .collect();
+        let zero = vec![0u64; n];
+        let (a_in, b_in) = if first { (&own, &zero) } else { (&zero, &own) };
+        let (mut g, their_pay) = self.and_round(a_in, b_in, &pay_e)?;
+        let mut p = own; // P = A ^ B: each party's addend is its share of P
+        for level in 1..=6 {
+            let g_hi = compact(&g, true);
+            let g_lo = compact(&g, false);
+            let p_hi = compact(&p, true);
+            let half = g_hi.len();
+            let (xs_in, ys_in) = if level < 6 {
+                (
+                    [p_hi.as_slice(), p_hi.as_slice()].concat(),
+                    [g_lo, compact(&p, false)].concat(),
+                )
             } else {
-                let (outs, _) = self.and_round(&[(&p, &g_s)], &[])?;
-                g = self.backend().binary(BinaryOp::Xor, &g, &outs[0])?;
+                (p_hi, g_lo)
+            };
+            let (z, _) = self.and_round(&xs_in, &ys_in, &[])?;
+            g = g_hi.iter().zip(&z[..half]).map(|(a, b)| a ^ b).collect();
+            if level < 6 {
+                p = z[half..].to_vec();
             }
         }
-        // msb share = (x_i >> 63) ^ (G >> 62), low bit.
+        // Packed sign-bit shares: msb(x_i) ^ carry share, masked by r and opened.
+        let words = n.div_ceil(64);
+        let masked: Vec<u64> = (0..words)
+            .map(|k| {
+                let top = xs[k * 64..((k + 1) * 64).min(n)]
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |acc, (i, v)| acc | ((v >> 63) << i));
+                g[k] ^ top ^ rbits[k]
+            })
+            .collect();
+        let theirs = self.exchange("compare", masked.clone())?;
+        let d: Vec<u64> = masked.iter().zip(&theirs).map(|(a, b)| a ^ b).collect();
+        // [bit] = [alice] d + (1 - 2d)[r];  [y·bit] = (1 - 2d)(c + E[r]) + d·y.
+        let bit_of = |e: usize| (d[e / 64] >> (e % 64)) & 1;
+        let mut bit = vec![0u64; n];
+        bit.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, dst)| {
+            for (i, b) in dst.iter_mut().enumerate() {
+                let e = ci * CHUNK + i;
+                let de = bit_of(e);
+                let u = 1u64.wrapping_sub(de << 1);
+                *b = u.wrapping_mul(rarith[e]).wrapping_add(if first { de } else { 0 });
+            }
+        });
+        let mut out = vec![0u64; np * n];
+        out.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, dst)| {
+            for (i, o) in dst.iter_mut().enumerate() {
+                let j = ci * CHUNK + i;
+                let e = j % n;
+                let de = bit_of(e);
+                let u = 1u64.wrapping_sub(de << 1);
+                let big_e = pay_e[j].wrapping_add(their_pay[j]);
+                let yr = prods[j].wrapping_add(big_e.wrapping_mul(rarith[e]));
+                *o = u.wrapping_mul(yr).wrapping_add(de.wrapping_mul(ys[j]));
+            }
+        });
         let be = self.backend();
-        let msb = be.binary(
-            BinaryOp::Xor,
-            &be.scalar(ScalarOp::ShrLogical, &xf, 63)?,
-            &be.scalar(ScalarOp::ShrLogical, &g, 62)?,
-        )?;
-        let msb = be.scalar(ScalarOp::And, &msb, 1)?;
-        // Open d = msb ^ r, one bit per element.
-        let masked = be.binary(BinaryOp::Xor, &msb, rbit)?;
-        let mine = pack_bits(&be.download(&masked)?);
-        let theirs = self.exchange("compare", mine.clone())?;
-        let d_words: Vec<u64> = mine.iter().zip(&theirs).map(|(a, b)| a ^ b).collect();
-        let be = self.backend();
-        let d = be.upload(&[n], &unpack_bits(&d_words, n))?;
-        // u = 1 - 2d; [bit] = [alice] d + u·[r].
-        let u = be.scalar(ScalarOp::Add, &be.scalar(ScalarOp::Mul, &d, 2u64.wrapping_neg())?, 1)?;
-        let mut bit = be.binary(BinaryOp::Mul, &u, rarith)?;
-        if self.index() == 0 {
-            bit = be.binary(BinaryOp::Add, &bit, &d)?;
-        }
-        // Payloads: [y·r] = c + E·[r]; [y·bit] = u·[y·r] + d·y.
+        let bit = Share::new(be.upload(&shape, &bit)?);
         let mut selected = Vec::with_capacity(np);
         for j in 0..np {
-            let e = be.binary(BinaryOp::Add, &pay_e[j], &their_pay[j])?;
-            let yr = be.binary(BinaryOp::Add, &prods[j], &be.binary(BinaryOp::Mul, &e, rarith)?)?;
-            let yf = payloads[j].tensor().reshaped(vec![n]).expect("n");
-            let s = be.binary(
-                BinaryOp::Add,
-                &be.binary(BinaryOp::Mul, &u, &yr)?,
-                &be.binary(BinaryOp::Mul, &d, &yf)?,
-            )?;
-            selected.push(Share::new(s.reshaped(shape.clone()).expect("n")));
+            selected.push(Share::new(be.upload(&shape, &out[j * n..(j + 1) * n])?));
         }
         self.set_step(prev);
-        Ok((Share::new(bit.reshaped(shape).expect("n")), selected))
+        Ok((bit, selected))
     }
 
     /// `[x < 0]` as an arithmetic 0/1 share (scale 0).
