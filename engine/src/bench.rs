@@ -74,6 +74,10 @@ pub fn run(kind: BackendKind, quick: bool) -> Result<()> {
         );
     }
     println!();
+    if kind == BackendKind::Gpu {
+        gpu_vs_cpu_table(quick, &mut rng)?;
+        println!();
+    }
     comparison_table(kind, quick)?;
     println!();
     vgg_head(kind, quick, &mut rng)?;
@@ -120,6 +124,52 @@ fn secure_matmul_times(
         best_total = best_total.min((t2 - t0).as_secs_f64());
     }
     Ok((best_online, best_total))
+}
+
+/// CPU vs GPU: plaintext GEMM and secure matmul through a VGG16 fc layer at several batch
+/// sizes, plus the tutorial's Linear(1,1), measured in the same run.
+fn gpu_vs_cpu_table(quick: bool, rng: &mut ChaCha20Rng) -> Result<()> {
+    // fc2 (4096 x 4096): fc1 (25088 x 4096) at batch 1024 takes minutes on a software adapter.
+    let (k, n) = if quick { (512, 512) } else { (4096, 4096) };
+    let cpu = backend_from_kind(BackendKind::Cpu)?;
+    let gpu = backend_from_kind(BackendKind::Gpu)?;
+    println!("CPU vs GPU through a VGG16 fc layer ({k} x {n}); GPU: {}", gpu.describe());
+    println!("| case | batch | CPU GEMM ms | GPU GEMM ms | CPU GMAC/s | GPU GMAC/s | GPU/CPU time | CPU secure ms | GPU secure ms | GPU/CPU secure |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let batches: &[usize] = if quick { &[1, 64] } else { &[1, 64, 256, 1024] };
+    let mut cases: Vec<(String, usize, usize, usize)> =
+        batches.iter().map(|&m| (format!("fc {k}x{n}"), m, k, n)).collect();
+    cases.push(("Linear(1,1)".into(), 1, 1, 1));
+    for (name, m, k, n) in cases {
+        let a_host = random_words(rng, m * k);
+        let b_host = random_words(rng, k * n);
+        let mut times = Vec::new();
+        for be in [&cpu, &gpu] {
+            let a = be.upload(&[m, k], &a_host)?;
+            let b = be.upload(&[k, n], &b_host)?;
+            // Include the download so the GPU time covers the finished result.
+            be.download(&be.matmul(&a, &b, None)?)?;
+            times.push(time_best(3, || {
+                be.download(&be.matmul(&a, &b, None)?)?;
+                Ok(())
+            })?);
+        }
+        let (c_sec, _) = secure_matmul_times(BackendKind::Cpu, m, k, n, rng, 2)?;
+        let (g_sec, _) = secure_matmul_times(BackendKind::Gpu, m, k, n, rng, 2)?;
+        let macs = (m * k * n) as f64;
+        println!(
+            "| {name} | {m} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}x | {:.2} | {:.2} | {:.2}x |",
+            times[0] * 1e3,
+            times[1] * 1e3,
+            macs / times[0] / 1e9,
+            macs / times[1] / 1e9,
+            times[1] / times[0],
+            c_sec * 1e3,
+            g_sec * 1e3,
+            g_sec / c_sec
+        );
+    }
+    Ok(())
 }
 
 fn comparison_table(kind: BackendKind, quick: bool) -> Result<()> {

@@ -2,6 +2,7 @@
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::RngCore;
+use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
 
@@ -180,9 +181,29 @@ impl MaterialSpec {
     }
 }
 
-/// Fill `buf` with uniform words from `rng`.
+/// Words generated per parallel task when expanding long material parts.
+const FILL_CHUNK: usize = 1 << 15;
+
+/// Fill `buf` with the next `buf.len()` words of `rng`'s stream, in parallel chunks.
+///
+/// Each chunk seeks its own copy of the generator to its offset (ChaCha is seekable), so the
+/// result equals a sequential fill and does not depend on the number of threads; afterwards
+/// `rng` stands just past the consumed words.
 pub(crate) fn fill_words(rng: &mut ChaCha20Rng, buf: &mut [u64]) {
-    rng.fill_bytes(bytemuck_words(buf));
+    if buf.len() <= FILL_CHUNK {
+        rng.fill_bytes(bytemuck_words(buf));
+        return;
+    }
+    // The stream position counts 32-bit words; each u64 consumes two.
+    let start = rng.get_word_pos();
+    buf.par_chunks_mut(FILL_CHUNK)
+        .enumerate()
+        .for_each(|(i, chunk)| {
+            let mut r = rng.clone();
+            r.set_word_pos(start + 2 * (i * FILL_CHUNK) as u128);
+            r.fill_bytes(bytemuck_words(chunk));
+        });
+    rng.set_word_pos(start + 2 * buf.len() as u128);
 }
 
 fn bytemuck_words(buf: &mut [u64]) -> &mut [u8] {
@@ -239,4 +260,22 @@ pub fn expand_party_share(
         }
     }
     Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand_core::SeedableRng;
+
+    #[test]
+    fn parallel_fill_equals_a_sequential_stream() {
+        let mut a = ChaCha20Rng::seed_from_u64(7);
+        let mut b = a.clone();
+        let mut big = vec![0u64; 3 * FILL_CHUNK + 5];
+        fill_words(&mut a, &mut big);
+        let mut seq = vec![0u64; big.len()];
+        b.fill_bytes(bytemuck_words(&mut seq));
+        assert_eq!(big, seq);
+        assert_eq!(a.next_u64(), b.next_u64());
+    }
 }

@@ -107,7 +107,7 @@ impl Dealer {
         let p0 = expand_party_share(spec, 0, &mut r0, None)?;
         let p1 = draw_random_parts(spec, &mut r1);
         let nr = spec.parts().random.len();
-        let values: Vec<Vec<u64>> = match *spec {
+        let mut values: Vec<Vec<u64>> = match *spec {
             MaterialSpec::MulTriple { .. } => {
                 let (a, b) = (add(&p0[0], &p1[0]), add(&p0[1], &p1[1]));
                 vec![a.par_iter().zip(&b).map(|(x, y)| x.wrapping_mul(*y)).collect()]
@@ -147,9 +147,11 @@ impl Dealer {
                 ]
             }
             MaterialSpec::AndTriple { .. } => {
-                let a: Vec<u64> = p0[0].iter().zip(&p1[0]).map(|(x, y)| x ^ y).collect();
-                let b: Vec<u64> = p0[1].iter().zip(&p1[1]).map(|(x, y)| x ^ y).collect();
-                vec![a.par_iter().zip(&b).map(|(x, y)| x & y).collect()]
+                let (a0, a1, b0, b1) = (&p0[0], &p1[0], &p0[1], &p1[1]);
+                vec![(0..a0.len())
+                    .into_par_iter()
+                    .map(|i| (a0[i] ^ a1[i]) & (b0[i] ^ b1[i]))
+                    .collect()]
             }
             MaterialSpec::BitSelect { n, payloads } => {
                 let packed: Vec<u64> = p0[0].iter().zip(&p1[0]).map(|(x, y)| x ^ y).collect();
@@ -163,14 +165,16 @@ impl Dealer {
             }
         };
         let mut out = Vec::with_capacity(spec.parts().derived.iter().sum());
-        for (i, v) in values.iter().enumerate() {
+        for (i, v) in values.iter_mut().enumerate() {
             let alice = &p0[nr + i];
             match spec.correction() {
-                Correction::Arithmetic => {
-                    out.extend(v.iter().zip(alice).map(|(x, y)| x.wrapping_sub(*y)))
-                }
-                Correction::Boolean => out.extend(v.iter().zip(alice).map(|(x, y)| x ^ y)),
+                Correction::Arithmetic => v
+                    .par_iter_mut()
+                    .zip(alice)
+                    .for_each(|(x, y)| *x = x.wrapping_sub(*y)),
+                Correction::Boolean => v.par_iter_mut().zip(alice).for_each(|(x, y)| *x ^= y),
             }
+            out.extend_from_slice(v);
         }
         Ok(out)
     }
