@@ -22,19 +22,37 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     for (m, k, n) in shapes() {
         g.throughput(Throughput::Elements((m * k * n) as u64));
-        let a = be.upload(&[m, k], &(0..m * k).map(|_| rng.gen()).collect::<Vec<u64>>()).unwrap();
-        let b = be.upload(&[k, n], &(0..k * n).map(|_| rng.gen()).collect::<Vec<u64>>()).unwrap();
+        let a = be
+            .upload(
+                &[m, k],
+                &(0..m * k).map(|_| rng.gen()).collect::<Vec<u64>>(),
+            )
+            .unwrap();
+        let b = be
+            .upload(
+                &[k, n],
+                &(0..k * n).map(|_| rng.gen()).collect::<Vec<u64>>(),
+            )
+            .unwrap();
         g.bench_function(format!("u64_gemm_{m}x{k}x{n}"), |bench| {
             bench.iter(|| be.matmul(&a, &b, None).unwrap())
         });
         let mut s = Session::new(SessionConfig::default()).unwrap();
         let small = |rng: &mut rand_chacha::ChaCha20Rng, len: usize| -> Vec<u64> {
-            (0..len).map(|_| rng.gen_range(-(1i64 << 14)..(1i64 << 14)) as u64).collect()
+            (0..len)
+                .map(|_| rng.gen_range(-(1i64 << 14)..(1i64 << 14)) as u64)
+                .collect()
         };
-        let w = s.share_ring(PartyId::ModelOwner, &[k, n], &small(&mut rng, k * n)).unwrap();
-        let x = s.share_ring(PartyId::Client, &[m, k], &small(&mut rng, m * k)).unwrap();
+        let w = s
+            .share_ring(PartyId::ModelOwner, &[k, n], &small(&mut rng, k * n))
+            .unwrap();
+        let x = s
+            .share_ring(PartyId::Client, &[m, k], &small(&mut rng, m * k))
+            .unwrap();
         let (wid, xid) = (w.id(), x.id());
-        let [fid, _] = s.run(move |p| Ok(p.fix_operand(&p.kept(wid)?)?.id())).unwrap();
+        let [fid, _] = s
+            .run(move |p| Ok(p.fix_operand(&p.kept(wid)?)?.id()))
+            .unwrap();
         g.bench_function(format!("secure_matmul_online_{m}x{k}x{n}"), |bench| {
             bench.iter_custom(|iters| {
                 let mut total = std::time::Duration::ZERO;
@@ -56,15 +74,18 @@ fn bench(c: &mut Criterion) {
                 total
             })
         });
-        g.bench_function(format!("secure_matmul_with_preprocessing_{m}x{k}x{n}"), |bench| {
-            bench.iter(|| {
-                s.run(move |p| {
-                    let w = p.fixed_operand(fid, &p.kept(wid)?)?;
-                    p.matmul_fixed(&p.kept(xid)?, &w).map(|_| ())
+        g.bench_function(
+            format!("secure_matmul_with_preprocessing_{m}x{k}x{n}"),
+            |bench| {
+                bench.iter(|| {
+                    s.run(move |p| {
+                        let w = p.fixed_operand(fid, &p.kept(wid)?)?;
+                        p.matmul_fixed(&p.kept(xid)?, &w).map(|_| ())
+                    })
+                    .unwrap()
                 })
-                .unwrap()
-            })
-        });
+            },
+        );
     }
     g.finish();
 }

@@ -4,7 +4,11 @@
 
 fn main() {
     match engine::cli::demo(engine::BackendKind::Cpu) {
-        Ok(r) => assert_eq!(r.correct, Some(1), "the tutorial's single input is classified correctly"),
+        Ok(r) => assert_eq!(
+            r.correct,
+            Some(1),
+            "the tutorial's single input is classified correctly"
+        ),
         Err(e) => {
             eprintln!("error: {e}");
             std::process::exit(1);

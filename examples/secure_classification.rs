@@ -12,7 +12,13 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 /// Softmax cross-entropy SGD for a one-hidden-layer ReLU MLP.
-fn train(x: &[Vec<f64>], y: &[usize], hidden: usize, classes: usize, rng: &mut impl Rng) -> Sequential {
+fn train(
+    x: &[Vec<f64>],
+    y: &[usize],
+    hidden: usize,
+    classes: usize,
+    rng: &mut impl Rng,
+) -> Sequential {
     let d = x[0].len();
     let init = |i: usize, o: usize, rng: &mut dyn rand::RngCore| -> Vec<f64> {
         let b = 1.0 / (i as f64).sqrt();
@@ -34,7 +40,9 @@ fn train(x: &[Vec<f64>], y: &[usize], hidden: usize, classes: usize, rng: &mut i
             let mx = z.iter().cloned().fold(f64::MIN, f64::max);
             let e: Vec<f64> = z.iter().map(|v| (v - mx).exp()).collect();
             let s: f64 = e.iter().sum();
-            let dz: Vec<f64> = (0..classes).map(|o| e[o] / s - (o == y[i]) as u8 as f64).collect();
+            let dz: Vec<f64> = (0..classes)
+                .map(|o| e[o] / s - (o == y[i]) as u8 as f64)
+                .collect();
             let mut dh = vec![0.0; hidden];
             for o in 0..classes {
                 for c in 0..hidden {
@@ -70,11 +78,16 @@ fn main() {
     // Standardise features.
     let d = feats[0].len();
     let n = feats.len();
-    let mean: Vec<f64> = (0..d).map(|c| feats.iter().map(|r| r[c]).sum::<f64>() / n as f64).collect();
+    let mean: Vec<f64> = (0..d)
+        .map(|c| feats.iter().map(|r| r[c]).sum::<f64>() / n as f64)
+        .collect();
     let sd: Vec<f64> = (0..d)
         .map(|c| (feats.iter().map(|r| (r[c] - mean[c]).powi(2)).sum::<f64>() / n as f64).sqrt())
         .collect();
-    let x: Vec<Vec<f64>> = feats.iter().map(|r| (0..d).map(|c| (r[c] - mean[c]) / sd[c]).collect()).collect();
+    let x: Vec<Vec<f64>> = feats
+        .iter()
+        .map(|r| (0..d).map(|c| (r[c] - mean[c]) / sd[c]).collect())
+        .collect();
     let seed: u64 = rand::rngs::OsRng.gen();
     println!("seed = {seed}");
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
@@ -98,14 +111,28 @@ fn main() {
     let plain_correct = plain_pred.iter().zip(&yte).filter(|(p, y)| p == y).count();
 
     let mut session = Session::new(SessionConfig::default()).expect("session");
-    let shared = session.share_model(PartyId::ModelOwner, &model).expect("share model");
+    let shared = session
+        .share_model(PartyId::ModelOwner, &model)
+        .expect("share model");
     let mut clf = SecureClassifier::new(&mut session, shared);
     let report = clf
-        .classify(&xte, Some(&yte), &ClassifyOptions { batch: 16, reveal_predictions: true, progress: false })
+        .classify(
+            &xte,
+            Some(&yte),
+            &ClassifyOptions {
+                batch: 16,
+                reveal_predictions: true,
+                progress: false,
+            },
+        )
         .expect("encrypted classification");
     let enc_logits = clf.logits_for_client(&xte, 64).expect("logits");
     let preds = report.predictions.clone().expect("predictions");
-    let agree = preds.iter().zip(&plain_pred).filter(|(a, b)| a == b).count();
+    let agree = preds
+        .iter()
+        .zip(&plain_pred)
+        .filter(|(a, b)| a == b)
+        .count();
     let max_err = enc_logits
         .iter()
         .zip(&plain_logits)
@@ -119,7 +146,9 @@ fn main() {
         report.seconds,
         m as f64 / report.seconds
     );
-    println!("argmax agreement encrypted vs plaintext: {agree}/{m}; max |logit error| = {max_err:.2e}");
+    println!(
+        "argmax agreement encrypted vs plaintext: {agree}/{m}; max |logit error| = {max_err:.2e}"
+    );
     assert_eq!(report.correct, Some(plain_correct as u64));
     assert_eq!(agree, m, "encrypted and plaintext predictions agree");
     assert!(max_err <= 1e-3, "logit error {max_err} above 1e-3");

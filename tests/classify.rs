@@ -50,25 +50,54 @@ fn argmax_rows(v: &[f64], classes: usize) -> Vec<i64> {
 #[test]
 fn every_layer_and_the_tutorial_flow_match_plaintext() {
     let mut rng = test_rng("tutorial_flow");
-    for dims in [vec![1usize, 1], vec![7, 5, 3], vec![33, 17, 10], vec![20, 64, 64, 7]] {
+    for dims in [
+        vec![1usize, 1],
+        vec![7, 5, 3],
+        vec![33, 17, 10],
+        vec![20, 64, 64, 7],
+    ] {
         let model = mlp(&mut rng, &dims);
         let (din, classes) = (dims[0], *dims.last().unwrap());
         let n = 37;
         let x: Vec<f64> = (0..n * din).map(|_| rng.gen_range(-2.0..2.0)).collect();
         let plain = model.forward_f64(&x, n).unwrap();
         let plain_pred = argmax_rows(&plain, classes);
-        let labels: Vec<i64> = (0..n).map(|i| if i % 3 == 0 { plain_pred[i] } else { rng.gen_range(0..classes as i64) }).collect();
-        let plain_correct = plain_pred.iter().zip(&labels).filter(|(a, b)| a == b).count() as u64;
+        let labels: Vec<i64> = (0..n)
+            .map(|i| {
+                if i % 3 == 0 {
+                    plain_pred[i]
+                } else {
+                    rng.gen_range(0..classes as i64)
+                }
+            })
+            .collect();
+        let plain_correct = plain_pred
+            .iter()
+            .zip(&labels)
+            .filter(|(a, b)| a == b)
+            .count() as u64;
         let mut s = Session::new(SessionConfig::default()).unwrap();
         let shared = s.share_model(PartyId::ModelOwner, &model).unwrap();
         let mut clf = SecureClassifier::new(&mut s, shared);
         let logits = clf.logits_for_client(&x, 16).unwrap();
         // Error bound: inputs and weights are rounded to 2^-17, each truncation adds < 2^-16;
         // with these widths and |w| <= 1/sqrt(in) the accumulated error stays far below 1e-3.
-        let max_err = logits.iter().zip(&plain).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let max_err = logits
+            .iter()
+            .zip(&plain)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
         assert!(max_err < 1e-3, "dims {dims:?}: max logit error {max_err}");
         let r = clf
-            .classify(&x, Some(&labels), &ClassifyOptions { batch: 8, reveal_predictions: true, progress: false })
+            .classify(
+                &x,
+                Some(&labels),
+                &ClassifyOptions {
+                    batch: 8,
+                    reveal_predictions: true,
+                    progress: false,
+                },
+            )
             .unwrap();
         // Predictions can only differ where plaintext logits are within the error bound.
         let preds = r.predictions.clone().unwrap();
@@ -76,11 +105,20 @@ fn every_layer_and_the_tutorial_flow_match_plaintext() {
             if preds[i] != plain_pred[i] {
                 let row = &plain[i * classes..(i + 1) * classes];
                 let gap = (row[preds[i] as usize] - row[plain_pred[i] as usize]).abs();
-                assert!(gap < 2e-3, "row {i}: prediction {} vs {}", preds[i], plain_pred[i]);
+                assert!(
+                    gap < 2e-3,
+                    "row {i}: prediction {} vs {}",
+                    preds[i],
+                    plain_pred[i]
+                );
             }
         }
         let enc_correct = preds.iter().zip(&labels).filter(|(a, b)| a == b).count() as u64;
-        assert_eq!(r.correct, Some(enc_correct), "revealed count matches the client's predictions");
+        assert_eq!(
+            r.correct,
+            Some(enc_correct),
+            "revealed count matches the client's predictions"
+        );
         assert!(enc_correct.abs_diff(plain_correct) <= (preds != plain_pred) as u64 * n as u64);
         assert_eq!(r.batches, n.div_ceil(8));
     }
@@ -93,7 +131,9 @@ fn vgg_head_traffic_grows_with_activations_not_weights() {
     let model = vgg16_head(input, hidden, classes, &mut rng);
     let mut s = Session::new(SessionConfig::default()).unwrap();
     let shared = s.share_model(PartyId::ModelOwner, &model).unwrap();
-    let x: Vec<f64> = (0..batch * input).map(|_| rng.gen_range(0.0..1.0)).collect();
+    let x: Vec<f64> = (0..batch * input)
+        .map(|_| rng.gen_range(0.0..1.0))
+        .collect();
     let xh = s.share(PartyId::Client, &[batch, input], &x).unwrap();
     let (m, xid) = (shared.clone(), xh.id());
     let [t, _] = s
@@ -128,7 +168,13 @@ fn vgg_head_traffic_grows_with_activations_not_weights() {
 fn write_model(path: &std::path::Path, model: &Sequential, prefix: &str, dtype: Dtype) {
     let mut bufs: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (i, l) in model.layers.iter().enumerate() {
-        if let Layer::Linear { in_features, out_features, weight, bias } = l {
+        if let Layer::Linear {
+            in_features,
+            out_features,
+            weight,
+            bias,
+        } = l
+        {
             let enc = |v: &[f64]| -> Vec<u8> {
                 match dtype {
                     Dtype::F32 => v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
@@ -136,7 +182,11 @@ fn write_model(path: &std::path::Path, model: &Sequential, prefix: &str, dtype: 
                     _ => v.iter().flat_map(|x| (*x as i32).to_le_bytes()).collect(),
                 }
             };
-            bufs.push((format!("{prefix}{i}.weight"), vec![*out_features, *in_features], enc(weight)));
+            bufs.push((
+                format!("{prefix}{i}.weight"),
+                vec![*out_features, *in_features],
+                enc(weight),
+            ));
             bufs.push((format!("{prefix}{i}.bias"), vec![*out_features], enc(bias)));
         }
     }
@@ -170,11 +220,23 @@ fn model_import_round_trips_and_reports_bad_files() {
     let err = |r: engine::Result<Sequential>| r.unwrap_err().to_string();
     let e = err(load_safetensors_model(path, arch, ""));
     assert!(e.contains("tensor '1.weight' is missing"), "{e}");
-    let e = err(load_safetensors_model(path, "flatten,linear,relu,dropout,linear,linear", "classifier."));
+    let e = err(load_safetensors_model(
+        path,
+        "flatten,linear,relu,dropout,linear,linear",
+        "classifier.",
+    ));
     assert!(e.contains("tensor 'classifier.5.weight' is missing"), "{e}");
-    let e = err(load_safetensors_model(path, "flatten,linear,relu,linear,dropout", "classifier."));
+    let e = err(load_safetensors_model(
+        path,
+        "flatten,linear,relu,linear,dropout",
+        "classifier.",
+    ));
     assert!(e.contains("'classifier.3.weight' is missing"), "{e}");
-    let e = err(load_safetensors_model(path, "flatten,linear,gelu", "classifier."));
+    let e = err(load_safetensors_model(
+        path,
+        "flatten,linear,gelu",
+        "classifier.",
+    ));
     assert!(e.contains("unknown layer 'gelu' at position 2"), "{e}");
     let pi = tmp("mi32.safetensors");
     write_model(&pi, &model, "", Dtype::I32);
@@ -184,10 +246,24 @@ fn model_import_round_trips_and_reports_bad_files() {
     std::fs::write(&garbage, b"not a safetensors file at all").unwrap();
     let e = err(load_safetensors_model(garbage.to_str().unwrap(), arch, ""));
     assert!(e.contains("not a valid safetensors file"), "{e}");
-    let e = err(load_safetensors_model("/nonexistent/model.safetensors", arch, ""));
-    assert!(e.contains("/nonexistent/model.safetensors: No such file"), "{e}");
+    let e = err(load_safetensors_model(
+        "/nonexistent/model.safetensors",
+        arch,
+        "",
+    ));
+    assert!(
+        e.contains("/nonexistent/model.safetensors: No such file"),
+        "{e}"
+    );
     // Wrong bias shape.
-    let bad = Sequential { layers: vec![Layer::Linear { in_features: 2, out_features: 2, weight: vec![0.0; 4], bias: vec![0.0; 2] }] };
+    let bad = Sequential {
+        layers: vec![Layer::Linear {
+            in_features: 2,
+            out_features: 2,
+            weight: vec![0.0; 4],
+            bias: vec![0.0; 2],
+        }],
+    };
     let pb = tmp("badbias.safetensors");
     write_model(&pb, &bad, "", Dtype::F64);
     let bytes = std::fs::read(&pb).unwrap();
@@ -196,44 +272,78 @@ fn model_import_round_trips_and_reports_bad_files() {
     let bias3 = vec![0u8; 24];
     serialize_to_file(
         vec![
-            ("0.weight".to_string(), TensorView::new(Dtype::F64, w.shape().to_vec(), w.data()).unwrap()),
-            ("0.bias".to_string(), TensorView::new(Dtype::F64, vec![3], &bias3).unwrap()),
+            (
+                "0.weight".to_string(),
+                TensorView::new(Dtype::F64, w.shape().to_vec(), w.data()).unwrap(),
+            ),
+            (
+                "0.bias".to_string(),
+                TensorView::new(Dtype::F64, vec![3], &bias3).unwrap(),
+            ),
         ],
         &None,
         &pb,
     )
     .unwrap();
     let e = err(load_safetensors_model(pb.to_str().unwrap(), "linear", ""));
-    assert!(e.contains("tensor '0.bias' has shape [3]; expected [2]"), "{e}");
+    assert!(
+        e.contains("tensor '0.bias' has shape [3]; expected [2]"),
+        "{e}"
+    );
     // Weights outside the fixed-point range are refused when sharing.
     let huge = Sequential::new(vec![Layer::linear(1, 1, vec![1e9], vec![0.0]).unwrap()]).unwrap();
     let mut s = Session::new(SessionConfig::default()).unwrap();
-    let e = s.share_model(PartyId::ModelOwner, &huge).unwrap_err().to_string();
-    assert!(e.contains("layer 0 weight: value 1000000000 at index 0 is outside the fixed-point range"), "{e}");
+    let e = s
+        .share_model(PartyId::ModelOwner, &huge)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("layer 0 weight: value 1000000000 at index 0 is outside the fixed-point range"),
+        "{e}"
+    );
 }
 
 #[test]
 fn npy_inputs_are_validated() {
     let good = tmp("x.npy");
-    ndarray_npy::write_npy(&good, &Array2::<f32>::from_shape_fn((3, 4), |(i, j)| (i + j) as f32)).unwrap();
+    ndarray_npy::write_npy(
+        &good,
+        &Array2::<f32>::from_shape_fn((3, 4), |(i, j)| (i + j) as f32),
+    )
+    .unwrap();
     let (n, data) = load_features(good.to_str().unwrap(), 4).unwrap();
     assert_eq!((n, data[5]), (3, 2.0));
-    let e = load_features(good.to_str().unwrap(), 5).unwrap_err().to_string();
-    assert!(e.contains("inputs have 4 features per row, the model expects 5"), "{e}");
+    let e = load_features(good.to_str().unwrap(), 5)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("inputs have 4 features per row, the model expects 5"),
+        "{e}"
+    );
     let nan = tmp("nan.npy");
     let mut a = Array2::<f64>::zeros((2, 3));
     a[[1, 2]] = f64::NAN;
     ndarray_npy::write_npy(&nan, &a).unwrap();
-    let e = load_features(nan.to_str().unwrap(), 3).unwrap_err().to_string();
-    assert!(e.contains("value NaN at row 1, column 2 is not finite"), "{e}");
+    let e = load_features(nan.to_str().unwrap(), 3)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("value NaN at row 1, column 2 is not finite"),
+        "{e}"
+    );
     let labels = tmp("y.npy");
     ndarray_npy::write_npy(&labels, &Array1::from(vec![1i64, 0, 2])).unwrap();
-    assert_eq!(load_labels(labels.to_str().unwrap()).unwrap(), vec![1, 0, 2]);
+    assert_eq!(
+        load_labels(labels.to_str().unwrap()).unwrap(),
+        vec![1, 0, 2]
+    );
     let e = load_labels(good.to_str().unwrap()).unwrap_err().to_string();
     assert!(e.contains("cannot read as a 1-D int64 array"), "{e}");
     let junk = tmp("junk.npy");
     std::fs::write(&junk, b"\x93NUMPY garbage").unwrap();
-    let e = load_features(junk.to_str().unwrap(), 3).unwrap_err().to_string();
+    let e = load_features(junk.to_str().unwrap(), 3)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("cannot read as a 2-D f32/f64 array"), "{e}");
 }
 
@@ -249,37 +359,79 @@ fn cli_classifies_files_end_to_end() {
     let xp = tmp("cli_x.npy");
     ndarray_npy::write_npy(&xp, &Array2::from_shape_vec((n, 8), x32.clone()).unwrap()).unwrap();
     // The model reads the f32 file, so compare with plaintext on the f32-rounded inputs.
-    let loaded = load_safetensors_model(mp.to_str().unwrap(), "flatten,linear,relu,dropout,linear", "classifier.").unwrap();
+    let loaded = load_safetensors_model(
+        mp.to_str().unwrap(),
+        "flatten,linear,relu,dropout,linear",
+        "classifier.",
+    )
+    .unwrap();
     let xr: Vec<f64> = x32.iter().map(|v| *v as f64).collect();
     let plain = argmax_rows(&loaded.forward_f64(&xr, n).unwrap(), 4);
     let yp = tmp("cli_y.npy");
     ndarray_npy::write_npy(&yp, &Array1::from(plain.clone())).unwrap();
     let out = tmp("cli_pred.npy");
     let run = Command::new(env!("CARGO_BIN_EXE_secure-serving"))
-        .args(["classify", "--model", mp.to_str().unwrap(), "--arch", "flatten,linear,relu,dropout,linear", "--prefix", "classifier."])
-        .args(["--input", xp.to_str().unwrap(), "--labels", yp.to_str().unwrap(), "--batch", "16"])
+        .args([
+            "classify",
+            "--model",
+            mp.to_str().unwrap(),
+            "--arch",
+            "flatten,linear,relu,dropout,linear",
+            "--prefix",
+            "classifier.",
+        ])
+        .args([
+            "--input",
+            xp.to_str().unwrap(),
+            "--labels",
+            yp.to_str().unwrap(),
+            "--batch",
+            "16",
+        ])
         .args(["--output", out.to_str().unwrap()])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        run.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
     let preds = load_labels(out.to_str().unwrap()).unwrap();
     let agree = preds.iter().zip(&plain).filter(|(a, b)| a == b).count();
-    assert!(stdout.contains(&format!("Accuracy: {agree}/{n}")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("Accuracy: {agree}/{n}")),
+        "{stdout}"
+    );
     assert!(agree >= n - 1, "{agree}/{n} agree");
-    assert!(stdout.contains("alice: sent") && stdout.contains("rounds"), "{stdout}");
+    assert!(
+        stdout.contains("alice: sent") && stdout.contains("rounds"),
+        "{stdout}"
+    );
     // Bad input: wrong feature count gives a clear error and exit code 1.
     let bad = Command::new(env!("CARGO_BIN_EXE_secure-serving"))
-        .args(["classify", "--model", mp.to_str().unwrap(), "--arch", "flatten,linear,relu,dropout,linear"])
+        .args([
+            "classify",
+            "--model",
+            mp.to_str().unwrap(),
+            "--arch",
+            "flatten,linear,relu,dropout,linear",
+        ])
         .args(["--prefix", "classifier.", "--input", yp.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(1));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("cannot read as a 2-D f32/f64 array"), "{err}");
-    let demo = Command::new(env!("CARGO_BIN_EXE_secure-serving")).arg("demo").output().unwrap();
+    let demo = Command::new(env!("CARGO_BIN_EXE_secure-serving"))
+        .arg("demo")
+        .output()
+        .unwrap();
     let out = String::from_utf8_lossy(&demo.stdout);
-    assert!(demo.status.success() && out.contains("Test set: Accuracy: 1/1 (100%)"), "{out}");
+    assert!(
+        demo.status.success() && out.contains("Test set: Accuracy: 1/1 (100%)"),
+        "{out}"
+    );
 }
 
 /// The examples run as processes (quick sizes) so CI exercises them.
@@ -294,9 +446,17 @@ fn examples_run() {
     ] {
         let path = dir.join(name);
         if !path.exists() {
-            panic!("example binary {} not built (cargo test builds examples)", path.display());
+            panic!(
+                "example binary {} not built (cargo test builds examples)",
+                path.display()
+            );
         }
         let out = Command::new(&path).args(&args).output().unwrap();
-        assert!(out.status.success(), "{name}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{name}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

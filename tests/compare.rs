@@ -12,7 +12,19 @@ const F: u32 = 16;
 
 fn edge_values() -> Vec<i64> {
     let max = (1i64 << 31) - 1;
-    let mut v = vec![0, 1, -1, max, -max, max - 1, -max + 1, i64::MAX, i64::MIN, i64::MIN + 1, i64::MAX - 1];
+    let mut v = vec![
+        0,
+        1,
+        -1,
+        max,
+        -max,
+        max - 1,
+        -max + 1,
+        i64::MAX,
+        i64::MIN,
+        i64::MIN + 1,
+        i64::MAX - 1,
+    ];
     for k in 0..63 {
         let p = 1i64 << k;
         v.extend([p, -p, p - 1, -p + 1, p + 1, -p - 1]);
@@ -50,7 +62,10 @@ fn ltz_is_exact_on_edges_and_100k_random_ring_values() {
 fn relu_sign_lt_gt_agree_exactly_with_plaintext() {
     let mut rng = test_rng("relu_sign");
     let mut s = session();
-    let mut vals: Vec<i64> = edge_values().into_iter().filter(|v| v.unsigned_abs() < 1 << 31).collect();
+    let mut vals: Vec<i64> = edge_values()
+        .into_iter()
+        .filter(|v| v.unsigned_abs() < 1 << 31)
+        .collect();
     while vals.len() < 5000 {
         vals.push(rng.gen_range(-(1i64 << 31) + 1..(1i64 << 31)));
     }
@@ -66,22 +81,53 @@ fn relu_sign_lt_gt_agree_exactly_with_plaintext() {
     for (g, v) in got.iter().zip(&vals) {
         assert_eq!(*g as i64, if *v < 0 { -(1 << F) } else { 1 << F });
     }
-    let others: Vec<i64> = (0..n).map(|i| if i % 3 == 0 { vals[i] } else { rng.gen_range(-(1i64 << 31) + 1..(1i64 << 31)) }).collect();
-    let y = s.share_ring(PartyId::ModelOwner, &[n], &ring(&others)).unwrap();
+    let others: Vec<i64> = (0..n)
+        .map(|i| {
+            if i % 3 == 0 {
+                vals[i]
+            } else {
+                rng.gen_range(-(1i64 << 31) + 1..(1i64 << 31))
+            }
+        })
+        .collect();
+    let y = s
+        .share_ring(PartyId::ModelOwner, &[n], &ring(&others))
+        .unwrap();
     let lt = apply2(&mut s, &x, &y, &[n], |p, x, y| p.lt(&x, &y));
     let gt = apply2(&mut s, &x, &y, &[n], |p, x, y| p.gt(&x, &y));
     let eq = apply2(&mut s, &x, &y, &[n], |p, x, y| p.eq(&x, &y));
-    let (lt, gt, eq) = (reveal(&mut s, &lt), reveal(&mut s, &gt), reveal(&mut s, &eq));
+    let (lt, gt, eq) = (
+        reveal(&mut s, &lt),
+        reveal(&mut s, &gt),
+        reveal(&mut s, &eq),
+    );
     for i in 0..n {
-        assert_eq!(lt[i], (vals[i] < others[i]) as u64, "lt {} {} at {i}", vals[i], others[i]);
+        assert_eq!(
+            lt[i],
+            (vals[i] < others[i]) as u64,
+            "lt {} {} at {i}",
+            vals[i],
+            others[i]
+        );
         assert_eq!(gt[i], (vals[i] > others[i]) as u64);
-        assert_eq!(eq[i], (vals[i] == others[i]) as u64, "{} vs {}", vals[i], others[i]);
+        assert_eq!(
+            eq[i],
+            (vals[i] == others[i]) as u64,
+            "{} vs {}",
+            vals[i],
+            others[i]
+        );
     }
     let ltp = apply(&mut s, &x, &[n], |p, x| p.lt_public(&x, 0.5));
     let eqp = apply(&mut s, &x, &[n], |p, x| p.eq_public(&x, 1.0));
     let (ltp, eqp) = (reveal(&mut s, &ltp), reveal(&mut s, &eqp));
     for i in 0..n {
-        assert_eq!(ltp[i], (vals[i] < 1 << (F - 1)) as u64, "lt_public: {} < 0.5", vals[i]);
+        assert_eq!(
+            ltp[i],
+            (vals[i] < 1 << (F - 1)) as u64,
+            "lt_public: {} < 0.5",
+            vals[i]
+        );
         assert_eq!(eqp[i], (vals[i] == 1 << F) as u64);
     }
 }
@@ -109,9 +155,7 @@ fn argmax_and_max_match_plaintext_with_lowest_index_ties() {
             .collect();
         if m * n > 2 {
             // Force an all-equal row and a row whose max appears twice.
-            for j in 0..n {
-                x[j] = 5;
-            }
+            x[..n].fill(5);
         }
         let xs = s.share_ring(PartyId::Client, &[m, n], &ring(&x)).unwrap();
         let am = apply(&mut s, &xs, &[m], |p, x| p.argmax_last(&x));
@@ -119,7 +163,12 @@ fn argmax_and_max_match_plaintext_with_lowest_index_ties() {
         let (am, mx) = (reveal(&mut s, &am), reveal(&mut s, &mx));
         for i in 0..m {
             let (j, v) = plain_argmax(&x[i * n..(i + 1) * n]);
-            assert_eq!(am[i], (j as u64) << F, "row {i} of [{m},{n}]: {:?}", &x[i * n..(i + 1) * n]);
+            assert_eq!(
+                am[i],
+                (j as u64) << F,
+                "row {i} of [{m},{n}]: {:?}",
+                &x[i * n..(i + 1) * n]
+            );
             assert_eq!(mx[i] as i64, v);
         }
     }
@@ -163,7 +212,9 @@ fn rounds_and_bytes_per_comparison_are_fixed() {
         assert_eq!(relu.bytes_sent, compare_bytes(n as u64) + 8 * n as u64);
     }
     // Argmax over 10 classes: ceil(log2 10) = 4 tournament levels of 8 rounds.
-    let x = s.share(PartyId::Client, &[64, 10], &vec![0.25; 640]).unwrap();
+    let x = s
+        .share(PartyId::Client, &[64, 10], &vec![0.25; 640])
+        .unwrap();
     let id = x.id();
     let [t, _] = s
         .run(move |p| {
@@ -205,7 +256,10 @@ fn byte_chi2(a: &[u64], b: &[u64]) -> f64 {
 fn a_partys_transcript_is_independent_of_the_compared_values() {
     let mut s = session();
     let n = 4096;
-    let secrets = [vec![0i64; n], (0..n as i64).map(|i| -(1 << 30) + i).collect::<Vec<_>>()];
+    let secrets = [
+        vec![0i64; n],
+        (0..n as i64).map(|i| -(1 << 30) + i).collect::<Vec<_>>(),
+    ];
     let mut transcripts = Vec::new();
     for secret in &secrets {
         let x = s.share_ring(PartyId::Client, &[n], &ring(secret)).unwrap();

@@ -35,7 +35,14 @@ fn trunc_ok(got: u64, exact: i128, f: u32) -> bool {
 fn sharing_reconstructs_exactly() {
     let mut rng = test_rng("sharing_reconstructs_exactly");
     let mut s = session();
-    for shape in [vec![1], vec![7], vec![3, 5], vec![1, 1], vec![33, 2], vec![257]] {
+    for shape in [
+        vec![1],
+        vec![7],
+        vec![3, 5],
+        vec![1, 1],
+        vec![33, 2],
+        vec![257],
+    ] {
         let n: usize = shape.iter().product();
         let mut vals: Vec<u64> = (0..n).map(|_| rng.gen()).collect();
         vals[0] = u64::MAX;
@@ -54,7 +61,8 @@ fn fixed_point_encoding_bounds_and_errors() {
     assert_eq!(fx.encode_one(fx.max_abs(), 0).unwrap(), (1u64 << 31) - 1);
     let e = fx.encode(&[0.0, 1e9]).unwrap_err();
     assert!(
-        e.to_string().contains("value 1000000000 at index 1 is outside the fixed-point range"),
+        e.to_string()
+            .contains("value 1000000000 at index 1 is outside the fixed-point range"),
         "{e}"
     );
     let e = fx.encode(&[f64::NAN]).unwrap_err();
@@ -63,7 +71,9 @@ fn fixed_point_encoding_bounds_and_errors() {
     assert!(e.to_string().contains("not finite (-inf)"), "{e}");
     assert!(FixedPoint::new(0).is_err());
     let mut s = session();
-    let e = s.share(PartyId::Client, &[2], &[1.0, f64::INFINITY]).unwrap_err();
+    let e = s
+        .share(PartyId::Client, &[2], &[1.0, f64::INFINITY])
+        .unwrap_err();
     assert!(matches!(e, EngineError::NotFinite { index: 1, .. }), "{e}");
 }
 
@@ -72,7 +82,17 @@ fn truncation_error_is_below_one_ulp_including_negatives() {
     let mut rng = test_rng("truncation");
     let mut s = session();
     let bound = (1i64 << 62) - 1;
-    let mut vals: Vec<i64> = vec![0, 1, -1, bound, -bound, 1 << 16, -(1 << 16), (1 << 16) - 1, -(1 << 16) + 1];
+    let mut vals: Vec<i64> = vec![
+        0,
+        1,
+        -1,
+        bound,
+        -bound,
+        1 << 16,
+        -(1 << 16),
+        (1 << 16) - 1,
+        -(1 << 16) + 1,
+    ];
     for k in 0..62 {
         vals.extend([1i64 << k, -(1i64 << k), (1i64 << k) - 1, -(1i64 << k) + 1]);
     }
@@ -82,10 +102,16 @@ fn truncation_error_is_below_one_ulp_including_negatives() {
     let ring: Vec<u64> = vals.iter().map(|&v| v as u64).collect();
     for bits in [1u32, 8, 16, 24] {
         let x = s.share_ring(PartyId::Client, &[ring.len()], &ring).unwrap();
-        let y = apply(&mut s, &x, &[ring.len()], move |p, x| p.truncate_by(&x, bits));
+        let y = apply(&mut s, &x, &[ring.len()], move |p, x| {
+            p.truncate_by(&x, bits)
+        });
         let got = reveal(&mut s, &y);
         for (i, (&g, &v)) in got.iter().zip(&vals).enumerate() {
-            assert!(trunc_ok(g, v as i128, bits), "bits {bits} value {v} (index {i}) -> {}", g as i64);
+            assert!(
+                trunc_ok(g, v as i128, bits),
+                "bits {bits} value {v} (index {i}) -> {}",
+                g as i64
+            );
         }
     }
 }
@@ -97,12 +123,29 @@ fn secure_mul_matches_fixed_point_product() {
     for n in [1usize, 7, 64, 1000] {
         let xs: Vec<i64> = (0..n).map(|_| fixed_value(&mut rng)).collect();
         let ys: Vec<i64> = (0..n).map(|_| fixed_value(&mut rng)).collect();
-        let x = s.share_ring(PartyId::Client, &[n], &xs.iter().map(|&v| v as u64).collect::<Vec<_>>()).unwrap();
-        let y = s.share_ring(PartyId::ModelOwner, &[n], &ys.iter().map(|&v| v as u64).collect::<Vec<_>>()).unwrap();
+        let x = s
+            .share_ring(
+                PartyId::Client,
+                &[n],
+                &xs.iter().map(|&v| v as u64).collect::<Vec<_>>(),
+            )
+            .unwrap();
+        let y = s
+            .share_ring(
+                PartyId::ModelOwner,
+                &[n],
+                &ys.iter().map(|&v| v as u64).collect::<Vec<_>>(),
+            )
+            .unwrap();
         let z = apply2(&mut s, &x, &y, &[n], |p, x, y| p.mul(&x, &y));
         let got = reveal(&mut s, &z);
         for i in 0..n {
-            assert!(trunc_ok(got[i], xs[i] as i128 * ys[i] as i128, F), "{} * {}", xs[i], ys[i]);
+            assert!(
+                trunc_ok(got[i], xs[i] as i128 * ys[i] as i128, F),
+                "{} * {}",
+                xs[i],
+                ys[i]
+            );
         }
     }
 }
@@ -149,8 +192,12 @@ fn secure_matmul_matches_plaintext_on_many_shapes() {
         let small = rng.gen_bool(0.5);
         let xs = random_matrix(&mut rng, m, k, small);
         let ws = random_matrix(&mut rng, k, n, true);
-        let x = s.share_ring(PartyId::Client, &[m, k], &to_ring(&xs)).unwrap();
-        let w = s.share_ring(PartyId::ModelOwner, &[k, n], &to_ring(&ws)).unwrap();
+        let x = s
+            .share_ring(PartyId::Client, &[m, k], &to_ring(&xs))
+            .unwrap();
+        let w = s
+            .share_ring(PartyId::ModelOwner, &[k, n], &to_ring(&ws))
+            .unwrap();
         let z = apply2(&mut s, &x, &w, &[m, n], |p, x, w| p.matmul(&x, &w));
         let got = reveal(&mut s, &z);
         let want = plain_matmul(&xs, &ws, m, k, n);
@@ -166,14 +213,20 @@ fn fixed_operand_is_opened_once_and_reused() {
     let mut s = session();
     let (k, n) = (33usize, 7usize);
     let ws = random_matrix(&mut rng, k, n, true);
-    let w = s.share_ring(PartyId::ModelOwner, &[k, n], &to_ring(&ws)).unwrap();
+    let w = s
+        .share_ring(PartyId::ModelOwner, &[k, n], &to_ring(&ws))
+        .unwrap();
     let batches: Vec<(usize, Vec<i64>)> = [1usize, 5, 64]
         .iter()
         .map(|&m| (m, random_matrix(&mut rng, m, k, false)))
         .collect();
     let mut ids = Vec::new();
     for (m, xs) in &batches {
-        ids.push(s.share_ring(PartyId::Client, &[*m, k], &to_ring(xs)).unwrap().id());
+        ids.push(
+            s.share_ring(PartyId::Client, &[*m, k], &to_ring(xs))
+                .unwrap()
+                .id(),
+        );
     }
     let wid = w.id();
     let ids2 = ids.clone();
@@ -211,7 +264,11 @@ fn bad_inputs_give_clear_errors() {
     let x = s.share(PartyId::Client, &[2, 3], &[1.0; 6]).unwrap();
     let y = s.share(PartyId::Client, &[2, 2], &[1.0; 4]).unwrap();
     let e = s.share(PartyId::Client, &[2, 2], &[1.0; 3]).unwrap_err();
-    assert!(e.to_string().contains("shape [2, 2] does not hold 3 values"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("shape [2, 2] does not hold 3 values"),
+        "{e}"
+    );
     let (ix, iy) = (x.id(), y.id());
     let e = s
         .run(move |p| {
@@ -219,18 +276,26 @@ fn bad_inputs_give_clear_errors() {
             p.mul(&x, &y).map(|_| ())
         })
         .unwrap_err();
-    assert!(e.to_string().contains("shape mismatch in mul: [2, 3] vs [2, 2]"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("shape mismatch in mul: [2, 3] vs [2, 2]"),
+        "{e}"
+    );
     let e = s
         .run(move |p| {
             let (x, y) = (p.kept(ix)?, p.kept(iy)?);
             p.matmul(&x, &y).map(|_| ())
         })
         .unwrap_err();
-    assert!(e.to_string().contains("cannot multiply [2, 3] by [2, 2]"), "{e}");
-    let e = s
-        .run(move |p| p.kept(999).map(|_| ()))
-        .unwrap_err();
-    assert!(e.to_string().contains("no shared tensor with id 999"), "{e}");
+    assert!(
+        e.to_string().contains("cannot multiply [2, 3] by [2, 2]"),
+        "{e}"
+    );
+    let e = s.run(move |p| p.kept(999).map(|_| ())).unwrap_err();
+    assert!(
+        e.to_string().contains("no shared tensor with id 999"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -241,13 +306,22 @@ fn a_stalled_peer_times_out_and_a_closed_one_is_reported() {
     })
     .unwrap();
     // The client never sends: both parties time out naming the client.
-    let e = s.run(|p| p.receive_share(PartyId::Client, &[1]).map(|_| ())).unwrap_err();
-    assert!(e.to_string().contains("timed out after 200ms waiting for client"), "{e}");
+    let e = s
+        .run(|p| p.receive_share(PartyId::Client, &[1]).map(|_| ()))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("timed out after 200ms waiting for client"),
+        "{e}"
+    );
     let mut mesh = channel_mesh(&[PartyId::Alice, PartyId::Bob], Duration::from_secs(5));
     let mut alice = mesh.remove(&PartyId::Alice).unwrap();
     drop(mesh);
     let e = alice.recv(PartyId::Bob).unwrap_err();
-    assert!(e.to_string().contains("alice: connection to bob closed"), "{e}");
+    assert!(
+        e.to_string().contains("alice: connection to bob closed"),
+        "{e}"
+    );
 }
 
 /// Chi-square statistic of the 64 bit positions over `words` (each bit should be fair).
@@ -273,7 +347,12 @@ fn received_shares_are_uniform_and_independent_of_the_secret() {
         for _ in 0..2 {
             let x = s.share_ring(PartyId::Client, &[n], secret).unwrap();
             let id = x.id();
-            let [a, b] = s.run(move |p| { let x = p.kept(id)?; p.own_words(&x) }).unwrap();
+            let [a, b] = s
+                .run(move |p| {
+                    let x = p.kept(id)?;
+                    p.own_words(&x)
+                })
+                .unwrap();
             views.push((a, b));
         }
     }
@@ -283,8 +362,16 @@ fn received_shares_are_uniform_and_independent_of_the_secret() {
     // Chi-square over 64 bit positions (128 cells, 64 degrees of freedom): the 1e-9 tail is
     // about 150; a biased share (e.g. leaking the secret's top bits) scores in the thousands.
     for (a, b) in &views {
-        assert!(bit_chi2(a) < 150.0, "alice's share bits biased: {}", bit_chi2(a));
-        assert!(bit_chi2(b) < 150.0, "bob's share bits biased: {}", bit_chi2(b));
+        assert!(
+            bit_chi2(a) < 150.0,
+            "alice's share bits biased: {}",
+            bit_chi2(a)
+        );
+        assert!(
+            bit_chi2(b) < 150.0,
+            "bob's share bits biased: {}",
+            bit_chi2(b)
+        );
     }
     // Sanity: the test detects a non-uniform view.
     assert!(bit_chi2(&secrets[1]) > 1000.0);

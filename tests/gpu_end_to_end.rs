@@ -38,7 +38,14 @@ fn cpu_session(seed: u64) -> Session {
 }
 
 /// Share W and X, run a fixed-operand matmul, a Beaver matmul and a ReLU; reveal all three.
-fn protocol_run(s: &mut Session, x: &[u64], w: &[u64], m: usize, k: usize, n: usize) -> Vec<Vec<u64>> {
+fn protocol_run(
+    s: &mut Session,
+    x: &[u64],
+    w: &[u64],
+    m: usize,
+    k: usize,
+    n: usize,
+) -> Vec<Vec<u64>> {
     let wh = s.share_ring(PartyId::ModelOwner, &[k, n], w).unwrap();
     let xh = s.share_ring(PartyId::Client, &[m, k], x).unwrap();
     let (wid, xid) = (wh.id(), xh.id());
@@ -53,7 +60,10 @@ fn protocol_run(s: &mut Session, x: &[u64], w: &[u64], m: usize, k: usize, n: us
         })
         .unwrap();
     ids.iter()
-        .map(|&id| s.reveal_ring(PartyId::ModelOwner, &Session::handle(id, &[m, n])).unwrap())
+        .map(|&id| {
+            s.reveal_ring(PartyId::ModelOwner, &Session::handle(id, &[m, n]))
+                .unwrap()
+        })
         .collect()
 }
 
@@ -61,11 +71,22 @@ fn protocol_run(s: &mut Session, x: &[u64], w: &[u64], m: usize, k: usize, n: us
 fn secure_matmul_on_gpu_reveals_the_same_bits_as_cpu() {
     let mut rng = test_rng("gpu_secure_matmul");
     let seed: u64 = rng.gen();
-    let Some(mut gpu) = gpu_session(seed) else { return };
+    let Some(mut gpu) = gpu_session(seed) else {
+        return;
+    };
     let mut cpu = cpu_session(seed);
-    for &(m, k, n) in &[(1usize, 1usize, 1usize), (7, 33, 5), (33, 100, 17), (64, 257, 10)] {
-        let x: Vec<u64> = (0..m * k).map(|_| rng.gen_range(-(1i64 << 20)..(1i64 << 20)) as u64).collect();
-        let w: Vec<u64> = (0..k * n).map(|_| rng.gen_range(-(1i64 << 16)..(1i64 << 16)) as u64).collect();
+    for &(m, k, n) in &[
+        (1usize, 1usize, 1usize),
+        (7, 33, 5),
+        (33, 100, 17),
+        (64, 257, 10),
+    ] {
+        let x: Vec<u64> = (0..m * k)
+            .map(|_| rng.gen_range(-(1i64 << 20)..(1i64 << 20)) as u64)
+            .collect();
+        let w: Vec<u64> = (0..k * n)
+            .map(|_| rng.gen_range(-(1i64 << 16)..(1i64 << 16)) as u64)
+            .collect();
         let a = protocol_run(&mut gpu, &x, &w, m, k, n);
         let b = protocol_run(&mut cpu, &x, &w, m, k, n);
         assert_eq!(a, b, "[{m},{k},{n}]");
@@ -76,20 +97,31 @@ fn secure_matmul_on_gpu_reveals_the_same_bits_as_cpu() {
 fn linear_1x1_tutorial_and_a_small_head_classify_identically_on_gpu() {
     let mut rng = test_rng("gpu_classify");
     let seed: u64 = rng.gen();
-    let Some(mut gpu) = gpu_session(seed) else { return };
+    let Some(mut gpu) = gpu_session(seed) else {
+        return;
+    };
     let mut cpu = cpu_session(seed);
-    let tutorial = Sequential::new(vec![Layer::linear(1, 1, vec![0.5], vec![0.0]).unwrap()]).unwrap();
+    let tutorial =
+        Sequential::new(vec![Layer::linear(1, 1, vec![0.5], vec![0.0]).unwrap()]).unwrap();
     let head = vgg16_head(64, 32, 7, &mut rng);
     let data: Vec<f64> = (0..20 * 64).map(|_| rng.gen_range(0.0..1.0)).collect();
     let labels: Vec<i64> = (0..20).map(|_| rng.gen_range(0..7)).collect();
-    let opts = ClassifyOptions { batch: 8, reveal_predictions: true, progress: false };
+    let opts = ClassifyOptions {
+        batch: 8,
+        reveal_predictions: true,
+        progress: false,
+    };
     let mut results = Vec::new();
     for s in [&mut gpu, &mut cpu] {
         let m = s.share_model(PartyId::ModelOwner, &tutorial).unwrap();
-        let r1 = SecureClassifier::new(s, m).classify(&[0.0], Some(&[0]), &opts).unwrap();
+        let r1 = SecureClassifier::new(s, m)
+            .classify(&[0.0], Some(&[0]), &opts)
+            .unwrap();
         assert_eq!(r1.correct, Some(1));
         let m = s.share_model(PartyId::ModelOwner, &head).unwrap();
-        let r2 = SecureClassifier::new(s, m).classify(&data, Some(&labels), &opts).unwrap();
+        let r2 = SecureClassifier::new(s, m)
+            .classify(&data, Some(&labels), &opts)
+            .unwrap();
         results.push((r1.predictions, r2.correct, r2.predictions));
     }
     assert_eq!(results[0], results[1]);

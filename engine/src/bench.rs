@@ -33,7 +33,9 @@ fn random_words(rng: &mut ChaCha20Rng, n: usize) -> Vec<u64> {
 
 /// Small fixed-point values (|v| < 2^14 ring units) so sums stay in range.
 fn small_values(rng: &mut ChaCha20Rng, n: usize) -> Vec<u64> {
-    (0..n).map(|_| rng.gen_range(-(1i64 << 14)..(1i64 << 14)) as u64).collect()
+    (0..n)
+        .map(|_| rng.gen_range(-(1i64 << 14)..(1i64 << 14)) as u64)
+        .collect()
 }
 
 /// Run the whole bench and print the tables.
@@ -59,7 +61,9 @@ pub fn run(kind: BackendKind, quick: bool) -> Result<()> {
         let b = be.upload(&[k, n], &random_words(&mut rng, k * n))?;
         be.matmul(&a, &b, None)?; // packs b once, as for model weights
         let reps = if m * k * n > 1 << 30 { 3 } else { 5 };
-        let t_gemm = time_best(reps, || be.matmul(&a, &b, None).map(|_| ()).map_err(Into::into))?;
+        let t_gemm = time_best(reps, || {
+            be.matmul(&a, &b, None).map(|_| ()).map_err(Into::into)
+        })?;
         let gmacs = (m * k * n) as f64 / t_gemm / 1e9;
         let (online, total) = secure_matmul_times(kind, m, k, n, &mut rng, reps)?;
         println!(
@@ -133,12 +137,17 @@ fn gpu_vs_cpu_table(quick: bool, rng: &mut ChaCha20Rng) -> Result<()> {
     let (k, n) = if quick { (512, 512) } else { (4096, 4096) };
     let cpu = backend_from_kind(BackendKind::Cpu)?;
     let gpu = backend_from_kind(BackendKind::Gpu)?;
-    println!("CPU vs GPU through a VGG16 fc layer ({k} x {n}); GPU: {}", gpu.describe());
+    println!(
+        "CPU vs GPU through a VGG16 fc layer ({k} x {n}); GPU: {}",
+        gpu.describe()
+    );
     println!("| case | batch | CPU GEMM ms | GPU GEMM ms | CPU GMAC/s | GPU GMAC/s | GPU/CPU time | CPU secure ms | GPU secure ms | GPU/CPU secure |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let batches: &[usize] = if quick { &[1, 64] } else { &[1, 64, 256, 1024] };
-    let mut cases: Vec<(String, usize, usize, usize)> =
-        batches.iter().map(|&m| (format!("fc {k}x{n}"), m, k, n)).collect();
+    let mut cases: Vec<(String, usize, usize, usize)> = batches
+        .iter()
+        .map(|&m| (format!("fc {k}x{n}"), m, k, n))
+        .collect();
     cases.push(("Linear(1,1)".into(), 1, 1, 1));
     for (name, m, k, n) in cases {
         let a_host = random_words(rng, m * k);
@@ -183,7 +192,9 @@ fn comparison_table(kind: BackendKind, quick: bool) -> Result<()> {
     for &batch in batches {
         for (op, width) in [("ReLU (x4096)", 4096usize), ("argmax (10 classes)", 10)] {
             let n = batch * width;
-            let vals: Vec<f64> = (0..n).map(|i| ((i * 37 % 101) as f64 - 50.0) / 8.0).collect();
+            let vals: Vec<f64> = (0..n)
+                .map(|i| ((i * 37 % 101) as f64 - 50.0) / 8.0)
+                .collect();
             let x = s.share(PartyId::Client, &[batch, width], &vals)?;
             let xid = x.id();
             let is_relu = width == 4096;
@@ -247,7 +258,11 @@ fn plaintext_u64_head(
 }
 
 fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()> {
-    let (input, hidden, classes, batch) = if quick { (1024, 256, 7, 16) } else { (25088, 4096, 7, 64) };
+    let (input, hidden, classes, batch) = if quick {
+        (1024, 256, 7, 16)
+    } else {
+        (25088, 4096, 7, 64)
+    };
     let model = vgg16_head(input, hidden, classes, rng);
     let mut s = Session::new(SessionConfig {
         backend: kind,
@@ -274,7 +289,9 @@ fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()>
             weights.push((be.upload(&[i, o], &wt)?, fx.encode(bias)?));
         }
     }
-    let xs: Vec<f64> = (0..batch * input).map(|_| rng.gen_range(0.0..1.0)).collect();
+    let xs: Vec<f64> = (0..batch * input)
+        .map(|_| rng.gen_range(0.0..1.0))
+        .collect();
     let xt = be.upload(&[batch, input], &fx.encode(&xs)?)?;
     let relu_after = [true, true, false];
     plaintext_u64_head(be.as_ref(), &weights, &xt, &relu_after, fx.frac_bits())?;
@@ -313,7 +330,11 @@ fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()>
     );
     println!("| phase | ms | images/s | ratio to plaintext u64 head |");
     println!("|---|---|---|---|");
-    println!("| plaintext u64 head | {:.1} | {:.0} | 1.00x |", t_plain * 1e3, batch as f64 / t_plain);
+    println!(
+        "| plaintext u64 head | {:.1} | {:.0} | 1.00x |",
+        t_plain * 1e3,
+        batch as f64 / t_plain
+    );
     println!(
         "| secure, online only | {:.1} | {:.0} | {:.2}x |",
         best_on * 1e3,

@@ -104,7 +104,10 @@ pub fn demo(backend: BackendKind) -> Result<ClassifyReport> {
         backend,
         ..Default::default()
     })?;
-    println!("alice, bob and the crypto provider are up ({})", session.backend_description());
+    println!(
+        "alice, bob and the crypto provider are up ({})",
+        session.backend_description()
+    );
     let model = Sequential::new(vec![Layer::linear(1, 1, vec![0.5], vec![0.0])?])?;
     let t = Instant::now();
     let shared = session.share_model(PartyId::ModelOwner, &model)?;

@@ -22,7 +22,6 @@ pub mod session;
 pub mod share;
 pub mod transport;
 
-
 pub use error::{EngineError, Result};
 pub use fixed::FixedPoint;
 pub use kernels::{Backend, BackendKind};

@@ -172,7 +172,12 @@ impl Party {
     }
 
     /// Send raw words to any endpoint (reveal to an owner).
-    pub(crate) fn send_to(&mut self, step: &'static str, to: PartyId, payload: Vec<u64>) -> Result<()> {
+    pub(crate) fn send_to(
+        &mut self,
+        step: &'static str,
+        to: PartyId,
+        payload: Vec<u64>,
+    ) -> Result<()> {
         let prev = self.set_step(step);
         self.net.send(to, payload)?;
         self.set_step(prev);
@@ -202,7 +207,10 @@ impl Party {
         let mut out = Vec::with_capacity(mine.len());
         let mut off = 0;
         for t in mine {
-            out.push(self.backend.upload(t.shape(), &theirs[off..off + t.len()])?);
+            out.push(
+                self.backend
+                    .upload(t.shape(), &theirs[off..off + t.len()])?,
+            );
             off += t.len();
         }
         Ok(out)
@@ -216,7 +224,12 @@ impl Party {
         self.open_with(step, mine, BinaryOp::Add)
     }
 
-    fn open_with(&mut self, step: &'static str, mine: &[&Tensor], op: BinaryOp) -> Result<Vec<Tensor>> {
+    fn open_with(
+        &mut self,
+        step: &'static str,
+        mine: &[&Tensor],
+        op: BinaryOp,
+    ) -> Result<Vec<Tensor>> {
         let theirs = self.exchange_tensors(step, mine)?;
         mine.iter()
             .zip(&theirs)
@@ -270,7 +283,9 @@ impl Party {
     pub(crate) fn material_host(&mut self, spec: MaterialSpec) -> Result<Vec<Vec<u64>>> {
         match self.next_material(spec)? {
             Parts::Host(h) => Ok(h),
-            Parts::Device(_) => Err(EngineError::Protocol(format!("{spec:?} is device material"))),
+            Parts::Device(_) => Err(EngineError::Protocol(format!(
+                "{spec:?} is device material"
+            ))),
         }
     }
 
@@ -342,8 +357,12 @@ impl Party {
             let f = self.fixed_public.get(&fixed_id).ok_or_else(|| {
                 EngineError::Invalid(format!("fixed operand {fixed_id} is not registered"))
             })?;
-            let a = parts[0].reshaped(vec![m, k]).ok_or_else(|| shape_err("fixed", "a"))?;
-            let c = parts[1].reshaped(vec![m, n]).ok_or_else(|| shape_err("fixed", "c"))?;
+            let a = parts[0]
+                .reshaped(vec![m, k])
+                .ok_or_else(|| shape_err("fixed", "a"))?;
+            let c = parts[1]
+                .reshaped(vec![m, n])
+                .ok_or_else(|| shape_err("fixed", "c"))?;
             let mm = self.backend.matmul(&a, f, Some(&c))?;
             parts = vec![a, mm];
         }

@@ -105,7 +105,10 @@ impl DataOwner {
                 "revealed shares disagree on shape: {s0:?} vs {s1:?}"
             )));
         }
-        Ok((s0, v0.iter().zip(v1).map(|(a, b)| a.wrapping_add(*b)).collect()))
+        Ok((
+            s0,
+            v0.iter().zip(v1).map(|(a, b)| a.wrapping_add(*b)).collect(),
+        ))
     }
 }
 
@@ -139,7 +142,9 @@ impl Session {
         let backend_desc = backends[0].describe();
         let mut parties = Vec::new();
         for (index, backend) in backends.into_iter().enumerate() {
-            let net = mesh.remove(&PartyId::compute(index)).expect("party endpoint");
+            let net = mesh
+                .remove(&PartyId::compute(index))
+                .expect("party endpoint");
             let (job_tx, job_rx) = channel::<Job>();
             let (res_tx, res_rx) = channel::<Box<dyn Any + Send>>();
             let fixed = config.fixed;
@@ -170,7 +175,7 @@ impl Session {
         let mut owners = HashMap::new();
         for id in [PartyId::ModelOwner, PartyId::Client] {
             let rng = match config.test_seed {
-                Some(s) => ChaCha20Rng::seed_from_u64(s ^ (id as u64 + 1) * 0x9E37_79B9),
+                Some(s) => ChaCha20Rng::seed_from_u64(s ^ ((id as u64 + 1) * 0x9E37_79B9)),
                 None => ChaCha20Rng::from_entropy(),
             };
             owners.insert(
@@ -227,10 +232,12 @@ impl Session {
                 party: PartyId::compute(i),
                 detail: "party thread panicked".into(),
             })?;
-            let r = any.downcast::<Result<R>>().map_err(|_| EngineError::PartyFailed {
-                party: PartyId::compute(i),
-                detail: "party failed during set-up".into(),
-            })?;
+            let r = any
+                .downcast::<Result<R>>()
+                .map_err(|_| EngineError::PartyFailed {
+                    party: PartyId::compute(i),
+                    detail: "party failed during set-up".into(),
+                })?;
             out.push(*r);
         }
         let b = out.pop().expect("bob");
@@ -239,13 +246,23 @@ impl Session {
     }
 
     /// `owner` fixed-point encodes `values` and shares them to alice and bob.
-    pub fn share(&mut self, owner: PartyId, shape: &[usize], values: &[f64]) -> Result<SharedTensor> {
+    pub fn share(
+        &mut self,
+        owner: PartyId,
+        shape: &[usize],
+        values: &[f64],
+    ) -> Result<SharedTensor> {
         let encoded = self.config.fixed.encode(values)?;
         self.share_ring(owner, shape, &encoded)
     }
 
     /// `owner` shares already-encoded ring values.
-    pub fn share_ring(&mut self, owner: PartyId, shape: &[usize], values: &[u64]) -> Result<SharedTensor> {
+    pub fn share_ring(
+        &mut self,
+        owner: PartyId,
+        shape: &[usize],
+        values: &[u64],
+    ) -> Result<SharedTensor> {
         if shape.iter().product::<usize>() != values.len() {
             return Err(shape_err(
                 "share",

@@ -79,6 +79,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Elementwise fused Beaver combination (all operands the same shape):
     /// arithmetic `c + e*b + a*f (+ e*f if with_ef)`, boolean `c ^ e&b ^ a&f (^ e&f)`.
+    #[allow(clippy::too_many_arguments)]
     fn beaver_combine(
         &self,
         kind: BeaverKind,

@@ -23,7 +23,10 @@ pub fn session() -> Session {
 /// Run a unary program on a shared tensor and keep the result.
 pub fn apply<F>(s: &mut Session, x: &SharedTensor, out_shape: &[usize], f: F) -> SharedTensor
 where
-    F: Fn(&mut engine::Party, engine::Share) -> engine::Result<engine::Share> + Send + Sync + 'static,
+    F: Fn(&mut engine::Party, engine::Share) -> engine::Result<engine::Share>
+        + Send
+        + Sync
+        + 'static,
 {
     let id = x.id();
     let [a, b] = s

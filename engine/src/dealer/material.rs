@@ -103,7 +103,9 @@ impl MaterialSpec {
             FixedTriple { m, k, n, .. } => (vec![m * k], vec![m * n]),
             Trunc { n, .. } => (vec![n], vec![n, n]),
             AndTriple { n } => (vec![n, n], vec![n]),
-            BitSelect { n, payloads } => (vec![n.div_ceil(64), payloads * n], vec![n, payloads * n]),
+            BitSelect { n, payloads } => {
+                (vec![n.div_ceil(64), payloads * n], vec![n, payloads * n])
+            }
         };
         PartShapes { random, derived }
     }
@@ -111,7 +113,10 @@ impl MaterialSpec {
     /// Whether a party keeps this material in host memory: boolean-circuit material is consumed
     /// by the comparison circuit, which runs on the host (rayon); the rest goes to the backend.
     pub fn is_host(&self) -> bool {
-        matches!(self, MaterialSpec::AndTriple { .. } | MaterialSpec::BitSelect { .. })
+        matches!(
+            self,
+            MaterialSpec::AndTriple { .. } | MaterialSpec::BitSelect { .. }
+        )
     }
 
     /// How derived parts are corrected.

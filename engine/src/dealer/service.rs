@@ -35,7 +35,9 @@ pub(crate) fn text_to_words(text: &str) -> Vec<u64> {
 /// Unpack text packed by [`text_to_words`].
 pub(crate) fn words_to_text(words: &[u64]) -> String {
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    String::from_utf8_lossy(&bytes).trim_end_matches('\0').to_string()
+    String::from_utf8_lossy(&bytes)
+        .trim_end_matches('\0')
+        .to_string()
 }
 
 /// Where the dealer's seeds come from.
@@ -96,7 +98,10 @@ struct Dealer {
 }
 
 fn add(x: &[u64], y: &[u64]) -> Vec<u64> {
-    x.par_iter().zip(y).map(|(a, b)| a.wrapping_add(*b)).collect()
+    x.par_iter()
+        .zip(y)
+        .map(|(a, b)| a.wrapping_add(*b))
+        .collect()
 }
 
 impl Dealer {
@@ -110,7 +115,11 @@ impl Dealer {
         let mut values: Vec<Vec<u64>> = match *spec {
             MaterialSpec::MulTriple { .. } => {
                 let (a, b) = (add(&p0[0], &p1[0]), add(&p0[1], &p1[1]));
-                vec![a.par_iter().zip(&b).map(|(x, y)| x.wrapping_mul(*y)).collect()]
+                vec![a
+                    .par_iter()
+                    .zip(&b)
+                    .map(|(x, y)| x.wrapping_mul(*y))
+                    .collect()]
             }
             MaterialSpec::MatmulTriple { m, k, n } => {
                 let (a, b) = (add(&p0[0], &p1[0]), add(&p0[1], &p1[1]));

@@ -53,8 +53,7 @@ pub struct ClassifyReport {
 impl ClassifyReport {
     /// Accuracy in [0, 1], when labels were given.
     pub fn accuracy(&self) -> Option<f64> {
-        self.correct
-            .map(|c| c as f64 / self.inputs.max(1) as f64)
+        self.correct.map(|c| c as f64 / self.inputs.max(1) as f64)
     }
 }
 
@@ -84,10 +83,13 @@ impl<'s> SecureClassifier<'s> {
         opts: &ClassifyOptions,
     ) -> Result<ClassifyReport> {
         let width = self.model.in_features();
-        if width == 0 || data.len() % width != 0 {
+        if width == 0 || !data.len().is_multiple_of(width) {
             return Err(shape_err(
                 "classify",
-                format!("{} input values are not rows of {width} features", data.len()),
+                format!(
+                    "{} input values are not rows of {width} features",
+                    data.len()
+                ),
             ));
         }
         let n = data.len() / width;
@@ -106,7 +108,9 @@ impl<'s> SecureClassifier<'s> {
             }
         }
         if opts.batch == 0 {
-            return Err(crate::EngineError::Invalid("batch size must be at least 1".into()));
+            return Err(crate::EngineError::Invalid(
+                "batch size must be at least 1".into(),
+            ));
         }
         let fx = self.session.config().fixed;
         let start = Instant::now();
@@ -126,13 +130,20 @@ impl<'s> SecureClassifier<'s> {
             let lo = b * opts.batch;
             let hi = (lo + opts.batch).min(n);
             let m = hi - lo;
-            let x = self.session.share(PartyId::Client, &[m, width], &data[lo * width..hi * width])?;
+            let x =
+                self.session
+                    .share(PartyId::Client, &[m, width], &data[lo * width..hi * width])?;
             let y = match labels {
-                Some(l) => Some(self.session.share_ring(
-                    PartyId::Client,
-                    &[m],
-                    &l[lo..hi].iter().map(|&v| (v as u64) << fx.frac_bits()).collect::<Vec<_>>(),
-                )?),
+                Some(l) => Some(
+                    self.session.share_ring(
+                        PartyId::Client,
+                        &[m],
+                        &l[lo..hi]
+                            .iter()
+                            .map(|&v| (v as u64) << fx.frac_bits())
+                            .collect::<Vec<_>>(),
+                    )?,
+                ),
                 None => None,
             };
             let model = self.model.clone();
@@ -212,7 +223,11 @@ impl<'s> SecureClassifier<'s> {
         let mut out = Vec::with_capacity(n * self.model.out_features());
         for lo in (0..n).step_by(batch.max(1)) {
             let hi = (lo + batch.max(1)).min(n);
-            let x = self.session.share(PartyId::Client, &[hi - lo, width], &data[lo * width..hi * width])?;
+            let x = self.session.share(
+                PartyId::Client,
+                &[hi - lo, width],
+                &data[lo * width..hi * width],
+            )?;
             let model = self.model.clone();
             let xid = x.id();
             self.session.run(move |p| {

@@ -29,7 +29,12 @@ pub enum Layer {
 
 impl Layer {
     /// A `Linear` layer from PyTorch-layout parameters, checking their sizes.
-    pub fn linear(in_features: usize, out_features: usize, weight: Vec<f64>, bias: Vec<f64>) -> Result<Layer> {
+    pub fn linear(
+        in_features: usize,
+        out_features: usize,
+        weight: Vec<f64>,
+        bias: Vec<f64>,
+    ) -> Result<Layer> {
         if weight.len() != in_features * out_features || bias.len() != out_features {
             return Err(shape_err(
                 "Linear",
@@ -143,7 +148,10 @@ impl Sequential {
         let mut cur = x.to_vec();
         let mut width = self.in_features();
         if cur.len() != batch * width {
-            return Err(shape_err("forward", format!("{} values for batch {batch} x {width}", cur.len())));
+            return Err(shape_err(
+                "forward",
+                format!("{} values for batch {batch} x {width}", cur.len()),
+            ));
         }
         for l in &self.layers {
             match l {
@@ -177,9 +185,8 @@ impl Sequential {
     pub fn check_encodable(&self, fx: &FixedPoint) -> Result<()> {
         for (i, l) in self.layers.iter().enumerate() {
             if let Layer::Linear { weight, bias, .. } = l {
-                fx.encode(weight).map_err(|e| {
-                    EngineError::Format(format!("layer {i} weight: {e}"))
-                })?;
+                fx.encode(weight)
+                    .map_err(|e| EngineError::Format(format!("layer {i} weight: {e}")))?;
                 fx.encode(bias)
                     .map_err(|e| EngineError::Format(format!("layer {i} bias: {e}")))?;
             }

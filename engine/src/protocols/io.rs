@@ -43,9 +43,13 @@ pub(crate) fn frame(shape: &[usize], values: &[u64]) -> Vec<u64> {
 
 /// Parse a framed tensor.
 pub(crate) fn unframe(msg: &[u64]) -> Result<(Vec<usize>, &[u64])> {
-    let rank = *msg.first().ok_or_else(|| EngineError::Protocol("empty message".into()))? as usize;
+    let rank = *msg
+        .first()
+        .ok_or_else(|| EngineError::Protocol("empty message".into()))? as usize;
     if msg.len() < 1 + rank {
-        return Err(EngineError::Protocol("message shorter than its header".into()));
+        return Err(EngineError::Protocol(
+            "message shorter than its header".into(),
+        ));
     }
     let shape: Vec<usize> = msg[1..1 + rank].iter().map(|&d| d as usize).collect();
     let data = &msg[1 + rank..];

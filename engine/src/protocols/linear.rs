@@ -9,23 +9,39 @@ use crate::share::Share;
 impl Party {
     /// `x + y`.
     pub fn add(&self, x: &Share, y: &Share) -> Result<Share> {
-        Ok(Share::new(self.backend().binary(BinaryOp::Add, x.tensor(), y.tensor())?))
+        Ok(Share::new(self.backend().binary(
+            BinaryOp::Add,
+            x.tensor(),
+            y.tensor(),
+        )?))
     }
 
     /// `x - y`.
     pub fn sub(&self, x: &Share, y: &Share) -> Result<Share> {
-        Ok(Share::new(self.backend().binary(BinaryOp::Sub, x.tensor(), y.tensor())?))
+        Ok(Share::new(self.backend().binary(
+            BinaryOp::Sub,
+            x.tensor(),
+            y.tensor(),
+        )?))
     }
 
     /// `-x`.
     pub fn neg(&self, x: &Share) -> Result<Share> {
-        Ok(Share::new(self.backend().scalar(ScalarOp::Neg, x.tensor(), 0)?))
+        Ok(Share::new(self.backend().scalar(
+            ScalarOp::Neg,
+            x.tensor(),
+            0,
+        )?))
     }
 
     /// `x + c` for a public ring constant `c` (alice adds it, bob keeps his share).
     pub fn add_public_ring(&self, x: &Share, c: u64) -> Result<Share> {
         if self.index() == 0 {
-            Ok(Share::new(self.backend().scalar(ScalarOp::Add, x.tensor(), c)?))
+            Ok(Share::new(self.backend().scalar(
+                ScalarOp::Add,
+                x.tensor(),
+                c,
+            )?))
         } else {
             Ok(x.clone())
         }
@@ -39,7 +55,11 @@ impl Party {
 
     /// `x * c` for a public integer `c` (no truncation needed).
     pub fn mul_public_int(&self, x: &Share, c: i64) -> Result<Share> {
-        Ok(Share::new(self.backend().scalar(ScalarOp::Mul, x.tensor(), c as u64)?))
+        Ok(Share::new(self.backend().scalar(
+            ScalarOp::Mul,
+            x.tensor(),
+            c as u64,
+        )?))
     }
 
     /// `x * v` for a public real `v`: multiply by its encoding, then truncate (1 round).
@@ -52,7 +72,11 @@ impl Party {
     /// Add a public tensor of ring values (same shape) — alice adds, bob keeps.
     pub fn add_public_tensor(&self, x: &Share, c: &kernels::Tensor) -> Result<Share> {
         if self.index() == 0 {
-            Ok(Share::new(self.backend().binary(BinaryOp::Add, x.tensor(), c)?))
+            Ok(Share::new(self.backend().binary(
+                BinaryOp::Add,
+                x.tensor(),
+                c,
+            )?))
         } else {
             if x.shape() != c.shape() {
                 return Err(shape_err(

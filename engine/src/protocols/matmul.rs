@@ -131,7 +131,12 @@ impl Party {
         if k != w.k() {
             return Err(shape_err(
                 "matmul_fixed",
-                format!("cannot multiply {:?} by a [{}, {}] operand", x.shape(), w.k(), w.n()),
+                format!(
+                    "cannot multiply {:?} by a [{}, {}] operand",
+                    x.shape(),
+                    w.k(),
+                    w.n()
+                ),
             ));
         }
         let parts = self.material(w.triple_spec(m))?;

@@ -11,7 +11,10 @@ impl Party {
     /// `x * y` on ring values without truncation (one round). Use for integer/bit operands.
     pub fn mul_raw(&mut self, x: &Share, y: &Share) -> Result<Share> {
         if x.shape() != y.shape() {
-            return Err(shape_err("mul", format!("{:?} vs {:?}", x.shape(), y.shape())));
+            return Err(shape_err(
+                "mul",
+                format!("{:?} vs {:?}", x.shape(), y.shape()),
+            ));
         }
         let n = x.len();
         let parts = self.material(MaterialSpec::MulTriple { n })?;

@@ -45,7 +45,10 @@ impl Party {
             flat
         };
         let masked = be.binary(BinaryOp::Add, &shifted, &parts[0])?;
-        let c = self.open("truncate", &[&masked])?.pop().expect("one opened");
+        let c = self
+            .open("truncate", &[&masked])?
+            .pop()
+            .expect("one opened");
         let be = self.backend();
         // w = msb(r) · (1 - msb(c)): (1 - msb(c)) is public, 0 or 1 per element.
         let not_msb_c = be.scalar(ScalarOp::Xor, &be.scalar(ScalarOp::ShrLogical, &c, 63)?, 1)?;

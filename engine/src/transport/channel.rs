@@ -52,9 +52,10 @@ impl Transport for ChannelTransport {
 
     fn send(&mut self, to: PartyId, payload: Vec<u64>) -> Result<()> {
         let bytes = 8 * payload.len() as u64;
-        let tx = self.senders.get(&to).ok_or_else(|| {
-            EngineError::Invalid(format!("{} has no link to {to}", self.me))
-        })?;
+        let tx = self
+            .senders
+            .get(&to)
+            .ok_or_else(|| EngineError::Invalid(format!("{} has no link to {to}", self.me)))?;
         tx.send(payload).map_err(|_| EngineError::Disconnected {
             me: self.me,
             peer: to,
@@ -64,9 +65,10 @@ impl Transport for ChannelTransport {
     }
 
     fn recv(&mut self, from: PartyId) -> Result<Vec<u64>> {
-        let rx = self.receivers.get(&from).ok_or_else(|| {
-            EngineError::Invalid(format!("{} has no link from {from}", self.me))
-        })?;
+        let rx = self
+            .receivers
+            .get(&from)
+            .ok_or_else(|| EngineError::Invalid(format!("{} has no link from {from}", self.me)))?;
         let msg = rx.recv_timeout(self.timeout).map_err(|e| match e {
             RecvTimeoutError::Timeout => EngineError::Timeout {
                 me: self.me,

@@ -114,7 +114,11 @@ impl Meter {
 
     /// Record a received message of `bytes`.
     pub fn on_recv(&mut self, bytes: u64) {
-        self.stats.steps.entry(self.step).or_default().bytes_received += bytes;
+        self.stats
+            .steps
+            .entry(self.step)
+            .or_default()
+            .bytes_received += bytes;
         self.received_since_send = true;
     }
 

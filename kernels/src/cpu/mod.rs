@@ -126,6 +126,7 @@ pub fn apply_scalar(op: ScalarOp, a: u64, s: u64) -> u64 {
 
 /// The fused Beaver combination on one element.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub fn apply_beaver(
     kind: BeaverKind,
     c: u64,
@@ -223,6 +224,7 @@ impl Backend for CpuBackend {
         Ok(Self::wrap(vec![m, n], out))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn beaver_combine(
         &self,
         kind: BeaverKind,

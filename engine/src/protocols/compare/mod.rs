@@ -102,7 +102,11 @@ impl Party {
         for p in payloads {
             ys.extend(self.own_words(p)?);
         }
-        let pay_e: Vec<u64> = ys.par_iter().zip(masks).map(|(y, a)| y.wrapping_sub(*a)).collect();
+        let pay_e: Vec<u64> = ys
+            .par_iter()
+            .zip(masks)
+            .map(|(y, a)| y.wrapping_sub(*a))
+            .collect();
         // Level 0: the addends as XOR sharings (alice holds A, bob holds B).
         const TOP: u64 = 1 << 63;
         let first = self.index() == 0;
@@ -154,7 +158,9 @@ impl Party {
                 let e = ci * CHUNK + i;
                 let de = bit_of(e);
                 let u = 1u64.wrapping_sub(de << 1);
-                *b = u.wrapping_mul(rarith[e]).wrapping_add(if first { de } else { 0 });
+                *b = u
+                    .wrapping_mul(rarith[e])
+                    .wrapping_add(if first { de } else { 0 });
             }
         });
         let mut out = vec![0u64; np * n];
@@ -227,7 +233,10 @@ impl Party {
     /// in the same 8 rounds.
     pub fn eq(&mut self, x: &Share, y: &Share) -> Result<Share> {
         if x.shape() != y.shape() {
-            return Err(shape_err("eq", format!("{:?} vs {:?}", x.shape(), y.shape())));
+            return Err(shape_err(
+                "eq",
+                format!("{:?} vs {:?}", x.shape(), y.shape()),
+            ));
         }
         let d = self.sub(x, y)?;
         let nd = self.neg(&d)?;
@@ -353,14 +362,21 @@ impl Party {
 
     /// Split a flat share into `k` equal flat pieces.
     pub fn split(&self, x: &Share, k: usize) -> Result<Vec<Share>> {
-        if k == 0 || x.len() % k != 0 {
-            return Err(shape_err("split", format!("{} values into {k} parts", x.len())));
+        if k == 0 || !x.len().is_multiple_of(k) {
+            return Err(shape_err(
+                "split",
+                format!("{} values into {k} parts", x.len()),
+            ));
         }
         let be = self.backend();
         let host = be.download(x.tensor())?;
         let len = host.len() / k;
         (0..k)
-            .map(|j| Ok(Share::new(be.upload(&[len], &host[j * len..(j + 1) * len])?)))
+            .map(|j| {
+                Ok(Share::new(
+                    be.upload(&[len], &host[j * len..(j + 1) * len])?,
+                ))
+            })
             .collect()
     }
 }
