@@ -121,12 +121,13 @@ fn matmul_tiled(
 // Skinny kernel for few rows (m <= 16): one invocation per column of C and 4 rows per
 // workgroup row; B is streamed once per 4 rows with coalesced loads, A values are uniform
 // across the workgroup. Avoids a 64-row tile doing 64x the work for a matrix-vector product.
-@compute @workgroup_size(256)
+// Small (64-wide) workgroups so that even a few thousand columns spread over many cores.
+@compute @workgroup_size(64)
 fn matmul_skinny(
     @builtin(workgroup_id) wid: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let col = wid.x * 256u + lid;
+    let col = wid.x * 64u + lid;
     let row0 = wid.y * 4u;
     if (col >= p.n || row0 >= p.m) {
         return;

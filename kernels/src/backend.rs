@@ -92,7 +92,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     ) -> Result<Tensor>;
 
     /// Matrix Beaver combination for a triple `c = a·b` with openings `e = x - a`, `f = y - b`:
-    /// `c + e·b + a·f (+ e·f if with_ef)`, shapes a,e: [m,k], b,f: [k,n], c: [m,n].
+    /// `c + e·b + a·f (+ e·f if with_ef)`, shapes `a, e: [m,k]`, `b, f: [k,n]`, `c: [m,n]`.
     fn beaver_matmul_combine(
         &self,
         c: &Tensor,

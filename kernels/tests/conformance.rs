@@ -156,6 +156,13 @@ mod reference {
 // ---------------------------------------------------------------------------------------------
 // Backends under test.
 
+/// Write a line straight to stderr, past the test harness's output capture, so the CI log shows
+/// it (adapter, SKIP reason, seed) even without `--nocapture`.
+fn announce(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
+}
+
 /// One GPU configuration.
 struct GpuUnderTest {
     label: String,
@@ -167,7 +174,7 @@ struct GpuUnderTest {
 fn open_gpu(label: &str, opts: GpuOptions) -> GpuUnderTest {
     let gpu = GpuBackend::with_options(opts.clone())
         .unwrap_or_else(|e| panic!("opening GPU configuration '{label}': {e}"));
-    eprintln!("gpu[{label}]: {}", gpu.describe());
+    announce(&format!("gpu[{label}]: {}", gpu.describe()));
     GpuUnderTest {
         label: label.to_string(),
         gpu: Arc::new(gpu),
@@ -180,19 +187,24 @@ fn open_gpu(label: &str, opts: GpuOptions) -> GpuUnderTest {
 fn gpus() -> &'static [GpuUnderTest] {
     static GPUS: OnceLock<Vec<GpuUnderTest>> = OnceLock::new();
     GPUS.get_or_init(|| {
+        let t0 = std::time::Instant::now();
         let first = match GpuBackend::new() {
             Ok(g) => g,
             Err(KernelError::GpuUnavailable(reason)) => {
                 if std::env::var("CI").as_deref() == Ok("true") {
                     panic!("CI=true but no GPU adapter could be opened: {reason}");
                 }
-                eprintln!("SKIP gpu conformance: {reason}");
+                announce(&format!("SKIP gpu conformance: {reason}"));
                 return Vec::new();
             }
             Err(e) => panic!("opening the GPU backend failed: {e}"),
         };
-        eprintln!("gpu adapter: {}", first.adapter_name());
-        eprintln!("gpu[default]: {}", first.describe());
+        announce(&format!(
+            "gpu adapter: {} (backend opened in {:.0?})",
+            first.adapter_name(),
+            t0.elapsed()
+        ));
+        announce(&format!("gpu[default]: {}", first.describe()));
         let chosen = first.variant();
         let mut v = vec![GpuUnderTest {
             label: format!("default/{chosen}"),
@@ -209,7 +221,7 @@ fn gpus() -> &'static [GpuUnderTest] {
                 match forced {
                     Ok(_) => Some(U64Variant::NativeU64),
                     Err(KernelError::GpuUnavailable(why)) => {
-                        eprintln!("gpu: native u64 variant not testable here: {why}");
+                        announce(&format!("gpu: native u64 variant not testable here: {why}"));
                         None
                     }
                     Err(e) => panic!("forcing native u64: {e}"),
@@ -255,7 +267,9 @@ fn seed() -> u64 {
             Ok(v) => v.parse().expect("SEED must be a u64"),
             Err(_) => rand::random(),
         };
-        eprintln!("conformance SEED={s} (rerun with SEED={s} to replay)");
+        announce(&format!(
+            "conformance SEED={s} (rerun with SEED={s} to replay)"
+        ));
         s
     })
 }
@@ -478,49 +492,98 @@ fn dim(r: &mut ChaCha8Rng) -> usize {
     }
 }
 
-/// One random case: returns its description after checking GPU == CPU.
-fn random_case(
-    gpu: &dyn Backend,
-    cpu: &dyn Backend,
-    r: &mut ChaCha8Rng,
-    forced: Option<usize>,
-) -> String {
+/// What one GPU-vs-CPU case computes.
+#[derive(Clone, Copy, Debug)]
+enum Case {
+    Binary(BinaryOp),
+    Scalar(ScalarOp, u64),
+    Matmul { acc: bool },
+    Beaver(BeaverKind, bool),
+    SumRows,
+}
+
+fn is_shift(op: ScalarOp) -> bool {
+    matches!(
+        op,
+        ScalarOp::ShrArith | ScalarOp::ShrLogical | ScalarOp::Shl
+    )
+}
+
+/// Every op variant once: each binary op, each scalar op (shifts by 0, 1, 31, 32, 33 and 63;
+/// the others with 0, 2^64-1 and 2^32+1), matmul with and without accumulator, both Beaver
+/// kinds with and without e*f, and sum_rows.
+fn sweep() -> Vec<Case> {
+    let mut v: Vec<Case> = BINARY_OPS.iter().map(|&op| Case::Binary(op)).collect();
+    for op in SCALAR_OPS {
+        let scalars: &[u64] = if is_shift(op) {
+            &SHIFTS
+        } else {
+            &[0, u64::MAX, (1 << 32) + 1]
+        };
+        v.extend(scalars.iter().map(|&s| Case::Scalar(op, s)));
+    }
+    v.extend([Case::Matmul { acc: false }, Case::Matmul { acc: true }]);
+    for kind in [BeaverKind::Arithmetic, BeaverKind::Boolean] {
+        v.extend([Case::Beaver(kind, false), Case::Beaver(kind, true)]);
+    }
+    v.push(Case::SumRows);
+    v
+}
+
+/// A random case: op kinds about equally likely, scalars and shifts favouring edge values.
+fn pick_case(r: &mut ChaCha8Rng) -> Case {
+    match r.gen_range(0..6) {
+        0 => Case::Binary(BINARY_OPS[r.gen_range(0..BINARY_OPS.len())]),
+        1 => {
+            let op = SCALAR_OPS[r.gen_range(0..SCALAR_OPS.len())];
+            let s = if !is_shift(op) {
+                values(r, 1, 0.5)[0]
+            } else if r.gen_bool(0.7) {
+                SHIFTS[r.gen_range(0..SHIFTS.len())]
+            } else {
+                r.gen_range(0..64)
+            };
+            Case::Scalar(op, s)
+        }
+        2 => Case::Matmul { acc: r.gen() },
+        3 | 4 => {
+            let kind = if r.gen() {
+                BeaverKind::Arithmetic
+            } else {
+                BeaverKind::Boolean
+            };
+            Case::Beaver(kind, r.gen())
+        }
+        _ => Case::SumRows,
+    }
+}
+
+/// Run `case` on random shapes and data on both backends; returns its description after
+/// checking GPU == CPU bit for bit.
+fn run_case(gpu: &dyn Backend, cpu: &dyn Backend, r: &mut ChaCha8Rng, case: Case) -> String {
     let edge_share = [0.0, 0.3, 0.9][r.gen_range(0..3)];
-    let kind = forced.unwrap_or_else(|| r.gen_range(0..6));
     let (m, n) = (dim(r), dim(r));
     let both = |shape: &[usize], d: &[u64]| (up(gpu, shape, d), up(cpu, shape, d));
     let desc;
-    let (g, c) = match kind {
-        0 => {
-            let op = BINARY_OPS[r.gen_range(0..BINARY_OPS.len())];
+    let (g, c) = match case {
+        Case::Binary(op) => {
             let (a, b) = (values(r, m * n, edge_share), values(r, m * n, edge_share));
             let ((ga, ca), (gb, cb)) = (both(&[m, n], &a), both(&[m, n], &b));
             desc = format!("binary {op:?} [{m},{n}]");
             (gpu.binary(op, &ga, &gb), cpu.binary(op, &ca, &cb))
         }
-        1 => {
-            let op = SCALAR_OPS[r.gen_range(0..SCALAR_OPS.len())];
-            let s = match op {
-                ScalarOp::ShrArith | ScalarOp::ShrLogical | ScalarOp::Shl => {
-                    if r.gen_bool(0.7) {
-                        SHIFTS[r.gen_range(0..SHIFTS.len())]
-                    } else {
-                        r.gen_range(0..64)
-                    }
-                }
-                _ => values(r, 1, 0.5)[0],
-            };
+        Case::Scalar(op, s) => {
             let a = values(r, m * n, edge_share);
             let (ga, ca) = both(&[m, n], &a);
             desc = format!("scalar {op:?} s={s:#x} [{m},{n}]");
             (gpu.scalar(op, &ga, s), cpu.scalar(op, &ca, s))
         }
-        2 | 3 => {
+        Case::Matmul { acc } => {
             let k = dim(r);
             let a = values(r, m * k, edge_share);
             let b = values(r, k * n, edge_share);
             let ((ga, ca), (gb, cb)) = (both(&[m, k], &a), both(&[k, n], &b));
-            if kind == 3 {
+            if acc {
                 let acc = values(r, m * n, edge_share);
                 let (gc, cc) = both(&[m, n], &acc);
                 desc = format!("matmul+acc {m}x{k}x{n}");
@@ -533,13 +596,7 @@ fn random_case(
                 (gpu.matmul(&ga, &gb, None), cpu.matmul(&ca, &cb, None))
             }
         }
-        4 => {
-            let bk = if r.gen_bool(0.5) {
-                BeaverKind::Arithmetic
-            } else {
-                BeaverKind::Boolean
-            };
-            let with_ef = r.gen_bool(0.5);
+        Case::Beaver(bk, with_ef) => {
             let d: Vec<Vec<u64>> = (0..5).map(|_| values(r, m * n, edge_share)).collect();
             let t: Vec<(Tensor, Tensor)> = d.iter().map(|v| both(&[m, n], v)).collect();
             desc = format!("beaver {bk:?} ef={with_ef} [{m},{n}]");
@@ -548,7 +605,7 @@ fn random_case(
                 cpu.beaver_combine(bk, &t[0].1, &t[1].1, &t[2].1, &t[3].1, &t[4].1, with_ef),
             )
         }
-        _ => {
+        Case::SumRows => {
             let a = values(r, m * n, edge_share);
             let (ga, ca) = both(&[m, n], &a);
             desc = format!("sum_rows [{m},{n}]");
@@ -561,6 +618,7 @@ fn random_case(
     desc
 }
 
+/// `cases` GPU-vs-CPU cases on GPU configuration `index`: the full sweep first, then random.
 fn gpu_vs_cpu(index: usize, cases: usize, salt: u64) {
     let Some(g) = gpus().get(index) else {
         return;
@@ -568,14 +626,16 @@ fn gpu_vs_cpu(index: usize, cases: usize, salt: u64) {
     let cpu = CpuBackend::new();
     let mut r = rng(salt);
     let t0 = std::time::Instant::now();
-    // Every case kind at least a few times first, then random kinds.
-    for i in 0..cases {
-        let forced = (i < 24).then_some(i % 6);
-        random_case(g.gpu.as_ref(), &cpu, &mut r, forced);
+    let sweep = sweep();
+    for i in 0..cases.max(sweep.len()) {
+        let case = sweep.get(i).copied().unwrap_or_else(|| pick_case(&mut r));
+        run_case(g.gpu.as_ref(), &cpu, &mut r, case);
     }
     eprintln!(
-        "gpu[{}]: {cases} random cases bit-identical to the CPU in {:.1?} (SEED={})",
+        "gpu[{}]: {} cases ({} sweep + random) bit-identical to the CPU in {:.1?} (SEED={})",
         g.label,
+        cases.max(sweep.len()),
+        sweep.len(),
         t0.elapsed(),
         seed()
     );
@@ -668,6 +728,27 @@ fn missing_wgpu_backend_is_gpu_unavailable() {
     }
 }
 
+/// Operands that cannot be split to fit the device are a `KernelError::Gpu`, not a panic.
+#[test]
+fn oversized_rows_are_gpu_errors() {
+    let Some(g) = gpus().iter().find(|g| g.opts.max_binding_bytes.is_some()) else {
+        return;
+    };
+    let be = g.gpu.as_ref();
+    // One row of A (9000 values) exceeds the 64 KiB (8192-value) binding cap.
+    let k = 9000;
+    let a = up(be, &[1, k], &vec![1; k]);
+    let b = up(be, &[k, 1], &vec![1; k]);
+    match be.matmul(&a, &b, None) {
+        Err(KernelError::Gpu(msg)) => assert!(msg.contains("storage binding"), "{msg}"),
+        other => panic!("expected a Gpu error, got {other:?}"),
+    }
+    assert!(matches!(be.sum_rows(&a), Err(KernelError::Gpu(_))));
+    // The backend stays usable afterwards.
+    let s = be.sum_rows(&b).unwrap();
+    assert_eq!(down(be, &s), vec![1; k]);
+}
+
 #[test]
 fn bad_inputs_are_errors_not_panics() {
     let cpu = CpuBackend::new();
@@ -733,7 +814,20 @@ fn bad_inputs_are_errors_not_panics() {
 // ---------------------------------------------------------------------------------------------
 // Slow checks, run on demand: `cargo test --release -p kernels --test conformance -- --ignored`.
 
-/// Matmul throughput of each u64 variant (prints G MAC/s).
+/// User + system CPU seconds of this process (Linux; 0 elsewhere). lavapipe runs on the CPU,
+/// so this is a load-independent cost measure when other jobs share the machine.
+fn cpu_seconds() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Matmul throughput of each u64 variant (prints G MAC/s per wall second and per CPU second).
 #[test]
 #[ignore = "timing, run on demand"]
 fn gpu_matmul_throughput() {
@@ -760,16 +854,20 @@ fn gpu_matmul_throughput() {
             drop(be.matmul(&a, &b, None).unwrap());
             be.synchronize().unwrap();
             let reps = 3;
+            let c0 = cpu_seconds();
             let t0 = std::time::Instant::now();
             for _ in 0..reps {
                 drop(be.matmul(&a, &b, None).unwrap());
             }
             be.synchronize().unwrap();
             let s = t0.elapsed().as_secs_f64() / reps as f64;
+            let c = (cpu_seconds() - c0) / reps as f64;
+            let gmac = (m * k * n) as f64 / 1e9;
             eprintln!(
-                "gpu {v}: matmul {m}x{k}x{n}: {:.1} ms, {:.2} G MAC/s",
+                "gpu {v}: matmul {m}x{k}x{n}: {:.1} ms, {:.2} G MAC/s wall, {:.2} G MAC per CPU s",
                 s * 1e3,
-                (m * k * n) as f64 / s / 1e9
+                gmac / s,
+                gmac / c.max(1e-9)
             );
         }
     }

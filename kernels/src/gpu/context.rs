@@ -190,6 +190,11 @@ impl GpuContext {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some(label) })
     }
 
+    /// Most workgroups one 2-D dispatch can hold.
+    pub(crate) fn max_grid_groups(&self) -> usize {
+        (self.max_groups.max(1) as usize).pow(2)
+    }
+
     /// `(x, y)` workgroup counts covering `groups` groups within the per-axis limit.
     pub(crate) fn grid(&self, groups: usize) -> Result<(u32, u32)> {
         let max = self.max_groups.max(1) as usize;
@@ -201,5 +206,47 @@ impl GpuContext {
             )));
         }
         Ok((x as u32, y as u32))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A wgpu validation error inside `scoped` comes back as `KernelError::Gpu`, not a panic.
+    #[test]
+    fn validation_error_becomes_kernel_error() {
+        let ctx = match GpuContext::open(&GpuOptions::default()) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("SKIP validation_error_becomes_kernel_error: {e}");
+                return;
+            }
+        };
+        let buf = |usage| {
+            ctx.device.create_buffer(&wgpu::BufferDescriptor {
+                label: None,
+                size: 256,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        let (src, dst) = (
+            buf(wgpu::BufferUsages::COPY_SRC),
+            buf(wgpu::BufferUsages::COPY_SRC),
+        );
+        let r = ctx.scoped("bad copy", || {
+            let mut enc = ctx.encoder("bad copy");
+            // Destination lacks COPY_DST: a validation error.
+            enc.copy_buffer_to_buffer(&src, 0, &dst, 0, 256);
+            ctx.submit(enc)
+        });
+        match r {
+            Err(KernelError::Gpu(msg)) => assert!(msg.starts_with("bad copy"), "{msg}"),
+            other => panic!("expected KernelError::Gpu, got {other:?}"),
+        }
+        // The context stays usable.
+        ctx.scoped("good", || Ok(())).unwrap();
+        ctx.wait_idle().unwrap();
     }
 }

@@ -11,6 +11,8 @@ use super::pool::{BufKind, BufferPool, PooledBuffer};
 
 /// Matmuls with at most this many rows use the skinny kernel.
 pub(crate) const SKINNY_MAX_ROWS: usize = 16;
+/// Columns of C per skinny-matmul workgroup (its workgroup size).
+const SKINNY_COLS: usize = 64;
 /// Rows with at most this many columns are summed by one invocation each.
 const NARROW_MAX_COLS: usize = 64;
 /// Host transfers move at most this many bytes per step (bounds staging memory).
@@ -195,7 +197,10 @@ impl Exec<'_> {
         params: Params,
     ) -> Result<PooledBuffer> {
         let out = self.alloc(len)?;
-        let chunk = self.ctx.max_binding_elems;
+        let chunk = self
+            .ctx
+            .max_binding_elems
+            .min(self.ctx.max_grid_groups().saturating_mul(WG) / ALIGN_ELEMS * ALIGN_ELEMS);
         let mut dispatches = Vec::new();
         for c0 in (0..len).step_by(chunk.max(1)) {
             let cl = chunk.min(len - c0);
@@ -249,7 +254,7 @@ impl Exec<'_> {
         }
         let skinny = m <= SKINNY_MAX_ROWS;
         let (kernel, tile_rows, tile_cols) = if skinny {
-            (&kernels.skinny, 4, WG)
+            (&kernels.skinny, 4, SKINNY_COLS)
         } else {
             (&kernels.tiled, 64, 64)
         };
@@ -322,18 +327,20 @@ impl Exec<'_> {
             return Ok(out);
         }
         let room = self.ctx.max_binding_elems.saturating_sub(ALIGN_ELEMS - 1);
-        let rc = m.min(room / n);
+        let (kernel, per_group) = if n <= NARROW_MAX_COLS {
+            (narrow, WG)
+        } else {
+            (wide, 1)
+        };
+        let rc = m
+            .min(room / n)
+            .min(self.ctx.max_grid_groups().saturating_mul(per_group));
         if rc == 0 {
             return Err(KernelError::Gpu(format!(
                 "sum_rows: a row of {n} elements does not fit one storage binding of {} elements",
                 self.ctx.max_binding_elems
             )));
         }
-        let (kernel, per_group) = if n <= NARROW_MAX_COLS {
-            (narrow, WG)
-        } else {
-            (wide, 1)
-        };
         let mut dispatches = Vec::new();
         for r0 in (0..m).step_by(rc) {
             let rl = rc.min(m - r0);
