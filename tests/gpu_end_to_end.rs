@@ -21,7 +21,11 @@ fn gpu_session(seed: u64) -> Option<Session> {
             // Written to the process's stderr directly (not the test harness's capture), so CI
             // logs show which adapter ran the tests.
             use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "GPU adapter: {}", s.backend_description());
+            let _ = writeln!(
+                std::io::stderr(),
+                "GPU adapter: {}",
+                s.backend_description()
+            );
             Some(s)
         }
         Err(e) if std::env::var("CI").as_deref() != Ok("true") => {

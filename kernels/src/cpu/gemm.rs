@@ -2,21 +2,27 @@
 //!
 //! The structure follows the classic BLIS/Goto scheme:
 //!
-//! * `B` is packed into vertical strips of [`NR`] columns (zero padded), each strip holding all `k` rows
-//!   contiguously (`NR` values per row, 64-byte aligned). A [`PackedB`] is built once per long-lived
-//!   right operand (model weights) and reused by every product.
-//! * The work is cut into `MC`-row by `NC`-column blocks of `C`, which are the rayon tasks. Inside a
-//!   task the reduction dimension is walked in `KC`-deep slices: the `MC x KC` block of `A` is packed
-//!   into [`MR`]-row panels (L2 resident), then each `KC x NR` strip of `B` is multiplied against all
-//!   the `A` panels of the block by the register-blocked micro-kernel.
-//! * The micro-kernel keeps an `MR x NR` = 8 x 24 tile of `C` in 24 zmm accumulators (AVX-512:
-//!   `vpmullq` + `vpaddq`), or in an equivalent AVX2 / portable form, selected at run time.
+//! * `B` is packed into vertical strips of [`NR`] = 16 columns (zero padded), each strip holding
+//!   all `k` rows contiguously (`NR` values = two cache lines per row, 64-byte aligned). A
+//!   [`PackedB`] is built once per long-lived right operand (model weights) and reused by every
+//!   product; plain [`gemm`] packs `B` strip by strip just before use (or once up front when
+//!   several row blocks share it).
+//! * `C` is cut into a grid of row blocks (at most `MC` = 96 rows) and column blocks (at most
+//!   `NC` = 1024 columns), balanced so that every rayon thread gets the same number of equal
+//!   tasks (`64 x 25088 x 4096` splits over `N`, `1024^3` over `M`). Inside a task the reduction
+//!   dimension is walked in `KC` = 256 deep slices: the `MC x KC` block of `A` is packed into
+//!   [`MR`]-row panels (L2 resident), then each `KC x NR` strip of `B` (L1 resident, the next
+//!   one prefetched) is multiplied against all the `A` panels by the register-blocked kernel.
+//! * The AVX-512 micro-kernel keeps an `MR x NR` = 8 x 16 tile of `C` in 16 zmm accumulators
+//!   (`vpmullq` + `vpaddq`, each add issued 13 multiplies after the one feeding it). AVX2 and
+//!   portable kernels compute the same tile; the best one is selected at run time.
 //!
 //! Every kernel path is bit-exact with the naive triple loop for any shape (tested below).
 
 use rayon::prelude::*;
 
-use super::AlignedVec;
+use std::alloc::{alloc_zeroed, dealloc, handle_alloc_error, Layout};
+use std::ptr::NonNull;
 
 /// Rows of the register tile (rows of `A` per packed panel).
 pub const MR: usize = 8;
@@ -25,9 +31,9 @@ pub const NR: usize = 16;
 
 /// Default cache blocking.
 const DEFAULT_BLOCKING: Blocking = Blocking {
-    mc: 144,
-    kc: 512,
-    nc: 1032,
+    mc: 96,
+    kc: 256,
+    nc: 1024,
     par_min_macs: 1 << 18,
 };
 
@@ -183,6 +189,8 @@ unsafe fn micro_portable(
     }
 }
 
+// The AVX-512 intrinsics and `avx512*` target features are stable since Rust 1.89; the workspace
+// `rust-version` (1.87) predates them, so this module needs a 1.89 toolchain regardless.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! x86-64 SIMD micro-kernels and peak probes.
@@ -213,11 +221,15 @@ mod x86 {
 
     /// AVX-512 micro-kernel: 8 x 16 tile in 16 zmm accumulators, `vpmullq` + `vpaddq`.
     ///
-    /// Each add is issued 11 multiplies after the multiply that feeds it (the tail of a step after
-    /// the step's last multiply). Issuing the add right after its multiply, which the compiler does
-    /// when left alone, caps the core at ~80 % of its multiply-add rate; a distance of 11-13 reaches
-    /// ~98 % in L1. That needs 12 live products: 16 accumulators + 2 B vectors + 1 broadcast + 12
-    /// products fill the 32 zmm registers, which is why the tile is 8 x 16 rather than 8 x 24.
+    /// Per k step: load the two B vectors, then issue the 16 products row by row (one broadcast
+    /// of `a[i]` per row) and add product `q` into its accumulator only after product `q + 13`
+    /// has been issued (the last ones after the step's final multiply). Measured on this Zen 4
+    /// class core: with each add right behind its multiply (what the compiler emits when left
+    /// alone) the kernel runs at ~80 % of the multiply-add peak, with a distance of 11 at ~94 %
+    /// and 13 at ~98 % (L1-resident operands). 13 in-flight products + 16 accumulators + 2 B
+    /// vectors + 1 broadcast is all 32 zmm registers (the last products reuse the dead B and
+    /// broadcast registers), which is why the tile is 8 x 16 and not 8 x 24: 24 accumulators
+    /// leave room for a distance of only 3-4, measured at ~82 %.
     ///
     /// # Safety
     /// See [`super::MicroKernel`]; requires AVX-512F and AVX-512DQ.
@@ -232,6 +244,13 @@ mod x86 {
         pf: *const u64,
     ) {
         const T: usize = MR * NV;
+        // Fetch the C tile early: its rows are `ldc` apart and only touched after the loop.
+        {
+            for i in 0..MR {
+                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(c.wrapping_add(i * ldc + 8) as *const i8);
+            }
+        }
         let mut acc = [_mm512_setzero_si512(); T];
         let mut ap = a;
         let mut bp = b;
@@ -243,7 +262,7 @@ mod x86 {
             unsafe {
                 let b0 = _mm512_load_si512(bp as *const __m512i);
                 let b1 = _mm512_load_si512(bp.add(8) as *const __m512i);
-                _mm_prefetch::<_MM_HINT_T0>(pfp as *const i8);
+                _mm_prefetch::<_MM_HINT_T1>(pfp as *const i8);
                 let a0 = _mm512_set1_epi64(*ap.add(0) as i64);
                 let p0 = _mm512_mullo_epi64(a0, b0);
                 let p1 = _mm512_mullo_epi64(a0, b1);
@@ -262,16 +281,16 @@ mod x86 {
                 let a5 = _mm512_set1_epi64(*ap.add(5) as i64);
                 let p10 = _mm512_mullo_epi64(a5, b0);
                 let p11 = _mm512_mullo_epi64(a5, b1);
-                acc[0] = _mm512_add_epi64(acc[0], after!(p0, p11));
                 let a6 = _mm512_set1_epi64(*ap.add(6) as i64);
                 let p12 = _mm512_mullo_epi64(a6, b0);
-                acc[1] = _mm512_add_epi64(acc[1], after!(p1, p12));
                 let p13 = _mm512_mullo_epi64(a6, b1);
-                acc[2] = _mm512_add_epi64(acc[2], after!(p2, p13));
+                acc[0] = _mm512_add_epi64(acc[0], after!(p0, p13));
                 let a7 = _mm512_set1_epi64(*ap.add(7) as i64);
                 let p14 = _mm512_mullo_epi64(a7, b0);
-                acc[3] = _mm512_add_epi64(acc[3], after!(p3, p14));
+                acc[1] = _mm512_add_epi64(acc[1], after!(p1, p14));
                 let p15 = _mm512_mullo_epi64(a7, b1);
+                acc[2] = _mm512_add_epi64(acc[2], after!(p2, p15));
+                acc[3] = _mm512_add_epi64(acc[3], after!(p3, p15));
                 acc[4] = _mm512_add_epi64(acc[4], after!(p4, p15));
                 acc[5] = _mm512_add_epi64(acc[5], after!(p5, p15));
                 acc[6] = _mm512_add_epi64(acc[6], after!(p6, p15));
@@ -317,7 +336,7 @@ mod x86 {
     /// AVX2 micro-kernel. AVX2 has no 64-bit multiply: per lane,
     /// `a·b mod 2^64 = a_lo·b_lo + ((a_lo·b_hi + a_hi·b_lo) mod 2^32) << 32`. The first term comes
     /// from `vpmuludq`; both cross terms come from one `vpmulld` against `b` with its 32-bit halves
-    /// swapped, accumulated in 32-bit lanes and folded once at the end. The 8 x 24 tile is computed
+    /// swapped, accumulated in 32-bit lanes and folded once at the end. The 8 x 16 tile is computed
     /// as 2-row x 8-column sub-tiles (8 accumulators) to fit the 16 ymm registers.
     ///
     /// # Safety
@@ -445,16 +464,98 @@ mod x86 {
 // Packing
 // ---------------------------------------------------------------------------------------------
 
+/// A zero-initialised heap buffer of `u64` starting on a 64-byte boundary.
+///
+/// Allocated through `alloc_zeroed` with the natural alignment and aligned by hand: large
+/// buffers then come straight from fresh zero pages (no single-threaded memset), and the pages
+/// are first touched by whoever fills them, in parallel.
+struct Buf {
+    /// Start of the allocation (None when empty).
+    base: Option<NonNull<u8>>,
+    /// The first aligned value.
+    ptr: NonNull<u64>,
+    len: usize,
+}
+
+// SAFETY: `Buf` owns its allocation exclusively, like `Vec<u64>`.
+unsafe impl Send for Buf {}
+// SAFETY: shared access only reads, like `&[u64]`.
+unsafe impl Sync for Buf {}
+
+impl Buf {
+    fn layout(len: usize) -> Layout {
+        let bytes = len
+            .checked_mul(8)
+            .and_then(|b| b.checked_add(64))
+            .expect("GEMM buffer size overflows");
+        Layout::from_size_align(bytes, 8).expect("GEMM buffer too large")
+    }
+
+    /// `len` zeros.
+    fn zeroed(len: usize) -> Buf {
+        if len == 0 {
+            return Buf {
+                base: None,
+                ptr: NonNull::dangling(),
+                len: 0,
+            };
+        }
+        let layout = Self::layout(len);
+        // SAFETY: the layout has a non-zero size.
+        let raw = unsafe { alloc_zeroed(layout) };
+        let Some(base) = NonNull::new(raw) else {
+            handle_alloc_error(layout)
+        };
+        let offset = (64 - raw as usize % 64) % 64;
+        // SAFETY: the allocation has 64 spare bytes, so the first 64-byte boundary plus `len`
+        // values stays inside it (and is non-null).
+        let ptr = unsafe { NonNull::new_unchecked(raw.add(offset) as *mut u64) };
+        Buf {
+            base: Some(base),
+            ptr,
+            len,
+        }
+    }
+
+    fn as_slice(&self) -> &[u64] {
+        // SAFETY: `ptr` is aligned and valid for `len` initialised (zeroed or written) values
+        // (dangling but aligned when `len == 0`).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [u64] {
+        // SAFETY: as in `as_slice`, with unique access through `&mut self`.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), self.len) }
+    }
+}
+
+impl Drop for Buf {
+    fn drop(&mut self) {
+        if let Some(base) = self.base {
+            // SAFETY: `base` came from `alloc_zeroed` with this very layout.
+            unsafe { dealloc(base.as_ptr(), Self::layout(self.len)) };
+        }
+    }
+}
+
+impl Clone for Buf {
+    fn clone(&self) -> Buf {
+        let mut b = Buf::zeroed(self.len);
+        b.as_mut_slice().copy_from_slice(self.as_slice());
+        b
+    }
+}
+
 /// The right-hand operand `B [k, n]` packed into the layout the micro-kernel streams.
 ///
 /// Layout: `ceil(n / NR)` strips of `NR` columns (the last zero padded); strip `s` occupies
 /// `k * NR` values starting at `s * k * NR`, row `p` of the strip at `s * k * NR + p * NR`.
-/// The buffer is 64-byte aligned and every strip row is 3 whole cache lines.
+/// The buffer is 64-byte aligned and every strip row is 2 whole cache lines.
 #[derive(Clone)]
 pub struct PackedB {
     k: usize,
     n: usize,
-    data: AlignedVec,
+    data: Buf,
 }
 
 impl std::fmt::Debug for PackedB {
@@ -471,20 +572,25 @@ impl PackedB {
     pub fn pack(k: usize, n: usize, b: &[u64]) -> PackedB {
         assert_eq!(b.len(), k * n, "PackedB::pack: b must hold k*n values");
         let strips = n.div_ceil(NR);
-        let mut data = AlignedVec::zeros(strips * k * NR);
+        let mut data = Buf::zeroed(strips * k * NR);
         if k > 0 {
-            let fill = |(s, dst): (usize, &mut [u64])| {
-                let j0 = s * NR;
-                let w = NR.min(n - j0);
-                for (p, row) in dst.chunks_exact_mut(NR).enumerate() {
-                    row[..w].copy_from_slice(&b[p * n + j0..p * n + j0 + w]);
-                }
+            // Groups of PACK_STRIPS strips, each packed by walking B row by row (contiguous
+            // reads of PACK_STRIPS * NR values), the groups in parallel for large operands.
+            let fill = |(g, dst): (usize, &mut [u64])| {
+                let s = g * PACK_STRIPS;
+                pack_b_block(b, n, 0, k, s, dst.len() / (k * NR), dst)
             };
-            let chunks = data.as_mut_slice().par_chunks_mut(k * NR).enumerate();
+            let group = k * NR * PACK_STRIPS;
             if k * n >= 1 << 16 {
-                chunks.for_each(fill);
+                data.as_mut_slice()
+                    .par_chunks_mut(group)
+                    .enumerate()
+                    .for_each(fill);
             } else {
-                chunks.collect::<Vec<_>>().into_iter().for_each(fill);
+                data.as_mut_slice()
+                    .chunks_mut(group)
+                    .enumerate()
+                    .for_each(fill);
             }
         }
         PackedB { k, n, data }
@@ -499,6 +605,48 @@ impl PackedB {
     pub fn n(&self) -> usize {
         self.n
     }
+}
+
+/// Pack rows `p0 .. p0 + kc` of `count` consecutive strips starting at strip `s` of row-major
+/// `b [.., n]` into `dst`: strip after strip, each `kc` rows of `NR` values (zero padding the
+/// columns past `n`), walking `B` row by row so that every row segment is read contiguously.
+fn pack_b_block(
+    b: &[u64],
+    n: usize,
+    p0: usize,
+    kc: usize,
+    s: usize,
+    count: usize,
+    dst: &mut [u64],
+) {
+    let j0 = s * NR;
+    let width = (count * NR).min(n - j0);
+    for p in 0..kc {
+        let row = &b[(p0 + p) * n + j0..(p0 + p) * n + j0 + width];
+        for (t, seg) in row.chunks(NR).enumerate() {
+            let d = &mut dst[t * kc * NR + p * NR..t * kc * NR + (p + 1) * NR];
+            d[..seg.len()].copy_from_slice(seg);
+            d[seg.len()..].fill(0);
+        }
+    }
+}
+
+/// Prefetch columns `j0 .. j0 + width` of `rows` of row-major `b [.., n]` into L2.
+fn prefetch_l2(b: &[u64], n: usize, rows: std::ops::Range<usize>, j0: usize, width: usize) {
+    #[cfg(target_arch = "x86_64")]
+    for p in rows {
+        let row = &b[p * n + j0..p * n + j0 + width];
+        for line in row.chunks(8) {
+            // SAFETY: SSE is part of x86-64; a prefetch of a valid address has no other effect.
+            unsafe {
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(
+                    line.as_ptr() as *const i8
+                )
+            };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (b, n, rows, j0, width);
 }
 
 /// Pack rows `i0 .. i0 + mb` and columns `p0 .. p0 + kc` of row-major `a [.., lda]` into
@@ -549,53 +697,95 @@ impl CPtr {
     }
 }
 
-/// Split `len` units into balanced blocks of at most `max` units (rounded up to `unit`).
-/// Returns (block size, block count).
-fn split(len: usize, max: usize, unit: usize, min_blocks: usize) -> (usize, usize) {
-    let max = max.max(unit);
-    let blocks = len
-        .div_ceil(max)
-        .max(min_blocks)
-        .min(len.div_ceil(unit))
-        .max(1);
-    let size = len.div_ceil(blocks).div_ceil(unit) * unit;
-    (size, len.div_ceil(size))
+/// The task grid: `mb` row blocks x `nb` column blocks of `C`, cut on panel / strip boundaries
+/// so that block sizes differ by at most one panel (strip).
+#[derive(Clone, Copy, Debug)]
+struct Grid {
+    /// `MR`-row panels of `A` / `C`.
+    panels: usize,
+    /// Row blocks.
+    mb: usize,
+    /// `NR`-column strips of `B` / `C`.
+    strips: usize,
+    /// Column blocks.
+    nb: usize,
 }
 
-/// The task grid: (rows per block, row blocks, strips per block, strip blocks).
-fn plan(
-    m: usize,
-    k: usize,
-    n: usize,
-    blk: &Blocking,
-    threads: usize,
-) -> (usize, usize, usize, usize) {
-    let strips = n.div_ceil(NR);
-    let nc_strips = blk.nc.div_ceil(NR);
-    let (mut mc, mut mb) = split(m, blk.mc, MR, 1);
-    let (mut sc, mut nb) = split(strips, nc_strips, 1, 1);
-    if threads > 1 && m.saturating_mul(n).saturating_mul(k) >= blk.par_min_macs {
-        // Balance the grid over the threads: add blocks along the larger block dimension until
-        // every thread gets an equal share or there are plenty of tasks to steal.
-        let (mut want_m, mut want_n) = (mb, nb);
-        for _ in 0..64 {
-            if (mb * nb) % threads == 0 || mb * nb >= 4 * threads {
-                break;
+impl Grid {
+    /// Panels `[start, end)` of row block `ib`.
+    fn panel_range(&self, ib: usize) -> (usize, usize) {
+        (ib * self.panels / self.mb, (ib + 1) * self.panels / self.mb)
+    }
+
+    /// Strips `[start, end)` of column block `jb`.
+    fn strip_range(&self, jb: usize) -> (usize, usize) {
+        (jb * self.strips / self.nb, (jb + 1) * self.strips / self.nb)
+    }
+
+    /// Most panels in one row block.
+    fn max_panels(&self) -> usize {
+        self.panels.div_ceil(self.mb)
+    }
+}
+
+/// Plan the task grid: blocks of at most `blk.mc` rows and `blk.nc` columns, then (when the
+/// product is worth parallelising) the fewest extra splits that give every thread the same
+/// number of equal-sized tasks.
+fn plan(m: usize, k: usize, n: usize, blk: &Blocking, threads: usize) -> Grid {
+    let panels = m.div_ceil(MR).max(1);
+    let strips = n.div_ceil(NR).max(1);
+    let mb = panels.div_ceil((blk.mc / MR).max(1));
+    let nb = strips.div_ceil((blk.nc / NR).max(1));
+    let mut grid = Grid {
+        panels,
+        mb,
+        strips,
+        nb,
+    };
+    if threads <= 1 || m.saturating_mul(n).saturating_mul(k) < blk.par_min_macs {
+        return grid;
+    }
+    let (max_m, max_n) = (panels.min(mb + threads), strips.min(nb + threads));
+    let mut best: Option<(usize, usize)> = None;
+    for mm in mb..=max_m {
+        for nn in nb..=max_n {
+            let better = match best {
+                None => true,
+                Some((bm, bn)) => mm * nn < bm * bn,
+            };
+            if (mm * nn) % threads == 0 && better {
+                best = Some((mm, nn));
             }
-            let can_m = mb < m.div_ceil(MR);
-            let can_n = nb < strips;
-            if can_m && (!can_n || mc >= sc * NR) {
-                want_m += 1;
-            } else if can_n {
-                want_n += 1;
-            } else {
-                break;
-            }
-            (mc, mb) = split(m, blk.mc, MR, want_m);
-            (sc, nb) = split(strips, nc_strips, 1, want_n);
         }
     }
-    (mc, mb, sc, nb)
+    // Fewer panels and strips than needed for an even split: use as many tasks as possible.
+    let (mm, nn) = best.unwrap_or((max_m, max_n));
+    grid.mb = mm;
+    grid.nb = nn;
+    grid
+}
+
+/// The right operand as the driver sees it.
+#[derive(Clone, Copy)]
+enum BSource<'a> {
+    /// Packed once ahead of time.
+    Packed(&'a PackedB),
+    /// Row-major `[k, n]`, packed strip by strip just before use (no up-front copy of `B`).
+    Raw { b: &'a [u64], k: usize, n: usize },
+}
+
+/// Strips per group (and per rayon task) in [`PackedB::pack`]: rows of 1 KiB are read at a time.
+const PACK_STRIPS: usize = 8;
+
+/// Strips of an unpacked `B` packed together (256 columns: `KC x 256` values = 512 KiB, L2).
+const RAW_STRIPS: usize = 16;
+
+/// Per-thread scratch: the packed `A` block, (for [`BSource::Raw`]) a block of packed `B`
+/// strips, and a tile for the edges of `C`.
+struct Scratch {
+    a: Buf,
+    b: Buf,
+    tile: Buf,
 }
 
 fn gemm_driver(
@@ -603,11 +793,17 @@ fn gemm_driver(
     blk: &Blocking,
     m: usize,
     a: &[u64],
-    b: &PackedB,
+    b: BSource<'_>,
     c: &mut [u64],
     accumulate: bool,
 ) {
-    let (k, n) = (b.k, b.n);
+    let (k, n) = match b {
+        BSource::Packed(p) => (p.k, p.n),
+        BSource::Raw { b, k, n } => {
+            assert_eq!(b.len(), k * n, "gemm: b must hold k*n values");
+            (k, n)
+        }
+    };
     assert_eq!(a.len(), m * k, "gemm: a must hold m*k values");
     assert_eq!(c.len(), m * n, "gemm: c must hold m*n values");
     let micro = kernel.micro();
@@ -621,37 +817,83 @@ fn gemm_driver(
         return;
     }
     let threads = rayon::current_num_threads();
-    let (mc, mb, sc, nb) = plan(m, k, n, blk, threads);
+    let grid = plan(m, k, n, blk, threads);
+    if let BSource::Raw { b, .. } = b {
+        if grid.mb > 2 {
+            // Several row blocks would each pack the same strips: pack B once instead (a cost
+            // of k*n copies against m*k*n multiply-adds).
+            let packed = PackedB::pack(k, n, b);
+            return gemm_driver(kernel, blk, m, a, BSource::Packed(&packed), c, accumulate);
+        }
+    }
     let kc_max = blk.kc.min(k);
     let cptr = CPtr(c.as_mut_ptr());
-    let bdata = b.data.as_slice();
 
-    let task = |abuf: &mut AlignedVec, t: usize| {
-        let (ib, jb) = (t / nb, t % nb);
-        let i0 = ib * mc;
-        let rows = mc.min(m - i0);
-        let panels = rows.div_ceil(MR);
-        let s0 = jb * sc;
-        let s1 = (s0 + sc).min(n.div_ceil(NR));
-        let mut tmp = AlignedVec::zeros(MR * NR);
+    let task = |scratch: &mut Scratch, t: usize| {
+        let (ib, jb) = (t / grid.nb, t % grid.nb);
+        let (r0, r1) = grid.panel_range(ib);
+        let i0 = r0 * MR;
+        let rows = (r1 * MR).min(m) - i0;
+        let panels = r1 - r0;
+        let (s0, s1) = grid.strip_range(jb);
         let mut p0 = 0;
         while p0 < k {
             let kc = kc_max.min(k - p0);
-            let apack = &mut abuf.as_mut_slice()[..panels * kc * MR];
+            let apack = &mut scratch.a.as_mut_slice()[..panels * kc * MR];
             pack_a(a, k, i0, rows, p0, kc, apack);
             let apack = &*apack;
             let overwrite = p0 == 0 && !accumulate;
             for s in s0..s1 {
-                let strip = &bdata[s * k * NR + p0 * NR..s * k * NR + (p0 + kc) * NR];
-                // Prefetch target: the next strip of this slice, else the first of the next slice.
-                let next = if s + 1 < s1 {
-                    bdata[(s + 1) * k * NR + p0 * NR..].as_ptr()
-                } else if p0 + kc < k {
-                    bdata[s0 * k * NR + (p0 + kc) * NR..].as_ptr()
-                } else {
-                    strip.as_ptr()
-                };
                 let j0 = s * NR;
+                // The kc x NR strip of this slice, and where the next one starts (prefetched).
+                let (strip, next): (&[u64], *const u64) = match b {
+                    BSource::Packed(pb) => {
+                        let d = pb.data.as_slice();
+                        let strip = &d[s * k * NR + p0 * NR..s * k * NR + (p0 + kc) * NR];
+                        let next = if s + 1 < s1 {
+                            d[(s + 1) * k * NR + p0 * NR..].as_ptr()
+                        } else if p0 + kc < k {
+                            d[s0 * k * NR + (p0 + kc) * NR..].as_ptr()
+                        } else {
+                            strip.as_ptr()
+                        };
+                        (strip, next)
+                    }
+                    BSource::Raw { b, .. } => {
+                        // Pack RAW_STRIPS strips at a time, reading whole row segments of B.
+                        let t = (s - s0) % RAW_STRIPS;
+                        let buf = scratch.b.as_mut_slice();
+                        if t == 0 {
+                            let count = RAW_STRIPS.min(s1 - s);
+                            pack_b_block(b, n, p0, kc, s, count, &mut buf[..count * kc * NR]);
+                        }
+                        // Meanwhile pull the rows of the block packed next towards L2, a
+                        // 1/RAW_STRIPS share per strip.
+                        let sb = s - t;
+                        let upcoming = if sb + RAW_STRIPS < s1 {
+                            Some((p0, sb + RAW_STRIPS))
+                        } else if p0 + kc < k {
+                            Some((p0 + kc, s0))
+                        } else {
+                            None
+                        };
+                        if let Some((np0, ns)) = upcoming {
+                            let nkc = kc_max.min(k - np0);
+                            let rows = nkc.div_ceil(RAW_STRIPS);
+                            let first = (np0 + t * rows).min(np0 + nkc);
+                            let last = (first + rows).min(np0 + nkc);
+                            let width = (RAW_STRIPS.min(s1 - ns) * NR).min(n - ns * NR);
+                            prefetch_l2(b, n, first..last, ns * NR, width);
+                        }
+                        let strip = &buf[t * kc * NR..(t + 1) * kc * NR];
+                        let next = if t + 1 < RAW_STRIPS && s + 1 < s1 {
+                            buf[(t + 1) * kc * NR..].as_ptr()
+                        } else {
+                            strip.as_ptr()
+                        };
+                        (strip, next)
+                    }
+                };
                 let cols = NR.min(n - j0);
                 for r in 0..panels {
                     let ap = &apack[r * kc * MR..(r + 1) * kc * MR];
@@ -680,8 +922,8 @@ fn gemm_driver(
                             )
                         };
                     } else {
-                        let t = tmp.as_mut_slice();
-                        // SAFETY: as above, with the full tile written to the local `tmp`.
+                        let t = scratch.tile.as_mut_slice();
+                        // SAFETY: as above, with the full tile written to the local `tile`.
                         unsafe {
                             micro(
                                 kc,
@@ -713,29 +955,39 @@ fn gemm_driver(
         }
     };
 
-    let abuf_len = mc.div_ceil(MR) * MR * kc_max;
-    let tasks = mb * nb;
+    let new_scratch = || Scratch {
+        a: Buf::zeroed(grid.max_panels() * MR * kc_max),
+        b: Buf::zeroed(match b {
+            BSource::Packed(_) => 0,
+            BSource::Raw { .. } => kc_max * NR * RAW_STRIPS,
+        }),
+        tile: Buf::zeroed(MR * NR),
+    };
+    let tasks = grid.mb * grid.nb;
     if tasks == 1 || threads == 1 || m.saturating_mul(n).saturating_mul(k) < blk.par_min_macs {
-        let mut abuf = AlignedVec::zeros(abuf_len);
-        (0..tasks).for_each(|t| task(&mut abuf, t));
+        let mut scratch = new_scratch();
+        (0..tasks).for_each(|t| task(&mut scratch, t));
     } else {
         (0..tasks)
             .into_par_iter()
             .with_max_len(1)
-            .for_each_init(|| AlignedVec::zeros(abuf_len), |abuf, t| task(abuf, t));
+            .for_each_init(new_scratch, |scratch, t| task(scratch, t));
     }
 }
 
 /// `c [m,n] (+)= a [m,k] · b [k,n]` mod 2^64, all row-major and contiguous, on the fastest kernel.
 ///
 /// With `accumulate == false` `c` is overwritten (zeroed when `k == 0`); otherwise the product is
-/// added to it. `B` is packed on every call: for a reused right operand, pack it once with
-/// [`PackedB::pack`] and call [`gemm_packed`].
+/// added to it. Panics if a slice length does not match its shape. `B` is packed during the call
+/// (strip blocks just before use when few row blocks share them, else all of it up front): for a
+/// reused right operand, pack it once with [`PackedB::pack`] and call [`gemm_packed`].
 pub fn gemm(m: usize, k: usize, n: usize, a: &[u64], b: &[u64], c: &mut [u64], accumulate: bool) {
     gemm_with(Kernel::detect(), m, k, n, a, b, c, accumulate)
 }
 
-/// `c [m,n] (+)= a [m,k] · B` mod 2^64 with a pre-packed `B`, on the fastest kernel.
+/// `c [m,n] (+)= a [m,k] · B` mod 2^64 with a pre-packed `B [k, n]`, on the fastest kernel.
+///
+/// Same contract as [`gemm`], with `k` and `n` taken from `b`.
 pub fn gemm_packed(m: usize, a: &[u64], b: &PackedB, c: &mut [u64], accumulate: bool) {
     gemm_packed_with(Kernel::detect(), m, a, b, c, accumulate)
 }
@@ -752,9 +1004,15 @@ pub fn gemm_with(
     c: &mut [u64],
     accumulate: bool,
 ) {
-    assert_eq!(b.len(), k * n, "gemm: b must hold k*n values");
-    let packed = PackedB::pack(k, n, b);
-    gemm_packed_with(kernel, m, a, &packed, c, accumulate)
+    gemm_driver(
+        kernel,
+        &DEFAULT_BLOCKING,
+        m,
+        a,
+        BSource::Raw { b, k, n },
+        c,
+        accumulate,
+    )
 }
 
 /// [`gemm_packed`] on a chosen kernel. Panics if the CPU does not support it.
@@ -766,7 +1024,15 @@ pub fn gemm_packed_with(
     c: &mut [u64],
     accumulate: bool,
 ) {
-    gemm_driver(kernel, &DEFAULT_BLOCKING, m, a, b, c, accumulate)
+    gemm_driver(
+        kernel,
+        &DEFAULT_BLOCKING,
+        m,
+        a,
+        BSource::Packed(b),
+        c,
+        accumulate,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -847,6 +1113,7 @@ pub fn measure_mac_peak(threads: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpu::AlignedVec;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha20Rng;
 
@@ -911,13 +1178,19 @@ mod tests {
         naive(m, k, n, &a, &b, &mut want_acc, true);
         let packed = PackedB::pack(k, n, &b);
         assert_eq!((packed.k(), packed.n()), (k, n));
+        let sources = [BSource::Packed(&packed), BSource::Raw { b: &b, k, n }];
         for kern in kernels() {
-            let mut c = c0.clone();
-            gemm_driver(kern, blk, m, &a, &packed, &mut c, false);
-            assert!(c == want, "{kern:?} {m}x{k}x{n} {blk:?} overwrite");
-            let mut c = c0.clone();
-            gemm_driver(kern, blk, m, &a, &packed, &mut c, true);
-            assert!(c == want_acc, "{kern:?} {m}x{k}x{n} {blk:?} accumulate");
+            for (si, &src) in sources.iter().enumerate() {
+                let mut c = c0.clone();
+                gemm_driver(kern, blk, m, &a, src, &mut c, false);
+                assert!(c == want, "{kern:?} {m}x{k}x{n} {blk:?} src {si} overwrite");
+                let mut c = c0.clone();
+                gemm_driver(kern, blk, m, &a, src, &mut c, true);
+                assert!(
+                    c == want_acc,
+                    "{kern:?} {m}x{k}x{n} {blk:?} src {si} accumulate"
+                );
+            }
         }
     }
 
@@ -1048,15 +1321,30 @@ mod tests {
                 (8, 24),
                 (1000, 7),
             ] {
-                let (mc, mb, sc, nb) = plan(m, 1 << 20, n, &DEFAULT_BLOCKING, threads);
-                assert!(
-                    mc % MR == 0 && mc * mb >= m && mc * (mb - 1) < m,
-                    "{m} {mc} {mb}"
-                );
-                let strips = n.div_ceil(NR);
-                assert!(sc * nb >= strips && sc * (nb - 1) < strips, "{n} {sc} {nb}");
+                let g = plan(m, 1 << 20, n, &DEFAULT_BLOCKING, threads);
+                assert_eq!(g.panels, m.div_ceil(MR));
+                assert_eq!(g.strips, n.div_ceil(NR));
+                assert!(g.mb >= 1 && g.mb <= g.panels && g.nb >= 1 && g.nb <= g.strips);
+                let (mut next_p, mut next_s) = (0, 0);
+                for ib in 0..g.mb {
+                    let (a, b) = g.panel_range(ib);
+                    assert!(a == next_p && b > a && b - a <= g.max_panels(), "{g:?}");
+                    next_p = b;
+                }
+                for jb in 0..g.nb {
+                    let (a, b) = g.strip_range(jb);
+                    assert!(a == next_s && b > a, "{g:?}");
+                    next_s = b;
+                }
+                assert_eq!((next_p, next_s), (g.panels, g.strips));
+                let tasks = g.mb * g.nb;
+                if threads > 1 && tasks >= threads {
+                    assert_eq!(tasks % threads, 0, "{m}x{n} on {threads}: {g:?}");
+                }
             }
         }
+        let g = plan(1024, 1024, 1024, &DEFAULT_BLOCKING, 2);
+        assert_eq!((g.mb * g.nb) % 2, 0);
     }
 
     #[test]
@@ -1065,147 +1353,132 @@ mod tests {
         assert!(!kernel_name().is_empty());
     }
 
-    /// Process CPU time in seconds (for timings robust to other jobs on a shared machine).
-    fn cpu_seconds() -> f64 {
+    /// Process CPU time in seconds: timings robust to other jobs on a shared machine.
+    #[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+    fn cpu_seconds() -> Option<f64> {
         extern "C" {
             fn clock_gettime(clock: i32, ts: *mut [i64; 2]) -> i32;
         }
         let mut ts = [0i64; 2];
-        // SAFETY: CLOCK_PROCESS_CPUTIME_ID (2) with a valid timespec-sized buffer (Linux x86-64).
-        unsafe { clock_gettime(2, &mut ts) };
-        ts[0] as f64 + ts[1] as f64 * 1e-9
+        // SAFETY: CLOCK_PROCESS_CPUTIME_ID (2) with a buffer laid out as Linux x86-64's timespec.
+        let rc = unsafe { clock_gettime(2, &mut ts) };
+        (rc == 0).then(|| ts[0] as f64 + ts[1] as f64 * 1e-9)
     }
 
-    /// Timing harness (not a correctness test): `cargo test --release -p kernels -- --ignored
-    /// --nocapture bench_gemm`.
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    fn cpu_seconds() -> Option<f64> {
+        None
+    }
+
+    /// Timing harness, not a correctness test:
+    /// `cargo test --release -p kernels --lib -- --ignored --nocapture bench_gemm`
+    /// (`GEMM_KERNEL=avx2|portable` forces a kernel, `GEMM_SHAPES="m,k,n;..."` sets the shapes,
+    /// `RAYON_NUM_THREADS` the thread count).
+    ///
+    /// Prints the measured peak, the micro-kernel alone on L1-resident operands, and for each
+    /// shape the best wall-clock rate of `gemm_packed` (B packed ahead) and `gemm` (B unpacked),
+    /// plus a rate from process CPU time (MACs / (CPU seconds / threads)), which stays
+    /// meaningful when other jobs share the machine.
     #[test]
     #[ignore]
     fn bench_gemm() {
         use std::time::Instant;
-        let peak = measure_mac_peak(rayon::current_num_threads());
+        let kern = match std::env::var("GEMM_KERNEL").as_deref() {
+            Ok("avx2") => Kernel::Avx2,
+            Ok("portable") => Kernel::Portable,
+            _ => Kernel::detect(),
+        };
+        let threads = rayon::current_num_threads();
+        let peak = measure_mac_peak(threads);
         let peak1 = measure_mac_peak(1);
         eprintln!(
-            "kernel {}, {} threads, peak {:.1} GMAC/s ({:.1} on 1 thread)",
-            kernel_name(),
-            rayon::current_num_threads(),
+            "kernel {}, {threads} threads: peak {:.1} GMAC/s ({:.1} on 1 thread)",
+            kern.name(),
             peak / 1e9,
             peak1 / 1e9
         );
+        let pct = |g: f64| g * 1e11 / peak;
         let mut rng = ChaCha20Rng::seed_from_u64(1);
-        let env = |name: &str, d: usize| {
-            std::env::var(name)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(d)
-        };
-        let blk = Blocking {
-            mc: env("GEMM_MC", DEFAULT_BLOCKING.mc),
-            kc: env("GEMM_KC", DEFAULT_BLOCKING.kc),
-            nc: env("GEMM_NC", DEFAULT_BLOCKING.nc),
-            ..DEFAULT_BLOCKING
-        };
-        eprintln!("{blk:?}");
-        if env("GEMM_UKR", 0) > 0 {
-            let kc = env("GEMM_UKR", 0);
-            let a = AlignedVec::from_slice(&values(&mut rng, kc * MR));
-            let b = AlignedVec::from_slice(&values(&mut rng, kc * NR));
-            let mut c = AlignedVec::zeros(MR * NR);
-            let micro = Kernel::detect().micro();
-            let reps = (1usize << 30) / (kc * MR * NR);
-            for round in 0..2 {
-                let t = Instant::now();
-                for _ in 0..reps {
-                    // SAFETY: buffers sized for one kc-deep tile.
-                    unsafe {
-                        micro(
-                            kc,
-                            a.as_slice().as_ptr(),
-                            b.as_slice().as_ptr(),
-                            c.as_mut_slice().as_mut_ptr(),
-                            NR,
-                            false,
-                            b.as_slice().as_ptr(),
-                        )
-                    };
-                }
-                let r = (reps * kc * MR * NR) as f64 / t.elapsed().as_secs_f64() / 1e9;
-                eprintln!(
-                    "ukr kc={kc} round {round}: {r:.2} GMAC/s ({:.0}% of 1 thread)",
-                    r * 1e11 / peak1
-                );
+
+        let kc = DEFAULT_BLOCKING.kc;
+        let a = AlignedVec::from_slice(&values(&mut rng, kc * MR));
+        let b = AlignedVec::from_slice(&values(&mut rng, kc * NR));
+        let mut c = AlignedVec::zeros(MR * NR);
+        let micro = kern.micro();
+        let reps = (1usize << 30) / (kc * MR * NR);
+        let mut best = 0.0f64;
+        for _ in 0..3 {
+            let t = Instant::now();
+            for _ in 0..reps {
+                // SAFETY: aligned buffers sized for one kc-deep tile; `micro` checked the CPU.
+                unsafe {
+                    micro(
+                        kc,
+                        a.as_slice().as_ptr(),
+                        b.as_slice().as_ptr(),
+                        c.as_mut_slice().as_mut_ptr(),
+                        NR,
+                        false,
+                        b.as_slice().as_ptr(),
+                    )
+                };
             }
-            return;
+            best = best.max((reps * kc * MR * NR) as f64 / t.elapsed().as_secs_f64() / 1e9);
         }
-        let all = [(256, 256, 256), (1024, 1024, 1024), (64, 25088, 4096)];
-        let only = env("GEMM_SHAPE", 9);
-        let shapes = all
-            .into_iter()
-            .enumerate()
-            .filter(|&(i, _)| only == 9 || i == only)
-            .map(|(_, s)| s);
+        eprintln!(
+            "micro-kernel alone (kc={kc}, L1): {best:.1} GMAC/s ({:.0}% of 1-thread peak)",
+            best * 1e11 / peak1
+        );
+
+        // GEMM_SHAPES="m,k,n;m,k,n" replaces the default shapes.
+        let shapes: Vec<(usize, usize, usize)> = match std::env::var("GEMM_SHAPES") {
+            Ok(v) => v
+                .split(';')
+                .map(|t| {
+                    let d: Vec<usize> = t.split(',').map(|x| x.trim().parse().unwrap()).collect();
+                    (d[0], d[1], d[2])
+                })
+                .collect(),
+            Err(_) => vec![(256, 256, 256), (1024, 1024, 1024), (64, 25088, 4096)],
+        };
         for (m, k, n) in shapes {
             let a = AlignedVec::from_slice(&values(&mut rng, m * k));
             let b = AlignedVec::from_slice(&values(&mut rng, k * n));
             let mut c = AlignedVec::zeros(m * n);
+            let t = Instant::now();
+            let packed = PackedB::pack(k, n, b.as_slice());
+            let pack_s = t.elapsed().as_secs_f64();
             let macs = (m * k * n) as f64;
             let reps = ((4e9 / macs) as usize).clamp(3, 200);
-            let packed = PackedB::pack(k, n, b.as_slice());
-            let threads = rayon::current_num_threads() as f64;
-            // (best wall, mean wall, best CPU-time based) GMAC/s; the CPU-time rate
-            // (MACs / (process CPU seconds / threads)) is robust to other jobs on the machine.
-            let time = |f: &mut dyn FnMut()| {
-                f();
-                let mut best = f64::MAX;
-                let mut best_cpu = f64::MAX;
-                let mut total = 0.0;
-                for _ in 0..reps {
+            // (best wall GMAC/s, best CPU-time GMAC/s)
+            let mut time = |packed_b: bool| {
+                let (mut wall, mut cpu) = (0.0f64, 0.0f64);
+                for rep in 0..=reps {
                     let (t, c0) = (Instant::now(), cpu_seconds());
-                    f();
+                    if packed_b {
+                        gemm_packed_with(kern, m, a.as_slice(), &packed, c.as_mut_slice(), false);
+                    } else {
+                        let (a, b) = (a.as_slice(), b.as_slice());
+                        gemm_with(kern, m, k, n, a, b, c.as_mut_slice(), false);
+                    }
                     let e = t.elapsed().as_secs_f64();
-                    best_cpu = best_cpu.min((cpu_seconds() - c0) / threads);
-                    best = best.min(e);
-                    total += e;
+                    if rep > 0 {
+                        wall = wall.max(macs / e / 1e9);
+                        if let (Some(c0), Some(c1)) = (c0, cpu_seconds()) {
+                            cpu = cpu.max(macs / ((c1 - c0) / threads as f64) / 1e9);
+                        }
+                    }
                 }
-                (
-                    macs / best / 1e9,
-                    macs * reps as f64 / total / 1e9,
-                    macs / best_cpu / 1e9,
-                )
+                (wall, cpu)
             };
-            let kern = Kernel::detect();
-            let (pb, pm, pc) = time(&mut || {
-                gemm_driver(
-                    kern,
-                    &blk,
-                    m,
-                    a.as_slice(),
-                    &packed,
-                    c.as_mut_slice(),
-                    false,
-                )
-            });
-            let (ub, um, uc) = time(&mut || {
-                let packed = PackedB::pack(k, n, b.as_slice());
-                gemm_driver(
-                    kern,
-                    &blk,
-                    m,
-                    a.as_slice(),
-                    &packed,
-                    c.as_mut_slice(),
-                    false,
-                )
-            });
+            let (pw, pc) = time(true);
+            let (uw, uc) = time(false);
             eprintln!(
-                "{m}x{k}x{n}: packed best {pb:.1} mean {pm:.1} cpu {pc:.1} GMAC/s \
-                 ({:.0}% / {:.0}% / {:.0}%), plain best {ub:.1} mean {um:.1} cpu {uc:.1} GMAC/s \
-                 ({:.0}% / {:.0}% / {:.0}%)",
-                pb * 1e11 / peak,
-                pm * 1e11 / peak,
-                pc * 1e11 / peak,
-                ub * 1e11 / peak,
-                um * 1e11 / peak,
-                uc * 1e11 / peak,
+                "{m}x{k}x{n}: packed {pw:.1} GMAC/s ({:.0}%) [cpu-time {pc:.1}], \
+                 plain {uw:.1} GMAC/s ({:.0}%) [cpu-time {uc:.1}]; PackedB::pack {:.1} ms",
+                pct(pw),
+                pct(uw),
+                pack_s * 1e3
             );
         }
     }
