@@ -189,8 +189,8 @@ unsafe fn micro_portable(
     }
 }
 
-// The AVX-512 intrinsics and `avx512*` target features are stable since Rust 1.89; the workspace
-// `rust-version` (1.87) predates them, so this module needs a 1.89 toolchain regardless.
+// The AVX-512 intrinsics and `avx512*` target features are stable since Rust 1.89, the
+// workspace `rust-version`.
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! x86-64 SIMD micro-kernels and peak probes.
