@@ -112,6 +112,19 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         self.matmul(a, f, Some(&partial))
     }
 
+    /// Fused last step of the dealer-assisted exact truncation by `bits` (1..=62): from the
+    /// opened masked value `c = x + 2^62 + r` and this party's shares of `r >> bits` (logical)
+    /// and `msb(r)`, this party's share of `x >> bits` (error < 1 ulp):
+    /// `[first](c >> bits) - r_shr + r_msb·(1 - msb(c))·2^(64-bits) - [first]·2^(62-bits)`.
+    fn truncate_combine(
+        &self,
+        c: &Tensor,
+        r_shr: &Tensor,
+        r_msb: &Tensor,
+        bits: u32,
+        first: bool,
+    ) -> Result<Tensor>;
+
     /// Sum over the last axis of a 2-D tensor `[m, n] -> [m, 1]` mod 2^64.
     fn sum_rows(&self, a: &Tensor) -> Result<Tensor>;
 }
@@ -147,6 +160,19 @@ pub fn check_matmul(a: &Tensor, b: &Tensor, acc: Option<&Tensor>) -> Result<(usi
         }
     }
     Ok((sa[0], sa[1], sb[1]))
+}
+
+/// Validate the operands of [`Backend::truncate_combine`].
+pub fn check_truncate(c: &Tensor, r_shr: &Tensor, r_msb: &Tensor, bits: u32) -> Result<()> {
+    check_same_shape("truncate_combine", c, r_shr)?;
+    check_same_shape("truncate_combine", c, r_msb)?;
+    if !(1..=62).contains(&bits) {
+        return Err(shape_err(
+            "truncate_combine",
+            format!("truncation by {bits} bits (must be 1..=62)"),
+        ));
+    }
+    Ok(())
 }
 
 /// Validate a scalar op's public operand (shift amounts must be below 64).

@@ -142,6 +142,20 @@ mod reference {
             .collect()
     }
 
+    /// The truncation combine written out in i128 arithmetic (independent of the kernels).
+    pub fn truncate(c: &[u64], rs: &[u64], rm: &[u64], bits: u32, first: bool) -> Vec<u64> {
+        (0..c.len())
+            .map(|i| {
+                let wrap = (rm[i] as i128) * (1 - (c[i] >> 63) as i128) * (1i128 << (64 - bits));
+                let mut y = wrap - rs[i] as i128;
+                if first {
+                    y += (c[i] >> bits) as i128 - (1i128 << (62 - bits));
+                }
+                y.rem_euclid(1i128 << 64) as u64
+            })
+            .collect()
+    }
+
     pub fn sum_rows(a: &[u64], m: usize, n: usize) -> Vec<u64> {
         (0..m)
             .map(|i| {
@@ -390,6 +404,22 @@ fn reference_suite(name: &str, be: &dyn Backend, r: &mut ChaCha8Rng) {
         }
     }
 
+    // Truncation combine for every shift, both parties, edge-heavy data.
+    let t: Vec<Vec<u64>> = (0..3).map(|_| values(r, 33 * 7, 0.6)).collect();
+    let tt: Vec<Tensor> = t.iter().map(|d| up(be, &[33, 7], d)).collect();
+    for bits in 1..=62 {
+        for first in [false, true] {
+            let got = be
+                .truncate_combine(&tt[0], &tt[1], &tt[2], bits, first)
+                .unwrap();
+            check(
+                &format!("{name} truncate bits={bits} first={first}"),
+                &down(be, &got),
+                &reference::truncate(&t[0], &t[1], &t[2], bits, first),
+            );
+        }
+    }
+
     // Matmul and sum_rows over shapes straddling the tile sizes.
     for &(m, k, n) in &[
         (1, 1, 1),
@@ -499,6 +529,7 @@ enum Case {
     Scalar(ScalarOp, u64),
     Matmul { acc: bool },
     Beaver(BeaverKind, bool),
+    Truncate(u32, bool),
     SumRows,
 }
 
@@ -526,13 +557,19 @@ fn sweep() -> Vec<Case> {
     for kind in [BeaverKind::Arithmetic, BeaverKind::Boolean] {
         v.extend([Case::Beaver(kind, false), Case::Beaver(kind, true)]);
     }
+    v.extend([
+        Case::Truncate(1, true),
+        Case::Truncate(16, false),
+        Case::Truncate(62, true),
+    ]);
     v.push(Case::SumRows);
     v
 }
 
 /// A random case: op kinds about equally likely, scalars and shifts favouring edge values.
 fn pick_case(r: &mut ChaCha8Rng) -> Case {
-    match r.gen_range(0..6) {
+    match r.gen_range(0..7) {
+        6 => Case::Truncate(r.gen_range(1..=62), r.gen()),
         0 => Case::Binary(BINARY_OPS[r.gen_range(0..BINARY_OPS.len())]),
         1 => {
             let op = SCALAR_OPS[r.gen_range(0..SCALAR_OPS.len())];
@@ -603,6 +640,15 @@ fn run_case(gpu: &dyn Backend, cpu: &dyn Backend, r: &mut ChaCha8Rng, case: Case
             (
                 gpu.beaver_combine(bk, &t[0].0, &t[1].0, &t[2].0, &t[3].0, &t[4].0, with_ef),
                 cpu.beaver_combine(bk, &t[0].1, &t[1].1, &t[2].1, &t[3].1, &t[4].1, with_ef),
+            )
+        }
+        Case::Truncate(bits, first) => {
+            let d: Vec<Vec<u64>> = (0..3).map(|_| values(r, m * n, edge_share)).collect();
+            let t: Vec<(Tensor, Tensor)> = d.iter().map(|v| both(&[m, n], v)).collect();
+            desc = format!("truncate bits={bits} first={first} [{m},{n}]");
+            (
+                gpu.truncate_combine(&t[0].0, &t[1].0, &t[2].0, bits, first),
+                cpu.truncate_combine(&t[0].1, &t[1].1, &t[2].1, bits, first),
             )
         }
         Case::SumRows => {

@@ -49,26 +49,9 @@ impl Party {
             .open("truncate", &[&masked])?
             .pop()
             .expect("one opened");
-        let be = self.backend();
-        // w = msb(r) · (1 - msb(c)): (1 - msb(c)) is public, 0 or 1 per element.
-        let not_msb_c = be.scalar(ScalarOp::Xor, &be.scalar(ScalarOp::ShrLogical, &c, 63)?, 1)?;
-        let w = be.binary(BinaryOp::Mul, &parts[2], &not_msb_c)?;
-        // y = [alice](c >> f) - (r >> f) + w · 2^(64-f) - [alice] 2^(62-f)
-        let mut y = be.scalar(ScalarOp::Neg, &parts[1], 0)?;
-        y = be.binary(
-            BinaryOp::Add,
-            &y,
-            &be.scalar(ScalarOp::Mul, &w, 1u64 << (64 - bits))?,
-        )?;
-        if self.index() == 0 {
-            let c_hi = be.scalar(ScalarOp::ShrLogical, &c, bits as u64)?;
-            y = be.binary(BinaryOp::Add, &y, &c_hi)?;
-            y = be.scalar(
-                ScalarOp::Add,
-                &y,
-                (1u64 << (OFFSET_BITS - bits)).wrapping_neg(),
-            )?;
-        }
+        let y =
+            self.backend()
+                .truncate_combine(&c, &parts[1], &parts[2], bits, self.index() == 0)?;
         Ok(Share::new(y.reshaped(shape).expect("same length")))
     }
 }

@@ -1,4 +1,48 @@
-//! 64-byte aligned u64 buffers (misaligned large buffers cost 10-15 % in the GEMM).
+//! 64-byte aligned u64 buffers (misaligned large buffers cost 10-15 % in the GEMM), recycled
+//! through a bounded pool: a fresh multi-megabyte buffer costs a page fault per 4 KiB on first
+//! touch, which made allocation, not arithmetic, the largest cost of elementwise share ops.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+/// Idle bytes the pool keeps at most.
+const POOL_MAX_BYTES: usize = 1 << 30;
+/// Buffers below this size are left to the allocator.
+const POOL_MIN_BYTES: usize = 1 << 16;
+
+#[derive(Default)]
+struct Pool {
+    idle: HashMap<usize, Vec<Vec<Line>>>,
+    bytes: usize,
+}
+
+fn pool() -> &'static Mutex<Pool> {
+    static POOL: OnceLock<Mutex<Pool>> = OnceLock::new();
+    POOL.get_or_init(Default::default)
+}
+
+fn take_lines(lines: usize) -> Option<Vec<Line>> {
+    if lines * 64 < POOL_MIN_BYTES {
+        return None;
+    }
+    let mut p = pool().lock().ok()?;
+    let v = p.idle.get_mut(&lines)?.pop()?;
+    p.bytes -= lines * 64;
+    Some(v)
+}
+
+fn give_lines(v: Vec<Line>) {
+    let bytes = v.len() * 64;
+    if bytes < POOL_MIN_BYTES {
+        return;
+    }
+    if let Ok(mut p) = pool().lock() {
+        if p.bytes + bytes <= POOL_MAX_BYTES {
+            p.bytes += bytes;
+            p.idle.entry(v.len()).or_default().push(v);
+        }
+    }
+}
 
 /// One cache line of u64 values.
 #[derive(Clone, Copy, Default)]
@@ -6,7 +50,7 @@
 struct Line([u64; 8]);
 
 /// A heap buffer of `len` u64 values starting on a 64-byte boundary.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct AlignedVec {
     lines: Vec<Line>,
     len: usize,
@@ -21,9 +65,18 @@ impl AlignedVec {
         }
     }
 
+    /// A buffer of `len` values whose contents are unspecified (recycled when possible): for
+    /// results that overwrite every element.
+    pub fn for_overwrite(len: usize) -> Self {
+        match take_lines(len.div_ceil(8)) {
+            Some(lines) => AlignedVec { lines, len },
+            None => Self::zeros(len),
+        }
+    }
+
     /// Copy a slice into a new aligned buffer.
     pub fn from_slice(data: &[u64]) -> Self {
-        let mut v = Self::zeros(data.len());
+        let mut v = Self::for_overwrite(data.len());
         v.as_mut_slice().copy_from_slice(data);
         v
     }
@@ -49,5 +102,17 @@ impl AlignedVec {
     pub fn as_mut_slice(&mut self) -> &mut [u64] {
         // SAFETY: as in `as_slice`, with unique access through `&mut self`.
         unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr() as *mut u64, self.len) }
+    }
+}
+
+impl Clone for AlignedVec {
+    fn clone(&self) -> Self {
+        Self::from_slice(self.as_slice())
+    }
+}
+
+impl Drop for AlignedVec {
+    fn drop(&mut self) {
+        give_lines(std::mem::take(&mut self.lines));
     }
 }

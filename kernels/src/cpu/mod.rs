@@ -11,7 +11,8 @@ use rayon::prelude::*;
 pub use aligned::AlignedVec;
 
 use crate::backend::{
-    check_matmul, check_same_shape, check_scalar, Backend, BeaverKind, BinaryOp, ScalarOp,
+    check_matmul, check_same_shape, check_scalar, check_truncate, Backend, BeaverKind, BinaryOp,
+    ScalarOp,
 };
 use crate::error::{shape_err, KernelError, Result};
 use crate::tensor::{Storage, Tensor};
@@ -88,7 +89,7 @@ impl CpuBackend {
     where
         F: Fn(usize, &mut [u64]) + Sync,
     {
-        let mut out = AlignedVec::zeros(len);
+        let mut out = AlignedVec::for_overwrite(len);
         out.as_mut_slice()
             .par_chunks_mut(CHUNK)
             .enumerate()
@@ -156,6 +157,20 @@ pub fn apply_beaver(
     }
 }
 
+/// The fused truncation combine on one element (see [`Backend::truncate_combine`]).
+#[inline(always)]
+pub fn apply_truncate(c: u64, r_shr: u64, r_msb: u64, bits: u32, first: bool) -> u64 {
+    let not_msb = (c >> 63) ^ 1;
+    let mut y = r_msb
+        .wrapping_mul(not_msb)
+        .wrapping_shl(64 - bits)
+        .wrapping_sub(r_shr);
+    if first {
+        y = y.wrapping_add((c >> bits).wrapping_sub(1u64 << (62 - bits)));
+    }
+    y
+}
+
 impl Backend for CpuBackend {
     fn name(&self) -> &'static str {
         "cpu"
@@ -212,7 +227,7 @@ impl Backend for CpuBackend {
         let packed = self.packed(b)?;
         let mut out = match acc {
             Some(c) => AlignedVec::from_slice(self.slice(c)?),
-            None => AlignedVec::zeros(m * n),
+            None => AlignedVec::for_overwrite(m * n),
         };
         gemm::gemm_packed(
             m,
@@ -254,6 +269,25 @@ impl Backend for CpuBackend {
         Ok(Self::wrap(c.shape().to_vec(), out))
     }
 
+    fn truncate_combine(
+        &self,
+        c: &Tensor,
+        r_shr: &Tensor,
+        r_msb: &Tensor,
+        bits: u32,
+        first: bool,
+    ) -> Result<Tensor> {
+        check_truncate(c, r_shr, r_msb, bits)?;
+        let (cs, rs, rm) = (self.slice(c)?, self.slice(r_shr)?, self.slice(r_msb)?);
+        let out = Self::map_into(cs.len(), |off, dst| {
+            for (i, d) in dst.iter_mut().enumerate() {
+                let j = off + i;
+                *d = apply_truncate(cs[j], rs[j], rm[j], bits, first);
+            }
+        });
+        Ok(Self::wrap(c.shape().to_vec(), out))
+    }
+
     fn sum_rows(&self, a: &Tensor) -> Result<Tensor> {
         if a.shape().len() != 2 {
             return Err(shape_err(
@@ -263,7 +297,7 @@ impl Backend for CpuBackend {
         }
         let (m, n) = (a.shape()[0], a.shape()[1]);
         let x = self.slice(a)?;
-        let mut out = AlignedVec::zeros(m);
+        let mut out = AlignedVec::for_overwrite(m);
         out.as_mut_slice()
             .par_iter_mut()
             .enumerate()

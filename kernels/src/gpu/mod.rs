@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::backend::{
-    check_matmul, check_same_shape, check_scalar, Backend, BeaverKind, BinaryOp, ScalarOp,
+    check_matmul, check_same_shape, check_scalar, check_truncate, Backend, BeaverKind, BinaryOp,
+    ScalarOp,
 };
 use crate::error::{shape_err, KernelError, Result};
 use crate::tensor::Tensor;
@@ -330,6 +331,33 @@ impl Backend for GpuBackend {
                 6,
                 c.len(),
                 [0, kind_code, u32::from(with_ef), 0, 0, 0, 0, 0],
+            )
+        })?;
+        Ok(self.wrap(c.shape().to_vec(), out))
+    }
+
+    fn truncate_combine(
+        &self,
+        c: &Tensor,
+        r_shr: &Tensor,
+        r_msb: &Tensor,
+        bits: u32,
+        first: bool,
+    ) -> Result<Tensor> {
+        check_truncate(c, r_shr, r_msb, bits)?;
+        let inputs = [
+            (1, self.buffer(c)?),
+            (2, self.buffer(r_shr)?),
+            (3, self.buffer(r_msb)?),
+        ];
+        let out = self.ctx.scoped("truncate_combine", || {
+            self.exec().elementwise(
+                "truncate",
+                &self.kernels.truncate,
+                &inputs,
+                4,
+                c.len(),
+                [0, bits, u32::from(first), 0, 0, 0, 0, 0],
             )
         })?;
         Ok(self.wrap(c.shape().to_vec(), out))

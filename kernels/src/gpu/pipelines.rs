@@ -13,6 +13,7 @@ const RING_U32: &str = include_str!("../../../shaders/ring.wgsl");
 const RING_U64: &str = include_str!("../../../shaders/ring_u64.wgsl");
 const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
 const BEAVER: &str = include_str!("../../../shaders/beaver.wgsl");
+const TRUNCATE: &str = include_str!("../../../shaders/truncate.wgsl");
 const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
 const REDUCE: &str = include_str!("../../../shaders/reduce.wgsl");
 
@@ -35,6 +36,7 @@ pub(crate) struct Kernels {
     pub(crate) binary: Kernel,
     pub(crate) scalar: Kernel,
     pub(crate) beaver: Kernel,
+    pub(crate) truncate: Kernel,
     pub(crate) matmul: MatmulKernels,
     pub(crate) sum_rows_wide: Kernel,
     pub(crate) sum_rows_narrow: Kernel,
@@ -96,11 +98,13 @@ pub(crate) fn build_all(
     ctx.scoped("compiling kernels", || {
         let ew = module(ctx, variant, "elementwise", ELEMENTWISE);
         let bv = module(ctx, variant, "beaver", BEAVER);
+        let tr = module(ctx, variant, "truncate", TRUNCATE);
         let rd = module(ctx, variant, "reduce", REDUCE);
         Ok(Kernels {
             binary: kernel(ctx, &ew, "binary"),
             scalar: kernel(ctx, &ew, "scalar"),
             beaver: kernel(ctx, &bv, "beaver"),
+            truncate: kernel(ctx, &tr, "truncate"),
             matmul,
             sum_rows_wide: kernel(ctx, &rd, "sum_rows_wide"),
             sum_rows_narrow: kernel(ctx, &rd, "sum_rows_narrow"),
