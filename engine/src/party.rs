@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
-use kernels::{Backend, BinaryOp, Tensor};
+use kernels::{Backend, Tensor};
 
 use crate::dealer::{
     expand_party_share, material_stream, words_to_seed, words_to_text, MaterialSpec, OP_BATCH,
@@ -11,6 +11,7 @@ use crate::dealer::{
 };
 use crate::error::{shape_err, EngineError, Result};
 use crate::fixed::FixedPoint;
+use crate::protocols::truncate::TRUNC_OFFSET_BITS;
 use crate::share::Share;
 use crate::transport::{PartyId, TrafficStats, Transport};
 
@@ -192,13 +193,11 @@ impl Party {
         r
     }
 
-    /// Send the listed tensors to the peer and receive the peer's tensors of the same shapes,
-    /// all in one message (one round).
-    pub(crate) fn exchange_tensors(
-        &mut self,
-        step: &'static str,
-        mine: &[&Tensor],
-    ) -> Result<Vec<Tensor>> {
+    /// Open masked values: both parties learn the sum of the shares of every tensor, in one round.
+    ///
+    /// Only ever called on values masked with fresh dealer randomness (Beaver differences,
+    /// truncation masks), so the opened values are uniform.
+    pub(crate) fn open(&mut self, step: &'static str, mine: &[&Tensor]) -> Result<Vec<Tensor>> {
         let mut payload = Vec::with_capacity(mine.iter().map(|t| t.len()).sum());
         for t in mine {
             payload.extend(self.backend.download(t)?);
@@ -207,34 +206,10 @@ impl Party {
         let mut out = Vec::with_capacity(mine.len());
         let mut off = 0;
         for t in mine {
-            out.push(
-                self.backend
-                    .upload(t.shape(), &theirs[off..off + t.len()])?,
-            );
+            out.push(self.backend.add_host(t, &theirs[off..off + t.len()])?);
             off += t.len();
         }
         Ok(out)
-    }
-
-    /// Open masked values: both parties learn the sum of the shares of every tensor, in one round.
-    ///
-    /// Only ever called on values masked with fresh dealer randomness (Beaver differences,
-    /// truncation masks), so the opened values are uniform.
-    pub(crate) fn open(&mut self, step: &'static str, mine: &[&Tensor]) -> Result<Vec<Tensor>> {
-        self.open_with(step, mine, BinaryOp::Add)
-    }
-
-    fn open_with(
-        &mut self,
-        step: &'static str,
-        mine: &[&Tensor],
-        op: BinaryOp,
-    ) -> Result<Vec<Tensor>> {
-        let theirs = self.exchange_tensors(step, mine)?;
-        mine.iter()
-            .zip(&theirs)
-            .map(|(m, t)| Ok(self.backend.binary(op, m, t)?))
-            .collect()
     }
 
     // ---- dealer material ----
@@ -352,7 +327,17 @@ impl Party {
     /// For a fixed-operand product `X·W` the per-call material `(a, c = a·b)` becomes
     /// `(a, M = a·F + c)` where `F = W - b` is the operand's public masked value: `M` is a share
     /// of `a·W`, so the online phase needs only `E·W_i + M_i` (one product per party).
+    ///
+    /// For truncation, alice folds the public offset `2^62` into her share of the mask `r`, so
+    /// the online masking `x + 2^62 + r` is a single addition.
     fn prepare(&mut self, spec: &MaterialSpec, mut parts: Vec<Tensor>) -> Result<Vec<Tensor>> {
+        if let (MaterialSpec::Trunc { .. }, 0) = (spec, self.index) {
+            parts[0] = self.backend.scalar(
+                kernels::ScalarOp::Add,
+                &parts[0],
+                1u64 << TRUNC_OFFSET_BITS,
+            )?;
+        }
         if let MaterialSpec::FixedTriple { fixed_id, m, k, n } = *spec {
             let f = self.fixed_public.get(&fixed_id).ok_or_else(|| {
                 EngineError::Invalid(format!("fixed operand {fixed_id} is not registered"))

@@ -68,6 +68,13 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Copy a tensor's elements back to the host (row-major).
     fn download(&self, t: &Tensor) -> Result<Vec<u64>>;
 
+    /// `a + b` where `b` is host data of `a`'s length (e.g. a peer's opened share): the
+    /// default uploads then adds; a backend may fuse both into one pass.
+    fn add_host(&self, a: &Tensor, b: &[u64]) -> Result<Tensor> {
+        let t = self.upload(a.shape(), b)?;
+        self.binary(BinaryOp::Add, a, &t)
+    }
+
     /// Elementwise `op(a, b)`; shapes must be equal.
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor>;
 

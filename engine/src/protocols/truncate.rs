@@ -10,15 +10,16 @@
 //!    offset `2^(62-f)`. So the error is below one ulp, for negative values too, with no
 //!    probabilistic failure. The dealer supplies shares of `r`, `r >> f` (logical) and `msb(r)`.
 
-use kernels::{BinaryOp, ScalarOp};
+use kernels::BinaryOp;
 
 use crate::dealer::MaterialSpec;
 use crate::error::Result;
 use crate::party::Party;
 use crate::share::Share;
 
-/// Offset making every in-range pre-truncation value non-negative.
-const OFFSET_BITS: u32 = 62;
+/// Offset making every in-range pre-truncation value non-negative (alice folds it into her share
+/// of the mask when the material is fetched).
+pub(crate) const TRUNC_OFFSET_BITS: u32 = 62;
 
 impl Party {
     /// Truncate by the fixed-point fractional bits (after a product of two encoded values).
@@ -29,9 +30,9 @@ impl Party {
 
     /// Divide by `2^bits` (floor, error < 1 ulp) for `|x| < 2^62`.
     pub fn truncate_by(&mut self, x: &Share, bits: u32) -> Result<Share> {
-        if !(1..=OFFSET_BITS).contains(&bits) {
+        if !(1..=TRUNC_OFFSET_BITS).contains(&bits) {
             return Err(crate::EngineError::Invalid(format!(
-                "truncation by {bits} bits (must be 1..={OFFSET_BITS})"
+                "truncation by {bits} bits (must be 1..={TRUNC_OFFSET_BITS})"
             )));
         }
         let n = x.len();
@@ -39,12 +40,8 @@ impl Party {
         let be = self.backend();
         let shape = x.shape().to_vec();
         let flat = x.tensor().reshaped(vec![n]).expect("same length");
-        let shifted = if self.index() == 0 {
-            be.scalar(ScalarOp::Add, &flat, 1u64 << OFFSET_BITS)?
-        } else {
-            flat
-        };
-        let masked = be.binary(BinaryOp::Add, &shifted, &parts[0])?;
+        // x + 2^62 + r: the offset is already in alice's share of r.
+        let masked = be.binary(BinaryOp::Add, &flat, &parts[0])?;
         let c = self
             .open("truncate", &[&masked])?
             .pop()

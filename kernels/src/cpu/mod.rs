@@ -210,6 +210,23 @@ impl Backend for CpuBackend {
         Ok(Self::wrap(a.shape().to_vec(), out))
     }
 
+    fn add_host(&self, a: &Tensor, b: &[u64]) -> Result<Tensor> {
+        let x = self.slice(a)?;
+        if x.len() != b.len() {
+            return Err(shape_err(
+                "add_host",
+                format!("{} host values for a tensor of {:?}", b.len(), a.shape()),
+            ));
+        }
+        let out = Self::map_into(x.len(), |off, dst| {
+            let (xs, ys) = (&x[off..off + dst.len()], &b[off..off + dst.len()]);
+            for ((d, &p), &q) in dst.iter_mut().zip(xs).zip(ys) {
+                *d = p.wrapping_add(q);
+            }
+        });
+        Ok(Self::wrap(a.shape().to_vec(), out))
+    }
+
     fn scalar(&self, op: ScalarOp, a: &Tensor, s: u64) -> Result<Tensor> {
         check_scalar(op, s)?;
         let x = self.slice(a)?;
