@@ -10,7 +10,7 @@ use rand_chacha::ChaCha20Rng;
 
 use crate::dealer::MaterialSpec;
 use crate::error::Result;
-use crate::nn::plain::{vgg16_head, Layer};
+use crate::nn::plain::{transposed, vgg16_head, Layer};
 use crate::nn::shared::SharedModel;
 use crate::protocols::compare::compare_specs;
 use crate::session::{Session, SessionConfig};
@@ -280,12 +280,7 @@ fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()>
         } = l
         {
             let (i, o) = (*in_features, *out_features);
-            let mut wt = vec![0u64; i * o];
-            for r in 0..o {
-                for c in 0..i {
-                    wt[c * o + r] = fx.encode_one(weight[r * i + c], 0)?;
-                }
-            }
+            let wt = fx.encode(&transposed(weight, o, i))?;
             weights.push((be.upload(&[i, o], &wt)?, fx.encode(bias)?));
         }
     }

@@ -79,6 +79,14 @@ impl FixedPoint {
             .collect()
     }
 
+    /// Check that every value is encodable, without allocating.
+    pub fn check(&self, values: &[f64]) -> Result<()> {
+        for (i, &v) in values.iter().enumerate() {
+            self.encode_one(v, i)?;
+        }
+        Ok(())
+    }
+
     /// Decode one ring element (interpreted as a signed two's-complement value).
     pub fn decode_one(&self, x: u64) -> f64 {
         (x as i64) as f64 / self.scale()

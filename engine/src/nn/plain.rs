@@ -181,13 +181,14 @@ impl Sequential {
         Ok(cur)
     }
 
-    /// Check that every parameter is finite and fits the fixed-point range.
+    /// Check that every parameter is finite and fits the fixed-point range (before anything is
+    /// shared, so a bad model shares nothing).
     pub fn check_encodable(&self, fx: &FixedPoint) -> Result<()> {
         for (i, l) in self.layers.iter().enumerate() {
             if let Layer::Linear { weight, bias, .. } = l {
-                fx.encode(weight)
+                fx.check(weight)
                     .map_err(|e| EngineError::Format(format!("layer {i} weight: {e}")))?;
-                fx.encode(bias)
+                fx.check(bias)
                     .map_err(|e| EngineError::Format(format!("layer {i} bias: {e}")))?;
             }
         }
@@ -249,4 +250,38 @@ pub fn vgg16_head(input: usize, hidden: usize, classes: usize, rng: &mut impl Rn
         l6,
     ])
     .expect("consistent widths")
+}
+
+/// Transpose a row-major `[rows, cols]` matrix (cache-blocked: a PyTorch `[out, in]` weight
+/// becomes the `[in, out]` right operand of products).
+pub fn transposed<T: Copy + Default>(data: &[T], rows: usize, cols: usize) -> Vec<T> {
+    const B: usize = 32;
+    let mut out = vec![T::default(); rows * cols];
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                for c in c0..(c0 + B).min(cols) {
+                    out[c * rows + r] = data[r * cols + c];
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose_matches_the_definition() {
+        let (r, c) = (37, 70);
+        let m: Vec<usize> = (0..r * c).collect();
+        let t = transposed(&m, r, c);
+        for i in 0..r {
+            for j in 0..c {
+                assert_eq!(t[j * r + i], m[i * c + j]);
+            }
+        }
+    }
 }

@@ -3,7 +3,7 @@
 
 use crate::dealer::MaterialSpec;
 use crate::error::Result;
-use crate::nn::plain::{Layer, Sequential};
+use crate::nn::plain::{transposed, Layer, Sequential};
 use crate::party::Party;
 use crate::protocols::compare::compare_specs;
 use crate::session::Session;
@@ -58,12 +58,7 @@ impl Session {
                 } => {
                     let (i, o) = (*in_features, *out_features);
                     // PyTorch stores [out, in]; products need [in, out].
-                    let mut wt = vec![0.0; i * o];
-                    for r in 0..o {
-                        for c in 0..i {
-                            wt[c * o + r] = weight[r * i + c];
-                        }
-                    }
+                    let wt = transposed(weight, o, i);
                     let w = self.share(owner, &[i, o], &wt)?;
                     drop(wt);
                     let b = self.share(owner, &[o], bias)?;
