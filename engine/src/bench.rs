@@ -299,13 +299,17 @@ fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()>
     let x = s.share(PartyId::Client, &[batch, input], &xs)?;
     let xid = x.id();
     let (mut best_on, mut best_total, mut stats) = (f64::INFINITY, f64::INFINITY, None);
+    let mut dealer_bytes = [0u64; 2];
     for _ in 0..3 {
         let m1 = shared.clone();
         let t0 = Instant::now();
-        s.run(move |p| {
+        let [d0, d1] = s.run(move |p| {
             let f = p.fixed_point().frac_bits();
-            p.preprocess(&m1.material_specs(batch, f))
+            let before = p.traffic();
+            p.preprocess(&m1.material_specs(batch, f))?;
+            Ok(p.traffic().since(&before).step("dealer").bytes_received)
         })?;
+        dealer_bytes = [d0, d1];
         let t1 = Instant::now();
         let m2 = shared.clone();
         let [st, _] = s.run(move |p| {
@@ -346,6 +350,11 @@ fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()>
         "online traffic per party per batch: {:.1} MB sent, {} rounds",
         st.bytes_sent as f64 / 1e6,
         st.rounds
+    );
+    println!(
+        "dealer material received per batch: alice {} bytes, bob {:.1} MB",
+        dealer_bytes[0],
+        dealer_bytes[1] as f64 / 1e6
     );
     Ok(())
 }
