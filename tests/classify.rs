@@ -99,6 +99,36 @@ fn every_layer_and_the_tutorial_flow_match_plaintext() {
                 },
             )
             .unwrap();
+        // Bad classification inputs are refused before anything is shared.
+        let opts = ClassifyOptions::default();
+        if din > 1 {
+            let e = clf.classify(&x[1..], None, &opts).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("input values are not rows of {din} features")),
+                "{e}"
+            );
+        }
+        let e = clf
+            .classify(&x, Some(&labels[1..]), &opts)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("{} labels for {n} inputs", n - 1)),
+            "{e}"
+        );
+        let mut bad = labels.clone();
+        bad[3] = classes as i64;
+        let e = clf.classify(&x, Some(&bad), &opts).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "label {classes} at index 3 is not a class index in 0..{classes}"
+            )),
+            "{e}"
+        );
+        let mut nan = x.clone();
+        nan[0] = f64::NAN;
+        let e = clf.classify(&nan, None, &opts).unwrap_err().to_string();
+        assert!(e.contains("index 0 is not finite (NaN)"), "{e}");
         // Predictions can only differ where plaintext logits are within the error bound.
         let preds = r.predictions.clone().unwrap();
         for i in 0..n {
@@ -288,6 +318,72 @@ fn model_import_round_trips_and_reports_bad_files() {
     let e = err(load_safetensors_model(pb.to_str().unwrap(), "linear", ""));
     assert!(
         e.contains("tensor '0.bias' has shape [3]; expected [2]"),
+        "{e}"
+    );
+    // Consecutive Linear layers whose widths do not chain.
+    let chain = Sequential {
+        layers: vec![
+            Layer::Linear {
+                in_features: 2,
+                out_features: 3,
+                weight: vec![0.0; 6],
+                bias: vec![0.0; 3],
+            },
+            Layer::Linear {
+                in_features: 4,
+                out_features: 1,
+                weight: vec![0.0; 4],
+                bias: vec![0.0; 1],
+            },
+        ],
+    };
+    let pc = tmp("chain.safetensors");
+    write_model(&pc, &chain, "", Dtype::F64);
+    let e = err(load_safetensors_model(
+        pc.to_str().unwrap(),
+        "linear,linear",
+        "",
+    ));
+    assert!(
+        e.contains("tensor '1.weight' expects 4 input features but the previous Linear produces 3"),
+        "{e}"
+    );
+    // A NaN inside a weight, and a weight that is not 2-D.
+    let nanw = Sequential {
+        layers: vec![Layer::Linear {
+            in_features: 2,
+            out_features: 1,
+            weight: vec![0.5, f64::NAN],
+            bias: vec![0.0],
+        }],
+    };
+    let pn = tmp("nan.safetensors");
+    write_model(&pn, &nanw, "", Dtype::F32);
+    let e = err(load_safetensors_model(pn.to_str().unwrap(), "linear", ""));
+    assert!(
+        e.contains("tensor '0.weight' has a non-finite value (NaN) at index 1"),
+        "{e}"
+    );
+    let flat = vec![0u8; 16];
+    let p1 = tmp("rank1.safetensors");
+    serialize_to_file(
+        vec![
+            (
+                "0.weight".to_string(),
+                TensorView::new(Dtype::F64, vec![2], &flat).unwrap(),
+            ),
+            (
+                "0.bias".to_string(),
+                TensorView::new(Dtype::F64, vec![2], &flat).unwrap(),
+            ),
+        ],
+        &None,
+        &p1,
+    )
+    .unwrap();
+    let e = err(load_safetensors_model(p1.to_str().unwrap(), "linear", ""));
+    assert!(
+        e.contains("tensor '0.weight' has shape [2]; a Linear weight is [out, in]"),
         "{e}"
     );
     // Weights outside the fixed-point range are refused when sharing.

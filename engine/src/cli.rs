@@ -81,8 +81,8 @@ fn print_report(r: &ClassifyReport) {
         );
     }
     println!(
-        "time: {:.3} s for {} inputs in {} batches ({:.1} inputs/s)",
-        r.seconds,
+        "time: {:.3} ms for {} inputs in {} batches ({:.1} inputs/s)",
+        r.seconds * 1e3,
         r.inputs,
         r.batches,
         r.inputs as f64 / r.seconds
