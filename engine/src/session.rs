@@ -269,7 +269,7 @@ impl Session {
                 format!("shape {shape:?} does not hold {} values", values.len()),
             ));
         }
-        self.owner(owner)?.send_shares(shape, values)?;
+        self.send_shares(owner, shape, values)?;
         let s = shape.to_vec();
         let [a, b] = self.run(move |p| {
             let x = p.receive_share(owner, &s)?;
@@ -280,6 +280,19 @@ impl Session {
             id: a,
             shape: shape.to_vec(),
         })
+    }
+
+    /// `owner` splits ring values into two shares and sends one to each party, without waiting:
+    /// a party program must then take them with [`Party::receive_share`] (lets one program
+    /// receive inputs and compute in a single session run).
+    pub fn send_shares(&mut self, owner: PartyId, shape: &[usize], values: &[u64]) -> Result<()> {
+        if shape.iter().product::<usize>() != values.len() {
+            return Err(shape_err(
+                "share",
+                format!("shape {shape:?} does not hold {} values", values.len()),
+            ));
+        }
+        self.owner(owner)?.send_shares(shape, values)
     }
 
     /// Reveal a shared tensor to `owner` only; returns the ring values the owner reconstructs.

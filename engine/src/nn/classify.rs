@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::error::{shape_err, Result};
 use crate::fixed::FixedPoint;
 use crate::nn::shared::SharedModel;
+use crate::protocols::compare::{eq_specs, tree_max_specs};
 use crate::session::Session;
 use crate::transport::{PartyId, StepStats};
 
@@ -114,7 +115,6 @@ impl<'s> SecureClassifier<'s> {
         }
         let fx = self.session.config().fixed;
         let start = Instant::now();
-        let before = self.session.traffic()?;
         let batches = n.div_ceil(opts.batch);
         let bar = (opts.progress && batches > 1).then(|| {
             let b = ProgressBar::new(n as u64);
@@ -125,41 +125,47 @@ impl<'s> SecureClassifier<'s> {
             b
         });
         let mut predictions = opts.reveal_predictions.then(Vec::new);
+        let mut traffic = [StepStats::default(); 2];
         let mut acc_id: Option<u64> = None;
         for b in 0..batches {
             let lo = b * opts.batch;
             let hi = (lo + opts.batch).min(n);
             let m = hi - lo;
-            let x =
-                self.session
-                    .share(PartyId::Client, &[m, width], &data[lo * width..hi * width])?;
-            let y = match labels {
-                Some(l) => Some(
-                    self.session.share_ring(
-                        PartyId::Client,
-                        &[m],
-                        &l[lo..hi]
-                            .iter()
-                            .map(|&v| (v as u64) << fx.frac_bits())
-                            .collect::<Vec<_>>(),
-                    )?,
-                ),
-                None => None,
-            };
+            // The client shares this batch's inputs (and labels); one session run then receives
+            // them, preprocesses, classifies and scores.
+            let x = fx.encode(&data[lo * width..hi * width])?;
+            self.session.send_shares(PartyId::Client, &[m, width], &x)?;
+            let has_labels = labels.is_some();
+            if let Some(l) = labels {
+                let y: Vec<u64> = l[lo..hi]
+                    .iter()
+                    .map(|&v| (v as u64) << fx.frac_bits())
+                    .collect();
+                self.session.send_shares(PartyId::Client, &[m], &y)?;
+            }
             let model = self.model.clone();
-            let (xid, yid, reveal_pred) = (x.id(), y.map(|y| y.id()), opts.reveal_predictions);
-            let [new_acc, _] = self.session.run(move |p| {
-                p.preprocess(&model.material_specs(m, p.fixed_point().frac_bits()))?;
-                let x = p.kept(xid)?;
+            let reveal_pred = opts.reveal_predictions;
+            let [(new_acc, t0), (_, t1)] = self.session.run(move |p| {
+                let before = p.traffic();
+                let x = p.receive_share(PartyId::Client, &[m, width])?;
+                let y = if has_labels {
+                    Some(p.receive_share(PartyId::Client, &[m])?)
+                } else {
+                    None
+                };
+                let mut specs = model.material_specs(m, p.fixed_point().frac_bits());
+                specs.extend(tree_max_specs(m, model.out_features(), true));
+                if has_labels {
+                    specs.extend(eq_specs(m));
+                }
+                p.preprocess(&specs)?;
                 let logits = model.forward(p, &x)?;
                 let pred = p.argmax_last(&logits)?;
                 if reveal_pred {
                     p.reveal_to(PartyId::Client, &pred)?;
                 }
-                p.forget(xid);
                 let mut acc = acc_id;
-                if let Some(yid) = yid {
-                    let y = p.kept(yid)?;
+                if let Some(y) = y {
                     let correct = p.eq(&pred, &y)?;
                     let count = p.sum_all(&correct)?;
                     let total = match acc_id {
@@ -171,10 +177,11 @@ impl<'s> SecureClassifier<'s> {
                         None => count,
                     };
                     acc = Some(p.keep(total));
-                    p.forget(yid);
                 }
-                Ok(acc)
+                Ok((acc, p.traffic().since(&before).total()))
             })?;
+            traffic[0].add(&t0);
+            traffic[1].add(&t1);
             acc_id = new_acc;
             if let Some(preds) = predictions.as_mut() {
                 let (_, ring) = self.session.receive_revealed(PartyId::Client)?;
@@ -187,23 +194,23 @@ impl<'s> SecureClassifier<'s> {
         if let Some(bar) = bar {
             bar.finish_and_clear();
         }
+        // Only the final count is revealed, to the model owner.
         let correct = match acc_id {
             Some(id) => {
-                let h = Session::handle(id, &[1]);
-                let v = self.session.reveal_ring(PartyId::ModelOwner, &h)?;
-                self.session.run(move |p| {
+                let [t0, t1] = self.session.run(move |p| {
+                    let before = p.traffic();
+                    let acc = p.kept(id)?;
                     p.forget(id);
-                    Ok(())
+                    p.reveal_to(PartyId::ModelOwner, &acc)?;
+                    Ok(p.traffic().since(&before).total())
                 })?;
+                traffic[0].add(&t0);
+                traffic[1].add(&t1);
+                let (_, v) = self.session.receive_revealed(PartyId::ModelOwner)?;
                 Some(v[0])
             }
             None => None,
         };
-        let after = self.session.traffic()?;
-        let traffic = [
-            after[0].since(&before[0]).total(),
-            after[1].since(&before[1]).total(),
-        ];
         Ok(ClassifyReport {
             inputs: n,
             correct,

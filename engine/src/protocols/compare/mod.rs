@@ -54,6 +54,23 @@ pub fn compare_specs(n: usize, payloads: usize) -> Vec<MaterialSpec> {
     v
 }
 
+/// Material specs of [`Party::argmax_last`] (`track_index`) or [`Party::max_last`] on `[m, n]`.
+pub fn tree_max_specs(m: usize, n: usize, track_index: bool) -> Vec<MaterialSpec> {
+    let mut specs = Vec::new();
+    let mut cols = n;
+    while cols > 1 {
+        let pairs = cols / 2;
+        specs.extend(compare_specs(m * pairs, if track_index { 2 } else { 1 }));
+        cols = pairs + cols % 2;
+    }
+    specs
+}
+
+/// Material specs of [`Party::eq`] on `n` elements (both comparisons in one batch).
+pub fn eq_specs(n: usize) -> Vec<MaterialSpec> {
+    compare_specs(2 * n, 0)
+}
+
 /// Elements per rayon task in the arithmetic tail.
 const CHUNK: usize = 1 << 14;
 
