@@ -376,3 +376,38 @@ fn received_shares_are_uniform_and_independent_of_the_secret() {
     // Sanity: the test detects a non-uniform view.
     assert!(bit_chi2(&secrets[1]) > 1000.0);
 }
+
+#[test]
+fn local_ops_and_public_constants_are_exact() {
+    let mut rng = test_rng("local_ops");
+    let mut s = session();
+    let (m, n) = (7usize, 33usize);
+    let xs: Vec<i64> = (0..m * n).map(|_| fixed_value(&mut rng) >> 2).collect();
+    let x = s
+        .share_ring(PartyId::Client, &[m, n], &to_ring(&xs))
+        .unwrap();
+    let sums = apply(&mut s, &x, &[m], |p, x| p.sum_last(&x));
+    let total = apply(&mut s, &x, &[1], |p, x| p.sum_all(&x));
+    let neg = apply(&mut s, &x, &[m, n], |p, x| p.neg(&x));
+    let shifted = apply(&mut s, &x, &[m, n], |p, x| p.add_public(&x, -1.5));
+    let tripled = apply(&mut s, &x, &[m, n], |p, x| p.mul_public_int(&x, -3));
+    let scaled = apply(&mut s, &x, &[m, n], |p, x| p.mul_public(&x, 0.25));
+    let want_rows: Vec<u64> = (0..m)
+        .map(|i| xs[i * n..(i + 1) * n].iter().sum::<i64>() as u64)
+        .collect();
+    assert_eq!(reveal(&mut s, &sums), want_rows);
+    assert_eq!(reveal(&mut s, &total), vec![xs.iter().sum::<i64>() as u64]);
+    let (neg, shifted, tripled, scaled) = (
+        reveal(&mut s, &neg),
+        reveal(&mut s, &shifted),
+        reveal(&mut s, &tripled),
+        reveal(&mut s, &scaled),
+    );
+    for i in 0..m * n {
+        assert_eq!(neg[i] as i64, -xs[i]);
+        assert_eq!(shifted[i] as i64, xs[i] - 3 * (1 << (F - 1)));
+        assert_eq!(tripled[i] as i64, -3 * xs[i]);
+        // 0.25 encodes exactly as 2^14: x * 2^14 truncated by 2^16.
+        assert!(trunc_ok(scaled[i], xs[i] as i128 * (1 << 14), F));
+    }
+}

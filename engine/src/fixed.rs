@@ -96,9 +96,4 @@ impl FixedPoint {
     pub fn decode(&self, xs: &[u64]) -> Vec<f64> {
         xs.iter().map(|&x| self.decode_one(x)).collect()
     }
-
-    /// Encode an integer at scale 0 (counts, indices, labels as integers).
-    pub fn encode_int(v: i64) -> u64 {
-        v as u64
-    }
 }

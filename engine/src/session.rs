@@ -118,7 +118,6 @@ pub struct Session {
     parties: Vec<PartyThread>,
     dealer: Option<JoinHandle<Result<()>>>,
     owners: HashMap<PartyId, DataOwner>,
-    stop_dealer: Option<Sender<Vec<u64>>>,
     backend_desc: String,
 }
 
@@ -191,7 +190,6 @@ impl Session {
             parties,
             dealer: Some(dealer),
             owners,
-            stop_dealer: None,
             backend_desc,
         })
     }
@@ -339,7 +337,6 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        let _ = self.stop_dealer.take();
         // Ask the dealer to stop through bob's link, then close the parties.
         let _ = self.run(|p| {
             if p.index() == 1 {
