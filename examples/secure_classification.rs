@@ -149,7 +149,23 @@ fn main() {
     println!(
         "argmax agreement encrypted vs plaintext: {agree}/{m}; max |logit error| = {max_err:.2e}"
     );
-    assert_eq!(report.correct, Some(plain_correct as u64));
-    assert_eq!(agree, m, "encrypted and plaintext predictions agree");
     assert!(max_err <= 1e-3, "logit error {max_err} above 1e-3");
+    // A prediction may only differ where the plaintext top two logits are closer than the
+    // encrypted error allows; on iris that has not happened (50/50 agreement in every run).
+    for i in (0..m).filter(|&i| preds[i] != plain_pred[i]) {
+        let row = &plain_logits[i * 3..i * 3 + 3];
+        let gap = (row[preds[i] as usize] - row[plain_pred[i] as usize]).abs();
+        assert!(
+            gap <= 2.0 * max_err,
+            "flower {i}: encrypted {} vs plaintext {}",
+            preds[i],
+            plain_pred[i]
+        );
+    }
+    let enc_correct = preds.iter().zip(&yte).filter(|(p, y)| p == y).count() as u64;
+    assert_eq!(
+        report.correct,
+        Some(enc_correct),
+        "revealed count matches the predictions"
+    );
 }
