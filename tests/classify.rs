@@ -209,6 +209,14 @@ fn write_model(path: &std::path::Path, model: &Sequential, prefix: &str, dtype: 
                 match dtype {
                     Dtype::F32 => v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect(),
                     Dtype::F64 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                    Dtype::F16 => v
+                        .iter()
+                        .flat_map(|x| half::f16::from_f64(*x).to_le_bytes())
+                        .collect(),
+                    Dtype::BF16 => v
+                        .iter()
+                        .flat_map(|x| half::bf16::from_f64(*x).to_le_bytes())
+                        .collect(),
                     _ => v.iter().flat_map(|x| (*x as i32).to_le_bytes()).collect(),
                 }
             };
@@ -243,6 +251,41 @@ fn model_import_round_trips_and_reports_bad_files() {
         if let (Layer::Linear { weight: wa, .. }, Layer::Linear { weight: wb, .. }) = (a, b) {
             for (x, y) in wa.iter().zip(wb) {
                 assert_eq!(*x, *y as f32 as f64);
+            }
+        }
+    }
+    for (dtype, round) in [
+        (
+            Dtype::F16,
+            (|x: f64| half::f16::from_f64(x).to_f64()) as fn(f64) -> f64,
+        ),
+        (Dtype::BF16, |x: f64| half::bf16::from_f64(x).to_f64()),
+    ] {
+        let ph = tmp(&format!("m{dtype:?}.safetensors"));
+        write_model(&ph, &model, "", dtype);
+        let loaded = load_safetensors_model(ph.to_str().unwrap(), arch, "").unwrap();
+        for (a, b) in loaded.layers.iter().zip(&model.layers) {
+            if let (
+                Layer::Linear {
+                    weight: wa,
+                    bias: ba,
+                    ..
+                },
+                Layer::Linear {
+                    weight: wb,
+                    bias: bb,
+                    ..
+                },
+            ) = (a, b)
+            {
+                assert!(
+                    wa.iter().zip(wb).all(|(x, y)| *x == round(*y)),
+                    "{dtype:?} weights"
+                );
+                assert!(
+                    ba.iter().zip(bb).all(|(x, y)| *x == round(*y)),
+                    "{dtype:?} biases"
+                );
             }
         }
     }
