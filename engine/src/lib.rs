@@ -9,6 +9,7 @@
 //!   receive reveals through it.
 //! - [`protocols`]: share/reveal, add, mul, matmul (incl. fixed operands), truncation, comparison.
 
+pub mod alloc;
 pub mod bench;
 pub mod cli;
 pub mod dealer;

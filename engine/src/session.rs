@@ -30,6 +30,9 @@ pub struct SessionConfig {
     pub timeout: Duration,
     /// `Some(seed)` only in tests: makes all randomness reproducible. `None`: OS entropy.
     pub test_seed: Option<u64>,
+    /// Tune the process's allocator for large share buffers (see [`crate::alloc`]); on by
+    /// default, process-wide.
+    pub tune_allocator: bool,
 }
 
 impl Default for SessionConfig {
@@ -39,6 +42,7 @@ impl Default for SessionConfig {
             fixed: FixedPoint::default(),
             timeout: Duration::from_secs(300),
             test_seed: None,
+            tune_allocator: true,
         }
     }
 }
@@ -124,6 +128,9 @@ pub struct Session {
 impl Session {
     /// Start the parties and the dealer.
     pub fn new(config: SessionConfig) -> Result<Session> {
+        if config.tune_allocator {
+            crate::alloc::tune_allocator();
+        }
         let mut mesh = channel_mesh(&PartyId::ALL, config.timeout);
         let dealer_net = mesh.remove(&PartyId::Dealer).expect("dealer endpoint");
         let source = match config.test_seed {

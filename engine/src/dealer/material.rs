@@ -1,6 +1,11 @@
 //! Material kinds and the one place that defines how each party's share is drawn.
 
-use rand_chacha::ChaCha20Rng;
+use rand_chacha::ChaCha12Rng;
+
+/// The generator every piece of dealer material is expanded with: ChaCha with 12 rounds (the
+/// `rand` crate's standard generator; the best published attacks reach 7 rounds), seekable, so
+/// long parts are expanded in parallel.
+pub type MaterialRng = ChaCha12Rng;
 use rand_core::RngCore;
 use rayon::prelude::*;
 
@@ -194,7 +199,7 @@ const FILL_CHUNK: usize = 1 << 15;
 /// Each chunk seeks its own copy of the generator to its offset (ChaCha is seekable), so the
 /// result equals a sequential fill and does not depend on the number of threads; afterwards
 /// `rng` stands just past the consumed words.
-pub(crate) fn fill_words(rng: &mut ChaCha20Rng, buf: &mut [u64]) {
+pub(crate) fn fill_words(rng: &mut MaterialRng, buf: &mut [u64]) {
     if buf.len() <= FILL_CHUNK {
         rng.fill_bytes(bytemuck_words(buf));
         return;
@@ -217,7 +222,7 @@ fn bytemuck_words(buf: &mut [u64]) -> &mut [u8] {
 }
 
 /// The parts every party draws from its own stream (masks, random values, random bits).
-pub fn draw_random_parts(spec: &MaterialSpec, rng: &mut ChaCha20Rng) -> Vec<Vec<u64>> {
+pub fn draw_random_parts(spec: &MaterialSpec, rng: &mut MaterialRng) -> Vec<Vec<u64>> {
     spec.parts()
         .random
         .iter()
@@ -238,7 +243,7 @@ pub fn draw_random_parts(spec: &MaterialSpec, rng: &mut ChaCha20Rng) -> Vec<Vec<
 pub fn expand_party_share(
     spec: &MaterialSpec,
     index: usize,
-    rng: &mut ChaCha20Rng,
+    rng: &mut MaterialRng,
     corrections: Option<&[u64]>,
 ) -> Result<Vec<Vec<u64>>> {
     let shapes = spec.parts();
@@ -274,7 +279,7 @@ mod tests {
 
     #[test]
     fn parallel_fill_equals_a_sequential_stream() {
-        let mut a = ChaCha20Rng::seed_from_u64(7);
+        let mut a = MaterialRng::seed_from_u64(7);
         let mut b = a.clone();
         let mut big = vec![0u64; 3 * FILL_CHUNK + 5];
         fill_words(&mut a, &mut big);

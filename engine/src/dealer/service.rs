@@ -7,7 +7,9 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use rayon::prelude::*;
 
-use super::material::{draw_random_parts, expand_party_share, Correction, MaterialSpec};
+use super::material::{
+    draw_random_parts, expand_party_share, Correction, MaterialRng, MaterialSpec,
+};
 use crate::error::{EngineError, Result};
 use crate::transport::{PartyId, Transport};
 
@@ -50,8 +52,8 @@ pub enum DealerRng {
 }
 
 /// A party's ChaCha stream for material number `stream`.
-pub(crate) fn material_stream(seed: [u8; 32], stream: u64) -> ChaCha20Rng {
-    let mut rng = ChaCha20Rng::from_seed(seed);
+pub(crate) fn material_stream(seed: [u8; 32], stream: u64) -> MaterialRng {
+    let mut rng = MaterialRng::from_seed(seed);
     rng.set_stream(stream);
     rng
 }
