@@ -411,3 +411,26 @@ fn local_ops_and_public_constants_are_exact() {
         assert!(trunc_ok(scaled[i], xs[i] as i128 * (1 << 14), F));
     }
 }
+
+#[test]
+fn a_failed_program_leaves_no_stale_material() {
+    let mut s = session();
+    let x = s
+        .share(PartyId::Client, &[4], &[1.0, -2.0, 3.0, -4.0])
+        .unwrap();
+    // Preprocess material for a comparison, then fail before using it.
+    let e = s
+        .run(move |p| {
+            p.preprocess(&engine::protocols::compare::compare_specs(4, 1))?;
+            p.kept(12345).map(|_| ())
+        })
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("no shared tensor with id 12345"),
+        "{e}"
+    );
+    // The next program runs normally: its truncation is not fed the stale comparison material.
+    let y = apply(&mut s, &x, &[4], |p, x| p.mul_public(&x, 0.5));
+    let got: Vec<i64> = reveal(&mut s, &y).iter().map(|&v| v as i64).collect();
+    assert_eq!(got, vec![1 << 15, -(1 << 16), 3 << 15, -(1 << 17)]);
+}

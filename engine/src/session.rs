@@ -247,7 +247,26 @@ impl Session {
         }
         let b = out.pop().expect("bob");
         let a = out.pop().expect("alice");
+        if a.is_err() || b.is_err() {
+            // A failed program may leave preprocessed material that no protocol consumed; drop
+            // it on both parties so the next program starts in step.
+            self.clear_material();
+        }
         Ok([a?, b?])
+    }
+
+    fn clear_material(&mut self) {
+        for p in &self.parties {
+            let job: Job = Box::new(|party: &mut Party| {
+                party.clear_material();
+                Box::new(())
+            });
+            if let Some(tx) = p.jobs.as_ref() {
+                if tx.send(job).is_ok() {
+                    let _ = p.results.recv();
+                }
+            }
+        }
     }
 
     /// `owner` fixed-point encodes `values` and shares them to alice and bob.
