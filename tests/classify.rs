@@ -562,15 +562,17 @@ fn cli_classifies_files_end_to_end() {
     assert_eq!(bad.status.code(), Some(1));
     let err = String::from_utf8_lossy(&bad.stderr);
     assert!(err.contains("cannot read as a 2-D f32/f64 array"), "{err}");
-    let demo = Command::new(env!("CARGO_BIN_EXE_secure-serving"))
-        .arg("demo")
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&demo.stdout);
-    assert!(
-        demo.status.success() && out.contains("Test set: Accuracy: 1/1 (100%)"),
-        "{out}"
-    );
+    for transport in ["channels", "tcp"] {
+        let demo = Command::new(env!("CARGO_BIN_EXE_secure-serving"))
+            .args(["demo", "--transport", transport])
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&demo.stdout);
+        assert!(
+            demo.status.success() && out.contains("Test set: Accuracy: 1/1 (100%)"),
+            "{transport}: {out}"
+        );
+    }
 }
 
 /// The examples run as processes (quick sizes) so CI exercises them.

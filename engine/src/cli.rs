@@ -11,7 +11,7 @@ use crate::io::{load_features, load_labels, load_safetensors_model, write_predic
 use crate::nn::plain::{Layer, Sequential};
 use crate::nn::{ClassifyOptions, ClassifyReport, SecureClassifier};
 use crate::session::{Session, SessionConfig};
-use crate::transport::PartyId;
+use crate::transport::{PartyId, TransportKind};
 
 /// Secure two-party inference with a dealer (alice, bob, crypto provider), in-process.
 #[derive(Parser, Debug)]
@@ -54,12 +54,18 @@ pub enum Command {
         /// Write the client-revealed predictions (int64 `.npy`).
         #[arg(long)]
         output: Option<String>,
+        /// How the in-process parties talk: `channels` or loopback `tcp`.
+        #[arg(long, default_value = "channels")]
+        transport: TransportKind,
     },
     /// The tutorial on an embedded default: Linear(1,1), one input, one label.
     Demo {
         /// Compute backend.
         #[arg(long, default_value = "cpu")]
         backend: BackendKind,
+        /// How the in-process parties talk: `channels` or loopback `tcp`.
+        #[arg(long, default_value = "channels")]
+        transport: TransportKind,
     },
     /// Benchmarks: GEMM vs MAC peak, secure matmul vs GEMM, comparisons, VGG16 head.
     Bench {
@@ -99,9 +105,10 @@ fn print_report(r: &ClassifyReport) {
 }
 
 /// Run the tutorial's Linear(1,1) case; returns the report.
-pub fn demo(backend: BackendKind) -> Result<ClassifyReport> {
+pub fn demo(backend: BackendKind, transport: TransportKind) -> Result<ClassifyReport> {
     let mut session = Session::new(SessionConfig {
         backend,
+        transport,
         ..Default::default()
     })?;
     println!(
@@ -136,7 +143,7 @@ pub fn demo(backend: BackendKind) -> Result<ClassifyReport> {
 /// Run the CLI.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Demo { backend } => demo(backend).map(|_| ()),
+        Command::Demo { backend, transport } => demo(backend, transport).map(|_| ()),
         Command::Bench { backend, quick } => crate::bench::run(backend, quick),
         Command::Classify {
             model,
@@ -148,6 +155,7 @@ pub fn run(cli: Cli) -> Result<()> {
             backend,
             frac_bits,
             output,
+            transport,
         } => {
             let fixed = FixedPoint::new(frac_bits)?;
             let plain = load_safetensors_model(&model, &arch, &prefix)?;
@@ -168,6 +176,7 @@ pub fn run(cli: Cli) -> Result<()> {
             let mut session = Session::new(SessionConfig {
                 backend,
                 fixed,
+                transport,
                 ..Default::default()
             })?;
             let shared = session.share_model(PartyId::ModelOwner, &plain)?;

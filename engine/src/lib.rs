@@ -29,4 +29,4 @@ pub use kernels::{Backend, BackendKind};
 pub use party::Party;
 pub use session::{Session, SessionConfig, SharedTensor};
 pub use share::Share;
-pub use transport::{PartyId, TrafficStats};
+pub use transport::{PartyId, TrafficStats, TransportKind};

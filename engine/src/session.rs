@@ -17,7 +17,7 @@ use crate::error::{shape_err, EngineError, Result};
 use crate::fixed::FixedPoint;
 use crate::party::Party;
 use crate::protocols::io::{frame, unframe};
-use crate::transport::{channel_mesh, ChannelTransport, PartyId, TrafficStats, Transport};
+use crate::transport::{channel_mesh, tcp_mesh, PartyId, TrafficStats, Transport, TransportKind};
 
 /// How to set up a session.
 #[derive(Clone, Debug)]
@@ -30,6 +30,8 @@ pub struct SessionConfig {
     pub timeout: Duration,
     /// `Some(seed)` only in tests: makes all randomness reproducible. `None`: OS entropy.
     pub test_seed: Option<u64>,
+    /// How the endpoints talk: in-process channels (default) or loopback TCP.
+    pub transport: TransportKind,
     /// Tune the process's allocator for large share buffers (see [`crate::alloc`]); on by
     /// default, process-wide.
     pub tune_allocator: bool,
@@ -42,6 +44,7 @@ impl Default for SessionConfig {
             fixed: FixedPoint::default(),
             timeout: Duration::from_secs(300),
             test_seed: None,
+            transport: TransportKind::Channels,
             tune_allocator: true,
         }
     }
@@ -76,7 +79,7 @@ struct PartyThread {
 /// A data owner endpoint (model owner or client): splits its plaintext into shares and
 /// reconstructs values revealed to it. It is the only place where two shares meet.
 pub struct DataOwner {
-    net: ChannelTransport,
+    net: Box<dyn Transport>,
     rng: ChaCha20Rng,
 }
 
@@ -131,7 +134,17 @@ impl Session {
         if config.tune_allocator {
             crate::alloc::tune_allocator();
         }
-        let mut mesh = channel_mesh(&PartyId::ALL, config.timeout);
+        let mut mesh: std::collections::HashMap<PartyId, Box<dyn Transport>> =
+            match config.transport {
+                TransportKind::Channels => channel_mesh(&PartyId::ALL, config.timeout)
+                    .into_iter()
+                    .map(|(k, v)| (k, Box::new(v) as Box<dyn Transport>))
+                    .collect(),
+                TransportKind::Tcp => tcp_mesh(&PartyId::ALL, config.timeout)?
+                    .into_iter()
+                    .map(|(k, v)| (k, Box::new(v) as Box<dyn Transport>))
+                    .collect(),
+            };
         let dealer_net = mesh.remove(&PartyId::Dealer).expect("dealer endpoint");
         let source = match config.test_seed {
             Some(s) => DealerRng::TestSeed(s),
@@ -139,7 +152,7 @@ impl Session {
         };
         let dealer = std::thread::Builder::new()
             .name("dealer".into())
-            .spawn(move || run_dealer(Box::new(dealer_net), source))
+            .spawn(move || run_dealer(dealer_net, source))
             .map_err(|e| EngineError::Invalid(format!("cannot spawn dealer thread: {e}")))?;
         let mut backends = Vec::new();
         for _ in 0..2 {
@@ -157,7 +170,7 @@ impl Session {
             let handle = std::thread::Builder::new()
                 .name(PartyId::compute(index).to_string())
                 .spawn(move || {
-                    let mut party = match Party::new(index, Box::new(net), backend, fixed) {
+                    let mut party = match Party::new(index, net, backend, fixed) {
                         Ok(p) => p,
                         Err(e) => {
                             let _ = res_tx.send(Box::new(Err::<(), _>(e)));

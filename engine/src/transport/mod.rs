@@ -6,9 +6,11 @@
 
 mod channel;
 mod meter;
+mod tcp;
 
 pub use channel::{channel_mesh, ChannelTransport};
 pub use meter::{Meter, StepStats, TrafficStats};
+pub use tcp::{tcp_mesh, TcpTransport};
 
 use std::fmt;
 
@@ -58,6 +60,30 @@ impl fmt::Display for PartyId {
             PartyId::ModelOwner => "model owner",
             PartyId::Client => "client",
         })
+    }
+}
+
+/// How the endpoints of a session are connected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TransportKind {
+    /// In-process channels (no serialisation).
+    #[default]
+    Channels,
+    /// TCP over loopback: every message is framed and serialised as it would be between
+    /// machines.
+    Tcp,
+}
+
+impl std::str::FromStr for TransportKind {
+    type Err = crate::error::EngineError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "channels" => Ok(TransportKind::Channels),
+            "tcp" => Ok(TransportKind::Tcp),
+            other => Err(crate::error::EngineError::Invalid(format!(
+                "unknown transport '{other}' (expected 'channels' or 'tcp')"
+            ))),
+        }
     }
 }
 

@@ -1,0 +1,125 @@
+//! Transports: TCP framing, no deadlock on simultaneous large sends, timeouts, disconnects, and
+//! whole protocols over loopback TCP giving the same bits and byte counts as channels.
+
+mod common;
+
+use std::time::Duration;
+
+use common::test_rng;
+use engine::nn::plain::vgg16_head;
+use engine::nn::{ClassifyOptions, SecureClassifier};
+use engine::transport::{tcp_mesh, Transport};
+use engine::{PartyId, Session, SessionConfig, TransportKind};
+use rand::Rng;
+
+#[test]
+fn tcp_exchanges_large_messages_both_ways_at_once() {
+    let mut rng = test_rng("tcp_large");
+    let mut mesh = tcp_mesh(&[PartyId::Alice, PartyId::Bob], Duration::from_secs(30)).unwrap();
+    let mut alice = mesh.remove(&PartyId::Alice).unwrap();
+    let mut bob = mesh.remove(&PartyId::Bob).unwrap();
+    // Far larger than any socket buffer: both send first, then both receive.
+    let a: Vec<u64> = (0..3_000_000).map(|_| rng.gen()).collect();
+    let b: Vec<u64> = (0..2_000_001).map(|_| rng.gen()).collect();
+    let (a2, b2) = (a.clone(), b.clone());
+    let t = std::thread::spawn(move || {
+        bob.send(PartyId::Alice, b2).unwrap();
+        bob.send(PartyId::Alice, vec![]).unwrap();
+        let got = bob.recv(PartyId::Alice).unwrap();
+        (got, bob)
+    });
+    alice.send(PartyId::Bob, a2).unwrap();
+    assert_eq!(alice.recv(PartyId::Bob).unwrap(), b);
+    assert_eq!(alice.recv(PartyId::Bob).unwrap(), Vec::<u64>::new());
+    let (got, bob) = t.join().unwrap();
+    assert_eq!(got, a);
+    let stats = alice.meter_ref().stats().total();
+    assert_eq!(stats.bytes_sent, 8 * a.len() as u64);
+    assert_eq!(stats.bytes_received, 8 * b.len() as u64);
+    drop(bob);
+}
+
+#[test]
+fn tcp_reports_stalls_and_closed_peers() {
+    let mut mesh = tcp_mesh(&[PartyId::Alice, PartyId::Bob], Duration::from_millis(200)).unwrap();
+    let mut alice = mesh.remove(&PartyId::Alice).unwrap();
+    let e = alice.recv(PartyId::Bob).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("alice timed out after 200ms waiting for bob"),
+        "{e}"
+    );
+    drop(mesh);
+    let e = alice.recv(PartyId::Bob).unwrap_err();
+    assert!(
+        e.to_string().contains("alice: connection to bob closed"),
+        "{e}"
+    );
+}
+
+fn run_flow(transport: TransportKind, seed: u64) -> (Vec<Vec<u64>>, Option<u64>, Vec<u64>) {
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
+    let mut s = Session::new(SessionConfig {
+        transport,
+        test_seed: Some(seed),
+        ..Default::default()
+    })
+    .unwrap();
+    let (m, k, n) = (9usize, 40usize, 13usize);
+    let x: Vec<u64> = (0..m * k)
+        .map(|_| rng.gen_range(-(1i64 << 20)..(1i64 << 20)) as u64)
+        .collect();
+    let w: Vec<u64> = (0..k * n)
+        .map(|_| rng.gen_range(-(1i64 << 16)..(1i64 << 16)) as u64)
+        .collect();
+    let wh = s.share_ring(PartyId::ModelOwner, &[k, n], &w).unwrap();
+    let xh = s.share_ring(PartyId::Client, &[m, k], &x).unwrap();
+    let (wid, xid) = (wh.id(), xh.id());
+    let [ids, _] = s
+        .run(move |p| {
+            let (w, x) = (p.kept(wid)?, p.kept(xid)?);
+            let fixed = p.fix_operand(&w)?;
+            let z = p.matmul_fixed(&x, &fixed)?;
+            let r = p.relu(&z)?;
+            let a = p.argmax_last(&r)?;
+            Ok([p.keep(z), p.keep(r), p.keep(a)])
+        })
+        .unwrap();
+    let revealed = ids
+        .iter()
+        .map(|&id| {
+            s.reveal_ring(PartyId::ModelOwner, &Session::handle(id, &[1]))
+                .unwrap()
+        })
+        .collect();
+    let head = vgg16_head(32, 16, 5, &mut rng);
+    let data: Vec<f64> = (0..24 * 32).map(|_| rng.gen_range(0.0..1.0)).collect();
+    let labels: Vec<i64> = (0..24).map(|_| rng.gen_range(0..5)).collect();
+    let model = s.share_model(PartyId::ModelOwner, &head).unwrap();
+    let r = SecureClassifier::new(&mut s, model)
+        .classify(
+            &data,
+            Some(&labels),
+            &ClassifyOptions {
+                batch: 10,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let bytes = vec![
+        r.traffic[0].bytes_sent,
+        r.traffic[1].bytes_sent,
+        r.traffic[0].rounds,
+    ];
+    (revealed, r.correct, bytes)
+}
+
+use rand::SeedableRng;
+
+#[test]
+fn protocols_over_tcp_give_the_same_bits_and_bytes_as_channels() {
+    let seed: u64 = test_rng("tcp_flow").gen();
+    let over_tcp = run_flow(TransportKind::Tcp, seed);
+    let over_channels = run_flow(TransportKind::Channels, seed);
+    assert_eq!(over_tcp, over_channels);
+}
