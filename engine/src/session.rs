@@ -9,10 +9,10 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use kernels::{backend_from_kind, BackendKind};
-use rand_chacha::ChaCha20Rng;
-use rand_core::{RngCore, SeedableRng};
+use rand_core::SeedableRng;
+use rayon::prelude::*;
 
-use crate::dealer::{run_dealer, DealerRng, OP_SHUTDOWN};
+use crate::dealer::{fill_words, run_dealer, DealerRng, MaterialRng, OP_SHUTDOWN};
 use crate::error::{shape_err, EngineError, Result};
 use crate::fixed::FixedPoint;
 use crate::party::Party;
@@ -80,24 +80,30 @@ struct PartyThread {
 /// reconstructs values revealed to it. It is the only place where two shares meet.
 pub struct DataOwner {
     net: Box<dyn Transport>,
-    rng: ChaCha20Rng,
+    rng: MaterialRng,
 }
 
 impl DataOwner {
     /// Split ring values into two uniformly random additive shares and send one to each party.
     fn send_shares(&mut self, shape: &[usize], values: &[u64]) -> Result<()> {
-        let mut mask = vec![0u64; values.len()];
-        for m in mask.iter_mut() {
-            *m = self.rng.next_u64();
-        }
-        let share0: Vec<u64> = values
-            .iter()
-            .zip(&mask)
-            .map(|(v, m)| v.wrapping_sub(*m))
-            .collect();
+        // Bob's share is a fresh uniform mask, written straight into his message; alice's is
+        // `values - mask`. (No other copy of either is made: model weights are large.)
+        let header = 1 + shape.len();
+        let framed = || {
+            let mut v = kernels::cpu::zeroed_words(header + values.len());
+            v[..header].copy_from_slice(&frame(shape, &[]));
+            v
+        };
+        let mut to_bob = framed();
+        fill_words(&mut self.rng, &mut to_bob[header..]);
+        let mut to_alice = framed();
+        to_alice[header..]
+            .par_iter_mut()
+            .zip(values.par_iter().zip(&to_bob[header..]))
+            .for_each(|(a, (v, m))| *a = v.wrapping_sub(*m));
         self.net.meter().set_step("share");
-        self.net.send(PartyId::Alice, frame(shape, &share0))?;
-        self.net.send(PartyId::Bob, frame(shape, &mask))
+        self.net.send(PartyId::Alice, to_alice)?;
+        self.net.send(PartyId::Bob, to_bob)
     }
 
     /// Receive both parties' shares of a revealed value and add them.
@@ -194,8 +200,8 @@ impl Session {
         let mut owners = HashMap::new();
         for id in [PartyId::ModelOwner, PartyId::Client] {
             let rng = match config.test_seed {
-                Some(s) => ChaCha20Rng::seed_from_u64(s ^ ((id as u64 + 1) * 0x9E37_79B9)),
-                None => ChaCha20Rng::from_entropy(),
+                Some(s) => MaterialRng::seed_from_u64(s ^ ((id as u64 + 1) * 0x9E37_79B9)),
+                None => MaterialRng::from_entropy(),
             };
             owners.insert(
                 id,

@@ -6,6 +6,7 @@ use rand_chacha::ChaCha12Rng;
 /// `rand` crate's standard generator; the best published attacks reach 7 rounds), seekable, so
 /// long parts are expanded in parallel.
 pub type MaterialRng = ChaCha12Rng;
+use kernels::cpu::zeroed_words;
 use rand_core::RngCore;
 use rayon::prelude::*;
 
@@ -227,7 +228,7 @@ pub fn draw_random_parts(spec: &MaterialSpec, rng: &mut MaterialRng) -> Vec<Vec<
         .random
         .iter()
         .map(|&len| {
-            let mut v = vec![0u64; len];
+            let mut v = zeroed_words(len);
             fill_words(rng, &mut v);
             v
         })
@@ -250,7 +251,7 @@ pub fn expand_party_share(
     let mut parts = draw_random_parts(spec, rng);
     if index == 0 {
         for &len in &shapes.derived {
-            let mut v = vec![0u64; len];
+            let mut v = zeroed_words(len);
             fill_words(rng, &mut v);
             parts.push(v);
         }

@@ -13,7 +13,10 @@
 mod material;
 mod service;
 
-pub use material::{draw_random_parts, expand_party_share, Correction, MaterialSpec, PartShapes};
+pub(crate) use material::fill_words;
+pub use material::{
+    draw_random_parts, expand_party_share, Correction, MaterialRng, MaterialSpec, PartShapes,
+};
 pub(crate) use service::{
     material_stream, words_to_seed, words_to_text, OP_BATCH, OP_SHUTDOWN, STATUS_OK,
 };

@@ -111,7 +111,7 @@ impl Dealer {
     fn corrections(&mut self, spec: &MaterialSpec, stream: u64) -> Result<Vec<u64>> {
         let mut r0 = material_stream(self.seeds[0], stream);
         let mut r1 = material_stream(self.seeds[1], stream);
-        let p0 = expand_party_share(spec, 0, &mut r0, None)?;
+        let mut p0 = expand_party_share(spec, 0, &mut r0, None)?;
         let p1 = draw_random_parts(spec, &mut r1);
         let nr = spec.parts().random.len();
         let mut values: Vec<Vec<u64>> = match *spec {
@@ -130,8 +130,12 @@ impl Dealer {
                 vec![c]
             }
             MaterialSpec::FixedMask { fixed_id, k, n } => {
-                let b = add(&p0[0], &p1[0]);
-                self.fixed.insert(fixed_id, PackedB::pack(k, n, &b));
+                // b = b0 + b1, summed in place: a weight-sized buffer fewer.
+                let b = &mut p0[0];
+                b.par_iter_mut()
+                    .zip(&p1[0])
+                    .for_each(|(x, y)| *x = x.wrapping_add(*y));
+                self.fixed.insert(fixed_id, PackedB::pack(k, n, b));
                 vec![]
             }
             MaterialSpec::FixedTriple { fixed_id, m, k, n } => {

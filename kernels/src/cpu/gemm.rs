@@ -506,6 +506,7 @@ impl Buf {
         let Some(base) = NonNull::new(raw) else {
             handle_alloc_error(layout)
         };
+        super::advise_huge_pages(raw, layout.size());
         let offset = (64 - raw as usize % 64) % 64;
         // SAFETY: the allocation has 64 spare bytes, so the first 64-byte boundary plus `len`
         // values stays inside it (and is non-null).

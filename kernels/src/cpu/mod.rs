@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use rayon::prelude::*;
 
-pub use aligned::AlignedVec;
+pub use aligned::{advise_huge_pages, zeroed_words, AlignedVec};
 
 use crate::backend::{
     check_matmul, check_same_shape, check_scalar, check_truncate, Backend, BeaverKind, BinaryOp,
