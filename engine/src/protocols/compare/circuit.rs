@@ -58,11 +58,12 @@ pub fn and_mask(x: &[u64], y: &[u64], a: &[u64], b: &[u64], out: &mut Vec<u64>) 
         });
 }
 
-/// This party's share of `x & y` from its masked values, the peer's, and the triple.
+/// This party's share of `x & y` from its inputs, the peer's masked values, and the triple
+/// (the opened `e = x ^ a ^ e_peer`, `f = y ^ b ^ f_peer` are recomputed, not stored).
 #[allow(clippy::too_many_arguments)]
 pub fn and_combine(
-    mine_e: &[u64],
-    mine_f: &[u64],
+    x: &[u64],
+    y: &[u64],
     their_e: &[u64],
     their_f: &[u64],
     a: &[u64],
@@ -75,8 +76,8 @@ pub fn and_combine(
         let o = ci * CHUNK;
         for (i, zi) in z.iter_mut().enumerate() {
             let j = o + i;
-            let e = mine_e[j] ^ their_e[j];
-            let f = mine_f[j] ^ their_f[j];
+            let e = x[j] ^ a[j] ^ their_e[j];
+            let f = y[j] ^ b[j] ^ their_f[j];
             let mut v = c[j] ^ (e & b[j]) ^ (a[j] & f);
             if first {
                 v ^= e & f;

@@ -83,10 +83,10 @@ impl Party {
         let mut msg = Vec::with_capacity(2 * words + extra.len());
         and_mask(xs, ys, &t[0], &t[1], &mut msg);
         msg.extend_from_slice(extra);
-        let theirs = self.exchange("compare", msg.clone())?;
+        let theirs = self.exchange("compare", msg)?;
         let z = and_combine(
-            &msg[..words],
-            &msg[words..2 * words],
+            xs,
+            ys,
             &theirs[..words],
             &theirs[words..2 * words],
             &t[0],
