@@ -71,11 +71,6 @@ fn every_layer_and_the_tutorial_flow_match_plaintext() {
                 }
             })
             .collect();
-        let plain_correct = plain_pred
-            .iter()
-            .zip(&labels)
-            .filter(|(a, b)| a == b)
-            .count() as u64;
         let mut s = Session::new(SessionConfig::default()).unwrap();
         let shared = s.share_model(PartyId::ModelOwner, &model).unwrap();
         let mut clf = SecureClassifier::new(&mut s, shared);
@@ -149,7 +144,6 @@ fn every_layer_and_the_tutorial_flow_match_plaintext() {
             Some(enc_correct),
             "revealed count matches the client's predictions"
         );
-        assert!(enc_correct.abs_diff(plain_correct) <= (preds != plain_pred) as u64 * n as u64);
         assert_eq!(r.batches, n.div_ceil(8));
     }
 }

@@ -27,6 +27,24 @@ enum Parts {
     Host(Vec<Vec<u64>>),
 }
 
+impl Parts {
+    fn device(self, spec: &MaterialSpec) -> Result<Vec<Tensor>> {
+        match self {
+            Parts::Device(t) => Ok(t),
+            Parts::Host(_) => Err(EngineError::Protocol(format!("{spec:?} is host material"))),
+        }
+    }
+
+    fn host(self, spec: &MaterialSpec) -> Result<Vec<Vec<u64>>> {
+        match self {
+            Parts::Host(h) => Ok(h),
+            Parts::Device(_) => Err(EngineError::Protocol(format!(
+                "{spec:?} is device material"
+            ))),
+        }
+    }
+}
+
 /// A compute party (alice = 0, bob = 1). Lives on its own thread; see [`crate::Session`].
 pub struct Party {
     index: usize,
@@ -248,28 +266,18 @@ impl Party {
 
     /// The next backend-resident material item.
     pub(crate) fn material(&mut self, spec: MaterialSpec) -> Result<Vec<Tensor>> {
-        match self.next_material(spec)? {
-            Parts::Device(t) => Ok(t),
-            Parts::Host(_) => Err(EngineError::Protocol(format!("{spec:?} is host material"))),
-        }
+        self.next_material(spec)?.device(&spec)
     }
 
     /// The next host-resident (boolean-circuit) material item.
     pub(crate) fn material_host(&mut self, spec: MaterialSpec) -> Result<Vec<Vec<u64>>> {
-        match self.next_material(spec)? {
-            Parts::Host(h) => Ok(h),
-            Parts::Device(_) => Err(EngineError::Protocol(format!(
-                "{spec:?} is device material"
-            ))),
-        }
+        self.next_material(spec)?.host(&spec)
     }
 
     /// Fetch one item now, bypassing the queue (set-up steps such as fixed masks).
     pub(crate) fn material_now(&mut self, spec: MaterialSpec) -> Result<Vec<Tensor>> {
-        match self.fetch(&[spec])?.pop().expect("one item fetched").parts {
-            Parts::Device(t) => Ok(t),
-            Parts::Host(_) => Err(EngineError::Protocol(format!("{spec:?} is host material"))),
-        }
+        let item = self.fetch(&[spec])?.pop().expect("one item fetched");
+        item.parts.device(&spec)
     }
 
     fn fetch(&mut self, specs: &[MaterialSpec]) -> Result<Vec<Prepared>> {

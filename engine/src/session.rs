@@ -78,7 +78,7 @@ struct PartyThread {
 
 /// A data owner endpoint (model owner or client): splits its plaintext into shares and
 /// reconstructs values revealed to it. It is the only place where two shares meet.
-pub struct DataOwner {
+struct DataOwner {
     net: Box<dyn Transport>,
     rng: MaterialRng,
 }
@@ -275,17 +275,11 @@ impl Session {
     }
 
     fn clear_material(&mut self) {
-        for p in &self.parties {
-            let job: Job = Box::new(|party: &mut Party| {
-                party.clear_material();
-                Box::new(())
-            });
-            if let Some(tx) = p.jobs.as_ref() {
-                if tx.send(job).is_ok() {
-                    let _ = p.results.recv();
-                }
-            }
-        }
+        // Cannot fail, so this does not recurse.
+        let _ = self.run(|p| {
+            p.clear_material();
+            Ok(())
+        });
     }
 
     /// `owner` fixed-point encodes `values` and shares them to alice and bob.
@@ -306,12 +300,6 @@ impl Session {
         shape: &[usize],
         values: &[u64],
     ) -> Result<SharedTensor> {
-        if shape.iter().product::<usize>() != values.len() {
-            return Err(shape_err(
-                "share",
-                format!("shape {shape:?} does not hold {} values", values.len()),
-            ));
-        }
         self.send_shares(owner, shape, values)?;
         let s = shape.to_vec();
         let [a, b] = self.run(move |p| {
