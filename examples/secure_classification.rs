@@ -122,7 +122,6 @@ fn main() {
             &ClassifyOptions {
                 batch: 16,
                 reveal_predictions: true,
-                progress: false,
             },
         )
         .expect("encrypted classification");

@@ -53,7 +53,6 @@ fn main() {
             &ClassifyOptions {
                 batch,
                 reveal_predictions: false,
-                progress: true,
             },
         )
         .expect("classify");

@@ -1,10 +1,10 @@
-//! `secure-serving`: the command-line entry point (see `engine::cli`).
+//! `secure-serving`: the command-line entry point (see [`secure_serving::cli`]).
 
 use clap::Parser;
 
 fn main() {
-    let cli = engine::cli::Cli::parse();
-    if let Err(e) = engine::cli::run(cli) {
+    let cli = secure_serving::cli::Cli::parse();
+    if let Err(e) = secure_serving::cli::run(cli) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

@@ -90,7 +90,6 @@ fn every_layer_and_the_tutorial_flow_match_plaintext() {
                 &ClassifyOptions {
                     batch: 8,
                     reveal_predictions: true,
-                    progress: false,
                 },
             )
             .unwrap();

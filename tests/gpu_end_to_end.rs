@@ -116,7 +116,6 @@ fn linear_1x1_tutorial_and_a_small_head_classify_identically_on_gpu() {
     let opts = ClassifyOptions {
         batch: 8,
         reveal_predictions: true,
-        progress: false,
     };
     let mut results = Vec::new();
     for s in [&mut gpu, &mut cpu] {

@@ -10,8 +10,6 @@
 //! - [`protocols`]: share/reveal, add, mul, matmul (incl. fixed operands), truncation, comparison.
 
 pub mod alloc;
-pub mod bench;
-pub mod cli;
 pub mod dealer;
 pub mod error;
 pub mod fixed;

@@ -4,8 +4,6 @@
 
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
-
 use crate::error::{shape_err, Result};
 use crate::fixed::FixedPoint;
 use crate::nn::shared::SharedModel;
@@ -20,8 +18,6 @@ pub struct ClassifyOptions {
     pub batch: usize,
     /// Reveal each prediction to the client.
     pub reveal_predictions: bool,
-    /// Show a progress bar when there is more than one batch.
-    pub progress: bool,
 }
 
 impl Default for ClassifyOptions {
@@ -29,7 +25,6 @@ impl Default for ClassifyOptions {
         ClassifyOptions {
             batch: 64,
             reveal_predictions: false,
-            progress: false,
         }
     }
 }
@@ -83,6 +78,18 @@ impl<'s> SecureClassifier<'s> {
         labels: Option<&[i64]>,
         opts: &ClassifyOptions,
     ) -> Result<ClassifyReport> {
+        self.classify_observed(data, labels, opts, &mut |_, _| {})
+    }
+
+    /// [`Self::classify`], calling `on_progress(inputs_done, inputs_total)` after each batch
+    /// (for progress bars in applications).
+    pub fn classify_observed(
+        &mut self,
+        data: &[f64],
+        labels: Option<&[i64]>,
+        opts: &ClassifyOptions,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<ClassifyReport> {
         let width = self.model.in_features();
         if width == 0 || !data.len().is_multiple_of(width) {
             return Err(shape_err(
@@ -116,14 +123,6 @@ impl<'s> SecureClassifier<'s> {
         let fx = self.session.config().fixed;
         let start = Instant::now();
         let batches = n.div_ceil(opts.batch);
-        let bar = (opts.progress && batches > 1).then(|| {
-            let b = ProgressBar::new(n as u64);
-            b.set_style(
-                ProgressStyle::with_template("{bar:40} {pos}/{len} inputs {per_sec} eta {eta}")
-                    .expect("valid template"),
-            );
-            b
-        });
         let mut predictions = opts.reveal_predictions.then(Vec::new);
         let mut traffic = [StepStats::default(); 2];
         let mut acc_id: Option<u64> = None;
@@ -187,12 +186,7 @@ impl<'s> SecureClassifier<'s> {
                 let (_, ring) = self.session.receive_revealed(PartyId::Client)?;
                 preds.extend(ring.iter().map(|&v| (v as i64) >> fx.frac_bits()));
             }
-            if let Some(bar) = &bar {
-                bar.inc(m as u64);
-            }
-        }
-        if let Some(bar) = bar {
-            bar.finish_and_clear();
+            on_progress(hi, n);
         }
         // Only the final count is revealed, to the model owner.
         let correct = match acc_id {

@@ -8,13 +8,13 @@ use kernels::{backend_from_kind, BackendKind, Tensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
-use crate::dealer::MaterialSpec;
-use crate::error::Result;
-use crate::nn::plain::{transposed, vgg16_head, Layer};
-use crate::nn::shared::SharedModel;
-use crate::protocols::compare::compare_specs;
-use crate::session::{Session, SessionConfig};
-use crate::transport::PartyId;
+use engine::dealer::MaterialSpec;
+use engine::error::Result;
+use engine::nn::plain::{transposed, vgg16_head, Layer};
+use engine::nn::shared::SharedModel;
+use engine::protocols::compare::compare_specs;
+use engine::session::{Session, SessionConfig};
+use engine::transport::PartyId;
 
 /// Best-of-`reps` wall time of `f` in seconds.
 fn time_best(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {

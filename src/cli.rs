@@ -3,15 +3,16 @@
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use kernels::BackendKind;
 
-use crate::error::{EngineError, Result};
-use crate::fixed::FixedPoint;
-use crate::io::{load_features, load_labels, load_safetensors_model, write_predictions};
-use crate::nn::plain::{Layer, Sequential};
-use crate::nn::{ClassifyOptions, ClassifyReport, SecureClassifier};
-use crate::session::{Session, SessionConfig};
-use crate::transport::{PartyId, TransportKind};
+use engine::error::{EngineError, Result};
+use engine::fixed::FixedPoint;
+use engine::io::{load_features, load_labels, load_safetensors_model, write_predictions};
+use engine::nn::plain::{Layer, Sequential};
+use engine::nn::{ClassifyOptions, ClassifyReport, SecureClassifier};
+use engine::session::{Session, SessionConfig};
+use engine::transport::{PartyId, TransportKind};
 
 /// Secure two-party inference with a dealer (alice, bob, crypto provider), in-process.
 #[derive(Parser, Debug)]
@@ -129,7 +130,6 @@ pub fn demo(backend: BackendKind, transport: TransportKind) -> Result<ClassifyRe
         &ClassifyOptions {
             batch: 1,
             reveal_predictions: true,
-            progress: false,
         },
     )?;
     print_report(&report);
@@ -181,15 +181,24 @@ pub fn run(cli: Cli) -> Result<()> {
             })?;
             let shared = session.share_model(PartyId::ModelOwner, &plain)?;
             let mut clf = SecureClassifier::new(&mut session, shared);
-            let report = clf.classify(
+            let bar = ProgressBar::new(n as u64);
+            bar.set_style(
+                ProgressStyle::with_template("{bar:40} {pos}/{len} inputs {per_sec} eta {eta}")
+                    .expect("valid template"),
+            );
+            if n <= batch {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+            }
+            let report = clf.classify_observed(
                 &data,
                 labels.as_deref(),
                 &ClassifyOptions {
                     batch,
                     reveal_predictions: output.is_some(),
-                    progress: true,
                 },
+                &mut |done, _| bar.set_position(done as u64),
             )?;
+            bar.finish_and_clear();
             print_report(&report);
             if let (Some(path), Some(preds)) = (output, report.predictions.as_ref()) {
                 write_predictions(&path, preds)?;

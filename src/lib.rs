@@ -1,0 +1,5 @@
+//! The `secure-serving` application: the command line and the bench command, built on the
+//! [`engine`] library. Applications that embed `engine` do not depend on this crate (nor on clap).
+
+pub mod bench;
+pub mod cli;
