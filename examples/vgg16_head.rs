@@ -1,12 +1,20 @@
 //! A random-weight VGG16 classifier head (25088-4096-4096-7 by default) classifying a large
-//! batch of random features under encryption, printing throughput and traffic.
+//! batch of random features under encryption, printing load time, throughput, traffic and the
+//! peak memory of each role.
+//!
+//! The model owner streams the model from a safetensors file (written first, with random f32
+//! weights) through a memory map; classify takes each full batch's preprocessing from a
+//! background pool.
 //!
 //! `cargo run --release --example vgg16_head -- [input hidden classes inputs batch]`
 
-use engine::nn::plain::vgg16_head;
-use engine::nn::{ClassifyOptions, SecureClassifier};
+use engine::io::ModelFile;
+use engine::nn::{ClassifyOptions, ModelSource, SecureClassifier};
 use engine::{PartyId, Session, SessionConfig};
 use rand::{Rng, SeedableRng};
+
+#[global_allocator]
+static ALLOC: engine::memory::CountingAllocator = engine::memory::CountingAllocator;
 
 fn main() {
     let args: Vec<usize> = std::env::args()
@@ -25,20 +33,26 @@ fn main() {
         get(4, 64),
     );
     let mut rng = rand_chacha::ChaCha20Rng::from_entropy();
-    let model = vgg16_head(input, hidden, classes, &mut rng);
+    let path = std::env::temp_dir().join(format!("vgg16-head-{}.safetensors", std::process::id()));
+    secure_serving::bench::write_random_head(&path, input, hidden, classes, &mut rng)
+        .expect("write the model file");
+    let mut session = Session::new(SessionConfig::default()).expect("session");
+    engine::memory::reset_peaks();
+    let t = std::time::Instant::now();
+    let file =
+        ModelFile::open(path.to_str().expect("utf-8 path"), "vgg16-head", "").expect("open model");
     println!(
         "VGG16 head {input}-{hidden}-{hidden}-{classes}: {} parameters",
-        model.parameters()
+        file.parameter_count()
     );
-    let mut session = Session::new(SessionConfig::default()).expect("session");
-    let t = std::time::Instant::now();
-    let shared = session
-        .share_model(PartyId::ModelOwner, &model)
-        .expect("share model");
+    let shared = secure_serving::cli::share_with_progress(&mut session, &file).expect("share");
     println!(
-        "model shared and masked in {:.2} s",
+        "model loaded (mmap), encoded, shared, masked and prepacked in {:.2} s",
         t.elapsed().as_secs_f64()
     );
+    let share_bytes = 8 * file.parameter_count() as u64;
+    drop(file);
+    let _ = std::fs::remove_file(&path);
     let data: Vec<f64> = (0..inputs * input)
         .map(|_| rng.gen_range(0.0..1.0))
         .collect();
@@ -57,10 +71,12 @@ fn main() {
         )
         .expect("classify");
     println!(
-        "{} inputs in {:.2} s: {:.1} inputs/s (preprocessing included); correct (random labels): {}",
+        "{} inputs in {:.2} s: {:.1} inputs/s (preprocessing included; {} of {} batches from the pool); correct (random labels): {}",
         r.inputs,
         r.seconds,
         r.inputs as f64 / r.seconds,
+        r.pooled_batches,
+        r.batches,
         r.correct.unwrap_or(0)
     );
     for (i, t) in r.traffic.iter().enumerate() {
@@ -69,6 +85,14 @@ fn main() {
             PartyId::compute(i),
             t.bytes_sent as f64 / 1e6 / r.batches as f64,
             t.rounds / r.batches as u64
+        );
+    }
+    drop(clf);
+    secure_serving::bench::print_memory(share_bytes, [0, 0]);
+    if let Some(rss) = engine::memory::process_peak_rss_bytes() {
+        println!(
+            "process peak resident memory (VmHWM, everything incl. the example's own data): {:.2} GB",
+            rss as f64 / 1e9
         );
     }
 }

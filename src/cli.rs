@@ -8,7 +8,7 @@ use kernels::BackendKind;
 
 use engine::error::{EngineError, Result};
 use engine::fixed::FixedPoint;
-use engine::io::{load_features, load_labels, load_safetensors_model, write_predictions};
+use engine::io::{load_features, load_labels, write_predictions, ModelFile};
 use engine::nn::plain::{Layer, Sequential};
 use engine::nn::{ClassifyOptions, ClassifyReport, SecureClassifier};
 use engine::session::{Session, SessionConfig};
@@ -105,6 +105,31 @@ fn print_report(r: &ClassifyReport) {
     }
 }
 
+/// Share a model from its file, with a progress bar when that takes more than a second.
+pub fn share_with_progress(
+    session: &mut Session,
+    model: &dyn engine::nn::ModelSource,
+) -> Result<engine::nn::SharedModel> {
+    let start = Instant::now();
+    let bar = ProgressBar::with_draw_target(
+        Some(model.parameter_count() as u64),
+        indicatif::ProgressDrawTarget::hidden(),
+    );
+    bar.set_style(
+        ProgressStyle::with_template("sharing the model {bar:40} {percent}% eta {eta}")
+            .expect("valid template"),
+    );
+    let shared = session.share_model_observed(PartyId::ModelOwner, model, &mut |done, _| {
+        // Shown only once loading has taken a second (the first layers tell how long it takes).
+        if start.elapsed().as_secs_f64() > 1.0 && bar.is_hidden() {
+            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        }
+        bar.set_position(done as u64);
+    })?;
+    bar.finish_and_clear();
+    Ok(shared)
+}
+
 /// Run the tutorial's Linear(1,1) case; returns the report.
 pub fn demo(backend: BackendKind, transport: TransportKind) -> Result<ClassifyReport> {
     let mut session = Session::new(SessionConfig {
@@ -158,7 +183,7 @@ pub fn run(cli: Cli) -> Result<()> {
             transport,
         } => {
             let fixed = FixedPoint::new(frac_bits)?;
-            let plain = load_safetensors_model(&model, &arch, &prefix)?;
+            let plain = ModelFile::open(&model, &arch, &prefix)?;
             let (n, data) = load_features(&input, plain.in_features())?;
             let labels = match labels {
                 Some(p) => {
@@ -179,7 +204,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 transport,
                 ..Default::default()
             })?;
-            let shared = session.share_model(PartyId::ModelOwner, &plain)?;
+            let shared = share_with_progress(&mut session, &plain)?;
             let mut clf = SecureClassifier::new(&mut session, shared);
             let bar = ProgressBar::new(n as u64);
             bar.set_style(

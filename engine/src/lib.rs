@@ -8,6 +8,8 @@
 //! - [`session`]: spawns alice, bob and the dealer on their own threads; data owners share and
 //!   receive reveals through it.
 //! - [`protocols`]: share/reveal, add, mul, matmul (incl. fixed operands), truncation, comparison.
+//! - [`pool`]: preprocessed material produced ahead, in the background, per model and batch shape.
+//! - [`memory`]: per-role accounting of large buffers (alice, bob, dealer, owner).
 //!
 //! # Example
 //!
@@ -53,8 +55,10 @@ pub mod dealer;
 pub mod error;
 pub mod fixed;
 pub mod io;
+pub mod memory;
 pub mod nn;
 pub mod party;
+pub mod pool;
 pub mod protocols;
 pub mod session;
 pub mod share;

@@ -1,7 +1,7 @@
 //! One compute party: its own backend, transport, dealer stream and share store.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use kernels::{Backend, Tensor};
 
@@ -16,13 +16,23 @@ use crate::share::Share;
 use crate::transport::{PartyId, TrafficStats, Transport};
 
 /// Material fetched ahead of use, in the order the protocols will consume it.
-struct Prepared {
-    spec: MaterialSpec,
-    parts: Parts,
+pub(crate) struct Prepared {
+    pub(crate) spec: MaterialSpec,
+    pub(crate) parts: Parts,
+}
+
+impl Prepared {
+    /// Bytes held (host or backend).
+    pub(crate) fn bytes(&self) -> u64 {
+        8 * match &self.parts {
+            Parts::Device(t) => t.iter().map(|t| t.len() as u64).sum::<u64>(),
+            Parts::Host(h) => h.iter().map(|v| v.len() as u64).sum(),
+        }
+    }
 }
 
 /// Where a material item lives: on the backend, or in host memory (boolean-circuit material).
-enum Parts {
+pub(crate) enum Parts {
     Device(Vec<Tensor>),
     Host(Vec<Vec<u64>>),
 }
@@ -60,6 +70,119 @@ pub struct Party {
     next_id: u64,
     /// When `Some`, every message received from the peer is kept (for audits and tests).
     transcript: Option<Vec<Vec<u64>>>,
+    /// Bob's second link to the dealer, used by the background pool workers.
+    pool_link: Option<SharedLink>,
+    /// Material pools of this party, by pool id.
+    pub(crate) pools: HashMap<u64, crate::pool::PartyPool>,
+}
+
+/// A transport endpoint shared by several threads (bob's pool workers' link to the dealer).
+pub(crate) type SharedLink = Arc<Mutex<Box<dyn Transport>>>;
+
+/// Ask the dealer for bob's corrections of `specs`, numbered from stream `first`.
+pub(crate) fn request_corrections(
+    net: &mut dyn Transport,
+    first: u64,
+    specs: &[MaterialSpec],
+) -> Result<Vec<u64>> {
+    let mut req = vec![OP_BATCH, first, specs.len() as u64];
+    for s in specs {
+        s.encode(&mut req);
+    }
+    let prev = net.meter().set_step("dealer");
+    net.send(PartyId::Dealer, req)?;
+    let reply = net.recv(PartyId::Dealer);
+    net.meter().set_step(prev);
+    let reply = reply?;
+    if reply.first() != Some(&STATUS_OK) {
+        return Err(EngineError::Protocol(format!(
+            "dealer refused material request: {}",
+            words_to_text(reply.get(1..).unwrap_or(&[]))
+        )));
+    }
+    Ok(reply)
+}
+
+/// What a party needs to expand and prepare material, shareable with its pool workers.
+#[derive(Clone)]
+pub(crate) struct MaterialMaker {
+    pub(crate) index: usize,
+    pub(crate) seed: [u8; 32],
+    pub(crate) backend: Arc<dyn Backend>,
+}
+
+impl MaterialMaker {
+    /// Expand this party's share of `specs` (streams `first ..`) from its seed and, for bob, the
+    /// dealer's `corrections` reply; then run the input-independent precomputation.
+    pub(crate) fn make(
+        &self,
+        first: u64,
+        specs: &[MaterialSpec],
+        corrections: Option<&[u64]>,
+        fixed_public: &HashMap<u64, Tensor>,
+    ) -> Result<Vec<Prepared>> {
+        let mut off = 1;
+        let mut out = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            let mut rng = material_stream(self.seed, first + i as u64);
+            let need: usize = spec.parts().derived.iter().sum();
+            let corr = corrections.map(|c| {
+                let s = &c[off.min(c.len())..(off + need).min(c.len())];
+                off += need;
+                s
+            });
+            let host = expand_party_share(spec, self.index, &mut rng, corr)?;
+            let parts = if spec.is_host() {
+                Parts::Host(host)
+            } else {
+                let mut parts = Vec::with_capacity(host.len());
+                for p in &host {
+                    parts.push(self.backend.upload(&[p.len()], p)?);
+                }
+                drop(host);
+                Parts::Device(self.prepare(spec, parts, fixed_public)?)
+            };
+            out.push(Prepared { spec: *spec, parts });
+        }
+        Ok(out)
+    }
+
+    /// Input-independent precomputation on fetched material.
+    ///
+    /// For a fixed-operand product `X·W` the per-call material `(a, c = a·b)` becomes
+    /// `(a, M = a·F + c)` where `F = W - b` is the operand's public masked value: `M` is a share
+    /// of `a·W`, so the online phase needs only `E·W_i + M_i` (one product per party).
+    ///
+    /// For truncation, alice folds the public offset `2^62` into her share of the mask `r`, so
+    /// the online masking `x + 2^62 + r` is a single addition.
+    fn prepare(
+        &self,
+        spec: &MaterialSpec,
+        mut parts: Vec<Tensor>,
+        fixed_public: &HashMap<u64, Tensor>,
+    ) -> Result<Vec<Tensor>> {
+        if let (MaterialSpec::Trunc { .. }, 0) = (spec, self.index) {
+            parts[0] = self.backend.scalar(
+                kernels::ScalarOp::Add,
+                &parts[0],
+                1u64 << TRUNC_OFFSET_BITS,
+            )?;
+        }
+        if let MaterialSpec::FixedTriple { fixed_id, m, k, n } = *spec {
+            let f = fixed_public.get(&fixed_id).ok_or_else(|| {
+                EngineError::Invalid(format!("fixed operand {fixed_id} is not registered"))
+            })?;
+            let a = parts[0]
+                .reshaped(vec![m, k])
+                .ok_or_else(|| shape_err("fixed", "a"))?;
+            let c = parts[1]
+                .reshaped(vec![m, n])
+                .ok_or_else(|| shape_err("fixed", "c"))?;
+            let mm = self.backend.matmul(&a, f, Some(&c))?;
+            parts = vec![a, mm];
+        }
+        Ok(parts)
+    }
 }
 
 impl Party {
@@ -84,7 +207,47 @@ impl Party {
             fixed_public: HashMap::new(),
             next_id: 1,
             transcript: None,
+            pool_link: None,
+            pools: HashMap::new(),
         })
+    }
+
+    /// Give bob the second dealer link his pool workers use.
+    pub(crate) fn set_pool_link(&mut self, link: Box<dyn Transport>) {
+        self.pool_link = Some(Arc::new(Mutex::new(link)));
+    }
+
+    /// The pool workers' dealer link (bob only).
+    pub(crate) fn pool_link(&self) -> Option<SharedLink> {
+        self.pool_link.clone()
+    }
+
+    /// A material maker for this party (its seed and backend).
+    pub(crate) fn maker(&self) -> MaterialMaker {
+        MaterialMaker {
+            index: self.index,
+            seed: self.dealer_seed,
+            backend: self.backend.clone(),
+        }
+    }
+
+    /// The public masked values of the given fixed operands (for pool workers).
+    pub(crate) fn fixed_publics(&self, ids: &[u64]) -> Result<HashMap<u64, Tensor>> {
+        ids.iter()
+            .map(|&id| {
+                self.fixed_public
+                    .get(&id)
+                    .map(|t| (id, t.clone()))
+                    .ok_or_else(|| {
+                        EngineError::Invalid(format!("fixed operand {id} is not registered"))
+                    })
+            })
+            .collect()
+    }
+
+    /// Queue prepared material for the protocol steps that follow.
+    pub(crate) fn queue_prepared(&mut self, items: Vec<Prepared>) {
+        self.queue.extend(items);
     }
 
     /// 0 for alice, 1 for bob.
@@ -105,6 +268,11 @@ impl Party {
     /// The compute backend.
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
+    }
+
+    /// The compute backend, shared.
+    pub(crate) fn backend_arc(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
     }
 
     /// The fixed-point format.
@@ -274,92 +442,40 @@ impl Party {
         self.next_material(spec)?.host(&spec)
     }
 
-    /// Fetch one item now, bypassing the queue (set-up steps such as fixed masks).
-    pub(crate) fn material_now(&mut self, spec: MaterialSpec) -> Result<Vec<Tensor>> {
-        let item = self.fetch(&[spec])?.pop().expect("one item fetched");
-        item.parts.device(&spec)
-    }
-
     fn fetch(&mut self, specs: &[MaterialSpec]) -> Result<Vec<Prepared>> {
         if specs.is_empty() {
             return Ok(Vec::new());
         }
-        let first = self.next_stream;
-        self.next_stream += specs.len() as u64;
+        let first = self.reserve_streams(specs.len());
         let corrections = if self.index == 1 {
-            let mut req = vec![OP_BATCH, first, specs.len() as u64];
-            for s in specs {
-                s.encode(&mut req);
-            }
-            let prev = self.set_step("dealer");
-            self.net.send(PartyId::Dealer, req)?;
-            let reply = self.net.recv(PartyId::Dealer)?;
-            self.set_step(prev);
-            if reply.first() != Some(&STATUS_OK) {
-                return Err(EngineError::Protocol(format!(
-                    "dealer refused material request: {}",
-                    words_to_text(reply.get(1..).unwrap_or(&[]))
-                )));
-            }
-            Some(reply)
+            Some(request_corrections(self.net.as_mut(), first, specs)?)
         } else {
             None
         };
-        let mut off = 1;
-        let mut out = Vec::with_capacity(specs.len());
-        for (i, spec) in specs.iter().enumerate() {
-            let mut rng = material_stream(self.dealer_seed, first + i as u64);
-            let need: usize = spec.parts().derived.iter().sum();
-            let corr = corrections.as_ref().map(|c| {
-                let s = &c[off.min(c.len())..(off + need).min(c.len())];
-                off += need;
-                s
-            });
-            let host = expand_party_share(spec, self.index, &mut rng, corr)?;
-            let parts = if spec.is_host() {
-                Parts::Host(host)
-            } else {
-                let mut parts = Vec::with_capacity(host.len());
-                for p in &host {
-                    parts.push(self.backend.upload(&[p.len()], p)?);
-                }
-                Parts::Device(self.prepare(spec, parts)?)
-            };
-            out.push(Prepared { spec: *spec, parts });
-        }
-        Ok(out)
+        self.maker()
+            .make(first, specs, corrections.as_deref(), &self.fixed_public)
     }
 
-    /// Input-independent precomputation on fetched material.
-    ///
-    /// For a fixed-operand product `X·W` the per-call material `(a, c = a·b)` becomes
-    /// `(a, M = a·F + c)` where `F = W - b` is the operand's public masked value: `M` is a share
-    /// of `a·W`, so the online phase needs only `E·W_i + M_i` (one product per party).
-    ///
-    /// For truncation, alice folds the public offset `2^62` into her share of the mask `r`, so
-    /// the online masking `x + 2^62 + r` is a single addition.
-    fn prepare(&mut self, spec: &MaterialSpec, mut parts: Vec<Tensor>) -> Result<Vec<Tensor>> {
-        if let (MaterialSpec::Trunc { .. }, 0) = (spec, self.index) {
-            parts[0] = self.backend.scalar(
-                kernels::ScalarOp::Add,
-                &parts[0],
-                1u64 << TRUNC_OFFSET_BITS,
-            )?;
+    /// Take the next `count` on-demand stream numbers (both parties advance in lock-step).
+    pub(crate) fn reserve_streams(&mut self, count: usize) -> u64 {
+        let first = self.next_stream;
+        self.next_stream += count as u64;
+        first
+    }
+
+    /// Send bob's request for `specs` (which must have no derived parts, e.g. fixed masks) on
+    /// stream numbers reserved now, and return the first; alice only reserves the numbers.
+    pub(crate) fn announce(&mut self, specs: &[MaterialSpec]) -> Result<u64> {
+        let first = self.reserve_streams(specs.len());
+        if self.index == 1 {
+            request_corrections(self.net.as_mut(), first, specs)?;
         }
-        if let MaterialSpec::FixedTriple { fixed_id, m, k, n } = *spec {
-            let f = self.fixed_public.get(&fixed_id).ok_or_else(|| {
-                EngineError::Invalid(format!("fixed operand {fixed_id} is not registered"))
-            })?;
-            let a = parts[0]
-                .reshaped(vec![m, k])
-                .ok_or_else(|| shape_err("fixed", "a"))?;
-            let c = parts[1]
-                .reshaped(vec![m, n])
-                .ok_or_else(|| shape_err("fixed", "c"))?;
-            let mm = self.backend.matmul(&a, f, Some(&c))?;
-            parts = vec![a, mm];
-        }
-        Ok(parts)
+        Ok(first)
+    }
+
+    /// This party's material stream number `stream`.
+    pub(crate) fn stream(&self, stream: u64) -> crate::dealer::MaterialRng {
+        material_stream(self.dealer_seed, stream)
     }
 
     /// Whether a fixed operand with this id is registered.
@@ -370,5 +486,21 @@ impl Party {
     /// Remember the public masked value of a fixed operand.
     pub(crate) fn register_fixed_public(&mut self, id: u64, f: Tensor) {
         self.fixed_public.insert(id, f);
+    }
+
+    /// Ask the dealer to forget fixed masks (bob, when a model is deleted).
+    pub(crate) fn dealer_forget_fixed(&mut self, ids: &[u64]) -> Result<()> {
+        let mut req = vec![crate::dealer::OP_FORGET_FIXED];
+        req.extend_from_slice(ids);
+        let prev = self.set_step("dealer");
+        self.net.send(PartyId::Dealer, req)?;
+        let reply = self.net.recv(PartyId::Dealer);
+        self.set_step(prev);
+        if reply?.first() != Some(&STATUS_OK) {
+            return Err(EngineError::Protocol(
+                "dealer refused to forget fixed masks".into(),
+            ));
+        }
+        Ok(())
     }
 }

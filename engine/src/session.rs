@@ -15,6 +15,7 @@ use rayon::prelude::*;
 use crate::dealer::{fill_words, run_dealer, DealerRng, MaterialRng, OP_SHUTDOWN};
 use crate::error::{shape_err, EngineError, Result};
 use crate::fixed::FixedPoint;
+use crate::memory::{Role, RoleScope};
 use crate::party::Party;
 use crate::protocols::io::{frame, unframe};
 use crate::transport::{channel_mesh, tcp_mesh, PartyId, TrafficStats, Transport, TransportKind};
@@ -84,23 +85,31 @@ struct DataOwner {
 }
 
 impl DataOwner {
-    /// Split ring values into two uniformly random additive shares and send one to each party.
-    fn send_shares(&mut self, shape: &[usize], values: &[u64]) -> Result<()> {
-        // Bob's share is a fresh uniform mask, written straight into his message; alice's is
-        // `values - mask`. (No other copy of either is made: model weights are large.)
+    /// Split ring values into two uniformly random additive shares and send one to each party:
+    /// `fill` writes the values into alice's message, which then becomes `values - mask` in
+    /// place, with bob's share a fresh uniform mask written straight into his message. (No
+    /// other copy of either is made: model weights are large.)
+    fn send_shares_with(
+        &mut self,
+        shape: &[usize],
+        fill: &mut dyn FnMut(&mut [u64]) -> Result<()>,
+    ) -> Result<()> {
+        let _role = RoleScope::enter(Role::Owner);
         let header = 1 + shape.len();
+        let len: usize = shape.iter().product();
         let framed = || {
-            let mut v = kernels::cpu::zeroed_words(header + values.len());
+            let mut v = kernels::cpu::zeroed_words(header + len);
             v[..header].copy_from_slice(&frame(shape, &[]));
             v
         };
+        let mut to_alice = framed();
+        fill(&mut to_alice[header..])?;
         let mut to_bob = framed();
         fill_words(&mut self.rng, &mut to_bob[header..]);
-        let mut to_alice = framed();
         to_alice[header..]
             .par_iter_mut()
-            .zip(values.par_iter().zip(&to_bob[header..]))
-            .for_each(|(a, (v, m))| *a = v.wrapping_sub(*m));
+            .zip(&to_bob[header..])
+            .for_each(|(a, m)| *a = a.wrapping_sub(*m));
         self.net.meter().set_step("share");
         self.net.send(PartyId::Alice, to_alice)?;
         self.net.send(PartyId::Bob, to_bob)
@@ -108,6 +117,7 @@ impl DataOwner {
 
     /// Receive both parties' shares of a revealed value and add them.
     fn receive_reveal(&mut self) -> Result<(Vec<usize>, Vec<u64>)> {
+        let _role = RoleScope::enter(Role::Owner);
         self.net.meter().set_step("reveal");
         let m0 = self.net.recv(PartyId::Alice)?;
         let m1 = self.net.recv(PartyId::Bob)?;
@@ -152,13 +162,28 @@ impl Session {
                     .collect(),
             };
         let dealer_net = mesh.remove(&PartyId::Dealer).expect("dealer endpoint");
+        // Bob's second link to the dealer, for his background pool workers.
+        let mut pool_mesh: HashMap<PartyId, Box<dyn Transport>> = match config.transport {
+            TransportKind::Channels => {
+                channel_mesh(&[PartyId::Bob, PartyId::Dealer], config.timeout)
+                    .into_iter()
+                    .map(|(k, v)| (k, Box::new(v) as Box<dyn Transport>))
+                    .collect()
+            }
+            TransportKind::Tcp => tcp_mesh(&[PartyId::Bob, PartyId::Dealer], config.timeout)?
+                .into_iter()
+                .map(|(k, v)| (k, Box::new(v) as Box<dyn Transport>))
+                .collect(),
+        };
+        let dealer_pool_net = pool_mesh.remove(&PartyId::Dealer);
+        let mut bob_pool_net = pool_mesh.remove(&PartyId::Bob);
         let source = match config.test_seed {
             Some(s) => DealerRng::TestSeed(s),
             None => DealerRng::Os,
         };
         let dealer = std::thread::Builder::new()
             .name("dealer".into())
-            .spawn(move || run_dealer(dealer_net, source))
+            .spawn(move || run_dealer(dealer_net, dealer_pool_net, source))
             .map_err(|e| EngineError::Invalid(format!("cannot spawn dealer thread: {e}")))?;
         let mut backends = Vec::new();
         for _ in 0..2 {
@@ -173,9 +198,19 @@ impl Session {
             let (job_tx, job_rx) = channel::<Job>();
             let (res_tx, res_rx) = channel::<Box<dyn Any + Send>>();
             let fixed = config.fixed;
+            let pool_net = if index == 1 {
+                bob_pool_net.take()
+            } else {
+                None
+            };
             let handle = std::thread::Builder::new()
                 .name(PartyId::compute(index).to_string())
                 .spawn(move || {
+                    crate::memory::set_thread_role(if index == 0 {
+                        crate::memory::Role::Alice
+                    } else {
+                        crate::memory::Role::Bob
+                    });
                     let mut party = match Party::new(index, net, backend, fixed) {
                         Ok(p) => p,
                         Err(e) => {
@@ -183,6 +218,9 @@ impl Session {
                             return;
                         }
                     };
+                    if let Some(link) = pool_net {
+                        party.set_pool_link(link);
+                    }
                     while let Ok(job) = job_rx.recv() {
                         let out = job(&mut party);
                         if res_tx.send(out).is_err() {
@@ -289,7 +327,10 @@ impl Session {
         shape: &[usize],
         values: &[f64],
     ) -> Result<SharedTensor> {
-        let encoded = self.config.fixed.encode(values)?;
+        let encoded = {
+            let _role = RoleScope::enter(Role::Owner);
+            self.config.fixed.encode(values)?
+        };
         self.share_ring(owner, shape, &encoded)
     }
 
@@ -323,7 +364,22 @@ impl Session {
                 format!("shape {shape:?} does not hold {} values", values.len()),
             ));
         }
-        self.owner(owner)?.send_shares(shape, values)
+        self.owner(owner)?.send_shares_with(shape, &mut |out| {
+            out.copy_from_slice(values);
+            Ok(())
+        })
+    }
+
+    /// `owner` shares `[shape]` values that `fill` writes (encoded ring values), without
+    /// waiting (see [`Session::send_shares`]): lets an owner stream a tensor from its source
+    /// straight into the messages.
+    pub fn send_shares_filled(
+        &mut self,
+        owner: PartyId,
+        shape: &[usize],
+        fill: &mut dyn FnMut(&mut [u64]) -> Result<()>,
+    ) -> Result<()> {
+        self.owner(owner)?.send_shares_with(shape, fill)
     }
 
     /// Reveal a shared tensor to `owner` only; returns the ring values the owner reconstructs.

@@ -75,6 +75,50 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         self.binary(BinaryOp::Add, a, &t)
     }
 
+    /// Build a `[k, n]` tensor used only as the right operand of [`Backend::matmul`] (a model
+    /// weight) from row blocks: `fill(first_row, block)` writes rows
+    /// `first_row .. first_row + block.len() / n` in row-major order, blocks in order, each at
+    /// most `block_rows` rows. The CPU backend keeps only its packed GEMM form, so the operand
+    /// never exists in two layouts; [`Backend::download`] and [`Backend::read_rows`] still work
+    /// on it, elementwise operations may refuse it. The default builds a plain tensor.
+    fn right_operand_from_rows(
+        &self,
+        k: usize,
+        n: usize,
+        block_rows: usize,
+        fill: &mut dyn FnMut(usize, &mut [u64]),
+    ) -> Result<Tensor> {
+        let mut all = vec![0u64; k * n];
+        if n > 0 {
+            for (b, block) in all.chunks_mut(block_rows.max(1) * n).enumerate() {
+                fill(b * block_rows.max(1), block);
+            }
+        }
+        self.upload(&[k, n], &all)
+    }
+
+    /// Copy rows `first_row .. first_row + out.len() / n` of a 2-D tensor `[k, n]` into `out`
+    /// (row-major). The default downloads the whole tensor.
+    fn read_rows(&self, t: &Tensor, first_row: usize, out: &mut [u64]) -> Result<()> {
+        let n = match t.shape() {
+            [_, n] => *n,
+            s => return Err(shape_err("read_rows", format!("expected 2-D, got {s:?}"))),
+        };
+        if n == 0 || out.len() % n != 0 || first_row * n + out.len() > t.len() {
+            return Err(shape_err(
+                "read_rows",
+                format!(
+                    "{} values from row {first_row} of {:?}",
+                    out.len(),
+                    t.shape()
+                ),
+            ));
+        }
+        let all = self.download(t)?;
+        out.copy_from_slice(&all[first_row * n..first_row * n + out.len()]);
+        Ok(())
+    }
+
     /// Elementwise `op(a, b)`; shapes must be equal.
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor>;
 

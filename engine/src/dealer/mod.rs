@@ -18,6 +18,7 @@ pub use material::{
     draw_random_parts, expand_party_share, Correction, MaterialRng, MaterialSpec, PartShapes,
 };
 pub(crate) use service::{
-    material_stream, words_to_seed, words_to_text, OP_BATCH, OP_SHUTDOWN, STATUS_OK,
+    material_stream, words_to_seed, words_to_text, OP_BATCH, OP_FORGET_FIXED, OP_SHUTDOWN,
+    STATUS_OK,
 };
 pub use service::{run_dealer, DealerRng};

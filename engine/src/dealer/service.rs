@@ -1,14 +1,16 @@
 //! The dealer's thread: answers bob's material requests with correction words.
 
 use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 
 use kernels::cpu::gemm::{gemm, gemm_packed, PackedB};
+use kernels::cpu::zeroed_words;
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use rayon::prelude::*;
 
 use super::material::{
-    draw_random_parts, expand_party_share, Correction, MaterialRng, MaterialSpec,
+    draw_random_parts, expand_party_share, fill_words, Correction, MaterialRng, MaterialSpec,
 };
 use crate::error::{EngineError, Result};
 use crate::transport::{PartyId, Transport};
@@ -17,6 +19,8 @@ use crate::transport::{PartyId, Transport};
 pub(crate) const OP_BATCH: u64 = 1;
 /// Request opcode: stop serving.
 pub(crate) const OP_SHUTDOWN: u64 = 2;
+/// Request opcode: forget the fixed masks whose ids follow (their model was deleted).
+pub(crate) const OP_FORGET_FIXED: u64 = 3;
 /// Response status word: request served, corrections follow.
 pub(crate) const STATUS_OK: u64 = 0;
 /// Response status word: request refused, a UTF-8 reason follows (packed 8 bytes a word).
@@ -93,10 +97,12 @@ pub(crate) fn words_to_seed(words: &[u64]) -> Result<[u8; 32]> {
     Ok(seed)
 }
 
-/// The dealer's state: the two seeds and the fixed masks it keeps.
+/// The dealer's state: the two seeds and the fixed masks it keeps (shared by the thread that
+/// serves bob's requests and the one that serves his pool workers).
+#[derive(Clone)]
 struct Dealer {
     seeds: [[u8; 32]; 2],
-    fixed: HashMap<u64, PackedB>,
+    fixed: Arc<RwLock<HashMap<u64, Arc<PackedB>>>>,
 }
 
 fn add(x: &[u64], y: &[u64]) -> Vec<u64> {
@@ -108,10 +114,34 @@ fn add(x: &[u64], y: &[u64]) -> Vec<u64> {
 
 impl Dealer {
     /// Bob's correction words for one spec at stream `stream`.
-    fn corrections(&mut self, spec: &MaterialSpec, stream: u64) -> Result<Vec<u64>> {
+    fn corrections(&self, spec: &MaterialSpec, stream: u64) -> Result<Vec<u64>> {
         let mut r0 = material_stream(self.seeds[0], stream);
         let mut r1 = material_stream(self.seeds[1], stream);
-        let mut p0 = expand_party_share(spec, 0, &mut r0, None)?;
+        if let MaterialSpec::FixedMask { fixed_id, k, n } = *spec {
+            // b = b0 + b1, drawn and packed row block by row block: the dealer holds each mask
+            // once, in the layout its products use.
+            let mut packed = PackedB::zeroed(k, n);
+            if n > 0 {
+                let rows = crate::protocols::matmul::block_rows(n).min(k.max(1));
+                let (mut b0, mut b1) = (zeroed_words(rows * n), zeroed_words(rows * n));
+                for p0 in (0..k).step_by(rows) {
+                    let len = (k - p0).min(rows) * n;
+                    fill_words(&mut r0, &mut b0[..len]);
+                    fill_words(&mut r1, &mut b1[..len]);
+                    b0[..len]
+                        .par_iter_mut()
+                        .zip(&b1[..len])
+                        .for_each(|(x, y)| *x = x.wrapping_add(*y));
+                    packed.pack_rows(p0, &b0[..len]);
+                }
+            }
+            self.fixed
+                .write()
+                .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?
+                .insert(fixed_id, Arc::new(packed));
+            return Ok(vec![]);
+        }
+        let p0 = expand_party_share(spec, 0, &mut r0, None)?;
         let p1 = draw_random_parts(spec, &mut r1);
         let nr = spec.parts().random.len();
         let mut values: Vec<Vec<u64>> = match *spec {
@@ -129,19 +159,17 @@ impl Dealer {
                 gemm(m, k, n, &a, &b, &mut c, false);
                 vec![c]
             }
-            MaterialSpec::FixedMask { fixed_id, k, n } => {
-                // b = b0 + b1, summed in place: a weight-sized buffer fewer.
-                let b = &mut p0[0];
-                b.par_iter_mut()
-                    .zip(&p1[0])
-                    .for_each(|(x, y)| *x = x.wrapping_add(*y));
-                self.fixed.insert(fixed_id, PackedB::pack(k, n, b));
-                vec![]
-            }
+            MaterialSpec::FixedMask { .. } => unreachable!("handled above"),
             MaterialSpec::FixedTriple { fixed_id, m, k, n } => {
-                let b = self.fixed.get(&fixed_id).ok_or_else(|| {
-                    EngineError::Protocol(format!("unknown fixed operand {fixed_id}"))
-                })?;
+                let b = self
+                    .fixed
+                    .read()
+                    .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?
+                    .get(&fixed_id)
+                    .cloned()
+                    .ok_or_else(|| {
+                        EngineError::Protocol(format!("unknown fixed operand {fixed_id}"))
+                    })?;
                 if (b.k(), b.n()) != (k, n) {
                     return Err(EngineError::Protocol(format!(
                         "fixed operand {fixed_id} is {}x{}, request says {k}x{n}",
@@ -151,7 +179,7 @@ impl Dealer {
                 }
                 let a = add(&p0[0], &p1[0]);
                 let mut c = vec![0u64; m * n];
-                gemm_packed(m, &a, b, &mut c, false);
+                gemm_packed(m, &a, &b, &mut c, false);
                 vec![c]
             }
             MaterialSpec::Trunc { bits, .. } => {
@@ -194,7 +222,7 @@ impl Dealer {
         Ok(out)
     }
 
-    fn serve_batch(&mut self, words: &[u64]) -> Result<Vec<u64>> {
+    fn serve_batch(&self, words: &[u64]) -> Result<Vec<u64>> {
         if words.len() < 2 {
             return Err(EngineError::Protocol("short material request".into()));
         }
@@ -216,16 +244,51 @@ impl Dealer {
 /// Run the dealer on the current thread until bob asks it to stop or disconnects.
 ///
 /// Sends each compute party its seed first. Requests only ever come from bob; alice expands her
-/// material locally and never talks to the dealer after receiving her seed.
-pub fn run_dealer(mut net: Box<dyn Transport>, source: DealerRng) -> Result<()> {
+/// material locally and never talks to the dealer after receiving her seed. `pool_net`, when
+/// given, is bob's second link, used by his background pool workers: it is served on a thread
+/// of its own, with the same seeds and fixed masks.
+pub fn run_dealer(
+    mut net: Box<dyn Transport>,
+    pool_net: Option<Box<dyn Transport>>,
+    source: DealerRng,
+) -> Result<()> {
+    crate::memory::set_thread_role(crate::memory::Role::Dealer);
     let seeds = party_seeds(source);
     net.meter().set_step("dealer");
     net.send(PartyId::Alice, seed_to_words(&seeds[0]))?;
     net.send(PartyId::Bob, seed_to_words(&seeds[1]))?;
-    let mut dealer = Dealer {
+    let dealer = Dealer {
         seeds,
-        fixed: HashMap::new(),
+        fixed: Arc::new(RwLock::new(HashMap::new())),
     };
+    let pool_thread = match pool_net {
+        Some(mut pn) => {
+            let d = dealer.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("dealer-pool".into())
+                    .spawn(move || {
+                        crate::memory::set_thread_role(crate::memory::Role::Dealer);
+                        pn.meter().set_step("dealer");
+                        serve(&d, pn.as_mut())
+                    })
+                    .map_err(|e| {
+                        EngineError::Invalid(format!("cannot spawn dealer thread: {e}"))
+                    })?,
+            )
+        }
+        None => None,
+    };
+    let r = serve(&dealer, net.as_mut());
+    drop(net);
+    if let Some(t) = pool_thread {
+        let _ = t.join();
+    }
+    r
+}
+
+/// Answer bob's requests on one link until he asks to stop or disconnects.
+fn serve(dealer: &Dealer, net: &mut dyn Transport) -> Result<()> {
     loop {
         let msg = match net.recv(PartyId::Bob) {
             Ok(m) => m,
@@ -233,21 +296,31 @@ pub fn run_dealer(mut net: Box<dyn Transport>, source: DealerRng) -> Result<()> 
             Err(EngineError::Disconnected { .. }) => return Ok(()),
             Err(e) => return Err(e),
         };
-        match msg.first() {
-            Some(&OP_BATCH) => {
-                let reply = dealer.serve_batch(&msg[1..]).unwrap_or_else(|e| {
-                    let mut r = vec![STATUS_ERROR];
-                    r.extend(text_to_words(&e.to_string()));
-                    r
-                });
-                net.send(PartyId::Bob, reply)?;
-            }
+        let reply = match msg.first() {
+            Some(&OP_BATCH) => dealer.serve_batch(&msg[1..]),
+            Some(&OP_FORGET_FIXED) => dealer.forget(&msg[1..]),
             Some(&OP_SHUTDOWN) => return Ok(()),
-            _ => {
-                let mut r = vec![STATUS_ERROR];
-                r.extend(text_to_words("unknown dealer opcode"));
-                net.send(PartyId::Bob, r)?
-            }
+            _ => Err(EngineError::Protocol("unknown dealer opcode".into())),
+        };
+        let reply = reply.unwrap_or_else(|e| {
+            let mut r = vec![STATUS_ERROR];
+            r.extend(text_to_words(&e.to_string()));
+            r
+        });
+        net.send(PartyId::Bob, reply)?;
+    }
+}
+
+impl Dealer {
+    /// Drop the fixed masks with the given ids.
+    fn forget(&self, ids: &[u64]) -> Result<Vec<u64>> {
+        let mut fixed = self
+            .fixed
+            .write()
+            .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?;
+        for id in ids {
+            fixed.remove(id);
         }
+        Ok(vec![STATUS_OK])
     }
 }

@@ -3,5 +3,5 @@
 pub mod model;
 pub mod npy;
 
-pub use model::load_safetensors_model;
+pub use model::{load_safetensors_model, ModelFile};
 pub use npy::{load_features, load_labels, write_predictions};

@@ -4,9 +4,13 @@
 
 use std::time::Instant;
 
+use std::collections::HashMap;
+
+use crate::dealer::MaterialSpec;
 use crate::error::{shape_err, Result};
 use crate::fixed::FixedPoint;
 use crate::nn::shared::SharedModel;
+use crate::pool::MaterialPool;
 use crate::protocols::compare::{eq_specs, tree_max_specs};
 use crate::session::Session;
 use crate::transport::{PartyId, StepStats};
@@ -44,6 +48,9 @@ pub struct ClassifyReport {
     pub traffic: [StepStats; 2],
     /// Batches run.
     pub batches: usize,
+    /// Batches whose material came ready from the background pool (the rest was produced on
+    /// demand, inside the request).
+    pub pooled_batches: usize,
 }
 
 impl ClassifyReport {
@@ -53,16 +60,75 @@ impl ClassifyReport {
     }
 }
 
+/// Material pool entries per party kept ahead by default (see [`SecureClassifier::set_pool`]).
+pub const DEFAULT_POOL_ENTRIES: usize = 2;
+
 /// A shared model ready to classify shared data (the PySyft `test(model, data, target)` flow).
+///
+/// Full batches take their preprocessing from a background [`MaterialPool`] per batch shape
+/// (opened on first use, closed when the classifier is dropped), so the preprocessing of batch
+/// `i + 1` runs while batch `i` is online; a batch that finds no ready material (the first one,
+/// or when the online phase outruns the pool) produces it on demand.
 pub struct SecureClassifier<'s> {
     session: &'s mut Session,
     model: SharedModel,
+    pool_entries: usize,
+    pools: HashMap<(usize, bool), MaterialPool>,
 }
 
 impl<'s> SecureClassifier<'s> {
     /// Wrap a session and a model shared in it.
     pub fn new(session: &'s mut Session, model: SharedModel) -> Self {
-        SecureClassifier { session, model }
+        SecureClassifier {
+            session,
+            model,
+            pool_entries: DEFAULT_POOL_ENTRIES,
+            pools: HashMap::new(),
+        }
+    }
+
+    /// Keep `entries` requests' worth of material ready per party and batch shape (0: no pool,
+    /// all material on demand). Closes pools opened so far.
+    pub fn set_pool(&mut self, entries: usize) -> Result<()> {
+        self.close_pools()?;
+        self.pool_entries = entries;
+        Ok(())
+    }
+
+    /// The pools opened so far, by (batch rows, with labels).
+    pub fn pools(&self) -> impl Iterator<Item = &MaterialPool> {
+        self.pools.values()
+    }
+
+    fn close_pools(&mut self) -> Result<()> {
+        for (_, p) in self.pools.drain() {
+            self.session.close_pool(&p)?;
+        }
+        Ok(())
+    }
+
+    /// All material one request of `m` rows needs, in consumption order.
+    fn request_specs(&self, m: usize, has_labels: bool) -> Vec<MaterialSpec> {
+        let f = self.session.config().fixed.frac_bits();
+        let mut specs = self.model.material_specs(m, f);
+        specs.extend(tree_max_specs(m, self.model.out_features(), true));
+        if has_labels {
+            specs.extend(eq_specs(m));
+        }
+        specs
+    }
+
+    fn pool_for(&mut self, m: usize, has_labels: bool) -> Result<Option<MaterialPool>> {
+        if self.pool_entries == 0 {
+            return Ok(None);
+        }
+        if let Some(p) = self.pools.get(&(m, has_labels)) {
+            return Ok(Some(p.clone()));
+        }
+        let specs = self.request_specs(m, has_labels);
+        let pool = self.session.open_pool(specs, self.pool_entries)?;
+        self.pools.insert((m, has_labels), pool.clone());
+        Ok(Some(pool))
     }
 
     /// The shared model.
@@ -126,6 +192,14 @@ impl<'s> SecureClassifier<'s> {
         let mut predictions = opts.reveal_predictions.then(Vec::new);
         let mut traffic = [StepStats::default(); 2];
         let mut acc_id: Option<u64> = None;
+        let mut pooled_batches = 0;
+        // Full batches share one shape: with two or more, open their pool now, so it fills
+        // during batch 0.
+        let full_pool = if n / opts.batch >= 2 {
+            self.pool_for(opts.batch, labels.is_some())?
+        } else {
+            None
+        };
         for b in 0..batches {
             let lo = b * opts.batch;
             let hi = (lo + opts.batch).min(n);
@@ -144,7 +218,13 @@ impl<'s> SecureClassifier<'s> {
             }
             let model = self.model.clone();
             let reveal_pred = opts.reveal_predictions;
-            let [(new_acc, t0), (_, t1)] = self.session.run(move |p| {
+            let pool = if m == opts.batch {
+                full_pool.clone()
+            } else {
+                None
+            };
+            let specs = self.request_specs(m, has_labels);
+            let [(new_acc, t0, pooled), (_, t1, _)] = self.session.run(move |p| {
                 let before = p.traffic();
                 let x = p.receive_share(PartyId::Client, &[m, width])?;
                 let y = if has_labels {
@@ -152,12 +232,13 @@ impl<'s> SecureClassifier<'s> {
                 } else {
                     None
                 };
-                let mut specs = model.material_specs(m, p.fixed_point().frac_bits());
-                specs.extend(tree_max_specs(m, model.out_features(), true));
-                if has_labels {
-                    specs.extend(eq_specs(m));
-                }
-                p.preprocess(&specs)?;
+                let pooled = match &pool {
+                    Some(pool) => p.preprocess_pooled(pool)?,
+                    None => {
+                        p.preprocess(&specs)?;
+                        false
+                    }
+                };
                 let logits = model.forward(p, &x)?;
                 let pred = p.argmax_last(&logits)?;
                 if reveal_pred {
@@ -177,8 +258,9 @@ impl<'s> SecureClassifier<'s> {
                     };
                     acc = Some(p.keep(total));
                 }
-                Ok((acc, p.traffic().since(&before).total()))
+                Ok((acc, p.traffic().since(&before).total(), pooled))
             })?;
+            pooled_batches += pooled as usize;
             traffic[0].add(&t0);
             traffic[1].add(&t1);
             acc_id = new_acc;
@@ -212,6 +294,7 @@ impl<'s> SecureClassifier<'s> {
             seconds: start.elapsed().as_secs_f64(),
             traffic,
             batches,
+            pooled_batches,
         })
     }
 
@@ -241,5 +324,12 @@ impl<'s> SecureClassifier<'s> {
             out.extend(fx.decode(&ring));
         }
         Ok(out)
+    }
+}
+
+impl Drop for SecureClassifier<'_> {
+    fn drop(&mut self) {
+        // Stop the workers and free the material of this classifier's pools.
+        let _ = self.close_pools();
     }
 }

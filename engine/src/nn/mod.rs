@@ -11,7 +11,9 @@
 pub mod classify;
 pub mod plain;
 pub mod shared;
+pub mod source;
 
 pub use classify::{ClassifyOptions, ClassifyReport, SecureClassifier};
 pub use plain::{Layer, Sequential};
 pub use shared::SharedModel;
+pub use source::{LayerShape, ModelSource};

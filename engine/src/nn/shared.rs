@@ -3,7 +3,7 @@
 
 use crate::dealer::MaterialSpec;
 use crate::error::Result;
-use crate::nn::plain::{transposed, Layer, Sequential};
+use crate::nn::source::{LayerShape, ModelSource};
 use crate::party::Party;
 use crate::protocols::compare::compare_specs;
 use crate::session::Session;
@@ -45,46 +45,100 @@ pub struct SharedModel {
 impl Session {
     /// The model owner fixed-point encodes `model` and shares it across alice and bob; each
     /// weight is registered as a fixed operand (its mask opened once).
-    pub fn share_model(&mut self, owner: PartyId, model: &Sequential) -> Result<SharedModel> {
-        model.check_encodable(&self.config().fixed)?;
-        let mut layers = Vec::with_capacity(model.layers.len());
-        for l in &model.layers {
-            layers.push(match l {
-                Layer::Linear {
-                    in_features,
-                    out_features,
-                    weight,
-                    bias,
+    pub fn share_model(&mut self, owner: PartyId, model: &dyn ModelSource) -> Result<SharedModel> {
+        self.share_model_observed(owner, model, &mut |_, _| {})
+    }
+
+    /// [`Session::share_model`], calling `on_progress(parameters_done, parameters_total)` after
+    /// each layer. The owner streams one tensor at a time from `model` into the share messages;
+    /// each party builds its weight share straight into the product layout.
+    pub fn share_model_observed(
+        &mut self,
+        owner: PartyId,
+        model: &dyn ModelSource,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<SharedModel> {
+        let fx = self.config().fixed;
+        model.check_encodable(&fx)?;
+        let shapes = model.layer_shapes();
+        let (total, mut done) = (model.parameter_count(), 0);
+        let mut layers = Vec::with_capacity(shapes.len());
+        let (mut first_in, mut last_out) = (None, None);
+        for (li, l) in shapes.iter().enumerate() {
+            layers.push(match *l {
+                LayerShape::Linear {
+                    in_features: i,
+                    out_features: o,
                 } => {
-                    let (i, o) = (*in_features, *out_features);
-                    // PyTorch stores [out, in]; products need [in, out].
-                    let wt = transposed(weight, o, i);
-                    let w = self.share(owner, &[i, o], &wt)?;
-                    drop(wt);
-                    let b = self.share(owner, &[o], bias)?;
-                    let wid = w.id();
-                    let [fixed, _] = self.run(move |p| {
-                        let w = p.kept(wid)?;
-                        Ok(p.fix_operand(&w)?.id())
+                    self.send_shares_filled(owner, &[i, o], &mut |out| {
+                        model.encode_weight(li, &fx, out)
                     })?;
+                    self.send_shares_filled(owner, &[o], &mut |out| {
+                        model.encode_bias(li, &fx, out)
+                    })?;
+                    let [(weight, bias, fixed), _] = self.run(move |p| {
+                        let w = p.receive_operand_share(owner, &[i, o])?;
+                        let b = p.receive_share(owner, &[o])?;
+                        let (wid, bid) = (p.keep(w.clone()), p.keep(b));
+                        Ok((wid, bid, p.fix_operand(&w)?.id()))
+                    })?;
+                    first_in.get_or_insert(i);
+                    last_out = Some(o);
+                    done += i * o + o;
+                    on_progress(done, total);
                     SharedLayer::Linear {
-                        weight: wid,
+                        weight,
                         fixed,
-                        bias: b.id(),
+                        bias,
                         in_features: i,
                         out_features: o,
                     }
                 }
-                Layer::ReLU => SharedLayer::ReLU,
-                Layer::Dropout => SharedLayer::Dropout,
-                Layer::Flatten => SharedLayer::Flatten,
+                LayerShape::ReLU => SharedLayer::ReLU,
+                LayerShape::Dropout => SharedLayer::Dropout,
+                LayerShape::Flatten => SharedLayer::Flatten,
             });
         }
+        let (Some(in_features), Some(out_features)) = (first_in, last_out) else {
+            return Err(crate::EngineError::Invalid(
+                "model has no Linear layer".into(),
+            ));
+        };
         Ok(SharedModel {
             layers,
-            in_features: model.in_features(),
-            out_features: model.out_features(),
+            in_features,
+            out_features,
         })
+    }
+
+    /// Delete a shared model: both parties drop its shares and fixed operands, every material
+    /// pool made for it is closed (its workers stopped, its material freed), and the dealer
+    /// forgets its fixed masks.
+    pub fn delete_model(&mut self, model: SharedModel) -> Result<()> {
+        let (mut ids, mut fixed) = (Vec::new(), Vec::new());
+        for l in &model.layers {
+            if let SharedLayer::Linear {
+                weight,
+                fixed: f,
+                bias,
+                ..
+            } = l
+            {
+                ids.extend([*weight, *bias, *f]);
+                fixed.push(*f);
+            }
+        }
+        self.run(move |p| {
+            p.close_pools_of(&fixed);
+            for &id in &ids {
+                p.forget(id);
+            }
+            if p.index() == 1 {
+                p.dealer_forget_fixed(&fixed)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
     }
 }
 

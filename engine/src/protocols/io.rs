@@ -2,6 +2,7 @@
 
 use crate::error::{shape_err, EngineError, Result};
 use crate::party::Party;
+use crate::protocols::matmul::block_rows;
 use crate::share::Share;
 use crate::transport::PartyId;
 
@@ -18,6 +19,28 @@ impl Party {
             ));
         }
         Ok(Share::new(self.backend().upload(shape, data)?))
+    }
+
+    /// Receive this party's share of a `[k, n]` matrix that will only serve as the right
+    /// operand of products (a model weight): built straight into the backend's product layout
+    /// from the owner's message, so the share is held once.
+    pub fn receive_operand_share(&mut self, owner: PartyId, shape: &[usize]) -> Result<Share> {
+        let msg = self.recv_from("share", owner)?;
+        let (got, data) = unframe(&msg)?;
+        let (k, n) = match (got.as_slice(), shape) {
+            ([k, n], [k2, n2]) if (k, n) == (k2, n2) => (*k, *n),
+            _ => {
+                return Err(shape_err(
+                    "receive_operand_share",
+                    format!("{owner} sent shape {got:?}, expected a matrix {shape:?}"),
+                ))
+            }
+        };
+        let be = self.backend_arc();
+        let t = be.right_operand_from_rows(k, n, block_rows(n), &mut |p0, out| {
+            out.copy_from_slice(&data[p0 * n..p0 * n + out.len()])
+        })?;
+        Ok(Share::new(t))
     }
 
     /// Send this party's share to `recipient`, who alone reconstructs the value.

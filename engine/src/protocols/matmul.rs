@@ -18,9 +18,10 @@
 //! difference, which is why `a` is never reused. The dealer knows `b` but never sees `F` (it is
 //! exchanged between alice and bob only); security needs the dealer not to collude.
 
-use kernels::{BinaryOp, Tensor};
+use kernels::BinaryOp;
+use rayon::prelude::*;
 
-use crate::dealer::MaterialSpec;
+use crate::dealer::{fill_words, MaterialSpec};
 use crate::error::{shape_err, Result};
 use crate::party::Party;
 use crate::share::Share;
@@ -54,6 +55,11 @@ impl FixedOperand {
             n: self.n(),
         }
     }
+}
+
+/// Rows per block when a `[k, n]` operand is streamed (about 2 M values, 16 MiB, a block).
+pub(crate) fn block_rows(n: usize) -> usize {
+    ((1usize << 21) / n.max(1)).max(1)
 }
 
 fn check_2d(op: &'static str, x: &Share) -> Result<(usize, usize)> {
@@ -100,13 +106,43 @@ impl Party {
     }
 
     /// Register `w [k,n]` as a fixed operand: one dealer request and one opening of `W - b`.
+    ///
+    /// Streamed in row blocks: each block of the mask `b` is drawn from this party's stream,
+    /// `W - b` is opened block by block, and the public `F` is built straight into the layout
+    /// products use, so no weight-sized temporary exists besides `F` itself.
     pub fn fix_operand(&mut self, w: &Share) -> Result<FixedOperand> {
         let (k, n) = check_2d("fix_operand", w)?;
         let id = self.allocate_id();
-        let parts = self.material_now(MaterialSpec::FixedMask { fixed_id: id, k, n })?;
-        let b = parts[0].reshaped(vec![k, n]).expect("k*n");
-        let d = self.backend().binary(BinaryOp::Sub, w.tensor(), &b)?;
-        let f: Tensor = self.open("fix_operand", &[&d])?.pop().expect("one opened");
+        let stream = self.announce(&[MaterialSpec::FixedMask { fixed_id: id, k, n }])?;
+        let mut rng = self.stream(stream);
+        let be = self.backend_arc();
+        let rows = block_rows(n);
+        let mut mask = vec![0u64; rows.min(k) * n];
+        let mut failed: Option<crate::EngineError> = None;
+        let f = be.right_operand_from_rows(k, n, rows, &mut |p0, out| {
+            if failed.is_some() {
+                return;
+            }
+            let step = (|| -> Result<()> {
+                let len = out.len();
+                be.read_rows(w.tensor(), p0, out)?;
+                fill_words(&mut rng, &mut mask[..len]);
+                out.par_iter_mut()
+                    .zip(&mask[..len])
+                    .for_each(|(d, b)| *d = d.wrapping_sub(*b));
+                let theirs = self.exchange("fix_operand", out.to_vec())?;
+                out.par_iter_mut()
+                    .zip(&theirs)
+                    .for_each(|(d, t)| *d = d.wrapping_add(*t));
+                Ok(())
+            })();
+            if let Err(e) = step {
+                failed = Some(e);
+            }
+        })?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         self.register_fixed_public(id, f);
         Ok(FixedOperand { id, w: w.clone() })
     }

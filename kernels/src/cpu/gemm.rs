@@ -597,6 +597,76 @@ impl PackedB {
         PackedB { k, n, data }
     }
 
+    /// An all-zero packed `B [k, n]`, to be filled row block by row block with
+    /// [`PackedB::pack_rows`] (so a large operand never exists in row-major form as well).
+    pub fn zeroed(k: usize, n: usize) -> PackedB {
+        PackedB {
+            k,
+            n,
+            data: Buf::zeroed(n.div_ceil(NR) * k * NR),
+        }
+    }
+
+    /// Pack the row-major rows `p0 .. p0 + rows.len() / n` of `B` into place.
+    pub fn pack_rows(&mut self, p0: usize, rows: &[u64]) {
+        let (k, n) = (self.k, self.n);
+        assert!(
+            n > 0 && rows.len() % n == 0,
+            "pack_rows: whole rows of {n} values"
+        );
+        let count = rows.len() / n;
+        assert!(
+            p0 + count <= k,
+            "pack_rows: rows {p0}..{} of {k}",
+            p0 + count
+        );
+        if count == 0 {
+            return;
+        }
+        let fill = |(s, strip): (usize, &mut [u64])| {
+            let dst = &mut strip[p0 * NR..(p0 + count) * NR];
+            pack_b_block(rows, n, 0, count, s, 1, dst);
+        };
+        let data = self.data.as_mut_slice();
+        if rows.len() >= 1 << 16 {
+            data.par_chunks_mut(k * NR).enumerate().for_each(fill);
+        } else {
+            data.chunks_mut(k * NR).enumerate().for_each(fill);
+        }
+    }
+
+    /// Copy rows `p0 .. p0 + out.len() / n` of `B` back out in row-major order.
+    pub fn unpack_rows(&self, p0: usize, out: &mut [u64]) {
+        let (k, n) = (self.k, self.n);
+        assert!(
+            n > 0 && out.len() % n == 0,
+            "unpack_rows: whole rows of {n} values"
+        );
+        let count = out.len() / n;
+        assert!(
+            p0 + count <= k,
+            "unpack_rows: rows {p0}..{} of {k}",
+            p0 + count
+        );
+        let data = self.data.as_slice();
+        let unpack = |(p, row): (usize, &mut [u64])| {
+            for (s, seg) in row.chunks_mut(NR).enumerate() {
+                let src = s * k * NR + (p0 + p) * NR;
+                seg.copy_from_slice(&data[src..src + seg.len()]);
+            }
+        };
+        if out.len() >= 1 << 16 {
+            out.par_chunks_mut(n).enumerate().for_each(unpack);
+        } else {
+            out.chunks_mut(n).enumerate().for_each(unpack);
+        }
+    }
+
+    /// Values held (the packed size, including the zero padding of the last strip).
+    pub fn packed_len(&self) -> usize {
+        self.data.len
+    }
+
     /// Rows of B.
     pub fn k(&self) -> usize {
         self.k
@@ -1293,6 +1363,36 @@ mod tests {
                     assert!(c3 == want && c4 == want, "{kern:?} {m}x{k}x{n} acc={acc}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn row_block_packing_equals_whole_packing() {
+        let mut rng = rng();
+        for (k, n, block) in [
+            (1, 1, 1),
+            (7, 7, 3),
+            (33, 16, 8),
+            (65, 47, 64),
+            (300, 130, 7),
+        ] {
+            let b = values(&mut rng, k * n);
+            let whole = PackedB::pack(k, n, &b);
+            let mut blocks = PackedB::zeroed(k, n);
+            for p0 in (0..k).step_by(block) {
+                let p1 = (p0 + block).min(k);
+                blocks.pack_rows(p0, &b[p0 * n..p1 * n]);
+            }
+            assert!(
+                whole.data.as_slice() == blocks.data.as_slice(),
+                "{k}x{n}/{block}"
+            );
+            let mut back = vec![0u64; k * n];
+            for p0 in (0..k).step_by(block) {
+                let p1 = (p0 + block).min(k);
+                blocks.unpack_rows(p0, &mut back[p0 * n..p1 * n]);
+            }
+            assert_eq!(back, b, "{k}x{n}/{block}");
         }
     }
 

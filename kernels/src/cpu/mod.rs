@@ -20,18 +20,37 @@ use crate::tensor::{Storage, Tensor};
 /// Elements per rayon task in elementwise loops (large enough to amortise scheduling).
 const CHUNK: usize = 1 << 15;
 
-/// Host storage: an aligned buffer plus a lazily packed copy for use as a GEMM right operand.
+/// Host storage: an aligned buffer plus a lazily packed copy for use as a GEMM right operand,
+/// or — for operands built with [`Backend::right_operand_from_rows`] — the packed form alone.
 pub struct CpuStorage {
+    /// Row-major values; empty for a packed-only operand.
     data: AlignedVec,
     packed: OnceLock<Arc<gemm::PackedB>>,
+    len: usize,
 }
 
 impl CpuStorage {
     fn new(data: AlignedVec) -> Self {
         CpuStorage {
+            len: data.len(),
             data,
             packed: OnceLock::new(),
         }
+    }
+
+    fn packed_only(p: gemm::PackedB) -> Self {
+        let len = p.k() * p.n();
+        let packed = OnceLock::new();
+        let _ = packed.set(Arc::new(p));
+        CpuStorage {
+            data: AlignedVec::default(),
+            packed,
+            len,
+        }
+    }
+
+    fn is_packed_only(&self) -> bool {
+        self.data.len() != self.len
     }
 }
 
@@ -40,7 +59,7 @@ impl Storage for CpuStorage {
         "cpu"
     }
     fn len(&self) -> usize {
-        self.data.len()
+        self.len
     }
     fn as_any(&self) -> &dyn Any {
         self
@@ -68,7 +87,17 @@ impl CpuBackend {
     }
 
     fn slice<'t>(&self, t: &'t Tensor) -> Result<&'t [u64]> {
-        Ok(self.storage(t)?.data.as_slice())
+        let s = self.storage(t)?;
+        if s.is_packed_only() {
+            return Err(shape_err(
+                "cpu",
+                format!(
+                    "tensor {:?} is kept only as a packed product operand",
+                    t.shape()
+                ),
+            ));
+        }
+        Ok(s.data.as_slice())
     }
 
     fn wrap(shape: Vec<usize>, data: AlignedVec) -> Tensor {
@@ -79,9 +108,22 @@ impl CpuBackend {
     fn packed(&self, b: &Tensor) -> Result<Arc<gemm::PackedB>> {
         let s = self.storage(b)?;
         let (k, n) = (b.shape()[0], b.shape()[1]);
-        Ok(s.packed
+        let p = s
+            .packed
             .get_or_init(|| Arc::new(gemm::PackedB::pack(k, n, s.data.as_slice())))
-            .clone())
+            .clone();
+        if (p.k(), p.n()) != (k, n) {
+            return Err(shape_err(
+                "matmul",
+                format!(
+                    "right operand {:?} was packed as [{}, {}]",
+                    b.shape(),
+                    p.k(),
+                    p.n()
+                ),
+            ));
+        }
+        Ok(p)
     }
 
     /// Map `f` over equal-length inputs into a new buffer, in parallel chunks.
@@ -195,7 +237,64 @@ impl Backend for CpuBackend {
     }
 
     fn download(&self, t: &Tensor) -> Result<Vec<u64>> {
+        if self.storage(t)?.is_packed_only() {
+            let mut out = vec![0u64; t.len()];
+            self.read_rows(t, 0, &mut out)?;
+            return Ok(out);
+        }
         Ok(self.slice(t)?.to_vec())
+    }
+
+    fn right_operand_from_rows(
+        &self,
+        k: usize,
+        n: usize,
+        block_rows: usize,
+        fill: &mut dyn FnMut(usize, &mut [u64]),
+    ) -> Result<Tensor> {
+        let mut packed = gemm::PackedB::zeroed(k, n);
+        if n > 0 && k > 0 {
+            let rows = block_rows.clamp(1, k);
+            let mut block = AlignedVec::for_overwrite(rows * n);
+            for p0 in (0..k).step_by(rows) {
+                let len = (k - p0).min(rows) * n;
+                let buf = &mut block.as_mut_slice()[..len];
+                fill(p0, buf);
+                packed.pack_rows(p0, buf);
+            }
+        }
+        Ok(Tensor::from_storage(
+            vec![k, n],
+            Arc::new(CpuStorage::packed_only(packed)),
+        ))
+    }
+
+    fn read_rows(&self, t: &Tensor, first_row: usize, out: &mut [u64]) -> Result<()> {
+        let s = self.storage(t)?;
+        let n = match t.shape() {
+            [_, n] => *n,
+            sh => return Err(shape_err("read_rows", format!("expected 2-D, got {sh:?}"))),
+        };
+        if n == 0 || out.len() % n != 0 || first_row * n + out.len() > t.len() {
+            return Err(shape_err(
+                "read_rows",
+                format!(
+                    "{} values from row {first_row} of {:?}",
+                    out.len(),
+                    t.shape()
+                ),
+            ));
+        }
+        if s.is_packed_only() {
+            let p = s
+                .packed
+                .get()
+                .expect("packed-only storage holds its packed form");
+            p.unpack_rows(first_row, out);
+        } else {
+            out.copy_from_slice(&s.data.as_slice()[first_row * n..first_row * n + out.len()]);
+        }
+        Ok(())
     }
 
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
