@@ -58,6 +58,10 @@ pub enum Command {
         /// How the in-process parties talk: `channels` or loopback `tcp`.
         #[arg(long, default_value = "channels")]
         transport: TransportKind,
+        /// Batches of preprocessed material each party keeps ready in the background (0: all
+        /// material on demand, inside each request).
+        #[arg(long, default_value_t = engine::nn::classify::DEFAULT_POOL_ENTRIES)]
+        pool: usize,
     },
     /// The tutorial on an embedded default: Linear(1,1), one input, one label.
     Demo {
@@ -181,6 +185,7 @@ pub fn run(cli: Cli) -> Result<()> {
             frac_bits,
             output,
             transport,
+            pool,
         } => {
             let fixed = FixedPoint::new(frac_bits)?;
             let plain = ModelFile::open(&model, &arch, &prefix)?;
@@ -206,6 +211,7 @@ pub fn run(cli: Cli) -> Result<()> {
             })?;
             let shared = share_with_progress(&mut session, &plain)?;
             let mut clf = SecureClassifier::new(&mut session, shared);
+            clf.set_pool(pool)?;
             let bar = ProgressBar::new(n as u64);
             bar.set_style(
                 ProgressStyle::with_template("{bar:40} {pos}/{len} inputs {per_sec} eta {eta}")

@@ -96,7 +96,11 @@ fn run_flow(transport: TransportKind, seed: u64) -> (Vec<Vec<u64>>, Option<u64>,
     let data: Vec<f64> = (0..24 * 32).map(|_| rng.gen_range(0.0..1.0)).collect();
     let labels: Vec<i64> = (0..24).map(|_| rng.gen_range(0..5)).collect();
     let model = s.share_model(PartyId::ModelOwner, &head).unwrap();
-    let r = SecureClassifier::new(&mut s, model)
+    let mut clf = SecureClassifier::new(&mut s, model);
+    // Material on demand only: whether a batch finds pool material ready depends on timing,
+    // and with it how many dealer requests bob sends on his main link.
+    clf.set_pool(0).unwrap();
+    let r = clf
         .classify(
             &data,
             Some(&labels),
