@@ -309,25 +309,26 @@ pub fn print_memory(share_bytes: u64, pool_bytes: [u64; 2]) {
         return;
     };
     println!(
-        "peak live large buffers (>= 1 MiB) per role; a party's encoded share of the model is {:.1} MB:",
+        "peak live large buffers (>= 1 MiB) per role since the model load began (\"live at start\": buffers earlier work left, e.g. in the kernels' recycling pool); a party's encoded share of the model is {:.1} MB:",
         share_bytes as f64 / 1e6
     );
-    println!("| role | peak MB | peak / encoded share |");
-    println!("|---|---|---|");
+    println!("| role | peak MB | peak / encoded share | live at start MB | peak growth MB | growth / encoded share |");
+    println!("|---|---|---|---|---|---|");
+    let row = |name: &str, peak: u64, at: u64| {
+        println!(
+            "| {name} | {:.1} | {:.2}x | {:.1} | {:.1} | {:.2}x |",
+            peak as f64 / 1e6,
+            peak as f64 / share_bytes as f64,
+            at as f64 / 1e6,
+            (peak - at) as f64 / 1e6,
+            (peak - at) as f64 / share_bytes as f64
+        )
+    };
     for role in Role::ALL {
         let b = r.role(role);
-        println!(
-            "| {} | {:.1} | {:.2}x |",
-            role.name(),
-            b.peak as f64 / 1e6,
-            b.peak as f64 / share_bytes as f64
-        );
+        row(role.name(), b.peak, b.at_reset);
     }
-    println!(
-        "| all roles together | {:.1} | {:.2}x |",
-        r.total_peak as f64 / 1e6,
-        r.total_peak as f64 / share_bytes as f64
-    );
+    row("all roles together", r.total_peak, r.total_at_reset);
     println!(
         "pool material held ready: alice {:.1} MB, bob {:.1} MB (counted in their roles)",
         pool_bytes[0] as f64 / 1e6,

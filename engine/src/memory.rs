@@ -114,6 +114,8 @@ static CURRENT: [AtomicU64; ROLES] = [const { AtomicU64::new(0) }; ROLES];
 static PEAK: [AtomicU64; ROLES] = [const { AtomicU64::new(0) }; ROLES];
 static TOTAL: AtomicU64 = AtomicU64::new(0);
 static TOTAL_PEAK: AtomicU64 = AtomicU64::new(0);
+static AT_RESET: [AtomicU64; ROLES] = [const { AtomicU64::new(0) }; ROLES];
+static TOTAL_AT_RESET: AtomicU64 = AtomicU64::new(0);
 static UNTRACKED: AtomicUsize = AtomicUsize::new(0);
 static INSTALLED: AtomicUsize = AtomicUsize::new(0);
 
@@ -246,6 +248,8 @@ unsafe impl GlobalAlloc for CountingAllocator {
 pub struct RoleBytes {
     /// Highest live bytes since the last [`reset_peaks`].
     pub peak: u64,
+    /// Live bytes when [`reset_peaks`] was last called (0 before).
+    pub at_reset: u64,
     /// Live bytes now.
     pub current: u64,
 }
@@ -257,6 +261,8 @@ pub struct MemoryReport {
     pub roles: Vec<(Role, RoleBytes)>,
     /// Highest live bytes of all roles together (at one moment).
     pub total_peak: u64,
+    /// Live bytes of all roles together when [`reset_peaks`] was last called.
+    pub total_at_reset: u64,
     /// Allocations the table had no room for (not counted; 0 in practice).
     pub untracked: usize,
 }
@@ -285,12 +291,14 @@ pub fn report() -> Option<MemoryReport> {
                     r,
                     RoleBytes {
                         peak: PEAK[r as usize].load(Ordering::Relaxed),
+                        at_reset: AT_RESET[r as usize].load(Ordering::Relaxed),
                         current: CURRENT[r as usize].load(Ordering::Relaxed),
                     },
                 )
             })
             .collect(),
         total_peak: TOTAL_PEAK.load(Ordering::Relaxed),
+        total_at_reset: TOTAL_AT_RESET.load(Ordering::Relaxed),
         untracked: UNTRACKED.load(Ordering::Relaxed),
     })
 }
@@ -298,9 +306,13 @@ pub fn report() -> Option<MemoryReport> {
 /// Start new peaks from the current live bytes (to measure one phase).
 pub fn reset_peaks() {
     for r in 0..ROLES {
-        PEAK[r].store(CURRENT[r].load(Ordering::Relaxed), Ordering::Relaxed);
+        let now = CURRENT[r].load(Ordering::Relaxed);
+        PEAK[r].store(now, Ordering::Relaxed);
+        AT_RESET[r].store(now, Ordering::Relaxed);
     }
-    TOTAL_PEAK.store(TOTAL.load(Ordering::Relaxed), Ordering::Relaxed);
+    let now = TOTAL.load(Ordering::Relaxed);
+    TOTAL_PEAK.store(now, Ordering::Relaxed);
+    TOTAL_AT_RESET.store(now, Ordering::Relaxed);
 }
 
 /// The kernel's peak resident set of this process (`VmHWM`), where it reports one (Linux).

@@ -36,6 +36,39 @@ use crate::memory::{set_thread_role, Role};
 use crate::party::{request_corrections, MaterialMaker, Party, Prepared, SharedLink};
 use crate::session::Session;
 
+/// Run `work` on a thread pool of its own whose threads have the lowest scheduling priority
+/// (nice 19 on Linux) and carry `role`: background preprocessing then only uses the CPU time
+/// that the online phase (normal priority, rayon's global pool) leaves idle, so a request
+/// served from the pool is not slowed down by the production of the next entries.
+pub(crate) fn in_background<R: Send>(role: Role, work: impl FnOnce() -> R + Send) -> R {
+    set_thread_role(role);
+    lower_thread_priority();
+    let threads = rayon::current_num_threads();
+    match rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(move |i| format!("{}-bg-{i}", role.name()))
+        .start_handler(move |_| {
+            set_thread_role(role);
+            lower_thread_priority();
+        })
+        .build()
+    {
+        Ok(tp) => tp.install(work),
+        // No separate threads: the work still runs, on the global pool.
+        Err(_) => work(),
+    }
+}
+
+/// Give the calling thread the lowest scheduling priority (a no-op where unsupported).
+fn lower_thread_priority() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: setpriority only changes the calling thread's nice value (Linux applies
+    // PRIO_PROCESS with id 0 to the calling thread); it touches no memory.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 19);
+    }
+}
+
 /// Stream numbers of pool material have this bit set (on-demand material counts from 0).
 const POOL_STREAM_BIT: u64 = 1 << 63;
 
@@ -179,11 +212,27 @@ fn produce(
     paused: Arc<AtomicBool>,
     bytes_ready: Arc<AtomicU64>,
 ) {
-    set_thread_role(if maker.index == 0 {
+    let role = if maker.index == 0 {
         Role::Alice
     } else {
         Role::Bob
-    });
+    };
+    in_background(role, move || {
+        produce_entries(pool, maker, link, fixed, tx, stop, paused, bytes_ready)
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn produce_entries(
+    pool: MaterialPool,
+    maker: MaterialMaker,
+    link: Option<SharedLink>,
+    fixed: HashMap<u64, Tensor>,
+    tx: std::sync::mpsc::SyncSender<Result<Entry>>,
+    stop: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
+    bytes_ready: Arc<AtomicU64>,
+) {
     for seq in 0.. {
         while paused.load(Ordering::Relaxed) && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(std::time::Duration::from_millis(2));

@@ -268,9 +268,11 @@ pub fn run_dealer(
                 std::thread::Builder::new()
                     .name("dealer-pool".into())
                     .spawn(move || {
-                        crate::memory::set_thread_role(crate::memory::Role::Dealer);
-                        pn.meter().set_step("dealer");
-                        serve(&d, pn.as_mut())
+                        // Pool material is produced ahead: at background priority.
+                        crate::pool::in_background(crate::memory::Role::Dealer, move || {
+                            pn.meter().set_step("dealer");
+                            serve(&d, pn.as_mut())
+                        })
                     })
                     .map_err(|e| {
                         EngineError::Invalid(format!("cannot spawn dealer thread: {e}"))

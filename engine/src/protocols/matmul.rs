@@ -118,6 +118,12 @@ impl Party {
         let be = self.backend_arc();
         let rows = block_rows(n);
         let mut mask = vec![0u64; rows.min(k) * n];
+        // Backends other than the CPU read a tensor back whole: do that once, not per block.
+        let host = if be.name() == "cpu" {
+            None
+        } else {
+            Some(be.download(w.tensor())?)
+        };
         let mut failed: Option<crate::EngineError> = None;
         let f = be.right_operand_from_rows(k, n, rows, &mut |p0, out| {
             if failed.is_some() {
@@ -125,7 +131,10 @@ impl Party {
             }
             let step = (|| -> Result<()> {
                 let len = out.len();
-                be.read_rows(w.tensor(), p0, out)?;
+                match &host {
+                    Some(h) => out.copy_from_slice(&h[p0 * n..p0 * n + len]),
+                    None => be.read_rows(w.tensor(), p0, out)?,
+                }
                 fill_words(&mut rng, &mut mask[..len]);
                 out.par_iter_mut()
                     .zip(&mask[..len])
