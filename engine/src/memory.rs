@@ -133,7 +133,7 @@ static TABLE: Mutex<Table> = Mutex::new(Table {
 });
 
 fn slot_of(addr: usize) -> usize {
-    (addr >> 12).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 50 & (SLOTS - 1)
+    ((addr >> 12).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 50) & (SLOTS - 1)
 }
 
 fn record(addr: usize, size: usize) {
@@ -329,7 +329,7 @@ mod tests {
 
     #[test]
     fn table_insert_and_delete_keep_probing_consistent() {
-        // Drive the table directly with addresses that collide on their home slot.
+        // Drive the table directly: insert 40 entries, delete them in an interleaved order.
         let base = 1usize << 40;
         let addrs: Vec<usize> = (0..40).map(|i| base + i * (SLOTS << 12)).collect();
         let _scope = RoleScope::enter(Role::Dealer);
@@ -338,7 +338,7 @@ mod tests {
             record(a, 1 << 20);
         }
         let mid = CURRENT[Role::Dealer as usize].load(Ordering::Relaxed);
-        assert!(mid >= before + 40 << 20);
+        assert!(mid >= before + (40 << 20));
         for &a in addrs.iter().step_by(2) {
             forget(a);
         }

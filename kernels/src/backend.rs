@@ -104,7 +104,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
             [_, n] => *n,
             s => return Err(shape_err("read_rows", format!("expected 2-D, got {s:?}"))),
         };
-        if n == 0 || out.len() % n != 0 || first_row * n + out.len() > t.len() {
+        if n == 0 || !out.len().is_multiple_of(n) || first_row * n + out.len() > t.len() {
             return Err(shape_err(
                 "read_rows",
                 format!(

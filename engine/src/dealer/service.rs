@@ -142,7 +142,7 @@ impl Dealer {
             return Ok(vec![]);
         }
         let p0 = expand_party_share(spec, 0, &mut r0, None)?;
-        let p1 = draw_random_parts(spec, &mut r1);
+        let mut p1 = draw_random_parts(spec, &mut r1);
         let nr = spec.parts().random.len();
         let mut values: Vec<Vec<u64>> = match *spec {
             MaterialSpec::MulTriple { .. } => {
@@ -177,9 +177,13 @@ impl Dealer {
                         b.n()
                     )));
                 }
-                let a = add(&p0[0], &p1[0]);
+                // a = a0 + a1, summed in place into bob's part (not needed afterwards).
+                let a = &mut p1[0];
+                a.par_iter_mut()
+                    .zip(&p0[0])
+                    .for_each(|(x, y)| *x = x.wrapping_add(*y));
                 let mut c = vec![0u64; m * n];
-                gemm_packed(m, &a, &b, &mut c, false);
+                gemm_packed(m, a, &b, &mut c, false);
                 vec![c]
             }
             MaterialSpec::Trunc { bits, .. } => {

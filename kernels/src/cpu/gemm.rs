@@ -611,7 +611,7 @@ impl PackedB {
     pub fn pack_rows(&mut self, p0: usize, rows: &[u64]) {
         let (k, n) = (self.k, self.n);
         assert!(
-            n > 0 && rows.len() % n == 0,
+            n > 0 && rows.len().is_multiple_of(n),
             "pack_rows: whole rows of {n} values"
         );
         let count = rows.len() / n;
@@ -639,7 +639,7 @@ impl PackedB {
     pub fn unpack_rows(&self, p0: usize, out: &mut [u64]) {
         let (k, n) = (self.k, self.n);
         assert!(
-            n > 0 && out.len() % n == 0,
+            n > 0 && out.len().is_multiple_of(n),
             "unpack_rows: whole rows of {n} values"
         );
         let count = out.len() / n;

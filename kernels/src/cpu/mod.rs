@@ -275,7 +275,7 @@ impl Backend for CpuBackend {
             [_, n] => *n,
             sh => return Err(shape_err("read_rows", format!("expected 2-D, got {sh:?}"))),
         };
-        if n == 0 || out.len() % n != 0 || first_row * n + out.len() > t.len() {
+        if n == 0 || !out.len().is_multiple_of(n) || first_row * n + out.len() > t.len() {
             return Err(shape_err(
                 "read_rows",
                 format!(
