@@ -341,7 +341,7 @@ pub fn wait_for_pool(s: &mut Session, pool: &MaterialPool, limit: Duration) -> R
     let t = Instant::now();
     loop {
         let [a, b] = s.pool_status(pool)?;
-        if a.bytes_ready > 0 && b.bytes_ready > 0 {
+        if a.ready && b.ready {
             return Ok(true);
         }
         if t.elapsed() > limit {

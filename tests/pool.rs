@@ -25,7 +25,7 @@ fn wait_ready(s: &mut Session, pool: &MaterialPool) {
     let t = Instant::now();
     loop {
         let [a, b] = s.pool_status(pool).unwrap();
-        if a.bytes_ready > 0 && b.bytes_ready > 0 {
+        if a.ready && b.ready {
             return;
         }
         assert!(t.elapsed() < Duration::from_secs(60), "pool never filled");

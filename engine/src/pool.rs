@@ -134,6 +134,8 @@ pub struct PoolStatus {
     pub bytes_ready: u64,
     /// The entry the next request will look for.
     pub next_entry: u64,
+    /// Whether that entry is ready in this party's hands.
+    pub ready: bool,
 }
 
 /// A produced entry.
@@ -348,13 +350,15 @@ impl Party {
     }
 
     /// This party's view of `pool`.
-    pub fn pool_status(&self, pool: &MaterialPool) -> Result<PoolStatus> {
+    pub fn pool_status(&mut self, pool: &MaterialPool) -> Result<PoolStatus> {
         let p = self
             .pools
-            .get(&pool.id)
+            .get_mut(&pool.id)
             .ok_or_else(|| EngineError::Invalid(format!("no material pool {}", pool.id)))?;
+        let ready = p.poll().is_some();
         Ok(PoolStatus {
             bytes_ready: p.bytes_ready.load(Ordering::Relaxed),
+            ready,
             ..p.status
         })
     }
