@@ -43,6 +43,7 @@
 //!     assert!(t.bytes_sent > 0 && t.rounds > 0);
 //!     println!("{}: {} bytes in {} rounds", PartyId::compute(i), t.bytes_sent, t.rounds);
 //! }
+//! drop(clf); // closes the classifier's material pools, hands the session back
 //! // Everything each party has sent since the session started, by protocol step:
 //! let [alice, _bob] = session.traffic()?;
 //! assert!(alice.step("matmul").bytes_sent > 0);
