@@ -1,11 +1,13 @@
 //! The `secure-serving` command line: `classify`, `demo`, `bench`.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use kernels::BackendKind;
 
+use engine::deploy::{write_keys, Deployment};
 use engine::error::{EngineError, Result};
 use engine::fixed::FixedPoint;
 use engine::io::{load_features, load_labels, load_safetensors_model, write_predictions};
@@ -55,7 +57,7 @@ pub enum Command {
         /// Write the client-revealed predictions (int64 `.npy`).
         #[arg(long)]
         output: Option<String>,
-        /// How the in-process parties talk: `channels` or loopback `tcp`.
+        /// How the in-process parties talk: `channels`, loopback `tcp` (unencrypted) or `tls`.
         #[arg(long, default_value = "channels")]
         transport: TransportKind,
     },
@@ -64,9 +66,21 @@ pub enum Command {
         /// Compute backend.
         #[arg(long, default_value = "cpu")]
         backend: BackendKind,
-        /// How the in-process parties talk: `channels` or loopback `tcp`.
+        /// How the in-process parties talk: `channels`, loopback `tcp` (unencrypted) or `tls`.
         #[arg(long, default_value = "channels")]
         transport: TransportKind,
+    },
+    /// Write a deployment CA and one certificate and key per role and data owner.
+    Keygen {
+        /// The deployment file (TOML) naming the services and data owners.
+        #[arg(long)]
+        deployment: PathBuf,
+        /// Directory to write `ca.pem`, `ca.key` and `<role>.pem` / `<role>.key` into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace existing keys (otherwise refuse to overwrite any).
+        #[arg(long)]
+        force: bool,
     },
     /// Benchmarks: GEMM vs MAC peak, secure matmul vs GEMM, comparisons, VGG16 head.
     Bench {
@@ -145,6 +159,25 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo { backend, transport } => demo(backend, transport).map(|_| ()),
         Command::Bench { backend, quick } => crate::bench::run(backend, quick),
+        Command::Keygen {
+            deployment,
+            out,
+            force,
+        } => {
+            let d = Deployment::load(&deployment)?;
+            let files = write_keys(&d, &out, force)?;
+            println!(
+                "deployment '{}': wrote a CA and {} certificates to {} (keep ca.key offline; \
+                 give each service and data owner only ca.pem and its own .pem and .key)",
+                d.name,
+                d.roles().len(),
+                out.display()
+            );
+            for f in files {
+                println!("  {}", f.display());
+            }
+            Ok(())
+        }
         Command::Classify {
             model,
             arch,

@@ -3,6 +3,14 @@
 use clap::Parser;
 
 fn main() {
+    // Logs (refused connections, dealer refusals, ...) go to stderr; RUST_LOG sets the level.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let cli = secure_serving::cli::Cli::parse();
     if let Err(e) = secure_serving::cli::run(cli) {
         eprintln!("error: {e}");

@@ -301,11 +301,19 @@ impl Party {
                     words_to_text(reply.get(1..).unwrap_or(&[]))
                 )));
             }
+            // The dealer assigns streams; alice expands at `first` from her own counter, so
+            // bob must have been served exactly those (see `dealer::service`).
+            if reply.get(1) != Some(&first) {
+                return Err(EngineError::Protocol(format!(
+                    "dealer assigned streams from {:?}, expected {first}",
+                    reply.get(1)
+                )));
+            }
             Some(reply)
         } else {
             None
         };
-        let mut off = 1;
+        let mut off = 2;
         let mut out = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
             let mut rng = material_stream(self.dealer_seed, first + i as u64);

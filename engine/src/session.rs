@@ -12,12 +12,15 @@ use kernels::{backend_from_kind, BackendKind};
 use rand_core::SeedableRng;
 use rayon::prelude::*;
 
-use crate::dealer::{fill_words, run_dealer, DealerRng, MaterialRng, OP_SHUTDOWN};
+use crate::dealer::{fill_words, run_dealer, DealerPolicy, DealerRng, MaterialRng, OP_SHUTDOWN};
 use crate::error::{shape_err, EngineError, Result};
 use crate::fixed::FixedPoint;
 use crate::party::Party;
 use crate::protocols::io::{frame, unframe};
-use crate::transport::{channel_mesh, tcp_mesh, PartyId, TrafficStats, Transport, TransportKind};
+use crate::transport::{
+    channel_mesh, tcp_mesh, tls_mesh, PartyId, StreamOptions, TrafficStats, Transport,
+    TransportKind,
+};
 
 /// How to set up a session.
 #[derive(Clone, Debug)]
@@ -150,15 +153,22 @@ impl Session {
                     .into_iter()
                     .map(|(k, v)| (k, Box::new(v) as Box<dyn Transport>))
                     .collect(),
+                TransportKind::Tls => {
+                    tls_mesh(&PartyId::ALL, StreamOptions::with_timeout(config.timeout))?
+                        .into_iter()
+                        .map(|(k, v)| (k, Box::new(v) as Box<dyn Transport>))
+                        .collect()
+                }
             };
         let dealer_net = mesh.remove(&PartyId::Dealer).expect("dealer endpoint");
+        let policy = DealerPolicy::for_session(config.fixed.frac_bits());
         let source = match config.test_seed {
             Some(s) => DealerRng::TestSeed(s),
             None => DealerRng::Os,
         };
         let dealer = std::thread::Builder::new()
             .name("dealer".into())
-            .spawn(move || run_dealer(dealer_net, source))
+            .spawn(move || run_dealer(dealer_net, source, policy))
             .map_err(|e| EngineError::Invalid(format!("cannot spawn dealer thread: {e}")))?;
         let mut backends = Vec::new();
         for _ in 0..2 {

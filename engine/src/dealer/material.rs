@@ -116,6 +116,29 @@ impl MaterialSpec {
         PartShapes { random, derived }
     }
 
+    /// Words of all parts (random and derived) of one party's share, or `None` if a size
+    /// overflows. Untrusted specs (a dealer request) are checked with this before [`Self::parts`]
+    /// multiplies their dimensions.
+    pub fn checked_words(&self) -> Option<u64> {
+        use MaterialSpec::*;
+        let mul = |a: usize, b: usize| (a as u64).checked_mul(b as u64);
+        let sum = |xs: &[Option<u64>]| {
+            xs.iter()
+                .try_fold(0u64, |acc, x| x.and_then(|x| acc.checked_add(x)))
+        };
+        match *self {
+            MulTriple { n } | AndTriple { n } => mul(n, 3),
+            MatmulTriple { m, k, n } => sum(&[mul(m, k), mul(k, n), mul(m, n)]),
+            FixedMask { k, n, .. } => mul(k, n),
+            FixedTriple { m, k, n, .. } => sum(&[mul(m, k), mul(m, n)]),
+            Trunc { n, .. } => mul(n, 3),
+            BitSelect { n, payloads } => {
+                let pn = mul(payloads, n);
+                sum(&[Some(n.div_ceil(64) as u64), pn, Some(n as u64), pn])
+            }
+        }
+    }
+
     /// Whether a party keeps this material in host memory: boolean-circuit material is consumed
     /// by the comparison circuit, which runs on the host (rayon); the rest goes to the backend.
     pub fn is_host(&self) -> bool {

@@ -1,4 +1,26 @@
 //! The dealer's thread: answers bob's material requests with correction words.
+//!
+//! **Stream assignment.** The dealer numbers material streams itself, from its own counter, in
+//! the order requests arrive; each stream is served at most once. A request
+//! `[OP_BATCH, first, count, specs...]` states the stream bob expects to be assigned (`first`);
+//! the dealer refuses it unless `first` equals its counter, so a request for a stream already
+//! served (a replay, "twice") or for a later one ("out of order") is refused, never served.
+//! The reply `[STATUS_OK, first, corrections...]` echoes the assigned stream and bob checks it.
+//!
+//! Why alice and bob can never be served different streams for one request: alice never talks
+//! to the dealer after her seed; she expands item `i` of her `j`-th fetch at stream
+//! `s_j + i`, where `s_j` is the number of items fetched before (her counter). Bob keeps the
+//! same counter (both run the same program) and the dealer serves him exactly the streams
+//! `[s_j, s_j + count)`, checked on both ends of the request. A party whose counter has drifted
+//! (or that deviates) is refused at its next request instead of getting material that does not
+//! match alice's. A refused request whose stream check passed still *consumes* its `count`
+//! streams (unserved), so honest parties that both advanced their counters stay in step.
+//!
+//! **Parameter checks.** Before serving anything, every spec of a request is validated against
+//! the [`DealerPolicy`]: sizes must not overflow and the whole request must stay under a word
+//! limit; truncation must be by the session's fractional bits; a fixed mask is issued once per
+//! id and a fixed triple needs a registered id of matching shape. One invalid spec refuses the
+//! whole request.
 
 use std::collections::HashMap;
 
@@ -93,10 +115,56 @@ pub(crate) fn words_to_seed(words: &[u64]) -> Result<[u8; 32]> {
     Ok(seed)
 }
 
-/// The dealer's state: the two seeds and the fixed masks it keeps.
+/// What the dealer agrees to serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DealerPolicy {
+    /// The only truncation width served: the session's fractional bits.
+    pub trunc_bits: u32,
+    /// Most words one request may make the dealer draw for one party (all parts of all specs).
+    pub max_request_words: u64,
+}
+
+impl DealerPolicy {
+    /// Default word limit per request: 2^28 words (2 GiB per party share).
+    pub const DEFAULT_MAX_REQUEST_WORDS: u64 = 1 << 28;
+
+    /// The policy for a session with `frac_bits` fractional bits.
+    pub fn for_session(frac_bits: u32) -> DealerPolicy {
+        DealerPolicy {
+            trunc_bits: frac_bits,
+            max_request_words: Self::DEFAULT_MAX_REQUEST_WORDS,
+        }
+    }
+}
+
+/// Decode the body of a material request (after the opcode): bob's expected first stream and
+/// the specs. Checks the framing only; [`Dealer::validate`] checks the parameters.
+pub fn decode_material_request(words: &[u64]) -> Result<(u64, Vec<MaterialSpec>)> {
+    let [first, count, body @ ..] = words else {
+        return Err(EngineError::Protocol("short material request".into()));
+    };
+    let expected = (*count)
+        .checked_mul(MaterialSpec::ENCODED_WORDS as u64)
+        .filter(|&n| n == body.len() as u64);
+    if expected.is_none() {
+        return Err(EngineError::Protocol(format!(
+            "malformed material request: {count} specs announced, {} words follow",
+            body.len()
+        )));
+    }
+    let specs = body
+        .chunks(MaterialSpec::ENCODED_WORDS)
+        .map(MaterialSpec::decode)
+        .collect::<Result<Vec<_>>>()?;
+    Ok((*first, specs))
+}
+
+/// The dealer's state: the two seeds, the fixed masks it keeps, and the next stream to assign.
 struct Dealer {
     seeds: [[u8; 32]; 2],
     fixed: HashMap<u64, PackedB>,
+    next_stream: u64,
+    policy: DealerPolicy,
 }
 
 fn add(x: &[u64], y: &[u64]) -> Vec<u64> {
@@ -194,20 +262,76 @@ impl Dealer {
         Ok(out)
     }
 
+    /// Check every spec of a request against the policy and the dealer's state.
+    fn validate(&self, specs: &[MaterialSpec]) -> Result<()> {
+        let refuse = |msg: String| Err(EngineError::Protocol(msg));
+        let mut total = 0u64;
+        let mut new_fixed = Vec::new();
+        for spec in specs {
+            let words = spec
+                .checked_words()
+                .ok_or_else(|| EngineError::Protocol(format!("{spec:?}: size overflows")))?;
+            total = total.saturating_add(words);
+            if total > self.policy.max_request_words {
+                return refuse(format!(
+                    "request needs more than {} words of material (limit)",
+                    self.policy.max_request_words
+                ));
+            }
+            match *spec {
+                MaterialSpec::Trunc { bits, .. } if bits != self.policy.trunc_bits => {
+                    return refuse(format!(
+                        "truncation by {bits} bits refused (this session truncates by {})",
+                        self.policy.trunc_bits
+                    ));
+                }
+                MaterialSpec::FixedMask { fixed_id, .. } => {
+                    if self.fixed.contains_key(&fixed_id) || new_fixed.contains(&fixed_id) {
+                        return refuse(format!(
+                            "fixed operand {fixed_id} already has a mask (issued once per id)"
+                        ));
+                    }
+                    new_fixed.push(fixed_id);
+                }
+                MaterialSpec::FixedTriple { fixed_id, k, n, .. } => {
+                    let Some(b) = self.fixed.get(&fixed_id) else {
+                        return refuse(format!("unknown fixed operand {fixed_id}"));
+                    };
+                    if (b.k(), b.n()) != (k, n) {
+                        return refuse(format!(
+                            "fixed operand {fixed_id} is {}x{}, request says {k}x{n}",
+                            b.k(),
+                            b.n()
+                        ));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     fn serve_batch(&mut self, words: &[u64]) -> Result<Vec<u64>> {
-        if words.len() < 2 {
-            return Err(EngineError::Protocol("short material request".into()));
+        let (first, specs) = decode_material_request(words)?;
+        if first != self.next_stream {
+            let what = if first < self.next_stream {
+                "already served"
+            } else {
+                "out of order"
+            };
+            return Err(EngineError::Protocol(format!(
+                "request for streams from {first} refused ({what}): the next stream is {}",
+                self.next_stream
+            )));
         }
-        let first_stream = words[0];
-        let count = words[1] as usize;
-        let body = &words[2..];
-        if body.len() != count * MaterialSpec::ENCODED_WORDS {
-            return Err(EngineError::Protocol("malformed material request".into()));
-        }
-        let mut out = vec![STATUS_OK];
-        for (i, chunk) in body.chunks(MaterialSpec::ENCODED_WORDS).enumerate() {
-            let spec = MaterialSpec::decode(chunk)?;
-            out.extend(self.corrections(&spec, first_stream + i as u64)?);
+        // The streams are consumed whether or not the request is served (see the module doc).
+        self.next_stream = first
+            .checked_add(specs.len() as u64)
+            .ok_or_else(|| EngineError::Protocol("stream numbers exhausted".into()))?;
+        self.validate(&specs)?;
+        let mut out = vec![STATUS_OK, first];
+        for (i, spec) in specs.iter().enumerate() {
+            out.extend(self.corrections(spec, first + i as u64)?);
         }
         Ok(out)
     }
@@ -217,7 +341,11 @@ impl Dealer {
 ///
 /// Sends each compute party its seed first. Requests only ever come from bob; alice expands her
 /// material locally and never talks to the dealer after receiving her seed.
-pub fn run_dealer(mut net: Box<dyn Transport>, source: DealerRng) -> Result<()> {
+pub fn run_dealer(
+    mut net: Box<dyn Transport>,
+    source: DealerRng,
+    policy: DealerPolicy,
+) -> Result<()> {
     let seeds = party_seeds(source);
     net.meter().set_step("dealer");
     net.send(PartyId::Alice, seed_to_words(&seeds[0]))?;
@@ -225,6 +353,8 @@ pub fn run_dealer(mut net: Box<dyn Transport>, source: DealerRng) -> Result<()> 
     let mut dealer = Dealer {
         seeds,
         fixed: HashMap::new(),
+        next_stream: 0,
+        policy,
     };
     loop {
         let msg = match net.recv(PartyId::Bob) {
@@ -236,6 +366,7 @@ pub fn run_dealer(mut net: Box<dyn Transport>, source: DealerRng) -> Result<()> 
         match msg.first() {
             Some(&OP_BATCH) => {
                 let reply = dealer.serve_batch(&msg[1..]).unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "dealer refused a material request");
                     let mut r = vec![STATUS_ERROR];
                     r.extend(text_to_words(&e.to_string()));
                     r
@@ -249,5 +380,227 @@ pub fn run_dealer(mut net: Box<dyn Transport>, source: DealerRng) -> Result<()> 
                 net.send(PartyId::Bob, r)?
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::transport::channel_mesh;
+
+    /// A dealer on its own thread, with raw endpoints for alice and a (deviating) bob.
+    struct Harness {
+        alice_seed: [u8; 32],
+        bob_seed: [u8; 32],
+        bob: Box<dyn Transport>,
+        dealer: Option<std::thread::JoinHandle<Result<()>>>,
+        _alice: Box<dyn Transport>,
+    }
+
+    impl Harness {
+        fn new(trunc_bits: u32) -> Harness {
+            let ids = [PartyId::Alice, PartyId::Bob, PartyId::Dealer];
+            let mut mesh = channel_mesh(&ids, Duration::from_secs(10));
+            let dealer_net: Box<dyn Transport> = Box::new(mesh.remove(&PartyId::Dealer).unwrap());
+            let mut alice: Box<dyn Transport> = Box::new(mesh.remove(&PartyId::Alice).unwrap());
+            let mut bob: Box<dyn Transport> = Box::new(mesh.remove(&PartyId::Bob).unwrap());
+            let policy = DealerPolicy {
+                trunc_bits,
+                max_request_words: 1 << 20,
+            };
+            let dealer =
+                std::thread::spawn(move || run_dealer(dealer_net, DealerRng::TestSeed(11), policy));
+            let alice_seed = words_to_seed(&alice.recv(PartyId::Dealer).unwrap()).unwrap();
+            let bob_seed = words_to_seed(&bob.recv(PartyId::Dealer).unwrap()).unwrap();
+            Harness {
+                alice_seed,
+                bob_seed,
+                bob,
+                dealer: Some(dealer),
+                _alice: alice,
+            }
+        }
+
+        /// Send a raw request body; Ok(corrections with the assigned stream) or Err(reason).
+        fn ask(
+            &mut self,
+            first: u64,
+            specs: &[MaterialSpec],
+        ) -> std::result::Result<Vec<u64>, String> {
+            let mut req = vec![OP_BATCH, first, specs.len() as u64];
+            for s in specs {
+                s.encode(&mut req);
+            }
+            self.raw(req)
+        }
+
+        fn raw(&mut self, req: Vec<u64>) -> std::result::Result<Vec<u64>, String> {
+            self.bob.send(PartyId::Dealer, req).unwrap();
+            let reply = self.bob.recv(PartyId::Dealer).unwrap();
+            match reply[0] {
+                STATUS_OK => Ok(reply[1..].to_vec()),
+                _ => Err(words_to_text(&reply[1..])),
+            }
+        }
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            let _ = self.bob.send(PartyId::Dealer, vec![OP_SHUTDOWN]);
+            if let Some(d) = self.dealer.take() {
+                d.join().unwrap().unwrap();
+            }
+        }
+    }
+
+    /// Alice's and bob's shares of a truncation pair reconstruct `r`, `r >> bits`, `msb(r)`.
+    fn check_trunc(h: &Harness, stream: u64, n: usize, bits: u32, corrections: &[u64]) {
+        let spec = MaterialSpec::Trunc { n, bits };
+        let a =
+            expand_party_share(&spec, 0, &mut material_stream(h.alice_seed, stream), None).unwrap();
+        let b = expand_party_share(
+            &spec,
+            1,
+            &mut material_stream(h.bob_seed, stream),
+            Some(corrections),
+        )
+        .unwrap();
+        for i in 0..n {
+            let r = a[0][i].wrapping_add(b[0][i]);
+            assert_eq!(a[1][i].wrapping_add(b[1][i]), r >> bits);
+            assert_eq!(a[2][i].wrapping_add(b[2][i]), r >> 63);
+        }
+    }
+
+    #[test]
+    fn streams_are_assigned_by_the_dealer_and_served_once() {
+        let mut h = Harness::new(16);
+        let t = MaterialSpec::Trunc { n: 5, bits: 16 };
+        let ok = h.ask(0, &[t, t]).unwrap();
+        assert_eq!(ok[0], 0, "assigned first stream");
+        check_trunc(&h, 0, 5, 16, &ok[1..11]);
+        check_trunc(&h, 1, 5, 16, &ok[11..21]);
+        // Twice: a replay of stream 1.
+        let e = h.ask(1, &[t]).unwrap_err();
+        assert!(
+            e.contains("streams from 1 refused (already served): the next stream is 2"),
+            "{e}"
+        );
+        // Out of order: skipping ahead.
+        let e = h.ask(7, &[t]).unwrap_err();
+        assert!(e.contains("streams from 7 refused (out of order)"), "{e}");
+        // Neither refusal consumed anything: stream 2 is still next and served correctly.
+        let ok = h.ask(2, &[t]).unwrap();
+        assert_eq!(ok[0], 2);
+        check_trunc(&h, 2, 5, 16, &ok[1..]);
+    }
+
+    #[test]
+    fn altered_parameters_are_refused_and_consume_their_streams() {
+        let mut h = Harness::new(16);
+        // Another truncation width (the mask-recovery attack needs two widths).
+        let e = h
+            .ask(0, &[MaterialSpec::Trunc { n: 5, bits: 17 }])
+            .unwrap_err();
+        assert!(
+            e.contains("truncation by 17 bits refused (this session truncates by 16)"),
+            "{e}"
+        );
+        // The refused request consumed stream 0: asking for it again is a replay.
+        let e = h
+            .ask(0, &[MaterialSpec::Trunc { n: 5, bits: 16 }])
+            .unwrap_err();
+        assert!(e.contains("already served"), "{e}");
+        // Unknown fixed operand, and a shape that disagrees with the registered one.
+        let e = h
+            .ask(
+                1,
+                &[MaterialSpec::FixedTriple {
+                    fixed_id: 9,
+                    m: 2,
+                    k: 3,
+                    n: 4,
+                }],
+            )
+            .unwrap_err();
+        assert!(e.contains("unknown fixed operand 9"), "{e}");
+        h.ask(
+            2,
+            &[MaterialSpec::FixedMask {
+                fixed_id: 9,
+                k: 3,
+                n: 4,
+            }],
+        )
+        .unwrap();
+        let e = h
+            .ask(
+                3,
+                &[MaterialSpec::FixedTriple {
+                    fixed_id: 9,
+                    m: 2,
+                    k: 4,
+                    n: 3,
+                }],
+            )
+            .unwrap_err();
+        assert!(
+            e.contains("fixed operand 9 is 3x4, request says 4x3"),
+            "{e}"
+        );
+        // A fixed mask is issued once per id.
+        let e = h
+            .ask(
+                4,
+                &[MaterialSpec::FixedMask {
+                    fixed_id: 9,
+                    k: 3,
+                    n: 4,
+                }],
+            )
+            .unwrap_err();
+        assert!(e.contains("fixed operand 9 already has a mask"), "{e}");
+        // Sizes: overflowing and over the limit (nothing is allocated).
+        let huge = 1usize << 40;
+        let e = h
+            .ask(
+                5,
+                &[MaterialSpec::MatmulTriple {
+                    m: huge,
+                    k: huge,
+                    n: 1,
+                }],
+            )
+            .unwrap_err();
+        assert!(e.contains("size overflows"), "{e}");
+        let e = h
+            .ask(6, &[MaterialSpec::MulTriple { n: 1 << 19 }])
+            .unwrap_err();
+        assert!(e.contains("more than 1048576 words"), "{e}");
+        // One bad spec refuses the whole request.
+        let e = h
+            .ask(
+                7,
+                &[
+                    MaterialSpec::MulTriple { n: 3 },
+                    MaterialSpec::Trunc { n: 1, bits: 3 },
+                ],
+            )
+            .unwrap_err();
+        assert!(e.contains("truncation by 3 bits"), "{e}");
+        // Malformed requests.
+        let e = h.raw(vec![OP_BATCH, 9]).unwrap_err();
+        assert!(e.contains("short material request"), "{e}");
+        let e = h.raw(vec![OP_BATCH, 9, u64::MAX, 1, 2]).unwrap_err();
+        assert!(e.contains("malformed material request"), "{e}");
+        let e = h.raw(vec![OP_BATCH, 9, 1, 99, 0, 0, 0, 0]).unwrap_err();
+        assert!(e.contains("unknown material tag 99"), "{e}");
+        let e = h.raw(vec![77]).unwrap_err();
+        assert!(e.contains("unknown dealer opcode"), "{e}");
+        // The dealer is still serving, at the stream after everything consumed.
+        let ok = h.ask(9, &[MaterialSpec::Trunc { n: 3, bits: 16 }]).unwrap();
+        check_trunc(&h, 9, 3, 16, &ok[1..]);
     }
 }
