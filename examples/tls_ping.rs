@@ -102,7 +102,7 @@ fn main() -> Result<()> {
                 handshake.as_secs_f64() * 1e3,
                 pct(0.5),
                 pct(0.99),
-                big * 8 >> 20,
+                (big * 8) >> 20,
                 64.0 * big as f64 / (big_ms / 2e3) / 1e6
             );
             Ok(())

@@ -138,7 +138,7 @@ impl DealerPolicy {
 }
 
 /// Decode the body of a material request (after the opcode): bob's expected first stream and
-/// the specs. Checks the framing only; [`Dealer::validate`] checks the parameters.
+/// the specs. Checks the framing only; the dealer validates the parameters before serving.
 pub fn decode_material_request(words: &[u64]) -> Result<(u64, Vec<MaterialSpec>)> {
     let [first, count, body @ ..] = words else {
         return Err(EngineError::Protocol("short material request".into()));
@@ -206,17 +206,11 @@ impl Dealer {
                 self.fixed.insert(fixed_id, PackedB::pack(k, n, b));
                 vec![]
             }
-            MaterialSpec::FixedTriple { fixed_id, m, k, n } => {
+            MaterialSpec::FixedTriple { fixed_id, m, n, .. } => {
+                // Registered with a matching shape: checked by `validate`.
                 let b = self.fixed.get(&fixed_id).ok_or_else(|| {
                     EngineError::Protocol(format!("unknown fixed operand {fixed_id}"))
                 })?;
-                if (b.k(), b.n()) != (k, n) {
-                    return Err(EngineError::Protocol(format!(
-                        "fixed operand {fixed_id} is {}x{}, request says {k}x{n}",
-                        b.k(),
-                        b.n()
-                    )));
-                }
                 let a = add(&p0[0], &p1[0]);
                 let mut c = vec![0u64; m * n];
                 gemm_packed(m, &a, b, &mut c, false);

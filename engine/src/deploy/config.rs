@@ -68,7 +68,7 @@ fn default_timeout_secs() -> u64 {
 }
 
 fn default_max_frame_mib() -> u64 {
-    DEFAULT_MAX_FRAME_WORDS * 8 >> 20
+    (DEFAULT_MAX_FRAME_WORDS * 8) >> 20
 }
 
 impl Default for Limits {
