@@ -346,12 +346,14 @@ pub fn check_inputs(data: &[f64], width: usize, input_bound: f64) -> Result<()> 
         .iter()
         .position(|v| !v.is_finite() || v.abs() > input_bound)
     {
-        return Err(EngineError::Range(format!(
-            "row {}, column {}: value {} is outside the model's declared input bound ±{input_bound} (the model owner can declare a larger bound, e.g. --input-bound)",
-            i / width.max(1),
-            i % width.max(1),
-            data[i]
-        )));
+        let (row, col, v) = (i / width.max(1), i % width.max(1), data[i]);
+        return Err(if v.is_finite() {
+            EngineError::Range(format!(
+                "row {row}, column {col}: value {v} is outside the model's declared input bound ±{input_bound} (the model owner can declare a larger bound, e.g. --input-bound)"
+            ))
+        } else {
+            EngineError::Format(format!("row {row}, column {col}: value {v} is not finite"))
+        });
     }
     Ok(())
 }
