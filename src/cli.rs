@@ -158,6 +158,19 @@ pub fn demo(backend: BackendKind, transport: TransportKind) -> Result<ClassifyRe
     Ok(report)
 }
 
+/// Keep GPU drivers from printing noise on stderr in successful runs: without a desktop session
+/// (`XDG_RUNTIME_DIR` unset), Mesa's implicit device-select Vulkan layer tries to reach a Wayland
+/// display and complains on every run. It only reorders adapters for a display, which this
+/// program does not use (it picks its adapter itself), so it is disabled unless the user set
+/// `NODEVICE_SELECT` or has a session. Call at the start of `main`, before any thread exists.
+pub fn quiet_gpu_driver() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
 /// Run the CLI.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {

@@ -463,3 +463,26 @@ fn calibrated_bounds_are_checked_at_run_time() {
         .unwrap();
     assert_eq!(r.predictions.unwrap(), argmax_rows(&plain, c));
 }
+
+/// A successful GPU run prints nothing on stderr (no driver noise), and `demo` prints the margin.
+#[test]
+fn gpu_demo_prints_no_driver_noise() {
+    let r = Command::new(env!("CARGO_BIN_EXE_secure-serving"))
+        .args(["demo", "--backend", "gpu"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("NODEVICE_SELECT")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    if !r.status.success() && std::env::var("CI").as_deref() != Ok("true") {
+        eprintln!("SKIP gpu demo: {err}");
+        return;
+    }
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{out}{err}");
+    assert!(err.is_empty(), "stderr of a successful GPU run: {err}");
+    assert!(
+        out.contains("headroom") && out.contains("Accuracy: 1/1"),
+        "{out}"
+    );
+}
