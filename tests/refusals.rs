@@ -486,3 +486,33 @@ fn gpu_demo_prints_no_driver_noise() {
         "{out}"
     );
 }
+
+/// A fixed operand used with another weight share than the one it was registered with is an
+/// error, not a silently wrong product.
+#[test]
+fn fixed_operand_is_bound_to_its_weight() {
+    let mut s = Session::new(SessionConfig::default()).unwrap();
+    let w1 = s
+        .share(PartyId::ModelOwner, &[2, 2], &[1.0, 2.0, 3.0, 4.0])
+        .unwrap();
+    let w2 = s
+        .share(PartyId::ModelOwner, &[2, 2], &[5.0, 6.0, 7.0, 8.0])
+        .unwrap();
+    let (i1, i2) = (w1.id(), w2.id());
+    let [r, _] = s
+        .run(move |p| {
+            let w1 = p.kept(i1)?;
+            let fid = p.fix_operand(&w1)?.id();
+            // The registered weight (fetched again from the store) is accepted.
+            p.fixed_operand(fid, &p.kept(i1)?)?;
+            Ok(p.fixed_operand(fid, &p.kept(i2)?)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string())
+        })
+        .unwrap();
+    assert!(
+        r.contains("was registered with another weight share"),
+        "{r}"
+    );
+}

@@ -152,7 +152,7 @@ impl<'s> SecureClassifier<'s> {
             }
             let model = self.model.clone();
             let reveal_pred = opts.reveal_predictions;
-            let [(new_acc, t0), (_, t1)] = self.session.run(move |p| {
+            let [(new_acc, t0), (bob_acc, t1)] = self.session.run(move |p| {
                 let before = p.traffic();
                 let x = p.receive_share(PartyId::Client, &[m, width])?;
                 let y = if has_labels {
@@ -189,7 +189,10 @@ impl<'s> SecureClassifier<'s> {
             })?;
             traffic[0].add(&t0);
             traffic[1].add(&t1);
-            acc_id = new_acc;
+            acc_id = match (new_acc, bob_acc) {
+                (Some(a), Some(b)) => Some(crate::session::agreed_id(a, b)?),
+                (a, _) => a,
+            };
             if let Some(preds) = predictions.as_mut() {
                 let (_, ring) = self.session.receive_revealed(PartyId::Client)?;
                 preds.extend(ring.iter().map(|&v| (v as i64) >> fx.frac_bits()));

@@ -272,9 +272,14 @@ pub fn analyse(model: &Sequential, fx: &FixedPoint, bounds: &ModelBounds) -> Res
                 c.len()
             )));
         }
-        if let Some(v) = c.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+        // Below 2^61 ring units, so `C ± y` stays below 2^63 for every |y| < 2^62.
+        let max = 2f64.powi(61) / fx.scale();
+        if let Some(v) = c
+            .iter()
+            .find(|v| !(v.is_finite() && **v > 0.0 && **v < max))
+        {
             return Err(EngineError::Invalid(format!(
-                "calibrated bounds must be positive numbers, got {v}"
+                "calibrated bounds must be positive numbers below {max:e}, got {v}"
             )));
         }
     }

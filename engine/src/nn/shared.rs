@@ -82,10 +82,11 @@ impl Session {
                     drop(wt);
                     let b = self.share(owner, &[o], bias)?;
                     let wid = w.id();
-                    let [fixed, _] = self.run(move |p| {
+                    let [fa, fb] = self.run(move |p| {
                         let w = p.kept(wid)?;
                         Ok(p.fix_operand(&w)?.id())
                     })?;
+                    let fixed = crate::session::agreed_id(fa, fb)?;
                     SharedLayer::Linear {
                         weight: wid,
                         fixed,
