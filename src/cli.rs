@@ -10,8 +10,11 @@ use kernels::BackendKind;
 use engine::deploy::{write_keys, Deployment};
 use engine::error::{EngineError, Result};
 use engine::fixed::FixedPoint;
-use engine::io::{load_features, load_labels, load_safetensors_model, write_predictions};
+use engine::io::{
+    load_features, load_labels, load_safetensors_model_with, OutputFile, UnusedTensors,
+};
 use engine::nn::plain::{Layer, Sequential};
+use engine::nn::range::{calibrate, check_inputs, ModelBounds, DEFAULT_INPUT_BOUND};
 use engine::nn::{ClassifyOptions, ClassifyReport, SecureClassifier};
 use engine::session::{Session, SessionConfig};
 use engine::transport::{PartyId, TransportKind};
@@ -60,6 +63,20 @@ pub enum Command {
         /// How the in-process parties talk: `channels`, loopback `tcp` (unencrypted) or `tls`.
         #[arg(long, default_value = "channels")]
         transport: TransportKind,
+        /// The input bound the model accepts: every feature must satisfy |x| <= this (the client
+        /// checks its rows; the model owner's range analysis proves no overflow within it).
+        #[arg(long, default_value_t = DEFAULT_INPUT_BOUND)]
+        input_bound: f64,
+        /// Calibrate hidden-layer bounds on this `.npy` (the model owner's representative data)
+        /// and check them inside the secure computation instead of worst-case bounds.
+        #[arg(long)]
+        calibrate: Option<String>,
+        /// Factor applied to the calibrated maxima.
+        #[arg(long, default_value_t = 2.0)]
+        calibration_margin: f64,
+        /// Accept a model file with tensors (under --prefix) that --arch does not use.
+        #[arg(long)]
+        allow_unused_tensors: bool,
     },
     /// The tutorial on an embedded default: Linear(1,1), one input, one label.
     Demo {
@@ -137,6 +154,7 @@ pub fn demo(backend: BackendKind, transport: TransportKind) -> Result<ClassifyRe
         "model.fix_precision().share(alice, bob, crypto_provider): {:.2} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
+    println!("{}", shared.range().summary());
     let mut clf = SecureClassifier::new(&mut session, shared);
     let report = clf.classify(
         &[0.0],
@@ -152,6 +170,19 @@ pub fn demo(backend: BackendKind, transport: TransportKind) -> Result<ClassifyRe
         report.predictions.as_deref().unwrap_or(&[])
     );
     Ok(report)
+}
+
+/// Keep GPU drivers from printing noise on stderr in successful runs: without a desktop session
+/// (`XDG_RUNTIME_DIR` unset), Mesa's implicit device-select Vulkan layer tries to reach a Wayland
+/// display and complains on every run. It only reorders adapters for a display, which this
+/// program does not use (it picks its adapter itself), so it is disabled unless the user set
+/// `NODEVICE_SELECT` or has a session. Call at the start of `main`, before any thread exists.
+pub fn quiet_gpu_driver() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
 }
 
 /// Run the CLI.
@@ -189,10 +220,46 @@ pub fn run(cli: Cli) -> Result<()> {
             frac_bits,
             output,
             transport,
+            input_bound,
+            calibrate: calibration,
+            calibration_margin,
+            allow_unused_tensors,
         } => {
+            // Everything that can be refused is refused before the model is shared.
+            if batch == 0 {
+                return Err(EngineError::Invalid("--batch must be at least 1".into()));
+            }
             let fixed = FixedPoint::new(frac_bits)?;
-            let plain = load_safetensors_model(&model, &arch, &prefix)?;
+            let out = match &output {
+                Some(o) => {
+                    for (flag, other) in [
+                        ("--input", Some(&input)),
+                        ("--labels", labels.as_ref()),
+                        ("--model", Some(&model)),
+                        ("--calibrate", calibration.as_ref()),
+                    ] {
+                        if let Some(other) = other {
+                            if same_file(o, other) {
+                                return Err(EngineError::Invalid(format!(
+                                    "--output {o} is the same file as {flag} {other}; it would be overwritten"
+                                )));
+                            }
+                        }
+                    }
+                    Some(OutputFile::create(o)?)
+                }
+                None => None,
+            };
+            let unused = if allow_unused_tensors {
+                UnusedTensors::Allow
+            } else {
+                UnusedTensors::Refuse
+            };
+            let plain = load_safetensors_model_with(&model, &arch, &prefix, unused)?;
             let (n, data) = load_features(&input, plain.in_features())?;
+            if n == 0 {
+                return Err(EngineError::Format(format!("{input}: no input rows")));
+            }
             let labels = match labels {
                 Some(p) => {
                     let l = load_labels(&p)?;
@@ -202,9 +269,32 @@ pub fn run(cli: Cli) -> Result<()> {
                             l.len()
                         )));
                     }
+                    let classes = plain.out_features() as i64;
+                    if let Some((i, bad)) =
+                        l.iter().enumerate().find(|(_, &v)| v < 0 || v >= classes)
+                    {
+                        return Err(EngineError::Format(format!(
+                            "{p}: label {bad} at index {i} is not a class index in 0..{classes}"
+                        )));
+                    }
                     Some(l)
                 }
                 None => None,
+            };
+            // The client checks its own rows against the bound the model declares.
+            check_inputs(&data, plain.in_features(), input_bound)
+                .map_err(|e| EngineError::Range(format!("{input}: {e}")))?;
+            let bounds = match &calibration {
+                Some(path) => {
+                    let (rows, cal) = load_features(path, plain.in_features())?;
+                    check_inputs(&cal, plain.in_features(), input_bound)
+                        .map_err(|e| EngineError::Range(format!("{path}: {e}")))?;
+                    ModelBounds {
+                        input_bound,
+                        calibrated: Some(calibrate(&plain, &cal, rows, calibration_margin)?),
+                    }
+                }
+                None => ModelBounds::worst_case(input_bound),
             };
             let mut session = Session::new(SessionConfig {
                 backend,
@@ -212,7 +302,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 transport,
                 ..Default::default()
             })?;
-            let shared = session.share_model(PartyId::ModelOwner, &plain)?;
+            let shared = session.share_model_with(PartyId::ModelOwner, &plain, &bounds)?;
+            println!("{}", shared.range().summary());
             let mut clf = SecureClassifier::new(&mut session, shared);
             let bar = ProgressBar::new(n as u64);
             bar.set_style(
@@ -227,17 +318,26 @@ pub fn run(cli: Cli) -> Result<()> {
                 labels.as_deref(),
                 &ClassifyOptions {
                     batch,
-                    reveal_predictions: output.is_some(),
+                    reveal_predictions: out.is_some(),
                 },
                 &mut |done, _| bar.set_position(done as u64),
             )?;
             bar.finish_and_clear();
             print_report(&report);
-            if let (Some(path), Some(preds)) = (output, report.predictions.as_ref()) {
-                write_predictions(&path, preds)?;
+            if let (Some(out), Some(preds)) = (out, report.predictions.as_ref()) {
+                let path = out.path().display().to_string();
+                out.commit_predictions(preds)?;
                 println!("predictions written to {path} (revealed to the client only)");
             }
             Ok(())
         }
+    }
+}
+
+/// Whether two paths name the same existing file (through links and relative paths).
+fn same_file(a: &str, b: &str) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
     }
 }

@@ -3,6 +3,8 @@
 use clap::Parser;
 
 fn main() {
+    // Before any thread starts: environment changes are only sound while single-threaded.
+    secure_serving::cli::quiet_gpu_driver();
     // Logs (refused connections, dealer refusals, ...) go to stderr; RUST_LOG sets the level.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)

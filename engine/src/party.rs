@@ -1,9 +1,9 @@
 //! One compute party: its own backend, transport, dealer stream and share store.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
-use kernels::{Backend, Tensor};
+use kernels::{Backend, Storage, Tensor};
 
 use crate::dealer::{
     expand_party_share, material_stream, words_to_seed, words_to_text, MaterialSpec, OP_BATCH,
@@ -57,6 +57,8 @@ pub struct Party {
     store: HashMap<u64, Share>,
     /// The public masked value `F = W - b` of each fixed operand, by id.
     fixed_public: HashMap<u64, Tensor>,
+    /// The weight share each fixed operand was registered with (its storage, not kept alive).
+    fixed_weights: HashMap<u64, Weak<dyn Storage>>,
     next_id: u64,
     /// When `Some`, every message received from the peer is kept (for audits and tests).
     transcript: Option<Vec<Vec<u64>>>,
@@ -82,6 +84,7 @@ impl Party {
             queue: VecDeque::new(),
             store: HashMap::new(),
             fixed_public: HashMap::new(),
+            fixed_weights: HashMap::new(),
             next_id: 1,
             transcript: None,
         })
@@ -144,6 +147,7 @@ impl Party {
     pub fn forget(&mut self, id: u64) {
         self.store.remove(&id);
         self.fixed_public.remove(&id);
+        self.fixed_weights.remove(&id);
     }
 
     /// Allocate an id without storing anything (for fixed operands).
@@ -370,13 +374,31 @@ impl Party {
         Ok(parts)
     }
 
-    /// Whether a fixed operand with this id is registered.
-    pub(crate) fn has_fixed_public(&self, id: u64) -> bool {
-        self.fixed_public.contains_key(&id)
+    /// Check that fixed operand `id` is registered and was registered with the weight share `w`
+    /// (the same storage: any other share, even of equal shape, would give a silently wrong
+    /// product, since the opened `W - b` belongs to the registered weight).
+    pub(crate) fn check_fixed_binding(&self, id: u64, w: &Tensor) -> Result<()> {
+        let (Some(f), Some(bound)) = (self.fixed_public.get(&id), self.fixed_weights.get(&id))
+        else {
+            return Err(EngineError::Invalid(format!(
+                "fixed operand {id} is not registered"
+            )));
+        };
+        let same = bound
+            .upgrade()
+            .is_some_and(|s| std::ptr::addr_eq(Arc::as_ptr(&s), Arc::as_ptr(w.storage())));
+        if !same || f.shape() != w.shape() {
+            return Err(EngineError::Invalid(format!(
+                "fixed operand {id} was registered with another weight share than the {:?} share given",
+                w.shape()
+            )));
+        }
+        Ok(())
     }
 
-    /// Remember the public masked value of a fixed operand.
-    pub(crate) fn register_fixed_public(&mut self, id: u64, f: Tensor) {
+    /// Remember the public masked value of a fixed operand and the weight it belongs to.
+    pub(crate) fn register_fixed_public(&mut self, id: u64, f: Tensor, w: &Tensor) {
         self.fixed_public.insert(id, f);
+        self.fixed_weights.insert(id, Arc::downgrade(w.storage()));
     }
 }

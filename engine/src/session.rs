@@ -316,9 +316,8 @@ impl Session {
             let x = p.receive_share(owner, &s)?;
             Ok(p.keep(x))
         })?;
-        debug_assert_eq!(a, b);
         Ok(SharedTensor {
-            id: a,
+            id: agreed_id(a, b)?,
             shape: shape.to_vec(),
         })
     }
@@ -396,5 +395,29 @@ impl Drop for Session {
         if let Some(d) = self.dealer.take() {
             let _ = d.join();
         }
+    }
+}
+
+/// The store id both parties returned for the same object; they advance identically, so a
+/// difference means the parties are out of step (checked in release builds too).
+pub(crate) fn agreed_id(alice: u64, bob: u64) -> Result<u64> {
+    if alice != bob {
+        return Err(EngineError::Protocol(format!(
+            "alice and bob disagree on a store id ({alice} vs {bob}): the parties are out of step"
+        )));
+    }
+    Ok(alice)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn store_ids_must_agree() {
+        assert_eq!(super::agreed_id(7, 7).unwrap(), 7);
+        let e = super::agreed_id(7, 8).unwrap_err().to_string();
+        assert!(
+            e.contains("alice and bob disagree on a store id (7 vs 8)"),
+            "{e}"
+        );
     }
 }

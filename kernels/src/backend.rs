@@ -119,7 +119,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         self.matmul(a, f, Some(&partial))
     }
 
-    /// Fused last step of the dealer-assisted exact truncation by `bits` (1..=62): from the
+    /// Fused last step of the dealer-assisted truncation (randomised rounding, error < 1 ulp) by `bits` (1..=62): from the
     /// opened masked value `c = x + 2^62 + r` and this party's shares of `r >> bits` (logical)
     /// and `msb(r)`, this party's share of `x >> bits` (error < 1 ulp):
     /// `[first](c >> bits) - r_shr + r_msb·(1 - msb(c))·2^(64-bits) - [first]·2^(62-bits)`.

@@ -4,7 +4,7 @@
 //! `vgg16-head`); the i-th entry owns the tensors `{prefix}{i}.weight` (`[out, in]`) and
 //! `{prefix}{i}.bias` (`[out]`). Dtypes F32, F64, F16 and BF16 are read.
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::{EngineError, Result};
 use crate::nn::plain::{parse_arch, Layer, LayerKind, Sequential};
@@ -16,14 +16,65 @@ fn read_file(path: &str) -> Result<Vec<u8>> {
     })
 }
 
+/// What to do with tensors of the file (under the prefix) that the architecture does not use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UnusedTensors {
+    /// Refuse the file (the architecture probably does not match it).
+    #[default]
+    Refuse,
+    /// Ignore them.
+    Allow,
+}
+
+/// How many names an error lists before "and N more".
+const LISTED_NAMES: usize = 6;
+
+/// `a, b, c and 12 more`.
+fn name_list(names: &[String]) -> String {
+    let shown = names.iter().take(LISTED_NAMES).cloned().collect::<Vec<_>>();
+    match names.len().saturating_sub(LISTED_NAMES) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
+/// A safetensors parse error in words.
+fn describe(e: &SafeTensorError) -> String {
+    match e {
+        SafeTensorError::InvalidHeader => "the header is not valid UTF-8".into(),
+        SafeTensorError::InvalidHeaderStart => "the header does not start with '{'".into(),
+        SafeTensorError::InvalidHeaderDeserialization => "the header is not valid JSON".into(),
+        SafeTensorError::HeaderTooLarge => "the header is larger than 100 MB".into(),
+        SafeTensorError::HeaderTooSmall => "the file is shorter than the 8-byte header size".into(),
+        SafeTensorError::InvalidHeaderLength => "the header length is larger than the file".into(),
+        SafeTensorError::TensorNotFound(n) => format!("tensor '{n}' not found"),
+        SafeTensorError::TensorInvalidInfo => {
+            "a tensor's shape and dtype do not match its byte range".into()
+        }
+        SafeTensorError::InvalidOffset(n) => {
+            format!("the byte range of tensor '{n}' is invalid (overlaps, gaps or past the end)")
+        }
+        SafeTensorError::IoError(e) => format!("read error: {e}"),
+        SafeTensorError::JsonError(e) => format!("the header is not valid JSON: {e}"),
+        SafeTensorError::InvalidTensorView(d, s, n) => {
+            format!("a {d:?} tensor of shape {s:?} cannot hold {n} bytes")
+        }
+        SafeTensorError::MetadataIncompleteBuffer => {
+            "the tensors do not cover the data section exactly".into()
+        }
+        SafeTensorError::ValidationOverflow => "a tensor's size overflows".into(),
+    }
+}
+
 /// Values of tensor `name` as f64, with its shape.
 fn tensor_f64(st: &SafeTensors, name: &str, path: &str) -> Result<(Vec<usize>, Vec<f64>)> {
     let t = st.tensor(name).map_err(|_| {
         let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
         names.sort();
         EngineError::Format(format!(
-            "{path}: tensor '{name}' is missing (file has: {})",
-            names.join(", ")
+            "{path}: tensor '{name}' is missing (file has {}: {})",
+            names.len(),
+            name_list(&names)
         ))
     })?;
     let bytes = t.data();
@@ -59,12 +110,27 @@ fn tensor_f64(st: &SafeTensors, name: &str, path: &str) -> Result<(Vec<usize>, V
     Ok((t.shape().to_vec(), vals))
 }
 
-/// Load a model from a safetensors file with the given architecture and tensor-name prefix.
+/// Load a model from a safetensors file with the given architecture and tensor-name prefix,
+/// refusing tensors under the prefix that the architecture does not use.
 pub fn load_safetensors_model(path: &str, arch: &str, prefix: &str) -> Result<Sequential> {
+    load_safetensors_model_with(path, arch, prefix, UnusedTensors::Refuse)
+}
+
+/// [`load_safetensors_model`], choosing what to do with unused tensors.
+pub fn load_safetensors_model_with(
+    path: &str,
+    arch: &str,
+    prefix: &str,
+    unused: UnusedTensors,
+) -> Result<Sequential> {
     let kinds = parse_arch(arch)?;
     let bytes = read_file(path)?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| EngineError::Format(format!("{path}: not a valid safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        EngineError::Format(format!(
+            "{path}: not a valid safetensors file: {}",
+            describe(&e)
+        ))
+    })?;
     let mut layers = Vec::with_capacity(kinds.len());
     let mut width: Option<usize> = None;
     for (i, kind) in kinds.iter().enumerate() {
@@ -99,6 +165,31 @@ pub fn load_safetensors_model(path: &str, arch: &str, prefix: &str) -> Result<Se
             LayerKind::Dropout => Layer::Dropout,
             LayerKind::Flatten => Layer::Flatten,
         });
+    }
+    if unused == UnusedTensors::Refuse {
+        let used = |n: &str| {
+            n.strip_prefix(prefix)
+                .and_then(|r| r.split_once('.'))
+                .and_then(|(i, t)| Some((i.parse::<usize>().ok()?, t)))
+                .is_some_and(|(i, t)| {
+                    matches!(kinds.get(i), Some(LayerKind::Linear))
+                        && (t == "weight" || t == "bias")
+                })
+        };
+        let mut extra: Vec<String> = st
+            .names()
+            .into_iter()
+            .filter(|n| n.starts_with(prefix) && !used(n))
+            .cloned()
+            .collect();
+        if !extra.is_empty() {
+            extra.sort();
+            return Err(EngineError::Format(format!(
+                "{path}: {} tensor(s) under prefix '{prefix}' are not used by --arch {arch}: {} (check --arch and --prefix, or allow them with --allow-unused-tensors)",
+                extra.len(),
+                name_list(&extra)
+            )));
+        }
     }
     Sequential::new(layers)
 }

@@ -5,13 +5,16 @@
 //!   owner's model), the VGG16 classifier-head builder, and plaintext f64 / u64 evaluation.
 //! - [`shared`]: the same model after `fix_precision().share(alice, bob, crypto_provider)`:
 //!   handles to shares held by the parties, with a per-party secure forward pass.
+//! - [`range`]: range analysis before sharing and run-time range checks (no silent overflow).
 //! - [`classify`]: the PySyft tutorial flow (encrypted argmax, eq with shared labels, sum; only
 //!   the correct-count revealed to the model owner, predictions only to the client).
 
 pub mod classify;
 pub mod plain;
+pub mod range;
 pub mod shared;
 
 pub use classify::{ClassifyOptions, ClassifyReport, SecureClassifier};
 pub use plain::{Layer, Sequential};
+pub use range::{ModelBounds, RangeReport};
 pub use shared::SharedModel;

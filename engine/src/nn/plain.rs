@@ -92,6 +92,12 @@ impl Sequential {
                 ..
             } = l
             {
+                if *in_features == 0 || *out_features == 0 {
+                    return Err(shape_err(
+                        "Sequential",
+                        format!("layer {i} {} has no features", l.name()),
+                    ));
+                }
                 if let Some(w) = width {
                     if w != *in_features {
                         return Err(shape_err(
@@ -145,6 +151,16 @@ impl Sequential {
 
     /// Plaintext f64 forward pass of `x [batch, in]` (row-major) -> `[batch, out]`.
     pub fn forward_f64(&self, x: &[f64], batch: usize) -> Result<Vec<f64>> {
+        self.forward_f64_observed(x, batch, &mut |_, _| {})
+    }
+
+    /// [`Self::forward_f64`], calling `observe(layer, output)` after every layer (calibration).
+    pub fn forward_f64_observed(
+        &self,
+        x: &[f64],
+        batch: usize,
+        observe: &mut dyn FnMut(&Layer, &[f64]),
+    ) -> Result<Vec<f64>> {
         let mut cur = x.to_vec();
         let mut width = self.in_features();
         if cur.len() != batch * width {
@@ -176,6 +192,7 @@ impl Sequential {
                 Layer::ReLU => cur.iter_mut().for_each(|v| *v = v.max(0.0)),
                 Layer::Dropout | Layer::Flatten => {}
             }
+            observe(l, &cur);
         }
         debug_assert_eq!(cur.len(), batch * width);
         Ok(cur)
@@ -211,7 +228,7 @@ pub enum LayerKind {
 
 /// Parse `linear,relu,dropout,linear` (or the preset `vgg16-head`) into layer kinds.
 pub fn parse_arch(arch: &str) -> Result<Vec<LayerKind>> {
-    if arch.trim() == "vgg16-head" {
+    if arch.trim().eq_ignore_ascii_case("vgg16-head") {
         return parse_arch("linear,relu,dropout,linear,relu,dropout,linear");
     }
     arch.split(',')

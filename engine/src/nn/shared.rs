@@ -4,6 +4,7 @@
 use crate::dealer::MaterialSpec;
 use crate::error::Result;
 use crate::nn::plain::{transposed, Layer, Sequential};
+use crate::nn::range::{analyse, ring_limits, ModelBounds, RangeGuard, RangeReport};
 use crate::party::Party;
 use crate::protocols::compare::compare_specs;
 use crate::session::Session;
@@ -40,13 +41,31 @@ pub struct SharedModel {
     layers: Vec<SharedLayer>,
     in_features: usize,
     out_features: usize,
+    bounds: ModelBounds,
+    range: RangeReport,
+    limits: Vec<u64>,
 }
 
 impl Session {
-    /// The model owner fixed-point encodes `model` and shares it across alice and bob; each
-    /// weight is registered as a fixed operand (its mask opened once).
+    /// [`Self::share_model_with`] with the default bounds (inputs within
+    /// [`crate::nn::range::DEFAULT_INPUT_BOUND`], worst-case analysis).
     pub fn share_model(&mut self, owner: PartyId, model: &Sequential) -> Result<SharedModel> {
-        model.check_encodable(&self.config().fixed)?;
+        self.share_model_with(owner, model, &ModelBounds::default())
+    }
+
+    /// The model owner fixed-point encodes `model` and shares it across alice and bob; each
+    /// weight is registered as a fixed operand (its mask opened once). Before anything is
+    /// shared, the range analysis proves that no value can overflow for inputs within `bounds`
+    /// (or refuses); the bounds are stored with the shared model.
+    pub fn share_model_with(
+        &mut self,
+        owner: PartyId,
+        model: &Sequential,
+        bounds: &ModelBounds,
+    ) -> Result<SharedModel> {
+        let fx = self.config().fixed;
+        model.check_encodable(&fx)?;
+        let range = analyse(model, &fx, bounds)?;
         let mut layers = Vec::with_capacity(model.layers.len());
         for l in &model.layers {
             layers.push(match l {
@@ -63,10 +82,11 @@ impl Session {
                     drop(wt);
                     let b = self.share(owner, &[o], bias)?;
                     let wid = w.id();
-                    let [fixed, _] = self.run(move |p| {
+                    let [fa, fb] = self.run(move |p| {
                         let w = p.kept(wid)?;
                         Ok(p.fix_operand(&w)?.id())
                     })?;
+                    let fixed = crate::session::agreed_id(fa, fb)?;
                     SharedLayer::Linear {
                         weight: wid,
                         fixed,
@@ -84,6 +104,9 @@ impl Session {
             layers,
             in_features: model.in_features(),
             out_features: model.out_features(),
+            bounds: bounds.clone(),
+            range,
+            limits: ring_limits(bounds, &fx),
         })
     }
 }
@@ -99,6 +122,16 @@ impl SharedModel {
         self.out_features
     }
 
+    /// The bounds declared by the model owner (the client checks its inputs against them).
+    pub fn bounds(&self) -> &ModelBounds {
+        &self.bounds
+    }
+
+    /// The range analysis done before sharing (headroom, error bound).
+    pub fn range(&self) -> &RangeReport {
+        &self.range
+    }
+
     /// The layers.
     pub fn layers(&self) -> &[SharedLayer] {
         &self.layers
@@ -108,6 +141,7 @@ impl SharedModel {
     pub fn material_specs(&self, batch: usize, frac_bits: u32) -> Vec<MaterialSpec> {
         let mut specs = Vec::new();
         let mut width = self.in_features;
+        let mut guard = RangeGuard::new(&self.limits);
         for l in &self.layers {
             match l {
                 SharedLayer::Linear {
@@ -131,13 +165,16 @@ impl SharedModel {
                 SharedLayer::ReLU => specs.extend(compare_specs(batch * width, 1)),
                 SharedLayer::Dropout | SharedLayer::Flatten => {}
             }
+            specs.extend(guard.specs_after(l, batch * width));
         }
+        specs.extend(guard.final_specs());
         specs
     }
 
     /// Secure forward pass on this party's share of `x [batch, in]`.
     pub fn forward(&self, p: &mut Party, x: &Share) -> Result<Share> {
         let mut cur = x.clone();
+        let mut guard = RangeGuard::new(&self.limits);
         for l in &self.layers {
             cur = match l {
                 SharedLayer::Linear {
@@ -153,7 +190,9 @@ impl SharedModel {
                 SharedLayer::ReLU => p.relu(&cur)?,
                 SharedLayer::Dropout | SharedLayer::Flatten => cur,
             };
+            guard.observe(p, l, &cur)?;
         }
+        guard.finish(p)?;
         Ok(cur)
     }
 }

@@ -107,18 +107,15 @@ impl Party {
         let b = parts[0].reshaped(vec![k, n]).expect("k*n");
         let d = self.backend().binary(BinaryOp::Sub, w.tensor(), &b)?;
         let f: Tensor = self.open("fix_operand", &[&d])?.pop().expect("one opened");
-        self.register_fixed_public(id, f);
+        self.register_fixed_public(id, f, w.tensor());
         Ok(FixedOperand { id, w: w.clone() })
     }
 
     /// Re-attach a registered fixed operand to its weight share (e.g. from a model's store ids).
+    /// The share must be the one the operand was registered with (checked in release builds).
     pub fn fixed_operand(&self, fixed_id: u64, w: &Share) -> Result<FixedOperand> {
         check_2d("fixed_operand", w)?;
-        if !self.has_fixed_public(fixed_id) {
-            return Err(crate::EngineError::Invalid(format!(
-                "fixed operand {fixed_id} is not registered"
-            )));
-        }
+        self.check_fixed_binding(fixed_id, w.tensor())?;
         Ok(FixedOperand {
             id: fixed_id,
             w: w.clone(),

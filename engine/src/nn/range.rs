@@ -1,0 +1,484 @@
+//! Range analysis: no secure computation may overflow the ring silently.
+//!
+//! Every value the protocols handle must stay inside the range they are exact on: the truncation
+//! after a fixed-point product needs `|x| < 2^62` ring units (see [`crate::protocols::truncate`]),
+//! and a comparison `x < y` needs `|x - y| < 2^63`. Before anything is shared, the model owner
+//! (who holds the weights in plaintext) bounds every layer by interval arithmetic from a declared
+//! input bound `B` ([`ModelBounds`]), in ring units and with the encoding's rounding:
+//!
+//! - a Linear layer's accumulator (at scale `2^(2f)`, before truncation) for output `j` is at most
+//!   `A_j = Σ_i |round(W_ji·2^f)| · X_i`, where `X_i` bounds input `i` in ring units; it must stay
+//!   below `2^62`;
+//! - its output is at most `A_j / 2^f + 1 + |round(b_j·2^f)|` (truncation is off by less than one
+//!   unit), which is below `2^62` whenever the accumulator is, so ReLU, argmax and equality
+//!   comparisons (differences below `2^63`) are exact too;
+//! - ReLU, Dropout and Flatten keep or shrink every bound.
+//!
+//! If some bound reaches `2^62`, [`analyse`] refuses with an error naming the layer, the bound in
+//! bits, the largest safe `--frac-bits` and the largest safe input bound. The same pass bounds the
+//! difference between the secure logits and the plaintext logits ([`RangeReport::logit_error`]).
+//!
+//! **Calibrated bounds.** Worst-case bounds grow with depth. The model owner may instead declare a
+//! bound for every hidden Linear output (measured in plaintext with a margin, [`calibrate`]); the
+//! analysis then starts each following layer from that bound, and the secure forward pass checks
+//! at run time that every hidden pre-activation lies within it ([`RangeGuard`]): the parties
+//! compare, sum the out-of-range indicators and open one bit per batch, "some value was out of
+//! range". A batch with that bit set fails with an error. By induction over the layers, the first
+//! value that leaves its declared range is computed correctly (all earlier ones were in range, so
+//! its layer could not overflow) and is therefore detected.
+
+use rayon::prelude::*;
+
+use crate::dealer::MaterialSpec;
+use crate::error::{EngineError, Result};
+use crate::fixed::{FixedPoint, MAX_ENCODED_BITS};
+use crate::nn::plain::{Layer, Sequential};
+use crate::nn::shared::SharedLayer;
+use crate::party::Party;
+use crate::protocols::compare::compare_specs;
+use crate::share::Share;
+
+/// Input bound a model accepts unless its owner declares another: `|x| <= 16` fits ordinary
+/// normalised data (standardised features, pixels in [0, 1] or [-1, 1]).
+pub const DEFAULT_INPUT_BOUND: f64 = 16.0;
+
+/// Every accumulator and activation must stay below `2^SAFE_BITS` ring units (the truncation's
+/// precondition; it also keeps every comparison's difference below `2^63`).
+pub const SAFE_BITS: u32 = 62;
+
+/// What the model owner declares about the values the model will see (stored with the shared
+/// model).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelBounds {
+    /// Every input feature must satisfy `|x| <= input_bound` (the client checks its own rows).
+    pub input_bound: f64,
+    /// Calibrated bounds on the output of every hidden Linear layer (all Linear layers but the
+    /// last), checked inside the secure computation; `None`: worst-case bounds only.
+    pub calibrated: Option<Vec<f64>>,
+}
+
+impl Default for ModelBounds {
+    fn default() -> Self {
+        ModelBounds {
+            input_bound: DEFAULT_INPUT_BOUND,
+            calibrated: None,
+        }
+    }
+}
+
+impl ModelBounds {
+    /// Worst-case bounds from a declared input bound.
+    pub fn worst_case(input_bound: f64) -> Self {
+        ModelBounds {
+            input_bound,
+            calibrated: None,
+        }
+    }
+}
+
+/// The bounds of one Linear layer.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerRange {
+    /// Index of the layer in the model.
+    pub layer: usize,
+    /// Its PyTorch-style name.
+    pub name: String,
+    /// `log2` of the bound on the accumulator (ring units, before truncation).
+    pub accumulator_bits: f64,
+    /// Bound on the plaintext output (real units).
+    pub output_bound: f64,
+    /// The calibrated bound checked at run time on this layer's output, if any.
+    pub checked: Option<f64>,
+}
+
+/// Result of a successful range analysis.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RangeReport {
+    /// Fractional bits analysed.
+    pub frac_bits: u32,
+    /// Declared input bound.
+    pub input_bound: f64,
+    /// One entry per Linear layer.
+    pub layers: Vec<LayerRange>,
+    /// Proven bound on `|secure logit - plaintext logit|` (real units) for inputs within the bound.
+    pub logit_error: f64,
+}
+
+impl RangeReport {
+    /// The Linear layer with the least headroom.
+    pub fn worst(&self) -> &LayerRange {
+        self.layers
+            .iter()
+            .max_by(|a, b| a.accumulator_bits.total_cmp(&b.accumulator_bits))
+            .expect("a model has a Linear layer")
+    }
+
+    /// Bits of headroom of the worst layer below `2^62`.
+    pub fn headroom_bits(&self) -> f64 {
+        SAFE_BITS as f64 - self.worst().accumulator_bits
+    }
+
+    /// One line for command output.
+    pub fn summary(&self) -> String {
+        let w = self.worst();
+        let mode = if self.layers.iter().any(|l| l.checked.is_some()) {
+            "calibrated bounds, checked at run time"
+        } else {
+            "worst-case bounds"
+        };
+        format!(
+            "range: inputs within ±{}, {mode}; worst layer {} {}: accumulator < 2^{:.1} of 2^{SAFE_BITS}, headroom {:.1} bits; logits within ±{:.2e} of plaintext",
+            self.input_bound,
+            w.layer,
+            w.name,
+            w.accumulator_bits,
+            self.headroom_bits(),
+            self.logit_error
+        )
+    }
+}
+
+/// Why a configuration is unsafe (before suggestions are added).
+enum Violation {
+    Input,
+    Layer {
+        layer: usize,
+        name: String,
+        bits: f64,
+    },
+}
+
+/// Propagate bounds through `model` at `frac_bits`; `Err` names the first unsafe place.
+fn propagate(
+    model: &Sequential,
+    frac_bits: u32,
+    bounds: &ModelBounds,
+) -> std::result::Result<RangeReport, Violation> {
+    let scale = (1u64 << frac_bits) as f64;
+    let eps = 1.0 / scale;
+    let b = bounds.input_bound;
+    if (b * scale).round() >= (1u64 << MAX_ENCODED_BITS) as f64 {
+        return Err(Violation::Input);
+    }
+    let width = model.in_features();
+    // Per feature: ring-unit bound of the secure value, real bound of the plaintext value, and
+    // bound on their difference (inputs are rounded to the nearest unit: half an ulp).
+    let mut ring = vec![(b * scale).round(); width];
+    let mut real = vec![b; width];
+    let mut err = vec![eps / 2.0; width];
+    let limit = 2f64.powi(SAFE_BITS as i32);
+    let calibrated = bounds.calibrated.as_deref().unwrap_or(&[]);
+    let mut linear = 0usize;
+    let mut layers = Vec::new();
+    for (idx, l) in model.layers.iter().enumerate() {
+        let Layer::Linear {
+            in_features,
+            out_features,
+            weight,
+            bias,
+        } = l
+        else {
+            // ReLU is 1-Lipschitz and shrinks magnitudes; Dropout and Flatten are identities.
+            continue;
+        };
+        let k = *in_features;
+        // Sums of `k` non-negative f64 terms are within a relative `k·2^-53` of the true sum;
+        // inflating by `(k + 2)·2^-52` keeps every bound an upper bound.
+        let slack = 1.0 + (k as f64 + 2.0) * f64::EPSILON;
+        let rows: Vec<(f64, f64, f64)> = (0..*out_features)
+            .into_par_iter()
+            .map(|j| {
+                let row = &weight[j * k..(j + 1) * k];
+                let (mut acc, mut re, mut e) = (0.0f64, 0.0f64, 0.0f64);
+                for i in 0..k {
+                    let w = row[i].abs();
+                    acc += (row[i] * scale).round().abs() * ring[i];
+                    re += w * real[i];
+                    e += (w + eps / 2.0) * err[i] + eps / 2.0 * real[i];
+                }
+                let bj = bias[j];
+                // Truncation: below one ulp; bias rounding: half an ulp.
+                (acc * slack, (re + bj.abs()) * slack, e * slack + 1.5 * eps)
+            })
+            .collect();
+        let acc_max = rows.iter().map(|r| r.0).fold(0.0, f64::max);
+        let bits = acc_max.max(1.0).log2();
+        if acc_max >= limit {
+            return Err(Violation::Layer {
+                layer: idx,
+                name: l.name(),
+                bits,
+            });
+        }
+        let checked = calibrated.get(linear).copied();
+        ring = rows
+            .iter()
+            .enumerate()
+            .map(|(j, r)| {
+                let out = r.0 / scale + 1.0 + (bias[j] * scale).round().abs();
+                match checked {
+                    Some(c) => out.min((c * scale).floor()),
+                    None => out,
+                }
+            })
+            .collect();
+        err = rows.iter().map(|r| r.2).collect();
+        real = rows
+            .iter()
+            .zip(&err)
+            .map(|(r, e)| match checked {
+                Some(c) => r.1.min(c + e),
+                None => r.1,
+            })
+            .collect();
+        layers.push(LayerRange {
+            layer: idx,
+            name: l.name(),
+            accumulator_bits: bits,
+            output_bound: real.iter().copied().fold(0.0, f64::max),
+            checked,
+        });
+        linear += 1;
+    }
+    Ok(RangeReport {
+        frac_bits,
+        input_bound: b,
+        layers,
+        logit_error: err.iter().copied().fold(0.0, f64::max),
+    })
+}
+
+/// Check that `model` cannot overflow at `fx` for inputs within `bounds`, before anything is
+/// shared. The error names the layer, the bound in bits, the largest safe fractional bits and the
+/// largest safe input bound.
+pub fn analyse(model: &Sequential, fx: &FixedPoint, bounds: &ModelBounds) -> Result<RangeReport> {
+    let f = fx.frac_bits();
+    let b = bounds.input_bound;
+    if !(b.is_finite() && b > 0.0) {
+        return Err(EngineError::Invalid(format!(
+            "the input bound must be a positive number, got {b}"
+        )));
+    }
+    let hidden = model
+        .layers
+        .iter()
+        .filter(|l| matches!(l, Layer::Linear { .. }))
+        .count()
+        - 1;
+    if let Some(c) = &bounds.calibrated {
+        if c.len() != hidden {
+            return Err(EngineError::Invalid(format!(
+                "{} calibrated bounds for a model with {hidden} hidden Linear layers",
+                c.len()
+            )));
+        }
+        // Below 2^61 ring units, so `C ± y` stays below 2^63 for every |y| < 2^62.
+        let max = 2f64.powi(61) / fx.scale();
+        if let Some(v) = c
+            .iter()
+            .find(|v| !(v.is_finite() && **v > 0.0 && **v < max))
+        {
+            return Err(EngineError::Invalid(format!(
+                "calibrated bounds must be positive numbers below {max:e}, got {v}"
+            )));
+        }
+    }
+    let violation = match propagate(model, f, bounds) {
+        Ok(report) => return Ok(report),
+        Err(v) => v,
+    };
+    let safe_f = (1..f).rev().find(|&g| propagate(model, g, bounds).is_ok());
+    let safe_f = match safe_f {
+        Some(g) => format!("the largest safe --frac-bits is {g}"),
+        None => format!("no --frac-bits is safe for inputs within ±{b}"),
+    };
+    let safe_b = safe_input_bound(model, f, bounds);
+    let safe_b = match safe_b {
+        Some(v) => format!("the largest safe input bound at --frac-bits {f} is {v}"),
+        None => format!("no input bound is safe at --frac-bits {f}"),
+    };
+    Err(EngineError::Range(match violation {
+        Violation::Input => format!(
+            "input bound ±{b} cannot be encoded with {f} fractional bits (|x| must stay below 2^{}); {safe_f}, or {safe_b}",
+            MAX_ENCODED_BITS - f
+        ),
+        Violation::Layer { layer, name, bits } => format!(
+            "layer {layer} {name} can overflow: its accumulator bound is 2^{bits:.1} ring units, at or above the safe limit 2^{SAFE_BITS}, for inputs within ±{b} at --frac-bits {f}; {safe_f}, or {safe_b}; nothing was shared"
+        ),
+    }))
+}
+
+/// Largest input bound (3 significant digits, rounded down) that is safe at `frac_bits`.
+fn safe_input_bound(model: &Sequential, frac_bits: u32, bounds: &ModelBounds) -> Option<f64> {
+    let ok = |b: f64| {
+        propagate(
+            model,
+            frac_bits,
+            &ModelBounds {
+                input_bound: b,
+                calibrated: bounds.calibrated.clone(),
+            },
+        )
+        .is_ok()
+    };
+    // Bounds are monotone in the input bound: bisect on a log scale.
+    let (mut lo, mut hi) = (0.0f64, bounds.input_bound);
+    let tiny = 1.0 / (1u64 << frac_bits) as f64;
+    if !ok(tiny) {
+        return None;
+    }
+    lo = lo.max(tiny);
+    for _ in 0..60 {
+        let mid = (lo * hi).sqrt();
+        if ok(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+        if hi / lo < 1.0 + 1e-4 {
+            break;
+        }
+    }
+    let digits = 10f64.powi(lo.log10().floor() as i32 - 2);
+    let r = (lo / digits).floor() * digits;
+    Some(if r > 0.0 && ok(r) { r } else { lo })
+}
+
+/// The client's check of its own inputs `[rows, width]` against the model's declared bound,
+/// before it shares anything; rows and columns are counted from 0 in the whole data.
+pub fn check_inputs(data: &[f64], width: usize, input_bound: f64) -> Result<()> {
+    if let Some(i) = data
+        .iter()
+        .position(|v| !v.is_finite() || v.abs() > input_bound)
+    {
+        let (row, col, v) = (i / width.max(1), i % width.max(1), data[i]);
+        return Err(if v.is_finite() {
+            EngineError::Range(format!(
+                "row {row}, column {col}: value {v} is outside the model's declared input bound ±{input_bound} (the model owner can declare a larger bound, e.g. --input-bound)"
+            ))
+        } else {
+            EngineError::Format(format!("row {row}, column {col}: value {v} is not finite"))
+        });
+    }
+    Ok(())
+}
+
+/// Calibrated bounds for every hidden Linear output: the largest magnitude seen on `data
+/// [rows, in]` (the model owner's representative plaintext data) times `margin` (>= 1).
+pub fn calibrate(model: &Sequential, data: &[f64], rows: usize, margin: f64) -> Result<Vec<f64>> {
+    if !(margin.is_finite() && margin >= 1.0) {
+        return Err(EngineError::Invalid(format!(
+            "the calibration margin must be at least 1, got {margin}"
+        )));
+    }
+    if rows == 0 {
+        return Err(EngineError::Invalid("no calibration rows".into()));
+    }
+    let mut maxima = Vec::new();
+    model.forward_f64_observed(data, rows, &mut |l, out| {
+        if matches!(l, Layer::Linear { .. }) {
+            maxima.push(out.iter().fold(0.0f64, |m, v| m.max(v.abs())));
+        }
+    })?;
+    maxima.pop();
+    // A layer that stayed at zero still gets a usable bound of one unit.
+    Ok(maxima.into_iter().map(|m| (m * margin).max(1.0)).collect())
+}
+
+/// Run-time range checks of a forward pass with calibrated bounds: for every hidden Linear
+/// output `y` with ring bound `C`, the parties compute `[C + y < 0] + [C - y < 0]` (one batched
+/// comparison), add up the indicators over the pass and, at the end, open the single bit
+/// `[count > 0]`. Without calibrated bounds it does nothing and costs nothing.
+pub struct RangeGuard<'a> {
+    limits: &'a [u64],
+    linear: usize,
+    count: Option<Share>,
+}
+
+impl<'a> RangeGuard<'a> {
+    /// A guard for ring limits of the hidden Linear outputs, in order (empty: no checks).
+    pub fn new(limits: &'a [u64]) -> Self {
+        RangeGuard {
+            limits,
+            linear: 0,
+            count: None,
+        }
+    }
+
+    fn limit_after(&mut self, layer: &SharedLayer) -> Option<u64> {
+        if !matches!(layer, SharedLayer::Linear { .. }) {
+            return None;
+        }
+        self.linear += 1;
+        self.limits.get(self.linear - 1).copied()
+    }
+
+    /// Material for the check after `layer` whose output has `elements` values (call for every
+    /// layer, in order, like [`Self::observe`]).
+    pub fn specs_after(&mut self, layer: &SharedLayer, elements: usize) -> Vec<MaterialSpec> {
+        match self.limit_after(layer) {
+            Some(_) => compare_specs(2 * elements, 0),
+            None => Vec::new(),
+        }
+    }
+
+    /// Material for [`Self::finish`].
+    pub fn final_specs(&self) -> Vec<MaterialSpec> {
+        if self.limits.is_empty() {
+            Vec::new()
+        } else {
+            compare_specs(1, 0)
+        }
+    }
+
+    /// Check the output `y` of `layer` (call after every layer, in order).
+    pub fn observe(&mut self, p: &mut Party, layer: &SharedLayer, y: &Share) -> Result<()> {
+        let Some(c) = self.limit_after(layer) else {
+            return Ok(());
+        };
+        let above = p.add_public_ring(&p.neg(y)?, c)?;
+        let below = p.add_public_ring(y, c)?;
+        let both = p.concat(&[&above, &below])?;
+        let bits = p.ltz(&both)?;
+        let n = p.sum_all(&bits)?;
+        self.count = Some(match self.count.take() {
+            Some(prev) => p.add(&prev, &n)?,
+            None => n,
+        });
+        Ok(())
+    }
+
+    /// Open the one "out of range" bit of this pass; an error if it is set.
+    pub fn finish(self, p: &mut Party) -> Result<()> {
+        let Some(count) = self.count else {
+            if !self.limits.is_empty() {
+                // A model with calibrated bounds always has a hidden layer to check.
+                return Err(EngineError::Invalid(
+                    "range guard saw no Linear layer".into(),
+                ));
+            }
+            return Ok(());
+        };
+        // count <= number of checked values < 2^62, so its sign test is exact.
+        let flag = p.ltz(&p.neg(&count)?)?;
+        let opened = p.open("range check", &[flag.tensor()])?;
+        let bit = p.backend().download(&opened[0])?[0];
+        if bit != 0 {
+            return Err(EngineError::Range(
+                "a hidden value left its calibrated range in this batch (the only thing revealed is this one out-of-range flag); nothing of the batch was revealed; recalibrate on more representative data or with a larger margin".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Ring limits (`floor(C·2^f)`) of calibrated bounds.
+pub fn ring_limits(bounds: &ModelBounds, fx: &FixedPoint) -> Vec<u64> {
+    bounds
+        .calibrated
+        .as_deref()
+        .unwrap_or(&[])
+        .iter()
+        .map(|c| (c * fx.scale()).floor() as u64)
+        .collect()
+}
