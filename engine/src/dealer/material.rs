@@ -116,15 +116,6 @@ impl MaterialSpec {
         PartShapes { random, derived }
     }
 
-    /// Whether a party keeps this material in host memory: boolean-circuit material is consumed
-    /// by the comparison circuit, which runs on the host (rayon); the rest goes to the backend.
-    pub fn is_host(&self) -> bool {
-        matches!(
-            self,
-            MaterialSpec::AndTriple { .. } | MaterialSpec::BitSelect { .. }
-        )
-    }
-
     /// How derived parts are corrected.
     pub fn correction(&self) -> Correction {
         match self {

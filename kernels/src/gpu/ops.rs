@@ -356,4 +356,169 @@ impl Exec<'_> {
         self.run("sum_rows", |_| {}, &dispatches)?;
         Ok(out)
     }
+
+    /// Copy element ranges `(src, first, len)` one after another into a new buffer.
+    pub(crate) fn gather_ranges(
+        &self,
+        ranges: &[(&wgpu::Buffer, usize, usize)],
+    ) -> Result<PooledBuffer> {
+        let total: usize = ranges.iter().map(|r| r.2).sum();
+        let out = self.alloc(total)?;
+        self.run(
+            "copy",
+            |enc| {
+                let mut off = 0u64;
+                for &(src, first, len) in ranges {
+                    if len > 0 {
+                        let bytes = (len * 8) as u64;
+                        enc.copy_buffer_to_buffer(
+                            src,
+                            (first * 8) as u64,
+                            out.buffer(),
+                            off,
+                            bytes,
+                        );
+                        off += bytes;
+                    }
+                }
+            },
+            &[],
+        )?;
+        Ok(out)
+    }
+
+    /// Run a kernel whose output element `i` reads operand elements around `i · num / den`
+    /// (e.g. 2/1 for bit compaction, 1/64 for packed bits). The output (at `out_binding`) is
+    /// split into chunks whose starts are aligned for every operand, so each binding starts at
+    /// its chunk's first element; `params[0]` is set to the chunk length and `params[1]` to the
+    /// valid length of the first operand in the chunk.
+    pub(crate) fn proportional(
+        &self,
+        label: &str,
+        kernel: &Kernel,
+        operands: &[Operand<'_>],
+        out_binding: u32,
+        len: usize,
+        params: Params,
+    ) -> Result<PooledBuffer> {
+        let out = self.alloc(len)?;
+        if len == 0 {
+            return Ok(out);
+        }
+        let room = self.ctx.max_binding_elems;
+        let gcd = |mut a: usize, mut b: usize| {
+            while b != 0 {
+                (a, b) = (b, a % b);
+            }
+            a
+        };
+        // Smallest chunk-start step keeping every operand's start a multiple of ALIGN_ELEMS.
+        let mut unit = ALIGN_ELEMS;
+        let mut chunk = room.min(self.ctx.max_grid_groups().saturating_mul(WG));
+        for o in operands {
+            let need = o.den * ALIGN_ELEMS;
+            let u = need / gcd(o.num, need);
+            unit = unit / gcd(unit, u) * u;
+            chunk = chunk.min(room.saturating_mul(o.den) / o.num.max(1));
+        }
+        let chunk = chunk / unit * unit;
+        if chunk == 0 {
+            return Err(KernelError::Gpu(format!(
+                "{label}: storage bindings of {room} elements are too small for one aligned chunk"
+            )));
+        }
+        let mut dispatches = Vec::new();
+        for c0 in (0..len).step_by(chunk) {
+            let cl = chunk.min(len - c0);
+            let mut storage: Vec<Binding<'_>> = Vec::with_capacity(operands.len() + 1);
+            let mut first_valid = 0;
+            for (k, o) in operands.iter().enumerate() {
+                let first = c0 * o.num / o.den;
+                let end = ((c0 + cl) * o.num).div_ceil(o.den).min(o.len);
+                let span = end.saturating_sub(first);
+                if k == 0 {
+                    first_valid = span;
+                }
+                let (offset, size) = if span == 0 {
+                    (0, 8)
+                } else {
+                    ((first * 8) as u64, (span * 8) as u64)
+                };
+                storage.push((o.binding, o.buf, offset, size));
+            }
+            storage.push((out_binding, out.buffer(), (c0 * 8) as u64, (cl * 8) as u64));
+            let mut p = params;
+            p[0] = to_u32(cl, "chunk length")?;
+            p[1] = to_u32(first_valid, "chunk operand length")?;
+            dispatches.push(Dispatch {
+                kernel,
+                storage,
+                params: p,
+                groups: self.ctx.grid(cl.div_ceil(WG))?,
+            });
+        }
+        self.run(label, |_| {}, &dispatches)?;
+        Ok(out)
+    }
+
+    /// Transpose `a [m, n]` into a new `[n, m]` buffer, in tiles that fit one binding each.
+    pub(crate) fn transpose(
+        &self,
+        kernel: &Kernel,
+        a: &wgpu::Buffer,
+        m: usize,
+        n: usize,
+    ) -> Result<PooledBuffer> {
+        let out = self.alloc(m * n)?;
+        if m == 0 || n == 0 {
+            return Ok(out);
+        }
+        let room = self.ctx.max_binding_elems.saturating_sub(ALIGN_ELEMS - 1);
+        let most = 16 * self.ctx.max_groups.max(1) as usize;
+        // Output tile: `rl` rows (input columns) by `cl` columns (input rows); each binding
+        // spans at most (tile extent - 1) * stride + other extent <= room.
+        let rl = (room / (2 * m)).clamp(1, n.min(most));
+        let cl = (room / (2 * n)).clamp(1, m.min(most));
+        if rl + (cl - 1) * n > room || cl + (rl - 1) * m > room {
+            return Err(KernelError::Gpu(format!(
+                "transpose [{m},{n}]: no tile fits one storage binding of {} elements",
+                self.ctx.max_binding_elems
+            )));
+        }
+        let mut dispatches = Vec::new();
+        for r0 in (0..n).step_by(rl) {
+            let rows = rl.min(n - r0);
+            for c0 in (0..m).step_by(cl) {
+                let cols = cl.min(m - c0);
+                let (i_start, i_size, i_off) = aligned(c0 * n + r0, (cols - 1) * n + rows);
+                let (o_start, o_size, o_off) = aligned(r0 * m + c0, (rows - 1) * m + cols);
+                dispatches.push(Dispatch {
+                    kernel,
+                    storage: vec![(2, a, i_start, i_size), (3, out.buffer(), o_start, o_size)],
+                    params: [
+                        to_u32(rows, "rows")?,
+                        to_u32(cols, "cols")?,
+                        to_u32(n, "n")?,
+                        to_u32(m, "m")?,
+                        i_off,
+                        o_off,
+                        0,
+                        0,
+                    ],
+                    groups: (cols.div_ceil(16) as u32, rows.div_ceil(16) as u32),
+                });
+            }
+        }
+        self.run("transpose", |_| {}, &dispatches)?;
+        Ok(out)
+    }
+}
+
+/// One operand of [`Exec::proportional`]: `num / den` operand elements per output element.
+pub(crate) struct Operand<'b> {
+    pub(crate) binding: u32,
+    pub(crate) buf: &'b wgpu::Buffer,
+    pub(crate) len: usize,
+    pub(crate) num: usize,
+    pub(crate) den: usize,
 }

@@ -16,6 +16,9 @@ const BEAVER: &str = include_str!("../../../shaders/beaver.wgsl");
 const TRUNCATE: &str = include_str!("../../../shaders/truncate.wgsl");
 const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
 const REDUCE: &str = include_str!("../../../shaders/reduce.wgsl");
+const BITS: &str = include_str!("../../../shaders/bits.wgsl");
+const SELECT: &str = include_str!("../../../shaders/select.wgsl");
+const LAYOUT: &str = include_str!("../../../shaders/layout.wgsl");
 
 /// One entry point: its pipeline and bind group layout (group 0).
 pub(crate) struct Kernel {
@@ -40,6 +43,12 @@ pub(crate) struct Kernels {
     pub(crate) matmul: MatmulKernels,
     pub(crate) sum_rows_wide: Kernel,
     pub(crate) sum_rows_narrow: Kernel,
+    pub(crate) compact_bits: Kernel,
+    pub(crate) pack_msb: Kernel,
+    pub(crate) bit_select: Kernel,
+    pub(crate) payload_select: Kernel,
+    pub(crate) fill: Kernel,
+    pub(crate) transpose: Kernel,
 }
 
 /// The full WGSL source of a kernel file for a variant.
@@ -100,6 +109,9 @@ pub(crate) fn build_all(
         let bv = module(ctx, variant, "beaver", BEAVER);
         let tr = module(ctx, variant, "truncate", TRUNCATE);
         let rd = module(ctx, variant, "reduce", REDUCE);
+        let bits = module(ctx, variant, "bits", BITS);
+        let sel = module(ctx, variant, "select", SELECT);
+        let lay = module(ctx, variant, "layout", LAYOUT);
         Ok(Kernels {
             binary: kernel(ctx, &ew, "binary"),
             scalar: kernel(ctx, &ew, "scalar"),
@@ -108,6 +120,12 @@ pub(crate) fn build_all(
             matmul,
             sum_rows_wide: kernel(ctx, &rd, "sum_rows_wide"),
             sum_rows_narrow: kernel(ctx, &rd, "sum_rows_narrow"),
+            compact_bits: kernel(ctx, &bits, "compact_bits"),
+            pack_msb: kernel(ctx, &bits, "pack_msb"),
+            bit_select: kernel(ctx, &sel, "bit_select"),
+            payload_select: kernel(ctx, &sel, "payload_select"),
+            fill: kernel(ctx, &lay, "fill"),
+            transpose: kernel(ctx, &lay, "transpose"),
         })
     })
 }
