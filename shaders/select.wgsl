@@ -8,8 +8,9 @@
 
 struct Params {
     len: u32,
+    // Valid words of `d` in this chunk (set by the host; unused here).
+    d_len: u32,
     first: u32,
-    _a: u32,
     _b: u32,
 }
 
