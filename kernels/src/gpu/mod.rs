@@ -531,6 +531,11 @@ impl Backend for GpuBackend {
             ));
         }
         let (m, n) = (a.shape()[0], a.shape()[1]);
+        if n > self.ctx.max_binding_elems / 2 {
+            // Rows longer than a binding: a product with a ones column (chunked along k).
+            let ones = self.fill(&[n, 1], 1)?;
+            return self.matmul(a, &ones, None);
+        }
         let x = self.buffer(a)?;
         let out = self.ctx.scoped("sum_rows", || {
             self.exec().sum_rows(

@@ -260,43 +260,64 @@ impl Exec<'_> {
         };
         let room = self.ctx.max_binding_elems.saturating_sub(ALIGN_ELEMS - 1);
         let max_groups = self.ctx.max_groups as usize;
-        let kc = k.min(room / n);
-        let mc = m.min(room / k).min(room / n).min(max_groups * tile_rows);
-        if kc == 0 || mc == 0 || n.div_ceil(tile_cols) > max_groups {
+        // Columns per chunk: all of them when a B row fits half a binding, else tile multiples.
+        let mut nc = n.min(max_groups * tile_cols);
+        if nc > room / 2 {
+            let half = room / 2;
+            nc = if half >= tile_cols {
+                half / tile_cols * tile_cols
+            } else {
+                half.max(1)
+            };
+        }
+        // Depth per chunk: the B span (kc - 1) n + nc and the A row piece kc must fit.
+        let kc = k.min((room - nc) / n + 1).min(room / 2).max(1);
+        // Rows per chunk: the A span (mc - 1) k + kc and the C span (mc - 1) n + nc must fit.
+        let mc = m
+            .min((room - kc) / k + 1)
+            .min((room - nc) / n + 1)
+            .min(max_groups * tile_rows);
+        if mc == 0
+            || kc + (mc - 1) * k > room
+            || nc + (mc - 1) * n > room
+            || nc + (kc - 1) * n > room
+        {
             return Err(KernelError::Gpu(format!(
-                "matmul [{m},{k}]x[{k},{n}]: a row of A or B does not fit one storage binding \
-                 of {} elements or the dispatch limit",
+                "matmul [{m},{k}]x[{k},{n}]: no chunk fits one storage binding of {} elements",
                 self.ctx.max_binding_elems
             )));
         }
         let mut dispatches = Vec::new();
-        for m0 in (0..m).step_by(mc) {
-            let ml = mc.min(m - m0);
-            let (c_start, c_size, c_off) = aligned(m0 * n, ml * n);
-            for k0 in (0..k).step_by(kc) {
-                let kl = kc.min(k - k0);
-                let (a_start, a_size, a_off) = aligned(m0 * k + k0, (ml - 1) * k + kl);
-                let (b_start, b_size, b_off) = aligned(k0 * n, kl * n);
-                let accumulate = acc.is_some() || k0 > 0;
-                dispatches.push(Dispatch {
-                    kernel,
-                    storage: vec![
-                        (1, a, a_start, a_size),
-                        (2, b, b_start, b_size),
-                        (3, out.buffer(), c_start, c_size),
-                    ],
-                    params: [
-                        to_u32(ml, "m")?,
-                        to_u32(n, "n")?,
-                        to_u32(kl, "k")?,
-                        to_u32(k, "lda")?,
-                        a_off,
-                        b_off,
-                        c_off,
-                        u32::from(accumulate),
-                    ],
-                    groups: (n.div_ceil(tile_cols) as u32, ml.div_ceil(tile_rows) as u32),
-                });
+        for n0 in (0..n).step_by(nc) {
+            let nl = nc.min(n - n0);
+            for m0 in (0..m).step_by(mc) {
+                let ml = mc.min(m - m0);
+                let (c_start, c_size, c_off) = aligned(m0 * n + n0, (ml - 1) * n + nl);
+                for k0 in (0..k).step_by(kc) {
+                    let kl = kc.min(k - k0);
+                    let (a_start, a_size, a_off) = aligned(m0 * k + k0, (ml - 1) * k + kl);
+                    let (b_start, b_size, b_off) = aligned(k0 * n + n0, (kl - 1) * n + nl);
+                    let accumulate = acc.is_some() || k0 > 0;
+                    dispatches.push(Dispatch {
+                        kernel,
+                        storage: vec![
+                            (1, a, a_start, a_size),
+                            (2, b, b_start, b_size),
+                            (3, out.buffer(), c_start, c_size),
+                        ],
+                        params: [
+                            to_u32(ml, "m")?,
+                            to_u32(nl, "n")?,
+                            to_u32(kl, "k")?,
+                            to_u32(k, "lda")?,
+                            a_off | (b_off << 8) | (c_off << 16),
+                            u32::from(accumulate),
+                            to_u32(n, "ldn")?,
+                            0,
+                        ],
+                        groups: (nl.div_ceil(tile_cols) as u32, ml.div_ceil(tile_rows) as u32),
+                    });
+                }
             }
         }
         self.run("matmul", pre, &dispatches)?;
