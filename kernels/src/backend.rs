@@ -125,6 +125,17 @@ pub fn check_select(d: &Tensor, r: &Tensor, rest: &[&Tensor]) -> Result<()> {
     Ok(())
 }
 
+/// Check the start of a [`Backend::chacha12`] stream (whole u64 words, 64-bit block counter).
+pub fn check_chacha(word_pos: u128) -> Result<()> {
+    if word_pos % 2 != 0 || word_pos >> 68 != 0 {
+        return Err(shape_err(
+            "chacha12",
+            format!("word position {word_pos} (must be even and below 2^68)"),
+        ));
+    }
+    Ok(())
+}
+
 /// Check a slice range of [`Backend::slice`].
 pub fn check_slice(a: &Tensor, start: usize, len: usize) -> Result<()> {
     if start.checked_add(len).is_none_or(|end| end > a.len()) {
@@ -216,6 +227,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         let t = self.upload(a.shape(), b)?;
         self.binary(op, a, &t)
     }
+
+    /// `len` u64 words of the ChaCha12 keystream of rand_chacha's `ChaCha12Rng` seeded with
+    /// `key`, on stream `stream`, starting at 32-bit word position `word_pos` (even): what
+    /// `fill_bytes` writes into `len` u64s after `set_stream(stream)` and
+    /// `set_word_pos(word_pos)`. Computed on the device; only the key crosses.
+    fn chacha12(&self, key: &[u8; 32], stream: u64, word_pos: u128, len: usize) -> Result<Tensor>;
 
     /// A new tensor of `shape` with every element `value` (made on the device, no transfer).
     fn fill(&self, shape: &[usize], value: u64) -> Result<Tensor>;

@@ -932,6 +932,56 @@ fn transfers_are_counted() {
     }
 }
 
+/// The device ChaCha12 keystream equals rand_chacha's `ChaCha12Rng` (sequential `fill_bytes`)
+/// at every seek used by parallel expansion: block and mid-block word positions, the 32-bit
+/// block-counter carry, odd lengths and lengths over the chunked configuration's bindings.
+#[test]
+fn chacha12_matches_rand_chacha_stream() {
+    use rand_chacha::rand_core::{RngCore, SeedableRng};
+    let mut r = rng(31);
+    let backends = all_backends();
+    let positions: [u128; 8] = [
+        0,
+        2,
+        14,
+        16,
+        30,
+        (1 << 36) + 6,
+        16 * ((1u128 << 32) - 1) + 8,
+        (1 << 67) + 10,
+    ];
+    for (case, &pos) in positions.iter().enumerate() {
+        let key: [u8; 32] = r.gen();
+        let stream: u64 = if case % 2 == 0 { r.gen() } else { case as u64 };
+        for len in [0usize, 1, 7, 8, 9, 100, 1000, 20001] {
+            let mut want = vec![0u64; len];
+            let mut rng = rand_chacha::ChaCha12Rng::from_seed(key);
+            rng.set_stream(stream);
+            rng.set_word_pos(pos);
+            rng.fill_bytes(bytemuck_bytes(&mut want));
+            for (name, be) in &backends {
+                let t = be.chacha12(&key, stream, pos, len).unwrap();
+                check(
+                    &format!("{name} chacha12 stream {stream} pos {pos} len {len}"),
+                    &down(be.as_ref(), &t),
+                    &want,
+                );
+            }
+        }
+    }
+    let cpu = CpuBackend::new();
+    assert!(
+        cpu.chacha12(&[0; 32], 0, 3, 4).is_err(),
+        "odd word position"
+    );
+}
+
+fn bytemuck_bytes(v: &mut [u64]) -> &mut [u8] {
+    let len = v.len() * 8;
+    // SAFETY: u8 has no alignment or validity requirements; the view covers exactly `v`.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr().cast::<u8>(), len) }
+}
+
 // ---------------------------------------------------------------------------------------------
 // (c) Memory stays flat.
 

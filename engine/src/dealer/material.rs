@@ -6,9 +6,8 @@ use rand_chacha::ChaCha12Rng;
 /// `rand` crate's standard generator; the best published attacks reach 7 rounds), seekable, so
 /// long parts are expanded in parallel.
 pub type MaterialRng = ChaCha12Rng;
+pub(crate) use kernels::cpu::prg::fill_words;
 use kernels::cpu::zeroed_words;
-use rand_core::RngCore;
-use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
 
@@ -183,36 +182,6 @@ impl MaterialSpec {
     }
 }
 
-/// Words generated per parallel task when expanding long material parts.
-const FILL_CHUNK: usize = 1 << 15;
-
-/// Fill `buf` with the next `buf.len()` words of `rng`'s stream, in parallel chunks.
-///
-/// Each chunk seeks its own copy of the generator to its offset (ChaCha is seekable), so the
-/// result equals a sequential fill and does not depend on the number of threads; afterwards
-/// `rng` stands just past the consumed words.
-pub(crate) fn fill_words(rng: &mut MaterialRng, buf: &mut [u64]) {
-    if buf.len() <= FILL_CHUNK {
-        rng.fill_bytes(bytemuck_words(buf));
-        return;
-    }
-    // The stream position counts 32-bit words; each u64 consumes two.
-    let start = rng.get_word_pos();
-    buf.par_chunks_mut(FILL_CHUNK)
-        .enumerate()
-        .for_each(|(i, chunk)| {
-            let mut r = rng.clone();
-            r.set_word_pos(start + 2 * (i * FILL_CHUNK) as u128);
-            r.fill_bytes(bytemuck_words(chunk));
-        });
-    rng.set_word_pos(start + 2 * buf.len() as u128);
-}
-
-fn bytemuck_words(buf: &mut [u64]) -> &mut [u8] {
-    // SAFETY: any byte pattern is a valid u64; the byte view covers exactly the slice.
-    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, buf.len() * 8) }
-}
-
 /// The parts every party draws from its own stream (masks, random values, random bits).
 pub fn draw_random_parts(spec: &MaterialSpec, rng: &mut MaterialRng) -> Vec<Vec<u64>> {
     spec.parts()
@@ -262,22 +231,4 @@ pub fn expand_party_share(
         }
     }
     Ok(parts)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand_core::SeedableRng;
-
-    #[test]
-    fn parallel_fill_equals_a_sequential_stream() {
-        let mut a = MaterialRng::seed_from_u64(7);
-        let mut b = a.clone();
-        let mut big = vec![0u64; 3 * FILL_CHUNK + 5];
-        fill_words(&mut a, &mut big);
-        let mut seq = vec![0u64; big.len()];
-        b.fill_bytes(bytemuck_words(&mut seq));
-        assert_eq!(big, seq);
-        assert_eq!(a.next_u64(), b.next_u64());
-    }
 }

@@ -2,6 +2,7 @@
 
 mod aligned;
 pub mod gemm;
+pub mod prg;
 
 use std::any::Any;
 use std::sync::{Arc, OnceLock};
@@ -11,9 +12,9 @@ use rayon::prelude::*;
 pub use aligned::{advise_huge_pages, zeroed_words, AlignedVec};
 
 use crate::backend::{
-    check_2d, check_matmul, check_same_shape, check_scalar, check_select, check_slice,
-    check_truncate, compact_word, select_bit_word, select_payload_word, Backend, BeaverKind,
-    BinaryOp, ScalarOp, TransferCounter, TransferStats,
+    check_2d, check_chacha, check_matmul, check_same_shape, check_scalar, check_select,
+    check_slice, check_truncate, compact_word, select_bit_word, select_payload_word, Backend,
+    BeaverKind, BinaryOp, ScalarOp, TransferCounter, TransferStats,
 };
 use crate::error::{shape_err, KernelError, Result};
 use crate::tensor::{Storage, Tensor};
@@ -236,6 +237,16 @@ impl Backend for CpuBackend {
             }
         });
         Ok(Self::wrap(a.shape().to_vec(), out))
+    }
+
+    fn chacha12(&self, key: &[u8; 32], stream: u64, word_pos: u128, len: usize) -> Result<Tensor> {
+        check_chacha(word_pos)?;
+        let mut out = AlignedVec::for_overwrite(len);
+        prg::fill_words(
+            &mut prg::chacha12_at(key, stream, word_pos),
+            out.as_mut_slice(),
+        );
+        Ok(Self::wrap(vec![len], out))
     }
 
     fn fill(&self, shape: &[usize], value: u64) -> Result<Tensor> {

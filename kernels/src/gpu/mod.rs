@@ -16,14 +16,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::backend::{
-    check_2d, check_matmul, check_same_shape, check_scalar, check_select, check_slice,
-    check_truncate, Backend, BeaverKind, BinaryOp, ScalarOp, TransferCounter, TransferStats,
+    check_2d, check_chacha, check_matmul, check_same_shape, check_scalar, check_select,
+    check_slice, check_truncate, Backend, BeaverKind, BinaryOp, ScalarOp, TransferCounter,
+    TransferStats,
 };
 use crate::error::{shape_err, KernelError, Result};
 use crate::tensor::Tensor;
 
 use context::GpuContext;
-use ops::{Exec, Operand};
+use ops::{params, Exec, Operand};
 use pipelines::Kernels;
 use pool::{BufferPool, GpuStorage, PooledBuffer};
 
@@ -289,6 +290,15 @@ impl Backend for GpuBackend {
         self.counter.stats()
     }
 
+    fn chacha12(&self, key: &[u8; 32], stream: u64, word_pos: u128, len: usize) -> Result<Tensor> {
+        check_chacha(word_pos)?;
+        let out = self.ctx.scoped("chacha12", || {
+            self.exec()
+                .chacha12(&self.kernels.chacha12, key, stream, word_pos, len)
+        })?;
+        Ok(self.wrap(vec![len], out))
+    }
+
     fn fill(&self, shape: &[usize], value: u64) -> Result<Tensor> {
         let len = shape.iter().product();
         let out = self.ctx.scoped("fill", || {
@@ -298,7 +308,7 @@ impl Backend for GpuBackend {
                 &[],
                 1,
                 len,
-                [0, 0, value as u32, (value >> 32) as u32, 0, 0, 0, 0],
+                params(&[0, 0, value as u32, (value >> 32) as u32, 0, 0, 0, 0]),
             )
         })?;
         Ok(self.wrap(shape.to_vec(), out))
@@ -350,7 +360,7 @@ impl Backend for GpuBackend {
                 &src,
                 2,
                 len,
-                [0, 0, u32::from(odd), 0, 0, 0, 0, 0],
+                params(&[0, 0, u32::from(odd), 0, 0, 0, 0, 0]),
             )
         })?;
         Ok(self.wrap(vec![len], out))
@@ -366,8 +376,14 @@ impl Backend for GpuBackend {
             den: 1,
         }];
         let out = self.ctx.scoped("pack_msb", || {
-            self.exec()
-                .proportional("pack_msb", &self.kernels.pack_msb, &src, 2, len, [0; 8])
+            self.exec().proportional(
+                "pack_msb",
+                &self.kernels.pack_msb,
+                &src,
+                2,
+                len,
+                params(&[]),
+            )
         })?;
         Ok(self.wrap(vec![len], out))
     }
@@ -382,7 +398,7 @@ impl Backend for GpuBackend {
                 &ops,
                 6,
                 r.len(),
-                [0, 0, u32::from(first), 0, 0, 0, 0, 0],
+                params(&[0, 0, u32::from(first), 0, 0, 0, 0, 0]),
             )
         })?;
         Ok(self.wrap(r.shape().to_vec(), out))
@@ -411,7 +427,7 @@ impl Backend for GpuBackend {
                 &ops,
                 6,
                 r.len(),
-                [0; 8],
+                params(&[]),
             )
         })?;
         Ok(self.wrap(r.shape().to_vec(), out))
@@ -427,7 +443,7 @@ impl Backend for GpuBackend {
                 &[(1, x), (2, y)],
                 3,
                 a.len(),
-                [0, binary_code(op), 0, 0, 0, 0, 0, 0],
+                params(&[0, binary_code(op), 0, 0, 0, 0, 0, 0]),
             )
         })?;
         Ok(self.wrap(a.shape().to_vec(), out))
@@ -443,7 +459,7 @@ impl Backend for GpuBackend {
                 &[(1, x)],
                 3,
                 a.len(),
-                [0, scalar_code(op), s as u32, (s >> 32) as u32, 0, 0, 0, 0],
+                params(&[0, scalar_code(op), s as u32, (s >> 32) as u32, 0, 0, 0, 0]),
             )
         })?;
         Ok(self.wrap(a.shape().to_vec(), out))
@@ -490,7 +506,7 @@ impl Backend for GpuBackend {
                 &inputs,
                 6,
                 c.len(),
-                [0, kind_code, u32::from(with_ef), 0, 0, 0, 0, 0],
+                params(&[0, kind_code, u32::from(with_ef), 0, 0, 0, 0, 0]),
             )
         })?;
         Ok(self.wrap(c.shape().to_vec(), out))
@@ -517,7 +533,7 @@ impl Backend for GpuBackend {
                 &inputs,
                 4,
                 c.len(),
-                [0, bits, u32::from(first), 0, 0, 0, 0, 0],
+                params(&[0, bits, u32::from(first), 0, 0, 0, 0, 0]),
             )
         })?;
         Ok(self.wrap(c.shape().to_vec(), out))

@@ -20,14 +20,21 @@ const TRANSFER_CHUNK_BYTES: usize = 32 << 20;
 /// Distance between parameter blocks in a uniform buffer (>= any offset alignment).
 const PARAM_STRIDE: usize = 256;
 /// Bytes bound per parameter block (the largest `Params` struct in the shaders).
-const PARAM_BYTES: u64 = 32;
+const PARAM_BYTES: u64 = 64;
 /// Invocations per 1-D workgroup.
 const WG: usize = 256;
 /// Elements per binding alignment unit.
 const ALIGN_ELEMS: usize = (BINDING_ALIGN_BYTES / 8) as usize;
 
 /// Kernel parameters: the shader's `Params` struct as u32 words (unused words are ignored).
-pub(crate) type Params = [u32; 8];
+pub(crate) type Params = [u32; 16];
+
+/// Parameters from their leading words (the rest zero).
+pub(crate) fn params(lead: &[u32]) -> Params {
+    let mut p = [0u32; 16];
+    p[..lead.len()].copy_from_slice(lead);
+    p
+}
 
 /// One storage binding: `(binding index, buffer, offset bytes, size bytes)`.
 type Binding<'b> = (u32, &'b wgpu::Buffer, u64, u64);
@@ -82,7 +89,7 @@ impl Exec<'_> {
         } else {
             let mut bytes = vec![0u8; dispatches.len() * PARAM_STRIDE];
             for (i, d) in dispatches.iter().enumerate() {
-                bytes[i * PARAM_STRIDE..i * PARAM_STRIDE + 32]
+                bytes[i * PARAM_STRIDE..i * PARAM_STRIDE + PARAM_BYTES as usize]
                     .copy_from_slice(bytemuck::cast_slice(&d.params));
             }
             let u = self.pool.take(BufKind::Uniform, bytes.len() as u64)?;
@@ -305,7 +312,7 @@ impl Exec<'_> {
                             (2, b, b_start, b_size),
                             (3, out.buffer(), c_start, c_size),
                         ],
-                        params: [
+                        params: params(&[
                             to_u32(ml, "m")?,
                             to_u32(nl, "n")?,
                             to_u32(kl, "k")?,
@@ -314,7 +321,7 @@ impl Exec<'_> {
                             u32::from(accumulate),
                             to_u32(n, "ldn")?,
                             0,
-                        ],
+                        ]),
                         groups: (nl.div_ceil(tile_cols) as u32, ml.div_ceil(tile_rows) as u32),
                     });
                 }
@@ -370,7 +377,7 @@ impl Exec<'_> {
             dispatches.push(Dispatch {
                 kernel,
                 storage: vec![(1, a, i_start, i_size), (2, out.buffer(), o_start, o_size)],
-                params: [to_u32(rl, "m")?, to_u32(n, "n")?, i_off, o_off, 0, 0, 0, 0],
+                params: params(&[to_u32(rl, "m")?, to_u32(n, "n")?, i_off, o_off, 0, 0, 0, 0]),
                 groups: self.ctx.grid(rl.div_ceil(per_group))?,
             });
         }
@@ -516,7 +523,7 @@ impl Exec<'_> {
                 dispatches.push(Dispatch {
                     kernel,
                     storage: vec![(2, a, i_start, i_size), (3, out.buffer(), o_start, o_size)],
-                    params: [
+                    params: params(&[
                         to_u32(rows, "rows")?,
                         to_u32(cols, "cols")?,
                         to_u32(n, "n")?,
@@ -525,12 +532,60 @@ impl Exec<'_> {
                         o_off,
                         0,
                         0,
-                    ],
+                    ]),
                     groups: (cols.div_ceil(16) as u32, rows.div_ceil(16) as u32),
                 });
             }
         }
         self.run("transpose", |_| {}, &dispatches)?;
+        Ok(out)
+    }
+
+    /// `len` u64 words of the ChaCha12 keystream from 32-bit word `word_pos` (even), in chunks
+    /// of at most one binding; one invocation per 64-byte block.
+    pub(crate) fn chacha12(
+        &self,
+        kernel: &Kernel,
+        key: &[u8; 32],
+        stream: u64,
+        word_pos: u128,
+        len: usize,
+    ) -> Result<PooledBuffer> {
+        let out = self.alloc(len)?;
+        let key_words: Vec<u32> = key
+            .chunks(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        let chunk = self
+            .ctx
+            .max_binding_elems
+            .min(self.ctx.max_grid_groups().saturating_mul(64 * 8))
+            / ALIGN_ELEMS
+            * ALIGN_ELEMS;
+        let mut dispatches = Vec::new();
+        for c0 in (0..len).step_by(chunk.max(1)) {
+            let cl = chunk.min(len - c0);
+            let word = word_pos + 2 * c0 as u128;
+            let block = (word / 16) as u64;
+            let skip = (word % 16) as u32;
+            let blocks = (skip as usize + 2 * cl).div_ceil(16);
+            let mut p = params(&key_words);
+            p[8..14].copy_from_slice(&[
+                stream as u32,
+                (stream >> 32) as u32,
+                block as u32,
+                (block >> 32) as u32,
+                skip,
+                to_u32(cl, "chunk length")?,
+            ]);
+            dispatches.push(Dispatch {
+                kernel,
+                storage: vec![(1, out.buffer(), (c0 * 8) as u64, (cl * 8) as u64)],
+                params: p,
+                groups: self.ctx.grid(blocks.div_ceil(64))?,
+            });
+        }
+        self.run("chacha12", |_| {}, &dispatches)?;
         Ok(out)
     }
 }

@@ -19,6 +19,7 @@ const REDUCE: &str = include_str!("../../../shaders/reduce.wgsl");
 const BITS: &str = include_str!("../../../shaders/bits.wgsl");
 const SELECT: &str = include_str!("../../../shaders/select.wgsl");
 const LAYOUT: &str = include_str!("../../../shaders/layout.wgsl");
+const CHACHA: &str = include_str!("../../../shaders/chacha.wgsl");
 
 /// One entry point: its pipeline and bind group layout (group 0).
 pub(crate) struct Kernel {
@@ -49,6 +50,7 @@ pub(crate) struct Kernels {
     pub(crate) payload_select: Kernel,
     pub(crate) fill: Kernel,
     pub(crate) transpose: Kernel,
+    pub(crate) chacha12: Kernel,
 }
 
 /// The full WGSL source of a kernel file for a variant.
@@ -112,6 +114,7 @@ pub(crate) fn build_all(
         let bits = module(ctx, variant, "bits", BITS);
         let sel = module(ctx, variant, "select", SELECT);
         let lay = module(ctx, variant, "layout", LAYOUT);
+        let cc = module(ctx, variant, "chacha", CHACHA);
         Ok(Kernels {
             binary: kernel(ctx, &ew, "binary"),
             scalar: kernel(ctx, &ew, "scalar"),
@@ -126,6 +129,7 @@ pub(crate) fn build_all(
             payload_select: kernel(ctx, &sel, "payload_select"),
             fill: kernel(ctx, &lay, "fill"),
             transpose: kernel(ctx, &lay, "transpose"),
+            chacha12: kernel(ctx, &cc, "chacha12"),
         })
     })
 }
