@@ -141,7 +141,8 @@ fn counters(s: &mut Session) -> [(engine::TrafficStats, kernels::TransferStats);
 
 /// A whole classification on the GPU backend moves only what crosses the network between the
 /// host and the device: every download is a message to the peer or a reveal, every upload a
-/// message from the peer, an input share, or dealer material. Shares never visit the host
+/// message from the peer, an input share, or bob's dealer corrections (all other material is
+/// expanded from the seed on the device). Shares never visit the host
 /// between layers. Checked two ways: against each party's own traffic meter (exact bytes), and
 /// against the round count written out by hand for this model.
 #[test]
@@ -163,7 +164,8 @@ fn a_gpu_classification_moves_only_opened_values_to_the_host() {
     for s in [&mut gpu, &mut cpu] {
         let model = s.share_model(PartyId::ModelOwner, &head).unwrap();
         let frac = s.config().fixed.frac_bits();
-        // Dealer material of every batch, in words and parts (each part is one upload).
+        // Bob's dealer corrections of every batch, in words and parts (each part is one
+        // upload; every other part is expanded from the seed on the backend).
         let (mut parts, mut words) = (0u64, 0u64);
         for lo in (0..n).step_by(batch) {
             let m = batch.min(n - lo);
@@ -172,7 +174,7 @@ fn a_gpu_classification_moves_only_opened_values_to_the_host() {
             specs.extend(engine::protocols::compare::eq_specs(m));
             for spec in specs {
                 let shapes = spec.parts();
-                for w in shapes.random.iter().chain(&shapes.derived) {
+                for w in &shapes.derived {
                     parts += 1;
                     words += *w as u64;
                 }
@@ -202,12 +204,20 @@ fn a_gpu_classification_moves_only_opened_values_to_the_host() {
             // Reveals: the predictions [m] of each batch and the final count [1], each framed
             // with a 2-word header; shares received: x [m, input] (3 words) and y [m] (2 words).
             assert_eq!(reveal.messages, batches + 1);
+            let bob = party as u64;
             let want = kernels::TransferStats {
                 downloads: peer.messages + reveal.messages,
                 download_bytes: peer.bytes_sent + reveal.bytes_sent - 16 * reveal.messages,
-                uploads: peer.messages + 2 * batches + parts,
-                upload_bytes: peer.bytes_received + share.bytes_received - 40 * batches + 8 * words,
+                uploads: peer.messages + 2 * batches + bob * parts,
+                upload_bytes: peer.bytes_received + share.bytes_received - 40 * batches
+                    + bob * 8 * words,
             };
+            if party == 1 {
+                // Bob's corrections are what he receives from the dealer (plus one status
+                // word per request, one request per batch).
+                let dealer = traffic.step("dealer");
+                assert_eq!(8 * words + 8 * batches, dealer.bytes_received);
+            }
             assert_eq!(moved, want, "party {party} on {}", s.backend_description());
             // By hand: per batch 3 linear layers x 2 openings, 2 ReLUs and eq x 8 rounds,
             // argmax over 7 classes 3 levels x 8 rounds; one reveal per batch plus the count.

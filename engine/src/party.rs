@@ -5,10 +5,7 @@ use std::sync::Arc;
 
 use kernels::{Backend, BinaryOp, Tensor};
 
-use crate::dealer::{
-    expand_party_share, material_stream, words_to_seed, words_to_text, MaterialSpec, OP_BATCH,
-    STATUS_OK,
-};
+use crate::dealer::{expand_with, words_to_seed, words_to_text, MaterialSpec, OP_BATCH, STATUS_OK};
 use crate::error::{shape_err, EngineError, Result};
 use crate::fixed::FixedPoint;
 use crate::protocols::truncate::TRUNC_OFFSET_BITS;
@@ -287,18 +284,29 @@ impl Party {
         let mut off = 1;
         let mut out = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
-            let mut rng = material_stream(self.dealer_seed, first + i as u64);
+            let stream = first + i as u64;
             let need: usize = spec.parts().derived.iter().sum();
             let corr = corrections.as_ref().map(|c| {
                 let s = &c[off.min(c.len())..(off + need).min(c.len())];
                 off += need;
                 s
             });
-            let host = expand_party_share(spec, self.index, &mut rng, corr)?;
-            let mut parts = Vec::with_capacity(host.len());
-            for p in &host {
-                parts.push(self.backend.upload(&[p.len()], p)?);
-            }
+            // Random parts (and alice's derived parts) are expanded from the seed by the
+            // backend (on the GPU, on the device); only bob's corrections are uploaded.
+            let be = self.backend.clone();
+            let seed = self.dealer_seed;
+            let mut pos = 0u128;
+            let parts = expand_with(
+                spec,
+                self.index,
+                corr,
+                |len| {
+                    let t = be.chacha12(&seed, stream, pos, len)?;
+                    pos += 2 * len as u128;
+                    Ok(t)
+                },
+                |c| Ok(be.upload(&[c.len()], c)?),
+            )?;
             let parts = self.prepare(spec, parts)?;
             out.push(Prepared { spec: *spec, parts });
         }

@@ -195,7 +195,7 @@ pub fn draw_random_parts(spec: &MaterialSpec, rng: &mut MaterialRng) -> Vec<Vec<
         .collect()
 }
 
-/// A party's share of `spec` expanded from its stream.
+/// A party's share of `spec` expanded from its stream (in host memory).
 ///
 /// Alice (`index == 0`) draws random and derived parts from the stream; bob draws the random
 /// parts and takes the derived parts from the dealer's `corrections` (concatenated).
@@ -207,13 +207,37 @@ pub fn expand_party_share(
     rng: &mut MaterialRng,
     corrections: Option<&[u64]>,
 ) -> Result<Vec<Vec<u64>>> {
-    let shapes = spec.parts();
-    let mut parts = draw_random_parts(spec, rng);
-    if index == 0 {
-        for &len in &shapes.derived {
+    expand_with(
+        spec,
+        index,
+        corrections,
+        |len| {
             let mut v = zeroed_words(len);
             fill_words(rng, &mut v);
-            parts.push(v);
+            Ok(v)
+        },
+        |c| Ok(c.to_vec()),
+    )
+}
+
+/// The drawing order of a party's share of `spec`, wherever the parts are made: `draw(len)`
+/// makes the next `len` words of the party's stream, `take(words)` a part from bob's
+/// corrections. Random parts first, then derived parts (drawn by alice, corrections for bob).
+pub fn expand_with<T>(
+    spec: &MaterialSpec,
+    index: usize,
+    corrections: Option<&[u64]>,
+    mut draw: impl FnMut(usize) -> Result<T>,
+    mut take: impl FnMut(&[u64]) -> Result<T>,
+) -> Result<Vec<T>> {
+    let shapes = spec.parts();
+    let mut parts = Vec::with_capacity(shapes.random.len() + shapes.derived.len());
+    for &len in &shapes.random {
+        parts.push(draw(len)?);
+    }
+    if index == 0 {
+        for &len in &shapes.derived {
+            parts.push(draw(len)?);
         }
     } else {
         let corr = corrections.unwrap_or(&[]);
@@ -226,7 +250,7 @@ pub fn expand_party_share(
         }
         let mut off = 0;
         for &len in &shapes.derived {
-            parts.push(corr[off..off + len].to_vec());
+            parts.push(take(&corr[off..off + len])?);
             off += len;
         }
     }
