@@ -127,7 +127,7 @@ pub fn check_select(d: &Tensor, r: &Tensor, rest: &[&Tensor]) -> Result<()> {
 
 /// Check the start of a [`Backend::chacha12`] stream (whole u64 words, 64-bit block counter).
 pub fn check_chacha(word_pos: u128) -> Result<()> {
-    if word_pos % 2 != 0 || word_pos >> 68 != 0 {
+    if !word_pos.is_multiple_of(2) || word_pos >> 68 != 0 {
         return Err(shape_err(
             "chacha12",
             format!("word position {word_pos} (must be even and below 2^68)"),

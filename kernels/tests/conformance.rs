@@ -828,10 +828,9 @@ fn compare_ops(
         x.iter().zip(&rr).map(|(a, b)| a ^ b).collect(),
     ));
     // A transpose of a matrix with n elements in an odd shape.
-    let rows = [1, 3, 7, 17, 33]
+    let rows = [33, 17, 7, 5, 3]
         .into_iter()
-        .filter(|m| n % m == 0)
-        .last()
+        .find(|m| n.is_multiple_of(*m))
         .unwrap_or(1);
     let cols = n / rows;
     let t = be.transpose(&up(be, &[rows, cols], &x)).unwrap();
