@@ -20,7 +20,10 @@ struct Params {
     accumulate: u32,
     // Row stride of B and C (a chunk may hold only some of their columns).
     ldn: u32,
-    _pad: u32,
+    // Skinny kernel split along k: workgroup z computes depth [z k_seg, (z + 1) k_seg) into
+    // its own partial C at element z * seg_stride (summed by `sum_segments`).
+    k_seg: u32,
+    seg_stride: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -51,8 +54,12 @@ var<workgroup> a_tile: array<R, 1024>; // [TK][TILE]
 var<workgroup> b_tile: array<R, 1024>; // [TK][TILE]
 
 fn store_c(row: u32, col: u32, v: R) {
+    store_c_at(0u, row, col, v);
+}
+
+fn store_c_at(base: u32, row: u32, col: u32, v: R) {
     if (row < p.m && col < p.n) {
-        let idx = c_off() + row * p.ldn + col;
+        let idx = base + c_off() + row * p.ldn + col;
         var z = v;
         if (p.accumulate != 0u) {
             z = r_add(c[idx], v);
@@ -149,6 +156,9 @@ fn matmul_skinny(
     if (col >= p.n || row0 >= p.m) {
         return;
     }
+    let k0 = wid.z * p.k_seg;
+    let k1 = min(p.k, k0 + p.k_seg);
+    let base = wid.z * p.seg_stride;
     // Rows past m repeat the last row (computed, never stored), keeping loads in bounds.
     let last = p.m - 1u;
     let ra0 = a_off() + min(row0, last) * p.lda;
@@ -159,15 +169,37 @@ fn matmul_skinny(
     var acc1 = r_zero();
     var acc2 = r_zero();
     var acc3 = r_zero();
-    for (var kk = 0u; kk < p.k; kk++) {
+    for (var kk = k0; kk < k1; kk++) {
         let bv = b[b_off() + kk * p.ldn + col];
         acc0 = r_mac(acc0, a[ra0 + kk], bv);
         acc1 = r_mac(acc1, a[ra1 + kk], bv);
         acc2 = r_mac(acc2, a[ra2 + kk], bv);
         acc3 = r_mac(acc3, a[ra3 + kk], bv);
     }
-    store_c(row0, col, acc0);
-    store_c(row0 + 1u, col, acc1);
-    store_c(row0 + 2u, col, acc2);
-    store_c(row0 + 3u, col, acc3);
+    store_c_at(base, row0, col, acc0);
+    store_c_at(base, row0 + 1u, col, acc1);
+    store_c_at(base, row0 + 2u, col, acc2);
+    store_c_at(base, row0 + 3u, col, acc3);
+}
+
+// Sum of the k-segment partials of a split skinny product: c[i] (+)= sum over z < k of
+// a[z * m + i], for i < m (here m counts all m x n outputs, k the segments).
+@compute @workgroup_size(64)
+fn sum_segments(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = (wid.y * nwg.x + wid.x) * 64u + lid;
+    if (i >= p.m) {
+        return;
+    }
+    var z = r_zero();
+    if (p.accumulate != 0u) {
+        z = c[i];
+    }
+    for (var s = 0u; s < p.k; s++) {
+        z = r_add(z, a[s * p.m + i]);
+    }
+    c[i] = z;
 }

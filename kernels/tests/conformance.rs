@@ -931,6 +931,37 @@ fn transfers_are_counted() {
     }
 }
 
+/// Few-row products with a deep k are split along k into parallel segments (summed after);
+/// the result matches the reference with and without an accumulator.
+#[test]
+fn skinny_products_split_along_k() {
+    let mut r = rng(41);
+    for g in gpus() {
+        let be = g.gpu.as_ref();
+        for &(m, k, n) in &[(1, 4096, 3), (5, 2000, 70), (16, 1100, 1), (3, 1537, 65)] {
+            let ha = values(&mut r, m * k, 0.3);
+            let hb = values(&mut r, k * n, 0.3);
+            let hc = values(&mut r, m * n, 0.3);
+            for acc in [false, true] {
+                let want = reference::matmul(&ha, &hb, acc.then_some(hc.as_slice()), m, k, n);
+                let c = up(be, &[m, n], &hc);
+                let got = be
+                    .matmul(
+                        &up(be, &[m, k], &ha),
+                        &up(be, &[k, n], &hb),
+                        acc.then_some(&c),
+                    )
+                    .unwrap();
+                check(
+                    &format!("{} skinny [{m},{k}]x[{k},{n}] acc={acc}", g.label),
+                    &down(be, &got),
+                    &want,
+                );
+            }
+        }
+    }
+}
+
 /// The device ChaCha12 keystream equals rand_chacha's `ChaCha12Rng` (sequential `fill_bytes`)
 /// at every seek used by parallel expansion: block and mid-block word positions, the 32-bit
 /// block-counter carry, odd lengths and lengths over the chunked configuration's bindings.

@@ -13,6 +13,10 @@ use super::pool::{BufKind, BufferPool, PooledBuffer};
 pub(crate) const SKINNY_MAX_ROWS: usize = 16;
 /// Columns of C per skinny-matmul workgroup (its workgroup size).
 const SKINNY_COLS: usize = 64;
+/// A skinny product is split along k only with at least this depth per segment.
+const SPLIT_K_MIN_DEPTH: usize = 512;
+/// Split a skinny product along k until about this many workgroups run.
+const SPLIT_K_TARGET_GROUPS: usize = 1024;
 /// Rows with at most this many columns are summed by one invocation each.
 const NARROW_MAX_COLS: usize = 64;
 /// Host transfers move at most this many bytes per step (bounds staging memory).
@@ -45,6 +49,8 @@ struct Dispatch<'b> {
     storage: Vec<Binding<'b>>,
     params: Params,
     groups: (u32, u32),
+    /// Workgroups along z (k-segments of a split product; 1 otherwise).
+    z: u32,
 }
 
 /// Bind elements `[first, first + len)` from an aligned start: returns the binding's byte
@@ -135,7 +141,7 @@ impl Exec<'_> {
             for (d, bg) in dispatches.iter().zip(&groups) {
                 pass.set_pipeline(&d.kernel.pipeline);
                 pass.set_bind_group(0, bg, &[]);
-                pass.dispatch_workgroups(d.groups.0, d.groups.1, 1);
+                pass.dispatch_workgroups(d.groups.0, d.groups.1, d.z);
             }
         }
         self.ctx.submit(enc)
@@ -224,6 +230,7 @@ impl Exec<'_> {
                 storage,
                 params: p,
                 groups: self.ctx.grid(cl.div_ceil(WG))?,
+                z: 1,
             });
         }
         self.run(label, |_| {}, &dispatches)?;
@@ -294,6 +301,12 @@ impl Exec<'_> {
                 self.ctx.max_binding_elems
             )));
         }
+        if skinny && mc == m && kc == k && nc == n {
+            if let Some(segs) = self.skinny_segments(m, k, n) {
+                self.matmul_split_k(kernels, a, b, acc, &out, pre, (m, k, n), segs)?;
+                return Ok(out);
+            }
+        }
         let mut dispatches = Vec::new();
         for n0 in (0..n).step_by(nc) {
             let nl = nc.min(n - n0);
@@ -320,15 +333,90 @@ impl Exec<'_> {
                             a_off | (b_off << 8) | (c_off << 16),
                             u32::from(accumulate),
                             to_u32(n, "ldn")?,
+                            to_u32(kl, "k_seg")?,
                             0,
                         ]),
                         groups: (nl.div_ceil(tile_cols) as u32, ml.div_ceil(tile_rows) as u32),
+                        z: 1,
                     });
                 }
             }
         }
         self.run("matmul", pre, &dispatches)?;
         Ok(out)
+    }
+
+    /// How many k-segments a skinny product that fits one binding should run in parallel:
+    /// `None` when its columns and rows alone give enough workgroups or k is short.
+    fn skinny_segments(&self, m: usize, k: usize, n: usize) -> Option<usize> {
+        let groups = n.div_ceil(SKINNY_COLS) * m.div_ceil(4);
+        let room = self.ctx.max_binding_elems / (m * n).max(1);
+        let segs = (k / SPLIT_K_MIN_DEPTH)
+            .min(SPLIT_K_TARGET_GROUPS / groups.max(1))
+            .min(self.ctx.max_groups as usize)
+            .min(room);
+        (segs >= 2).then_some(segs)
+    }
+
+    /// A skinny product split along k: `segs` partial products in one dispatch (workgroup z =
+    /// segment), then one pass summing them (onto the accumulator already copied into `out`).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_split_k(
+        &self,
+        kernels: &MatmulKernels,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        acc: Option<&wgpu::Buffer>,
+        out: &PooledBuffer,
+        pre: impl FnOnce(&mut wgpu::CommandEncoder),
+        (m, k, n): (usize, usize, usize),
+        segs: usize,
+    ) -> Result<()> {
+        let k_seg = k.div_ceil(segs);
+        let segs = k.div_ceil(k_seg);
+        let mn = m * n;
+        let partial = self.alloc(segs * mn)?;
+        let dispatches = [
+            Dispatch {
+                kernel: &kernels.skinny,
+                storage: vec![
+                    (1, a, 0, (m * k * 8) as u64),
+                    (2, b, 0, (k * n * 8) as u64),
+                    (3, partial.buffer(), 0, (segs * mn * 8) as u64),
+                ],
+                params: params(&[
+                    to_u32(m, "m")?,
+                    to_u32(n, "n")?,
+                    to_u32(k, "k")?,
+                    to_u32(k, "lda")?,
+                    0,
+                    0,
+                    to_u32(n, "ldn")?,
+                    to_u32(k_seg, "k_seg")?,
+                    to_u32(mn, "seg_stride")?,
+                ]),
+                groups: (n.div_ceil(SKINNY_COLS) as u32, m.div_ceil(4) as u32),
+                z: to_u32(segs, "segments")?,
+            },
+            Dispatch {
+                kernel: &kernels.sum_segments,
+                storage: vec![
+                    (1, partial.buffer(), 0, (segs * mn * 8) as u64),
+                    (3, out.buffer(), 0, (mn * 8) as u64),
+                ],
+                params: params(&[
+                    to_u32(mn, "outputs")?,
+                    0,
+                    to_u32(segs, "segments")?,
+                    0,
+                    0,
+                    u32::from(acc.is_some()),
+                ]),
+                groups: self.ctx.grid(mn.div_ceil(64))?,
+                z: 1,
+            },
+        ];
+        self.run("matmul (split k)", pre, &dispatches)
     }
 
     /// Row sums of `a [m, n]` into a new `[m]` buffer, in chunks of rows.
@@ -379,6 +467,7 @@ impl Exec<'_> {
                 storage: vec![(1, a, i_start, i_size), (2, out.buffer(), o_start, o_size)],
                 params: params(&[to_u32(rl, "m")?, to_u32(n, "n")?, i_off, o_off, 0, 0, 0, 0]),
                 groups: self.ctx.grid(rl.div_ceil(per_group))?,
+                z: 1,
             });
         }
         self.run("sum_rows", |_| {}, &dispatches)?;
@@ -483,6 +572,7 @@ impl Exec<'_> {
                 storage,
                 params: p,
                 groups: self.ctx.grid(cl.div_ceil(WG))?,
+                z: 1,
             });
         }
         self.run(label, |_| {}, &dispatches)?;
@@ -534,6 +624,7 @@ impl Exec<'_> {
                         0,
                     ]),
                     groups: (cols.div_ceil(16) as u32, rows.div_ceil(16) as u32),
+                    z: 1,
                 });
             }
         }
@@ -583,6 +674,7 @@ impl Exec<'_> {
                 storage: vec![(1, out.buffer(), (c0 * 8) as u64, (cl * 8) as u64)],
                 params: p,
                 groups: self.ctx.grid(blocks.div_ceil(64))?,
+                z: 1,
             });
         }
         self.run("chacha12", |_| {}, &dispatches)?;

@@ -33,6 +33,8 @@ pub(crate) struct MatmulKernels {
     pub(crate) tiled: Kernel,
     /// One column per invocation, 4 rows per workgroup row (for m <= `SKINNY_MAX_ROWS`).
     pub(crate) skinny: Kernel,
+    /// Sums the k-segment partials of a split skinny product.
+    pub(crate) sum_segments: Kernel,
 }
 
 /// Every kernel of the chosen variant.
@@ -96,6 +98,7 @@ pub(crate) fn build_matmul(ctx: &GpuContext, variant: U64Variant) -> Result<Matm
         Ok(MatmulKernels {
             tiled: kernel(ctx, &m, "matmul_tiled"),
             skinny: kernel(ctx, &m, "matmul_skinny"),
+            sum_segments: kernel(ctx, &m, "sum_segments"),
         })
     })
 }
