@@ -10,11 +10,12 @@ use rand_chacha::ChaCha20Rng;
 
 use engine::dealer::MaterialSpec;
 use engine::error::Result;
-use engine::nn::plain::{transposed, vgg16_head, Layer};
+use engine::nn::plain::{transposed, vgg16_head, Layer, Sequential};
 use engine::nn::shared::SharedModel;
 use engine::protocols::compare::compare_specs;
 use engine::session::{Session, SessionConfig};
-use engine::transport::PartyId;
+use engine::transport::{PartyId, StepStats};
+use kernels::TransferStats;
 
 /// Best-of-`reps` wall time of `f` in seconds.
 fn time_best(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -81,6 +82,12 @@ pub fn run(kind: BackendKind, quick: bool) -> Result<()> {
     if kind == BackendKind::Gpu {
         gpu_vs_cpu_table(quick, &mut rng)?;
         println!();
+        for k in [BackendKind::Cpu, BackendKind::Gpu] {
+            println!("Comparison on the {k} backend:");
+            comparison_table(k, quick)?;
+            println!();
+        }
+        return gpu_head_table(quick, &mut rng);
     }
     comparison_table(kind, quick)?;
     println!();
@@ -264,11 +271,7 @@ fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()>
         (25088, 4096, 7, 64)
     };
     let model = vgg16_head(input, hidden, classes, rng);
-    let mut s = Session::new(SessionConfig {
-        backend: kind,
-        ..Default::default()
-    })?;
-    let fx = s.config().fixed;
+    let fx = SessionConfig::default().fixed;
     let be = backend_from_kind(kind)?;
     let mut weights = Vec::new();
     for l in &model.layers {
@@ -293,37 +296,14 @@ fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()>
     let t_plain = time_best(3, || {
         plaintext_u64_head(be.as_ref(), &weights, &xt, &relu_after, fx.frac_bits()).map(|_| ())
     })?;
-    let t_share = Instant::now();
-    let shared: SharedModel = s.share_model(PartyId::ModelOwner, &model)?;
-    let share_secs = t_share.elapsed().as_secs_f64();
-    let x = s.share(PartyId::Client, &[batch, input], &xs)?;
-    let xid = x.id();
-    let (mut best_on, mut best_total, mut stats) = (f64::INFINITY, f64::INFINITY, None);
-    let mut dealer_bytes = [0u64; 2];
-    for _ in 0..3 {
-        let m1 = shared.clone();
-        let t0 = Instant::now();
-        let [d0, d1] = s.run(move |p| {
-            let f = p.fixed_point().frac_bits();
-            let before = p.traffic();
-            p.preprocess(&m1.material_specs(batch, f))?;
-            Ok(p.traffic().since(&before).step("dealer").bytes_received)
-        })?;
-        dealer_bytes = [d0, d1];
-        let t1 = Instant::now();
-        let m2 = shared.clone();
-        let [st, _] = s.run(move |p| {
-            let before = p.traffic();
-            let x = p.kept(xid)?;
-            m2.forward(p, &x)?;
-            Ok(p.traffic().since(&before).online())
-        })?;
-        let t2 = Instant::now();
-        best_on = best_on.min((t2 - t1).as_secs_f64());
-        best_total = best_total.min((t2 - t0).as_secs_f64());
-        stats = Some(st);
-    }
-    let st = stats.expect("ran");
+    let run = secure_head_runs(kind, &model, input, &[batch], 3, rng)?.remove(0);
+    let (share_secs, best_on, best_total, st, dealer_bytes) = (
+        run.share_secs,
+        run.online,
+        run.total,
+        run.traffic,
+        run.dealer_bytes,
+    );
     println!(
         "VGG16 head {input}-{hidden}-{hidden}-{classes}, batch {batch} (model shared once in {share_secs:.1} s):"
     );
@@ -356,5 +336,154 @@ fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()>
         dealer_bytes[0],
         dealer_bytes[1] as f64 / 1e6
     );
+    Ok(())
+}
+
+/// One secure head measurement: best of `reps` batches of `batch` rows.
+struct HeadRun {
+    share_secs: f64,
+    online: f64,
+    total: f64,
+    traffic: StepStats,
+    dealer_bytes: [u64; 2],
+    /// Host<->device transfers of party 0 in one batch (preprocessing and forward pass).
+    transfers: TransferStats,
+}
+
+/// Share `model` once in a fresh session on `kind`, then for each batch size run `reps`
+/// batches: preprocessing, then the forward pass (online), timed separately.
+fn secure_head_runs(
+    kind: BackendKind,
+    model: &Sequential,
+    input: usize,
+    batches: &[usize],
+    reps: usize,
+    rng: &mut ChaCha20Rng,
+) -> Result<Vec<HeadRun>> {
+    let mut s = Session::new(SessionConfig {
+        backend: kind,
+        ..Default::default()
+    })?;
+    let t_share = Instant::now();
+    let shared: SharedModel = s.share_model(PartyId::ModelOwner, model)?;
+    let share_secs = t_share.elapsed().as_secs_f64();
+    batches
+        .iter()
+        .map(|&batch| secure_head_batch(&mut s, &shared, share_secs, input, batch, reps, rng))
+        .collect()
+}
+
+/// `reps` batches of `batch` rows through a shared head; the best times.
+fn secure_head_batch(
+    s: &mut Session,
+    shared: &SharedModel,
+    share_secs: f64,
+    input: usize,
+    batch: usize,
+    reps: usize,
+    rng: &mut ChaCha20Rng,
+) -> Result<HeadRun> {
+    let xs: Vec<f64> = (0..batch * input)
+        .map(|_| rng.gen_range(0.0..1.0))
+        .collect();
+    let x = s.share(PartyId::Client, &[batch, input], &xs)?;
+    let xid = x.id();
+    let mut best = HeadRun {
+        share_secs,
+        online: f64::INFINITY,
+        total: f64::INFINITY,
+        traffic: StepStats::default(),
+        dealer_bytes: [0; 2],
+        transfers: TransferStats::default(),
+    };
+    for _ in 0..reps {
+        let m1 = shared.clone();
+        let t0 = Instant::now();
+        let [(d0, moved0), (d1, _)] = s.run(move |p| {
+            let f = p.fixed_point().frac_bits();
+            let before = (p.traffic(), p.backend().transfers());
+            p.preprocess(&m1.material_specs(batch, f))?;
+            Ok((
+                p.traffic().since(&before.0).step("dealer").bytes_received,
+                p.backend().transfers().since(&before.1),
+            ))
+        })?;
+        let t1 = Instant::now();
+        let m2 = shared.clone();
+        let [(st, moved), _] = s.run(move |p| {
+            let before = (p.traffic(), p.backend().transfers());
+            let x = p.kept(xid)?;
+            m2.forward(p, &x)?;
+            Ok((
+                p.traffic().since(&before.0).online(),
+                p.backend().transfers().since(&before.1),
+            ))
+        })?;
+        let t2 = Instant::now();
+        best.online = best.online.min((t2 - t1).as_secs_f64());
+        best.total = best.total.min((t2 - t0).as_secs_f64());
+        best.traffic = st;
+        best.dealer_bytes = [d0, d1];
+        best.transfers = TransferStats {
+            uploads: moved0.uploads + moved.uploads,
+            upload_bytes: moved0.upload_bytes + moved.upload_bytes,
+            downloads: moved0.downloads + moved.downloads,
+            download_bytes: moved0.download_bytes + moved.download_bytes,
+        };
+    }
+    s.run(move |p| {
+        p.forget(xid);
+        Ok(())
+    })?;
+    Ok(best)
+}
+
+/// The VGG16 head secure on the CPU and on the GPU backend at several batch sizes, with each
+/// batch's host<->device traffic on the GPU.
+fn gpu_head_table(quick: bool, rng: &mut ChaCha20Rng) -> Result<()> {
+    let (input, hidden, classes) = if quick {
+        (256, 64, 7)
+    } else {
+        (25088, 4096, 7)
+    };
+    let batches: &[usize] = if quick { &[4, 16] } else { &[64, 256, 1024] };
+    let model = vgg16_head(input, hidden, classes, rng);
+    println!("VGG16 head {input}-{hidden}-{hidden}-{classes}, secure, CPU vs GPU backend (best of 2 batches):");
+    println!("| batch | CPU online ms | GPU online ms | GPU speed-up online | CPU with preprocessing ms | GPU with preprocessing ms | GPU speed-up total | GPU images/s online |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let cpu = secure_head_runs(BackendKind::Cpu, &model, input, batches, 2, rng)?;
+    let gpu = secure_head_runs(BackendKind::Gpu, &model, input, batches, 2, rng)?;
+    let mut traffic = Vec::new();
+    for ((&batch, c), g) in batches.iter().zip(cpu).zip(gpu) {
+        println!(
+            "| {batch} | {:.1} | {:.1} | {:.2}x | {:.1} | {:.1} | {:.2}x | {:.0} |",
+            c.online * 1e3,
+            g.online * 1e3,
+            c.online / g.online,
+            c.total * 1e3,
+            g.total * 1e3,
+            c.total / g.total,
+            batch as f64 / g.online
+        );
+        traffic.push((batch, g));
+    }
+    println!();
+    println!(
+        "Host<->device traffic per batch on the GPU backend (party 0; preprocessing + forward):"
+    );
+    println!("| batch | uploads | upload MB | downloads | download MB | online bytes sent to the peer MB | bob's dealer corrections MB |");
+    println!("|---|---|---|---|---|---|---|");
+    for (batch, g) in traffic {
+        let t = g.transfers;
+        println!(
+            "| {batch} | {} | {:.3} | {} | {:.3} | {:.3} | {:.3} |",
+            t.uploads,
+            t.upload_bytes as f64 / 1e6,
+            t.downloads,
+            t.download_bytes as f64 / 1e6,
+            g.traffic.bytes_sent as f64 / 1e6,
+            g.dealer_bytes[1] as f64 / 1e6
+        );
+    }
     Ok(())
 }

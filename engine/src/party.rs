@@ -3,12 +3,9 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Weak};
 
-use kernels::{Backend, Storage, Tensor};
+use kernels::{Backend, BinaryOp, Storage, Tensor};
 
-use crate::dealer::{
-    expand_party_share, material_stream, words_to_seed, words_to_text, MaterialSpec, OP_BATCH,
-    STATUS_OK,
-};
+use crate::dealer::{expand_with, words_to_seed, words_to_text, MaterialSpec, OP_BATCH, STATUS_OK};
 use crate::error::{shape_err, EngineError, Result};
 use crate::fixed::FixedPoint;
 use crate::protocols::truncate::TRUNC_OFFSET_BITS;
@@ -18,31 +15,7 @@ use crate::transport::{PartyId, TrafficStats, Transport};
 /// Material fetched ahead of use, in the order the protocols will consume it.
 struct Prepared {
     spec: MaterialSpec,
-    parts: Parts,
-}
-
-/// Where a material item lives: on the backend, or in host memory (boolean-circuit material).
-enum Parts {
-    Device(Vec<Tensor>),
-    Host(Vec<Vec<u64>>),
-}
-
-impl Parts {
-    fn device(self, spec: &MaterialSpec) -> Result<Vec<Tensor>> {
-        match self {
-            Parts::Device(t) => Ok(t),
-            Parts::Host(_) => Err(EngineError::Protocol(format!("{spec:?} is host material"))),
-        }
-    }
-
-    fn host(self, spec: &MaterialSpec) -> Result<Vec<Vec<u64>>> {
-        match self {
-            Parts::Host(h) => Ok(h),
-            Parts::Device(_) => Err(EngineError::Protocol(format!(
-                "{spec:?} is device material"
-            ))),
-        }
-    }
+    parts: Vec<Tensor>,
 }
 
 /// A compute party (alice = 0, bob = 1). Lives on its own thread; see [`crate::Session`].
@@ -108,6 +81,11 @@ impl Party {
     /// The compute backend.
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
+    }
+
+    /// A shared handle to the compute backend (for protocol steps that also message the peer).
+    pub(crate) fn backend_arc(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
     }
 
     /// The fixed-point format.
@@ -220,15 +198,23 @@ impl Party {
     /// Only ever called on values masked with fresh dealer randomness (Beaver differences,
     /// truncation masks), so the opened values are uniform.
     pub(crate) fn open(&mut self, step: &'static str, mine: &[&Tensor]) -> Result<Vec<Tensor>> {
-        let mut payload = Vec::with_capacity(mine.iter().map(|t| t.len()).sum());
-        for t in mine {
-            payload.extend(self.backend.download(t)?);
+        // One download of everything opened this round and one upload of the peer's words.
+        let joined = match mine {
+            [one] => (*one).clone(),
+            _ => self.backend.concat(mine)?,
+        };
+        let theirs = self.exchange(step, self.backend.download(&joined)?)?;
+        let sum = self.backend.binary_host(BinaryOp::Add, &joined, &theirs)?;
+        if let [one] = mine {
+            return Ok(vec![sum
+                .reshaped(one.shape().to_vec())
+                .expect("same length")]);
         }
-        let theirs = self.exchange(step, payload)?;
         let mut out = Vec::with_capacity(mine.len());
         let mut off = 0;
         for t in mine {
-            out.push(self.backend.add_host(t, &theirs[off..off + t.len()])?);
+            let part = self.backend.slice(&sum, off, t.len())?;
+            out.push(part.reshaped(t.shape().to_vec()).expect("same length"));
             off += t.len();
         }
         Ok(out)
@@ -254,8 +240,9 @@ impl Party {
         self.queue.clear();
     }
 
-    /// The next material item: from the queue if preprocessed, else fetched on demand.
-    fn next_material(&mut self, spec: MaterialSpec) -> Result<Parts> {
+    /// The next backend-resident material item: from the queue if preprocessed, else fetched
+    /// on demand.
+    pub(crate) fn material(&mut self, spec: MaterialSpec) -> Result<Vec<Tensor>> {
         if let Some(front) = self.queue.pop_front() {
             if front.spec != spec {
                 return Err(EngineError::Protocol(format!(
@@ -268,20 +255,9 @@ impl Party {
         Ok(self.fetch(&[spec])?.pop().expect("one item fetched").parts)
     }
 
-    /// The next backend-resident material item.
-    pub(crate) fn material(&mut self, spec: MaterialSpec) -> Result<Vec<Tensor>> {
-        self.next_material(spec)?.device(&spec)
-    }
-
-    /// The next host-resident (boolean-circuit) material item.
-    pub(crate) fn material_host(&mut self, spec: MaterialSpec) -> Result<Vec<Vec<u64>>> {
-        self.next_material(spec)?.host(&spec)
-    }
-
     /// Fetch one item now, bypassing the queue (set-up steps such as fixed masks).
     pub(crate) fn material_now(&mut self, spec: MaterialSpec) -> Result<Vec<Tensor>> {
-        let item = self.fetch(&[spec])?.pop().expect("one item fetched");
-        item.parts.device(&spec)
+        Ok(self.fetch(&[spec])?.pop().expect("one item fetched").parts)
     }
 
     fn fetch(&mut self, specs: &[MaterialSpec]) -> Result<Vec<Prepared>> {
@@ -320,23 +296,30 @@ impl Party {
         let mut off = 2;
         let mut out = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
-            let mut rng = material_stream(self.dealer_seed, first + i as u64);
+            let stream = first + i as u64;
             let need: usize = spec.parts().derived.iter().sum();
             let corr = corrections.as_ref().map(|c| {
                 let s = &c[off.min(c.len())..(off + need).min(c.len())];
                 off += need;
                 s
             });
-            let host = expand_party_share(spec, self.index, &mut rng, corr)?;
-            let parts = if spec.is_host() {
-                Parts::Host(host)
-            } else {
-                let mut parts = Vec::with_capacity(host.len());
-                for p in &host {
-                    parts.push(self.backend.upload(&[p.len()], p)?);
-                }
-                Parts::Device(self.prepare(spec, parts)?)
-            };
+            // Random parts (and alice's derived parts) are expanded from the seed by the
+            // backend (on the GPU, on the device); only bob's corrections are uploaded.
+            let be = self.backend.clone();
+            let seed = self.dealer_seed;
+            let mut pos = 0u128;
+            let parts = expand_with(
+                spec,
+                self.index,
+                corr,
+                |len| {
+                    let t = be.chacha12(&seed, stream, pos, len)?;
+                    pos += 2 * len as u128;
+                    Ok(t)
+                },
+                |c| Ok(be.upload(&[c.len()], c)?),
+            )?;
+            let parts = self.prepare(spec, parts)?;
             out.push(Prepared { spec: *spec, parts });
         }
         Ok(out)

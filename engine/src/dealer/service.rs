@@ -74,10 +74,9 @@ pub enum DealerRng {
 }
 
 /// A party's ChaCha stream for material number `stream`.
+/// (The same stream the parties' backends expand with [`kernels::Backend::chacha12`].)
 pub(crate) fn material_stream(seed: [u8; 32], stream: u64) -> MaterialRng {
-    let mut rng = MaterialRng::from_seed(seed);
-    rng.set_stream(stream);
-    rng
+    kernels::cpu::prg::chacha12_at(&seed, stream, 0)
 }
 
 /// Seeds for alice and bob, sent once.

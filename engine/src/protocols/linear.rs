@@ -100,7 +100,7 @@ impl Party {
         let be = self.backend();
         let (m, n) = (s[0], s[1]);
         // Broadcast by a rank-1 product: ones[m,1] · bias[1,n] + x.
-        let ones = be.upload(&[m, 1], &vec![1u64; m])?;
+        let ones = be.fill(&[m, 1], 1)?;
         let row = bias.tensor().reshaped(vec![1, n]).expect("same length");
         Ok(Share::new(be.matmul(&ones, &row, Some(x.tensor()))?))
     }
