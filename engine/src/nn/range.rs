@@ -138,6 +138,21 @@ impl RangeReport {
     }
 }
 
+/// Truncation toward zero of a non-negative value below 2^63 (a conversion, not a libm call).
+trait TruncFast {
+    fn trunc_fast(self) -> f64;
+}
+
+impl TruncFast for f64 {
+    fn trunc_fast(self) -> f64 {
+        if self < 9.2e18 {
+            self as u64 as f64
+        } else {
+            self
+        }
+    }
+}
+
 /// Why a configuration is unsafe (before suggestions are added).
 enum Violation {
     Input,
@@ -192,7 +207,9 @@ fn propagate(
                 let (mut acc, mut re, mut e) = (0.0f64, 0.0f64, 0.0f64);
                 for i in 0..k {
                     let w = row[i].abs();
-                    acc += (row[i] * scale).round().abs() * ring[i];
+                    // `trunc(|v| + 0.5)` >= `|round(v)|` (the encoding), and much faster than
+                    // `round` on baseline x86-64.
+                    acc += ((row[i] * scale).abs() + 0.5).trunc_fast() * ring[i];
                     re += w * real[i];
                     e += (w + eps / 2.0) * err[i] + eps / 2.0 * real[i];
                 }
