@@ -112,10 +112,11 @@ fn secure_matmul_times(
     let w = s.share_ring(PartyId::ModelOwner, &[k, n], &small_values(rng, k * n))?;
     let x = s.share_ring(PartyId::Client, &[m, k], &small_values(rng, m * k))?;
     let (wid, xid) = (w.id(), x.id());
-    let [fid, _] = s.run(move |p| {
+    let [fa, fb] = s.run(move |p| {
         let w = p.kept(wid)?;
         Ok(p.fix_operand(&w)?.id())
     })?;
+    let fid = engine::session::agreed_id(fa, fb)?;
     let (mut best_online, mut best_total) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..reps {
         let t0 = Instant::now();

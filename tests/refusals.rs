@@ -516,3 +516,132 @@ fn fixed_operand_is_bound_to_its_weight() {
         "{r}"
     );
 }
+
+/// Model-file errors: long tensor lists cut to a few with a count, safetensors errors in words.
+#[test]
+fn model_file_errors_say_what_to_fix() {
+    let dd = dir("model_errors");
+    let many = dd.join("many.safetensors");
+    let t: Vec<(String, Vec<usize>, Vec<f64>)> = (0..2000)
+        .map(|i| (format!("features.{i}.weight"), vec![1], vec![0.0]))
+        .collect();
+    write_tensors(&many, &t);
+    let e = engine::io::load_safetensors_model(s(&many), "linear", "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "tensor '0.weight' is missing (file has 2000: features.0.weight, features.1.weight,"
+        ) && e.contains(" and 1994 more)"),
+        "{e}"
+    );
+    assert!(e.len() < 400, "{e}");
+    let garbage = dd.join("garbage.safetensors");
+    std::fs::write(&garbage, b"not a safetensors file at all").unwrap();
+    let e = engine::io::load_safetensors_model(s(&garbage), "linear", "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("not a valid safetensors file: the header is larger than 100 MB"),
+        "{e}"
+    );
+    let short = dd.join("short.safetensors");
+    std::fs::write(&short, b"abc").unwrap();
+    let e = engine::io::load_safetensors_model(s(&short), "linear", "")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("shorter than the 8-byte header size"), "{e}");
+    // Unused tensors under a prefix: only those under the prefix count.
+    let prefixed = dd.join("prefixed.safetensors");
+    write_tensors(
+        &prefixed,
+        &[
+            ("classifier.0.weight".into(), vec![2, 3], vec![0.1; 6]),
+            ("classifier.0.bias".into(), vec![2], vec![0.0; 2]),
+            ("features.0.weight".into(), vec![1], vec![0.0]),
+        ],
+    );
+    let m = engine::io::load_safetensors_model(s(&prefixed), "linear", "classifier.").unwrap();
+    assert_eq!((m.in_features(), m.out_features()), (3, 2));
+    let e = engine::io::load_safetensors_model(s(&prefixed), "linear", "")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tensor '0.weight' is missing"), "{e}");
+}
+
+/// `--calibrate`: a run within the calibrated ranges succeeds; inputs beyond them fail inside the
+/// secure computation with exit code 1 and leave the previous output intact.
+#[test]
+fn cli_calibrated_mode_detects_out_of_range_batches() {
+    let mut rng = test_rng("cli_calibrated");
+    let dd = dir("cli_calibrated");
+    let mut lin = |i: usize, o: usize| {
+        (
+            i,
+            o,
+            (0..i * o)
+                .map(|_| rng.gen_range(-1.0..1.0))
+                .collect::<Vec<f64>>(),
+            (0..o)
+                .map(|_| rng.gen_range(-0.1..0.1))
+                .collect::<Vec<f64>>(),
+        )
+    };
+    let layers = [lin(5, 7), lin(7, 3)];
+    let mp = dd.join("m.safetensors");
+    write_linear_model(&mp, &layers, 2);
+    let n = 6;
+    let x: Vec<f64> = (0..n * 5)
+        .map(|i| ((i * 7919) % 200) as f64 / 100.0 - 1.0)
+        .collect();
+    let (xp, cp, bigp, op) = (
+        dd.join("x.npy"),
+        dd.join("cal.npy"),
+        dd.join("big.npy"),
+        dd.join("out.npy"),
+    );
+    write_x(&xp, n, 5, &x);
+    write_x(&cp, n, 5, &x);
+    write_x(&bigp, n, 5, &x.iter().map(|v| v * 8.0).collect::<Vec<_>>());
+    let args = |input: &Path| -> Vec<String> {
+        [
+            "classify",
+            "--model",
+            s(&mp),
+            "--arch",
+            "linear,relu,linear",
+            "--input",
+            s(input),
+            "--calibrate",
+            s(&cp),
+            "--output",
+            s(&op),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    };
+    let r = Command::new(env!("CARGO_BIN_EXE_secure-serving"))
+        .args(args(&xp))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&r.stdout);
+    assert!(
+        r.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+    assert!(
+        out.contains("calibrated bounds, checked at run time"),
+        "{out}"
+    );
+    let before = snapshot(&dd);
+    let r = Command::new(env!("CARGO_BIN_EXE_secure-serving"))
+        .args(args(&bigp))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(err.contains("left its calibrated range"), "{err}");
+    assert_eq!(snapshot(&dd), before, "a failed run changed a file");
+}

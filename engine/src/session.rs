@@ -400,7 +400,7 @@ impl Drop for Session {
 
 /// The store id both parties returned for the same object; they advance identically, so a
 /// difference means the parties are out of step (checked in release builds too).
-pub(crate) fn agreed_id(alice: u64, bob: u64) -> Result<u64> {
+pub fn agreed_id(alice: u64, bob: u64) -> Result<u64> {
     if alice != bob {
         return Err(EngineError::Protocol(format!(
             "alice and bob disagree on a store id ({alice} vs {bob}): the parties are out of step"

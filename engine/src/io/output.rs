@@ -1,7 +1,8 @@
 //! Output files written atomically: a temporary file in the destination's directory, renamed
 //! over the destination only once complete, so a failed or interrupted run leaves the previous
 //! file intact. Creating the temporary file up front checks that the directory exists and is
-//! writable before any work starts.
+//! writable before any work starts. A process killed outright (SIGKILL, power loss) can leave
+//! the hidden temporary file `.NAME.XXXXXX.tmp` behind; the destination is never half-written.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
