@@ -279,3 +279,56 @@ role = "client"
     c.unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn keygen_command_writes_keys_and_reports_bad_files() {
+    let dir = temp_dir("keygen-cli");
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("deploy.toml");
+    let bin = env!("CARGO_BIN_EXE_secure-serving");
+    let keygen = |extra: &[&str]| {
+        let out = std::process::Command::new(bin)
+            .args(["keygen", "--deployment"])
+            .arg(&file)
+            .arg("--out")
+            .arg(dir.join("keys"))
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    std::fs::write(
+        &file,
+        "name = \"cli\"\n[alice]\naddress = \"127.0.0.1:1\"\n[bob]\naddress = \"127.0.0.1:2\"\n\
+         [dealer]\naddress = \"127.0.0.1:3\"\n[[data_owner]]\nname = \"x\"\nrole = \"auditor\"\n",
+    )
+    .unwrap();
+    let (ok, _, err) = keygen(&[]);
+    assert!(!ok);
+    assert!(
+        err.contains("data owner 'x': unknown role 'auditor'"),
+        "{err}"
+    );
+    assert!(!dir.join("keys").exists(), "nothing written for a bad file");
+    std::fs::write(
+        &file,
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("auditor", "client"),
+    )
+    .unwrap();
+    let (ok, out, err) = keygen(&[]);
+    assert!(ok, "{err}");
+    assert!(out.contains("wrote a CA and 4 certificates"), "{out}");
+    assert!(dir.join("keys/client-x.key").exists());
+    let (ok, _, err) = keygen(&[]);
+    assert!(!ok);
+    assert!(err.contains("refusing to overwrite existing keys"), "{err}");
+    let (ok, _, err) = keygen(&["--force"]);
+    assert!(ok, "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
