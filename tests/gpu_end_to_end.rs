@@ -213,10 +213,10 @@ fn a_gpu_classification_moves_only_opened_values_to_the_host() {
                     + bob * 8 * words,
             };
             if party == 1 {
-                // Bob's corrections are what he receives from the dealer (plus one status
-                // word per request, one request per batch).
+                // Bob's corrections are what he receives from the dealer (plus a status word
+                // and the assigned first stream per request, one request per batch).
                 let dealer = traffic.step("dealer");
-                assert_eq!(8 * words + 8 * batches, dealer.bytes_received);
+                assert_eq!(8 * words + 16 * batches, dealer.bytes_received);
             }
             assert_eq!(moved, want, "party {party} on {}", s.backend_description());
             // By hand: per batch 3 linear layers x 2 openings, 2 ReLUs and eq x 8 rounds,
