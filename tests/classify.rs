@@ -323,6 +323,7 @@ fn model_import_round_trips_and_reports_bad_files() {
     );
     // Wrong bias shape.
     let bad = Sequential {
+        input: vec![2],
         layers: vec![Layer::Linear {
             in_features: 2,
             out_features: 2,
@@ -358,6 +359,7 @@ fn model_import_round_trips_and_reports_bad_files() {
     );
     // Consecutive Linear layers whose widths do not chain.
     let chain = Sequential {
+        input: vec![2],
         layers: vec![
             Layer::Linear {
                 in_features: 2,
@@ -386,6 +388,7 @@ fn model_import_round_trips_and_reports_bad_files() {
     );
     // A NaN inside a weight, and a weight that is not 2-D.
     let nanw = Sequential {
+        input: vec![2],
         layers: vec![Layer::Linear {
             in_features: 2,
             out_features: 1,

@@ -16,6 +16,7 @@ const BEAVER: &str = include_str!("../../../shaders/beaver.wgsl");
 const TRUNCATE: &str = include_str!("../../../shaders/truncate.wgsl");
 const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
 const REDUCE: &str = include_str!("../../../shaders/reduce.wgsl");
+const GATHER: &str = include_str!("../../../shaders/gather.wgsl");
 
 /// One entry point: its pipeline and bind group layout (group 0).
 pub(crate) struct Kernel {
@@ -40,6 +41,7 @@ pub(crate) struct Kernels {
     pub(crate) matmul: MatmulKernels,
     pub(crate) sum_rows_wide: Kernel,
     pub(crate) sum_rows_narrow: Kernel,
+    pub(crate) gather: Kernel,
 }
 
 /// The full WGSL source of a kernel file for a variant.
@@ -100,6 +102,7 @@ pub(crate) fn build_all(
         let bv = module(ctx, variant, "beaver", BEAVER);
         let tr = module(ctx, variant, "truncate", TRUNCATE);
         let rd = module(ctx, variant, "reduce", REDUCE);
+        let ga = module(ctx, variant, "gather", GATHER);
         Ok(Kernels {
             binary: kernel(ctx, &ew, "binary"),
             scalar: kernel(ctx, &ew, "scalar"),
@@ -108,6 +111,7 @@ pub(crate) fn build_all(
             matmul,
             sum_rows_wide: kernel(ctx, &rd, "sum_rows_wide"),
             sum_rows_narrow: kernel(ctx, &rd, "sum_rows_narrow"),
+            gather: kernel(ctx, &ga, "gather"),
         })
     })
 }
