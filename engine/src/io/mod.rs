@@ -1,7 +1,10 @@
-//! Model and data import: PyTorch `nn.Sequential` state dicts in safetensors, `.npy` inputs.
+//! Model and data import: PyTorch `nn.Sequential` state dicts in safetensors, ONNX graphs
+//! exported from PyTorch, `.npy` inputs.
 
 pub mod model;
 pub mod npy;
+pub mod onnx;
 
 pub use model::load_safetensors_model;
-pub use npy::{load_features, load_labels, write_predictions};
+pub use npy::{load_features, load_inputs, load_labels, write_predictions};
+pub use onnx::load_onnx_model;

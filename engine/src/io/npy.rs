@@ -1,6 +1,6 @@
 //! `.npy` inputs (features f32/f64 `[N, features]`, labels int64 `[N]`) and prediction output.
 
-use ndarray::{Array1, Array2};
+use ndarray::{Array1, ArrayD};
 use ndarray_npy::{read_npy, write_npy};
 
 use crate::error::{EngineError, Result};
@@ -16,24 +16,52 @@ fn check_exists(path: &str) -> Result<()> {
 
 /// Read features `[N, features]` stored as f64 or f32; checks the width and finiteness.
 pub fn load_features(path: &str, features: usize) -> Result<(usize, Vec<f64>)> {
+    load_inputs(path, &[features])
+}
+
+/// Read model inputs stored as f64 or f32: `[N, features]` for a model taking `[features]`
+/// samples, `[N, C, H, W]` for one taking `[C, H, W]` images. Checks every dimension after the
+/// first against `sample` and that every value is finite; returns `N` and the row-major values.
+pub fn load_inputs(path: &str, sample: &[usize]) -> Result<(usize, Vec<f64>)> {
     check_exists(path)?;
-    let arr: Array2<f64> = match read_npy::<_, Array2<f64>>(path) {
+    let rank = sample.len() + 1;
+    let arr: ArrayD<f64> = match read_npy::<_, ArrayD<f64>>(path) {
         Ok(a) => a,
-        Err(e64) => match read_npy::<_, Array2<f32>>(path) {
+        Err(e64) => match read_npy::<_, ArrayD<f32>>(path) {
             Ok(a) => a.mapv(|v| v as f64),
             Err(_) => {
                 return Err(EngineError::Format(format!(
-                    "{path}: cannot read as a 2-D f32/f64 array [N, features]: {e64}"
+                    "{path}: cannot read as a {rank}-D f32/f64 array {}: {e64}",
+                    layout(sample)
                 )))
             }
         },
     };
-    let (n, w) = arr.dim();
-    if w != features {
+    let dims = arr.shape().to_vec();
+    if dims.len() != rank {
         return Err(EngineError::Format(format!(
-            "{path}: inputs have {w} features per row, the model expects {features}"
+            "{path}: cannot read as a {rank}-D f32/f64 array {}: the file holds shape {dims:?}",
+            layout(sample)
         )));
     }
+    if dims[1..] != *sample {
+        return Err(EngineError::Format(match sample {
+            [f] => format!(
+                "{path}: inputs have {} features per row, the model expects {f}",
+                dims[1]
+            ),
+            _ => format!(
+                "{path}: inputs have shape {dims:?}; the model expects [N, {}]",
+                sample
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        }));
+    }
+    let n = dims[0];
+    let w: usize = sample.iter().product();
     let data: Vec<f64> = arr.iter().copied().collect();
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
         return Err(EngineError::Format(format!(
@@ -44,6 +72,14 @@ pub fn load_features(path: &str, features: usize) -> Result<(usize, Vec<f64>)> {
         )));
     }
     Ok((n, data))
+}
+
+fn layout(sample: &[usize]) -> &'static str {
+    if sample.len() == 1 {
+        "[N, features]"
+    } else {
+        "[N, C, H, W]"
+    }
 }
 
 /// Read integer labels `[N]` (int64).
