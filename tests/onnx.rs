@@ -1,6 +1,6 @@
 //! ONNX import: a small CNN (conv, batch norm, max and average pooling, dropout, linear) on
-//! scikit-learn's digits, made by tests/data/make_onnx.py with reference outputs from onnx's own
-//! evaluator; and the refusals (unsupported op, branching graph, truncated file, input shapes).
+//! scikit-learn's digits, made by tests/data/make_onnx.py with reference outputs from the model's
+//! definition in numpy; and the refusals (unsupported op, branching graph, truncated file, input shapes).
 
 use engine::io::{load_inputs, load_labels, load_onnx_model};
 use engine::nn::plain::Layer;
