@@ -8,7 +8,9 @@ use kernels::BackendKind;
 
 use engine::error::{EngineError, Result};
 use engine::fixed::FixedPoint;
-use engine::io::{load_features, load_labels, load_safetensors_model, write_predictions};
+use engine::io::{
+    load_inputs, load_labels, load_onnx_model, load_safetensors_model, write_predictions,
+};
 use engine::nn::plain::{Layer, Sequential};
 use engine::nn::{ClassifyOptions, ClassifyReport, SecureClassifier};
 use engine::session::{Session, SessionConfig};
@@ -28,16 +30,18 @@ pub struct Cli {
 pub enum Command {
     /// Classify a data set with a shared model; reveal only the accuracy to the model owner.
     Classify {
-        /// safetensors file with the model's state dict.
+        /// The model: an ONNX file (`.onnx`, exported with `torch.onnx.export`), or a
+        /// safetensors state dict (needs `--arch`).
         #[arg(long)]
         model: String,
-        /// Layer list in PyTorch order (e.g. `linear,relu,dropout,linear`) or `vgg16-head`.
+        /// For safetensors: layer list in PyTorch order (e.g. `linear,relu,dropout,linear`),
+        /// or a preset: `vgg16-head`, `vgg16` (torchvision's whole VGG16, 3x224x224 inputs).
         #[arg(long)]
-        arch: String,
+        arch: Option<String>,
         /// Tensor-name prefix (e.g. `classifier.`).
         #[arg(long, default_value = "")]
         prefix: String,
-        /// Inputs `.npy`, f32/f64 `[N, features]`.
+        /// Inputs `.npy`, f32/f64 `[N, features]`, or `[N, C, H, W]` for image models.
         #[arg(long)]
         input: String,
         /// Labels `.npy`, int64 `[N]`.
@@ -158,8 +162,23 @@ pub fn run(cli: Cli) -> Result<()> {
             transport,
         } => {
             let fixed = FixedPoint::new(frac_bits)?;
-            let plain = load_safetensors_model(&model, &arch, &prefix)?;
-            let (n, data) = load_features(&input, plain.in_features())?;
+            let plain = if model.ends_with(".onnx") {
+                if arch.is_some() {
+                    return Err(EngineError::Invalid(
+                        "--arch applies to safetensors models; an ONNX file carries its graph"
+                            .into(),
+                    ));
+                }
+                load_onnx_model(&model)?
+            } else {
+                let arch = arch.ok_or_else(|| {
+                    EngineError::Invalid(format!(
+                        "{model}: a safetensors model needs --arch (e.g. vgg16-head, vgg16 or linear,relu,linear)"
+                    ))
+                })?;
+                load_safetensors_model(&model, &arch, &prefix)?
+            };
+            let (n, data) = load_inputs(&input, &plain.input)?;
             let labels = match labels {
                 Some(p) => {
                     let l = load_labels(&p)?;
