@@ -198,3 +198,134 @@ fn input_shapes_are_checked() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn cli_classifies_an_onnx_cnn() {
+    let dir = std::env::temp_dir().join(format!("onnx-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("pred.npy");
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_secure-serving"))
+        .args(["classify", "--model", &data("digits_cnn.onnx")])
+        .args(["--input", &data("digits_test_x.npy")])
+        .args(["--labels", &data("digits_test_y.npy")])
+        .args(["--batch", "128", "--output", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let model = load_onnx_model(&data("digits_cnn.onnx")).unwrap();
+    let (n, x) = load_inputs(&data("digits_test_x.npy"), &[1, 8, 8]).unwrap();
+    let labels = load_labels(&data("digits_test_y.npy")).unwrap();
+    let plain: Vec<i64> = model
+        .forward_f64(&x, n)
+        .unwrap()
+        .chunks(10)
+        .map(argmax)
+        .collect();
+    let preds: ndarray::Array1<i64> = read_npy(&out).unwrap();
+    assert_eq!(preds.to_vec(), plain);
+    let correct = plain.iter().zip(&labels).filter(|(p, l)| p == l).count();
+    assert!(
+        stdout.contains(&format!("Accuracy: {correct}/{n}")),
+        "{stdout}"
+    );
+    // --arch is for safetensors only; a wrong image shape is refused before any work.
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_secure-serving"))
+        .args([
+            "classify",
+            "--model",
+            &data("digits_cnn.onnx"),
+            "--arch",
+            "vgg16",
+        ])
+        .args(["--input", &data("digits_test_x.npy")])
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(String::from_utf8_lossy(&run.stderr).contains("--arch applies to safetensors"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn vgg16_preset_reads_torchvision_names() {
+    use safetensors::{serialize_to_file, Dtype, View};
+    // A narrow VGG16 (4 channels everywhere, classifier 196-8-8-3) under torchvision's names.
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut put = |name: String, shape: Vec<usize>| {
+        let n: usize = shape.iter().product();
+        let bytes = (0..n)
+            .flat_map(|i| (((i * 7919) % 13) as f32 / 40.0 - 0.15).to_le_bytes())
+            .collect();
+        tensors.push((name, shape, bytes));
+    };
+    let (mut i, mut c) = (0, 3);
+    for &oc in &engine::nn::plain::VGG16_FEATURES {
+        if oc == 0 {
+            i += 1;
+            continue;
+        }
+        put(format!("features.{i}.weight"), vec![4, c, 3, 3]);
+        put(format!("features.{i}.bias"), vec![4]);
+        c = 4;
+        i += 2;
+    }
+    for (j, (o, inp)) in [(0, (8, 196)), (3, (8, 8)), (6, (3, 8))] {
+        put(format!("classifier.{j}.weight"), vec![o, inp]);
+        put(format!("classifier.{j}.bias"), vec![o]);
+    }
+    struct T<'a>(&'a [usize], &'a [u8]);
+    impl View for T<'_> {
+        fn dtype(&self) -> Dtype {
+            Dtype::F32
+        }
+        fn shape(&self) -> &[usize] {
+            self.0
+        }
+        fn data(&self) -> std::borrow::Cow<'_, [u8]> {
+            self.1.into()
+        }
+        fn data_len(&self) -> usize {
+            self.1.len()
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("vgg16-preset-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("vgg16.safetensors");
+    serialize_to_file(
+        tensors.iter().map(|(n, s, b)| (n.clone(), T(s, b))),
+        &None,
+        &p,
+    )
+    .unwrap();
+    let m = engine::io::load_safetensors_model(p.to_str().unwrap(), "vgg16", "").unwrap();
+    assert_eq!(m.input, vec![3, 224, 224]);
+    let convs = m
+        .layers
+        .iter()
+        .filter(|l| matches!(l, Layer::Conv2d { .. }))
+        .count();
+    let pools = m
+        .layers
+        .iter()
+        .filter(|l| matches!(l, Layer::MaxPool2d { .. }))
+        .count();
+    assert_eq!((convs, pools, m.out_features()), (13, 5, 3));
+    assert_eq!(m.shapes().unwrap()[m.layers.len() - 7], vec![196]);
+    // A missing tensor names itself.
+    tensors.retain(|(n, _, _)| n != "features.28.weight");
+    serialize_to_file(
+        tensors.iter().map(|(n, s, b)| (n.clone(), T(s, b))),
+        &None,
+        &p,
+    )
+    .unwrap();
+    let e = engine::io::load_safetensors_model(p.to_str().unwrap(), "vgg16", "")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("'features.28.weight' is missing"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}

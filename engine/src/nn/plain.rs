@@ -675,7 +675,13 @@ pub fn vgg16(
         let b = (6.0 / fan_in as f64).sqrt();
         let weight = (0..oc * fan_in).map(|_| rng.gen_range(-b..b)).collect();
         let bias = (0..oc).map(|_| rng.gen_range(-0.01..0.01)).collect();
-        layers.push(Layer::conv2d(c, oc, Window2d::square(3, 1, 1), weight, bias)?);
+        layers.push(Layer::conv2d(
+            c,
+            oc,
+            Window2d::square(3, 1, 1),
+            weight,
+            bias,
+        )?);
         layers.push(Layer::ReLU);
         c = oc;
     }
