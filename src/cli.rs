@@ -80,6 +80,14 @@ pub enum Command {
         /// Small shapes (seconds instead of minutes).
         #[arg(long)]
         quick: bool,
+        /// Run only the VGG16 benchmarks (CIFAR-10 shape, batch 1 and 64); the full run
+        /// includes them.
+        #[arg(long)]
+        cnn: bool,
+        /// Also run torchvision's whole VGG16 at 224x224, batch 1 (138 M parameters; minutes
+        /// and tens of GB of memory).
+        #[arg(long)]
+        vgg16_224: bool,
     },
 }
 
@@ -148,7 +156,12 @@ pub fn demo(backend: BackendKind, transport: TransportKind) -> Result<ClassifyRe
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo { backend, transport } => demo(backend, transport).map(|_| ()),
-        Command::Bench { backend, quick } => crate::bench::run(backend, quick),
+        Command::Bench {
+            backend,
+            quick,
+            cnn,
+            vgg16_224,
+        } => crate::bench::run(backend, quick, cnn, vgg16_224),
         Command::Classify {
             model,
             arch,
