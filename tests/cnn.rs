@@ -299,9 +299,9 @@ fn avg_pools_are_within_the_truncation_bound() {
                 let xs = &x[plane * h * w..(plane + 1) * h * w];
                 for y in 0..out[0] {
                     // PyTorch: start = floor(i·in/out), end = ceil((i+1)·in/out).
-                    let (r0, r1) = (y * h / out[0], ((y + 1) * h + out[0] - 1) / out[0]);
+                    let (r0, r1) = (y * h / out[0], ((y + 1) * h).div_ceil(out[0]));
                     for xx in 0..out[1] {
-                        let (c0, c1) = (xx * w / out[1], ((xx + 1) * w + out[1] - 1) / out[1]);
+                        let (c0, c1) = (xx * w / out[1], ((xx + 1) * w).div_ceil(out[1]));
                         let sum: i64 = (r0..r1)
                             .flat_map(|r| (c0..c1).map(move |q| xs[r * w + q]))
                             .sum();
