@@ -580,6 +580,7 @@ fn examples_run() {
         ("linear_1x1", vec![]),
         ("secure_classification", vec![]),
         ("vgg16_head", vec!["256", "64", "7", "40", "16"]),
+        ("digits_cnn", vec!["64"]),
     ] {
         let path = dir.join(name);
         if !path.exists() {
