@@ -42,7 +42,7 @@ fn small_values(rng: &mut ChaCha20Rng, n: usize) -> Vec<u64> {
 /// add torchvision's whole VGG16 at 224x224).
 pub fn run(kind: BackendKind, quick: bool, cnn: bool, vgg16_224: bool) -> Result<()> {
     if cnn || vgg16_224 {
-        return cnn_benches(kind, cnn || !quick, vgg16_224);
+        return cnn_benches(kind, cnn, vgg16_224);
     }
     let be = backend_from_kind(kind)?;
     let threads = rayon::current_num_threads();
