@@ -39,8 +39,12 @@ fn small_values(rng: &mut ChaCha20Rng, n: usize) -> Vec<u64> {
         .collect()
 }
 
-/// Run the whole bench and print the tables.
-pub fn run(kind: BackendKind, quick: bool) -> Result<()> {
+/// Run the whole bench and print the tables (`cnn`: only the VGG16 benchmarks; `vgg16_224`:
+/// add torchvision's whole VGG16 at 224x224).
+pub fn run(kind: BackendKind, quick: bool, cnn: bool, vgg16_224: bool) -> Result<()> {
+    if cnn || vgg16_224 {
+        return cnn_benches(kind, cnn, vgg16_224);
+    }
     let be = backend_from_kind(kind)?;
     let threads = rayon::current_num_threads();
     println!("backend: {}", be.describe());
@@ -92,6 +96,22 @@ pub fn run(kind: BackendKind, quick: bool) -> Result<()> {
     comparison_table(kind, quick)?;
     println!();
     vgg_head(kind, quick, &mut rng)?;
+    if !quick {
+        println!();
+        cnn_benches(kind, true, false)?;
+    }
+    Ok(())
+}
+
+/// VGG16 at CIFAR-10 shape (batch 1 and 64) and, on request, the whole VGG16 at 224x224.
+fn cnn_benches(kind: BackendKind, cifar: bool, full: bool) -> Result<()> {
+    let mut rng = ChaCha20Rng::from_entropy();
+    if cifar {
+        crate::bench_cnn::vgg16_run(kind, 32, None, 512, 10, &[1, 64], &mut rng)?;
+    }
+    if full {
+        crate::bench_cnn::vgg16_run(kind, 224, Some([7, 7]), 4096, 1000, &[1], &mut rng)?;
+    }
     Ok(())
 }
 

@@ -11,7 +11,8 @@ use engine::deploy::{write_keys, Deployment};
 use engine::error::{EngineError, Result};
 use engine::fixed::FixedPoint;
 use engine::io::{
-    load_features, load_labels, load_safetensors_model_with, OutputFile, UnusedTensors,
+    load_inputs, load_labels, load_onnx_model, load_safetensors_model_with, OutputFile,
+    UnusedTensors,
 };
 use engine::nn::plain::{Layer, Sequential};
 use engine::nn::range::{calibrate, check_inputs, ModelBounds, DEFAULT_INPUT_BOUND};
@@ -33,16 +34,18 @@ pub struct Cli {
 pub enum Command {
     /// Classify a data set with a shared model; reveal only the accuracy to the model owner.
     Classify {
-        /// safetensors file with the model's state dict.
+        /// The model: an ONNX file (`.onnx`, exported with `torch.onnx.export`), or a
+        /// safetensors state dict (needs `--arch`).
         #[arg(long)]
         model: String,
-        /// Layer list in PyTorch order (e.g. `linear,relu,dropout,linear`) or `vgg16-head`.
+        /// For safetensors: layer list in PyTorch order (e.g. `linear,relu,dropout,linear`),
+        /// or a preset: `vgg16-head`, `vgg16` (torchvision's whole VGG16, 3x224x224 inputs).
         #[arg(long)]
-        arch: String,
+        arch: Option<String>,
         /// Tensor-name prefix (e.g. `classifier.`).
         #[arg(long, default_value = "")]
         prefix: String,
-        /// Inputs `.npy`, f32/f64 `[N, features]`.
+        /// Inputs `.npy`, f32/f64 `[N, features]`, or `[N, C, H, W]` for image models.
         #[arg(long)]
         input: String,
         /// Labels `.npy`, int64 `[N]`.
@@ -107,6 +110,14 @@ pub enum Command {
         /// Small shapes (seconds instead of minutes).
         #[arg(long)]
         quick: bool,
+        /// Run only the VGG16 benchmarks (CIFAR-10 shape, batch 1 and 64); the full run
+        /// includes them.
+        #[arg(long)]
+        cnn: bool,
+        /// Also run torchvision's whole VGG16 at 224x224, batch 1 (138 M parameters; minutes
+        /// and tens of GB of memory).
+        #[arg(long)]
+        vgg16_224: bool,
     },
 }
 
@@ -189,7 +200,12 @@ pub fn quiet_gpu_driver() {
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo { backend, transport } => demo(backend, transport).map(|_| ()),
-        Command::Bench { backend, quick } => crate::bench::run(backend, quick),
+        Command::Bench {
+            backend,
+            quick,
+            cnn,
+            vgg16_224,
+        } => crate::bench::run(backend, quick, cnn, vgg16_224),
         Command::Keygen {
             deployment,
             out,
@@ -255,8 +271,23 @@ pub fn run(cli: Cli) -> Result<()> {
             } else {
                 UnusedTensors::Refuse
             };
-            let plain = load_safetensors_model_with(&model, &arch, &prefix, unused)?;
-            let (n, data) = load_features(&input, plain.in_features())?;
+            let plain = if model.ends_with(".onnx") {
+                if arch.is_some() {
+                    return Err(EngineError::Invalid(
+                        "--arch applies to safetensors models; an ONNX file carries its graph"
+                            .into(),
+                    ));
+                }
+                load_onnx_model(&model)?
+            } else {
+                let arch = arch.ok_or_else(|| {
+                    EngineError::Invalid(format!(
+                        "{model}: a safetensors model needs --arch (e.g. vgg16-head, vgg16 or linear,relu,linear)"
+                    ))
+                })?;
+                load_safetensors_model_with(&model, &arch, &prefix, unused)?
+            };
+            let (n, data) = load_inputs(&input, &plain.input)?;
             if n == 0 {
                 return Err(EngineError::Format(format!("{input}: no input rows")));
             }
@@ -286,7 +317,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 .map_err(|e| EngineError::Range(format!("{input}: {e}")))?;
             let bounds = match &calibration {
                 Some(path) => {
-                    let (rows, cal) = load_features(path, plain.in_features())?;
+                    let (rows, cal) = load_inputs(path, &plain.input)?;
                     check_inputs(&cal, plain.in_features(), input_bound)
                         .map_err(|e| EngineError::Range(format!("{path}: {e}")))?;
                     ModelBounds {

@@ -326,6 +326,7 @@ fn model_import_round_trips_and_reports_bad_files() {
     );
     // Wrong bias shape.
     let bad = Sequential {
+        input: vec![2],
         layers: vec![Layer::Linear {
             in_features: 2,
             out_features: 2,
@@ -361,6 +362,7 @@ fn model_import_round_trips_and_reports_bad_files() {
     );
     // Consecutive Linear layers whose widths do not chain.
     let chain = Sequential {
+        input: vec![2],
         layers: vec![
             Layer::Linear {
                 in_features: 2,
@@ -389,6 +391,7 @@ fn model_import_round_trips_and_reports_bad_files() {
     );
     // A NaN inside a weight, and a weight that is not 2-D.
     let nanw = Sequential {
+        input: vec![2],
         layers: vec![Layer::Linear {
             in_features: 2,
             out_features: 1,
@@ -586,6 +589,7 @@ fn examples_run() {
         ("linear_1x1", vec![]),
         ("secure_classification", vec![]),
         ("vgg16_head", vec!["256", "64", "7", "40", "16"]),
+        ("digits_cnn", vec!["64"]),
     ] {
         let path = dir.join(name);
         if !path.exists() {

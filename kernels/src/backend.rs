@@ -332,6 +332,48 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Sum over the last axis of a 2-D tensor `[m, n] -> [m, 1]` mod 2^64.
     fn sum_rows(&self, a: &Tensor) -> Result<Tensor>;
+
+    /// Gather (a local re-layout: im2col, pooling windows, NHWC to NCHW): a new tensor of
+    /// `shape` whose element `i` is `a[index[i]]`, or 0 where `index[i]` is [`GATHER_ZERO`]
+    /// (padding). `index` holds one entry per output element; every other entry must be below
+    /// `a.len()`.
+    fn gather(&self, a: &Tensor, index: &[u32], shape: &[usize]) -> Result<Tensor>;
+}
+
+/// The [`Backend::gather`] index that yields a zero (padding) instead of a source element.
+pub const GATHER_ZERO: u32 = u32::MAX;
+
+/// Validate the operands of [`Backend::gather`].
+pub fn check_gather(a: &Tensor, index: &[u32], shape: &[usize]) -> Result<()> {
+    if shape.iter().product::<usize>() != index.len() {
+        return Err(shape_err(
+            "gather",
+            format!("shape {shape:?} does not hold {} indices", index.len()),
+        ));
+    }
+    if a.len() >= GATHER_ZERO as usize {
+        return Err(shape_err(
+            "gather",
+            format!(
+                "a source of {} elements is not addressable by u32 indices",
+                a.len()
+            ),
+        ));
+    }
+    if let Some((i, &v)) = index
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| v != GATHER_ZERO && v as usize >= a.len())
+    {
+        return Err(shape_err(
+            "gather",
+            format!(
+                "index {v} at position {i} is out of range for {} elements",
+                a.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Check that two operands of an elementwise op have one shape.

@@ -1,10 +1,12 @@
-//! Model and data import: PyTorch `nn.Sequential` state dicts in safetensors, `.npy` inputs;
-//! atomic output files.
+//! Model and data import: PyTorch `nn.Sequential` state dicts in safetensors, ONNX graphs
+//! exported from PyTorch, `.npy` inputs; atomic output files.
 
 pub mod model;
 pub mod npy;
+pub mod onnx;
 pub mod output;
 
 pub use model::{load_safetensors_model, load_safetensors_model_with, UnusedTensors};
-pub use npy::{load_features, load_labels, write_predictions};
+pub use npy::{load_features, load_inputs, load_labels, write_predictions};
+pub use onnx::load_onnx_model;
 pub use output::OutputFile;

@@ -7,7 +7,8 @@
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::{EngineError, Result};
-use crate::nn::plain::{parse_arch, Layer, LayerKind, Sequential};
+use crate::nn::geometry::Window2d;
+use crate::nn::plain::{parse_arch, Layer, LayerKind, Sequential, VGG16_FEATURES};
 
 fn read_file(path: &str) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|source| EngineError::Io {
@@ -112,6 +113,9 @@ fn tensor_f64(st: &SafeTensors, name: &str, path: &str) -> Result<(Vec<usize>, V
 
 /// Load a model from a safetensors file with the given architecture and tensor-name prefix,
 /// refusing tensors under the prefix that the architecture does not use.
+///
+/// The preset `vgg16` reads a whole torchvision VGG16 state dict (`features.{i}.weight`,
+/// `classifier.{i}.weight`, ...; the prefix is ignored) for `[3, 224, 224]` inputs.
 pub fn load_safetensors_model(path: &str, arch: &str, prefix: &str) -> Result<Sequential> {
     load_safetensors_model_with(path, arch, prefix, UnusedTensors::Refuse)
 }
@@ -123,7 +127,6 @@ pub fn load_safetensors_model_with(
     prefix: &str,
     unused: UnusedTensors,
 ) -> Result<Sequential> {
-    let kinds = parse_arch(arch)?;
     let bytes = read_file(path)?;
     let st = SafeTensors::deserialize(&bytes).map_err(|e| {
         EngineError::Format(format!(
@@ -131,6 +134,10 @@ pub fn load_safetensors_model_with(
             describe(&e)
         ))
     })?;
+    if arch.trim().eq_ignore_ascii_case("vgg16") {
+        return load_vgg16(&st, path);
+    }
+    let kinds = parse_arch(arch)?;
     let mut layers = Vec::with_capacity(kinds.len());
     let mut width: Option<usize> = None;
     for (i, kind) in kinds.iter().enumerate() {
@@ -192,4 +199,61 @@ pub fn load_safetensors_model_with(
         }
     }
     Sequential::new(layers)
+}
+
+/// A `[out, in, kh, kw]` convolution from `{name}.weight` and `{name}.bias`.
+fn conv_from(st: &SafeTensors, name: &str, path: &str) -> Result<Layer> {
+    let (ws, w) = tensor_f64(st, &format!("{name}.weight"), path)?;
+    let (bs, b) = tensor_f64(st, &format!("{name}.bias"), path)?;
+    let [oc, ic, kh, kw] = ws[..] else {
+        return Err(EngineError::Format(format!(
+            "{path}: tensor '{name}.weight' has shape {ws:?}; a Conv2d weight is [out, in, kh, kw]"
+        )));
+    };
+    if bs != [oc] || kh != 3 || kw != 3 {
+        return Err(EngineError::Format(format!(
+            "{path}: '{name}' has weight {ws:?} and bias {bs:?}; VGG16 uses 3x3 kernels and [out] biases"
+        )));
+    }
+    Layer::conv2d(ic, oc, Window2d::square(3, 1, 1), w, b)
+}
+
+/// torchvision's VGG16 (`features`, `avgpool`, `classifier`) from its state dict names.
+fn load_vgg16(st: &SafeTensors, path: &str) -> Result<Sequential> {
+    let mut layers = Vec::new();
+    let mut i = 0;
+    for &oc in &VGG16_FEATURES {
+        if oc == 0 {
+            layers.push(Layer::MaxPool2d {
+                window: Window2d::square(2, 2, 0),
+            });
+            i += 1;
+        } else {
+            layers.push(conv_from(st, &format!("features.{i}"), path)?);
+            layers.push(Layer::ReLU);
+            i += 2;
+        }
+    }
+    layers.push(Layer::AdaptiveAvgPool2d { output: [7, 7] });
+    layers.push(Layer::Flatten);
+    for (j, kind) in parse_arch("vgg16-head")?.into_iter().enumerate() {
+        layers.push(match kind {
+            LayerKind::Linear => {
+                let name = format!("classifier.{j}");
+                let (ws, w) = tensor_f64(st, &format!("{name}.weight"), path)?;
+                let (_, b) = tensor_f64(st, &format!("{name}.bias"), path)?;
+                let [o, inp] = ws[..] else {
+                    return Err(EngineError::Format(format!(
+                        "{path}: tensor '{name}.weight' has shape {ws:?}; a Linear weight is [out, in]"
+                    )));
+                };
+                Layer::linear(inp, o, w, b)
+                    .map_err(|e| EngineError::Format(format!("{path}: '{name}': {e}")))?
+            }
+            LayerKind::ReLU => Layer::ReLU,
+            _ => Layer::Dropout,
+        });
+    }
+    Sequential::with_input(layers, vec![3, 224, 224])
+        .map_err(|e| EngineError::Format(format!("{path}: {e}")))
 }

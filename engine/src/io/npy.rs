@@ -116,8 +116,9 @@ struct NpyArray {
     ints: Vec<i64>,
 }
 
-/// Read a `.npy` file with `dims` dimensions (`what` describes the expected array).
-fn read_npy_checked(path: &str, dims: usize, what: &str) -> Result<NpyArray> {
+/// Read a `.npy` file with `dims` dimensions of floats (`floats`) or integers (`what` describes
+/// the expected array).
+fn read_npy_checked(path: &str, dims: usize, floats: bool, what: &str) -> Result<NpyArray> {
     let io_err = |source| EngineError::Io {
         path: path.to_string(),
         source,
@@ -172,7 +173,7 @@ fn read_npy_checked(path: &str, dims: usize, what: &str) -> Result<NpyArray> {
         ));
     }
     let (elem, big) = match parse_descr(&h.descr) {
-        Some((e, big)) if (dims == 2) == matches!(e, Elem::F32 | Elem::F64) => (e, big),
+        Some((e, big)) if floats == matches!(e, Elem::F32 | Elem::F64) => (e, big),
         _ => {
             return Err(format_err(
                 path,
@@ -247,15 +248,46 @@ fn read_npy_checked(path: &str, dims: usize, what: &str) -> Result<NpyArray> {
 /// Read features `[N, features]` stored as f64 or f32; checks the width and finiteness (rows and
 /// columns counted from 0 in the file).
 pub fn load_features(path: &str, features: usize) -> Result<(usize, Vec<f64>)> {
-    let arr = read_npy_checked(path, 2, "a 2-D float32/float64 array [N, features]")?;
+    load_inputs(path, &[features])
+}
+
+/// Read model inputs stored as f64 or f32: `[N, features]` for a model taking `[features]`
+/// samples, `[N, C, H, W]` for one taking `[C, H, W]` images. Checks every dimension after the
+/// first against `sample` and that every value is finite (positions counted from 0 in the file);
+/// returns `N` and the row-major values.
+pub fn load_inputs(path: &str, sample: &[usize]) -> Result<(usize, Vec<f64>)> {
+    let what = if sample.len() == 1 {
+        "a 2-D float32/float64 array [N, features]".to_string()
+    } else {
+        format!(
+            "a {}-D float32/float64 array [N, C, H, W]",
+            sample.len() + 1
+        )
+    };
+    let arr = read_npy_checked(path, sample.len() + 1, true, &what)?;
     debug_assert!(matches!(arr.elem, Elem::F32 | Elem::F64));
-    let (n, w) = (arr.shape[0], arr.shape[1]);
-    if w != features {
+    let n = arr.shape[0];
+    if arr.shape[1..] != *sample {
         return Err(format_err(
             path,
-            format!("inputs have {w} features per row, the model expects {features}"),
+            match sample {
+                [f] => format!(
+                    "inputs have {} features per row, the model expects {f}",
+                    arr.shape[1]
+                ),
+                _ => format!(
+                    "inputs have shape {:?}; the model expects [N, {}]",
+                    arr.shape,
+                    sample
+                        .iter()
+                        .map(|d| d.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            },
         ));
     }
+    let w: usize = sample.iter().product::<usize>().max(1);
     let data = arr.floats;
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
         return Err(format_err(
@@ -263,8 +295,8 @@ pub fn load_features(path: &str, features: usize) -> Result<(usize, Vec<f64>)> {
             format!(
                 "value {} at row {}, column {} is not finite",
                 data[i],
-                i / w.max(1),
-                i % w.max(1)
+                i / w,
+                i % w
             ),
         ));
     }
@@ -273,7 +305,7 @@ pub fn load_features(path: &str, features: usize) -> Result<(usize, Vec<f64>)> {
 
 /// Read integer labels `[N]` (int64 or int32).
 pub fn load_labels(path: &str) -> Result<Vec<i64>> {
-    Ok(read_npy_checked(path, 1, "a 1-D int64/int32 array [N]")?.ints)
+    Ok(read_npy_checked(path, 1, false, "a 1-D int64/int32 array [N]")?.ints)
 }
 
 /// Write predicted class indices as int64 `[N]`, atomically (see [`OutputFile`]).

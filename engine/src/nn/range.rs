@@ -163,6 +163,11 @@ enum Violation {
     },
 }
 
+/// The largest value of a bound vector (0 for an empty one).
+fn max_of(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
 /// Propagate bounds through `model` at `frac_bits`; `Err` names the first unsafe place.
 fn propagate(
     model: &Sequential,
@@ -185,7 +190,109 @@ fn propagate(
     let calibrated = bounds.calibrated.as_deref().unwrap_or(&[]);
     let mut linear = 0usize;
     let mut layers = Vec::new();
+    // Models are shape-checked when built; a hand-edited one that no longer fits is refused by
+    // `analyse` before this runs.
+    let shapes = model.shapes().unwrap_or_default();
     for (idx, l) in model.layers.iter().enumerate() {
+        let (Some(input), Some(output)) = (shapes.get(idx), shapes.get(idx + 1)) else {
+            break;
+        };
+        let out_len: usize = output.iter().product();
+        // Layers other than Linear: one bound per output channel (or for the whole output),
+        // from the largest input bounds; `rows[o] = (accumulator, real, error, ring output)`.
+        let (rin, xin, ein) = (max_of(&ring), max_of(&real), max_of(&err));
+        let per_channel: Option<Vec<(f64, f64, f64, f64)>> = match l {
+            Layer::Linear { .. } => None,
+            // ReLU is 1-Lipschitz and shrinks magnitudes; Dropout and Flatten are identities.
+            Layer::ReLU | Layer::Dropout | Layer::Flatten => continue,
+            // A maximum of values within the bounds is within the bounds.
+            Layer::MaxPool2d { .. } => Some(vec![(0.0, xin, ein, rin)]),
+            Layer::Conv2d {
+                out_channels,
+                weight,
+                bias,
+                ..
+            } => {
+                let k = weight.len() / (*out_channels).max(1);
+                let slack = 1.0 + (k as f64 + 2.0) * f64::EPSILON;
+                Some(
+                    (0..*out_channels)
+                        .map(|o| {
+                            let row = &weight[o * k..(o + 1) * k];
+                            let enc: f64 = row
+                                .iter()
+                                .map(|w| ((w * scale).abs() + 0.5).trunc_fast())
+                                .sum();
+                            let l1: f64 = row.iter().map(|w| w.abs()).sum();
+                            let acc = enc * rin * slack;
+                            let e = ((l1 + k as f64 * eps / 2.0) * ein
+                                + k as f64 * eps / 2.0 * xin)
+                                * slack
+                                + 1.5 * eps;
+                            let out = acc / scale + 1.0 + (bias[o] * scale).round().abs();
+                            (acc, (l1 * xin + bias[o].abs()) * slack, e, out)
+                        })
+                        .collect(),
+                )
+            }
+            // A public affine map per channel: `round(s·2^f)·x`, truncated, plus `round(t·2^f)`.
+            Layer::BatchNorm2d { scale: sc, shift } => Some(
+                sc.iter()
+                    .zip(shift)
+                    .map(|(a, t)| {
+                        let acc = ((a * scale).abs() + 0.5).trunc_fast()
+                            * rin
+                            * (1.0 + 4.0 * f64::EPSILON);
+                        let e = (a.abs() + eps / 2.0) * ein + eps / 2.0 * xin + 1.5 * eps;
+                        let out = acc / scale + 1.0 + (t * scale).round().abs();
+                        (acc, a.abs() * xin + t.abs(), e, out)
+                    })
+                    .collect(),
+            ),
+            // Window sum (at most `taps` values, `taps` = the divisor or the kernel size), times
+            // the public `round(2^f / divisor)`, truncated: the accumulator is below
+            // `rin·(2^f + taps/2)`; the error adds the reciprocal's rounding (`|sum|·2^-(f+1)`)
+            // and one ulp of truncation.
+            Layer::AvgPool2d { .. } | Layer::AdaptiveAvgPool2d { .. } => {
+                let taps = match l {
+                    Layer::AvgPool2d { window, .. } => window.kernel[0] * window.kernel[1],
+                    _ => {
+                        let (h, w) = (input[1], input[2]);
+                        let (oh, ow) = (output[1].max(1), output[2].max(1));
+                        ((h.div_ceil(oh) + 1).min(h) * (w.div_ceil(ow) + 1).min(w)).max(1)
+                    }
+                } as f64;
+                let acc = rin * (scale + taps / 2.0) * (1.0 + 4.0 * f64::EPSILON);
+                let e = ein + taps * xin * eps / 2.0 + eps;
+                Some(vec![(acc, xin, e, acc / scale + 1.0)])
+            }
+        };
+        if let Some(rows) = per_channel {
+            let acc_max = rows.iter().map(|r| r.0).fold(0.0, f64::max);
+            let bits = acc_max.max(1.0).log2();
+            if acc_max >= limit {
+                return Err(Violation::Layer {
+                    layer: idx,
+                    name: l.name(),
+                    bits,
+                });
+            }
+            // NCHW: output element `i` belongs to channel `i / (H·W)`; a single row covers all.
+            let group = out_len.div_ceil(rows.len()).max(1);
+            ring = (0..out_len).map(|i| rows[i / group].3).collect();
+            real = (0..out_len).map(|i| rows[i / group].1).collect();
+            err = (0..out_len).map(|i| rows[i / group].2).collect();
+            if acc_max > 0.0 {
+                layers.push(LayerRange {
+                    layer: idx,
+                    name: l.name(),
+                    accumulator_bits: bits,
+                    output_bound: max_of(&real),
+                    checked: None,
+                });
+            }
+            continue;
+        }
         let Layer::Linear {
             in_features,
             out_features,
@@ -193,7 +300,6 @@ fn propagate(
             bias,
         } = l
         else {
-            // ReLU is 1-Lipschitz and shrinks magnitudes; Dropout and Flatten are identities.
             continue;
         };
         let k = *in_features;
@@ -271,6 +377,7 @@ fn propagate(
 pub fn analyse(model: &Sequential, fx: &FixedPoint, bounds: &ModelBounds) -> Result<RangeReport> {
     let f = fx.frac_bits();
     let b = bounds.input_bound;
+    model.shapes()?;
     if !(b.is_finite() && b > 0.0) {
         return Err(EngineError::Invalid(format!(
             "the input bound must be a positive number, got {b}"
@@ -467,8 +574,8 @@ impl<'a> RangeGuard<'a> {
         }
     }
 
-    fn limit_after(&mut self, layer: &SharedLayer) -> Option<u64> {
-        if !matches!(layer, SharedLayer::Linear { .. }) {
+    fn limit_after(&mut self, layer: &dyn SharedLayer) -> Option<u64> {
+        if !layer.is_linear() {
             return None;
         }
         self.linear += 1;
@@ -477,7 +584,7 @@ impl<'a> RangeGuard<'a> {
 
     /// Material for the check after `layer` whose output has `elements` values (call for every
     /// layer, in order, like [`Self::observe`]).
-    pub fn specs_after(&mut self, layer: &SharedLayer, elements: usize) -> Vec<MaterialSpec> {
+    pub fn specs_after(&mut self, layer: &dyn SharedLayer, elements: usize) -> Vec<MaterialSpec> {
         match self.limit_after(layer) {
             Some(_) => compare_specs(2 * elements, 0),
             None => Vec::new(),
@@ -494,7 +601,7 @@ impl<'a> RangeGuard<'a> {
     }
 
     /// Check the output `y` of `layer` (call after every layer, in order).
-    pub fn observe(&mut self, p: &mut Party, layer: &SharedLayer, y: &Share) -> Result<()> {
+    pub fn observe(&mut self, p: &mut Party, layer: &dyn SharedLayer, y: &Share) -> Result<()> {
         let Some(c) = self.limit_after(layer) else {
             return Ok(());
         };

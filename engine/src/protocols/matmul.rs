@@ -56,6 +56,21 @@ impl FixedOperand {
     }
 }
 
+/// Material specs, in consumption order, of [`Party::matmul_fixed`] of `x [m, k]` by the fixed
+/// operand `fixed_id [k, n]`: the product's triple, then the truncation by `frac_bits`.
+pub fn matmul_fixed_specs(
+    fixed_id: u64,
+    m: usize,
+    k: usize,
+    n: usize,
+    frac_bits: u32,
+) -> Vec<MaterialSpec> {
+    vec![
+        MaterialSpec::FixedTriple { fixed_id, m, k, n },
+        crate::protocols::truncate::truncate_spec(m * n, frac_bits),
+    ]
+}
+
 fn check_2d(op: &'static str, x: &Share) -> Result<(usize, usize)> {
     match x.shape() {
         [r, c] => Ok((*r, *c)),

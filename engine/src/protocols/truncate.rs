@@ -29,6 +29,11 @@ use crate::share::Share;
 /// of the mask when the material is fetched).
 pub(crate) const TRUNC_OFFSET_BITS: u32 = 62;
 
+/// Material spec of [`Party::truncate_by`] on `n` elements by `bits`.
+pub fn truncate_spec(n: usize, bits: u32) -> MaterialSpec {
+    MaterialSpec::Trunc { n, bits }
+}
+
 impl Party {
     /// Truncate by the fixed-point fractional bits (after a product of two encoded values).
     pub fn truncate(&mut self, x: &Share) -> Result<Share> {
@@ -45,7 +50,7 @@ impl Party {
             )));
         }
         let n = x.len();
-        let parts = self.material(MaterialSpec::Trunc { n, bits })?;
+        let parts = self.material(truncate_spec(n, bits))?;
         let be = self.backend();
         let shape = x.shape().to_vec();
         let flat = x.tensor().reshaped(vec![n]).expect("same length");

@@ -12,9 +12,9 @@ use rayon::prelude::*;
 pub use aligned::{advise_huge_pages, zeroed_words, AlignedVec};
 
 use crate::backend::{
-    check_2d, check_chacha, check_matmul, check_same_shape, check_scalar, check_select,
-    check_slice, check_truncate, compact_word, select_bit_word, select_payload_word, Backend,
-    BeaverKind, BinaryOp, ScalarOp, TransferCounter, TransferStats,
+    check_2d, check_chacha, check_gather, check_matmul, check_same_shape, check_scalar,
+    check_select, check_slice, check_truncate, compact_word, select_bit_word, select_payload_word,
+    Backend, BeaverKind, BinaryOp, ScalarOp, TransferCounter, TransferStats, GATHER_ZERO,
 };
 use crate::error::{shape_err, KernelError, Result};
 use crate::tensor::{Storage, Tensor};
@@ -447,5 +447,17 @@ impl Backend for CpuBackend {
                     .fold(0u64, |s, &v| s.wrapping_add(v));
             });
         Ok(Self::wrap(vec![m, 1], out))
+    }
+
+    fn gather(&self, a: &Tensor, index: &[u32], shape: &[usize]) -> Result<Tensor> {
+        check_gather(a, index, shape)?;
+        let x = self.words(a)?;
+        let out = Self::map_into(index.len(), |off, dst| {
+            let ids = &index[off..off + dst.len()];
+            for (d, &i) in dst.iter_mut().zip(ids) {
+                *d = if i == GATHER_ZERO { 0 } else { x[i as usize] };
+            }
+        });
+        Ok(Self::wrap(shape.to_vec(), out))
     }
 }

@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::backend::{
-    check_2d, check_chacha, check_matmul, check_same_shape, check_scalar, check_select,
-    check_slice, check_truncate, Backend, BeaverKind, BinaryOp, ScalarOp, TransferCounter,
-    TransferStats,
+    check_2d, check_chacha, check_gather, check_matmul, check_same_shape, check_scalar,
+    check_select, check_slice, check_truncate, Backend, BeaverKind, BinaryOp, ScalarOp,
+    TransferCounter, TransferStats,
 };
 use crate::error::{shape_err, KernelError, Result};
 use crate::tensor::Tensor;
@@ -563,5 +563,14 @@ impl Backend for GpuBackend {
             )
         })?;
         Ok(self.wrap(vec![m, 1], out))
+    }
+
+    fn gather(&self, a: &Tensor, index: &[u32], shape: &[usize]) -> Result<Tensor> {
+        check_gather(a, index, shape)?;
+        let x = self.buffer(a)?;
+        let out = self.ctx.scoped("gather", || {
+            self.exec().gather(&self.kernels.gather, x, a.len(), index)
+        })?;
+        Ok(self.wrap(shape.to_vec(), out))
     }
 }

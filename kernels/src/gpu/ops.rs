@@ -474,6 +474,69 @@ impl Exec<'_> {
         Ok(out)
     }
 
+    /// `out[i] = src[index[i]]` (0 for `GATHER_ZERO`) over `len` outputs: the source is bound
+    /// whole, the output and index are split into chunks that fit one binding.
+    pub(crate) fn gather(
+        &self,
+        kernel: &Kernel,
+        src: &wgpu::Buffer,
+        src_len: usize,
+        index: &[u32],
+    ) -> Result<PooledBuffer> {
+        let len = index.len();
+        let out = self.alloc(len)?;
+        if len == 0 {
+            self.run("gather", |_| {}, &[])?;
+            return Ok(out);
+        }
+        if src_len > self.ctx.max_binding_elems {
+            return Err(KernelError::Gpu(format!(
+                "gather: a source of {src_len} elements does not fit one storage binding of {} \
+                 elements",
+                self.ctx.max_binding_elems
+            )));
+        }
+        // Indices travel packed two to a word; chunks start where both the u64 output and the
+        // u32 index bindings are aligned.
+        let mut words: Vec<u64> = index
+            .chunks(2)
+            .map(|p| u64::from(p[0]) | (u64::from(*p.get(1).unwrap_or(&0)) << 32))
+            .collect();
+        if words.is_empty() {
+            words.push(0);
+        }
+        let idx = self.upload(&words)?;
+        let unit = 2 * ALIGN_ELEMS;
+        let chunk = self
+            .ctx
+            .max_binding_elems
+            .min(self.ctx.max_grid_groups().saturating_mul(WG))
+            / unit
+            * unit;
+        let mut dispatches = Vec::new();
+        for c0 in (0..len).step_by(chunk.max(unit)) {
+            let cl = chunk.max(unit).min(len - c0);
+            dispatches.push(Dispatch {
+                kernel,
+                storage: vec![
+                    (1, src, 0, (src_len.max(1) * 8) as u64),
+                    (
+                        2,
+                        idx.buffer(),
+                        (c0 * 4) as u64,
+                        (cl.div_ceil(2) * 8) as u64,
+                    ),
+                    (3, out.buffer(), (c0 * 8) as u64, (cl * 8) as u64),
+                ],
+                params: params(&[to_u32(cl, "chunk length")?]),
+                groups: self.ctx.grid(cl.div_ceil(WG))?,
+                z: 1,
+            });
+        }
+        self.run("gather", |_| {}, &dispatches)?;
+        Ok(out)
+    }
+
     /// Copy element ranges `(src, first, len)` one after another into a new buffer.
     pub(crate) fn gather_ranges(
         &self,

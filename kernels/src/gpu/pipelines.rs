@@ -20,6 +20,7 @@ const BITS: &str = include_str!("../../../shaders/bits.wgsl");
 const SELECT: &str = include_str!("../../../shaders/select.wgsl");
 const LAYOUT: &str = include_str!("../../../shaders/layout.wgsl");
 const CHACHA: &str = include_str!("../../../shaders/chacha.wgsl");
+const GATHER: &str = include_str!("../../../shaders/gather.wgsl");
 
 /// One entry point: its pipeline and bind group layout (group 0).
 pub(crate) struct Kernel {
@@ -53,6 +54,7 @@ pub(crate) struct Kernels {
     pub(crate) fill: Kernel,
     pub(crate) transpose: Kernel,
     pub(crate) chacha12: Kernel,
+    pub(crate) gather: Kernel,
 }
 
 /// The full WGSL source of a kernel file for a variant.
@@ -118,6 +120,7 @@ pub(crate) fn build_all(
         let sel = module(ctx, variant, "select", SELECT);
         let lay = module(ctx, variant, "layout", LAYOUT);
         let cc = module(ctx, variant, "chacha", CHACHA);
+        let ga = module(ctx, variant, "gather", GATHER);
         Ok(Kernels {
             binary: kernel(ctx, &ew, "binary"),
             scalar: kernel(ctx, &ew, "scalar"),
@@ -133,6 +136,7 @@ pub(crate) fn build_all(
             fill: kernel(ctx, &lay, "fill"),
             transpose: kernel(ctx, &lay, "transpose"),
             chacha12: kernel(ctx, &cc, "chacha12"),
+            gather: kernel(ctx, &ga, "gather"),
         })
     })
 }

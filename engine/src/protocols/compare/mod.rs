@@ -59,6 +59,11 @@ pub fn compare_specs(n: usize, payloads: usize) -> Vec<MaterialSpec> {
     v
 }
 
+/// Material specs of [`Party::relu`] on `n` elements.
+pub fn relu_specs(n: usize) -> Vec<MaterialSpec> {
+    compare_specs(n, 1)
+}
+
 /// Material specs of [`Party::argmax_last`] (`track_index`) or [`Party::max_last`] on `[m, n]`.
 pub fn tree_max_specs(m: usize, n: usize, track_index: bool) -> Vec<MaterialSpec> {
     let mut specs = Vec::new();
