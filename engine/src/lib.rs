@@ -10,6 +10,45 @@
 //! - [`session`]: spawns alice, bob and the dealer on their own threads; data owners share and
 //!   receive reveals through it.
 //! - [`protocols`]: share/reveal, add, mul, matmul (incl. fixed operands), truncation, comparison.
+//!
+//! # Example
+//!
+//! Share a small model, classify two inputs with their labels (only the correct-count reaches
+//! the model owner, only the predictions the client), and read what each party sent:
+//!
+//! ```
+//! use engine::nn::plain::{Layer, Sequential};
+//! use engine::nn::{ClassifyOptions, SecureClassifier};
+//! use engine::{PartyId, Session, SessionConfig};
+//!
+//! # fn main() -> engine::Result<()> {
+//! // Linear(2, 2): class 0 scores x0 - x1, class 1 scores x1 - x0.
+//! let model = Sequential::new(vec![Layer::linear(
+//!     2,
+//!     2,
+//!     vec![1.0, -1.0, -1.0, 1.0], // PyTorch layout [out, in]
+//!     vec![0.0, 0.0],
+//! )?])?;
+//! let mut session = Session::new(SessionConfig::default())?; // alice, bob, dealer: threads
+//! let shared = session.share_model(PartyId::ModelOwner, &model)?;
+//! let mut clf = SecureClassifier::new(&mut session, shared);
+//! let report = clf.classify(
+//!     &[2.0, 0.5, /* second input */ -1.0, 3.0],
+//!     Some(&[0, 1]),
+//!     &ClassifyOptions { batch: 2, reveal_predictions: true },
+//! )?;
+//! assert_eq!(report.predictions.as_deref(), Some(&[0i64, 1][..]));
+//! assert_eq!(report.correct, Some(2));
+//! for (i, t) in report.traffic.iter().enumerate() {
+//!     assert!(t.bytes_sent > 0 && t.rounds > 0);
+//!     println!("{}: {} bytes in {} rounds", PartyId::compute(i), t.bytes_sent, t.rounds);
+//! }
+//! // Everything each party has sent since the session started, by protocol step:
+//! let [alice, _bob] = session.traffic()?;
+//! assert!(alice.step("matmul").bytes_sent > 0);
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod alloc;
 pub mod dealer;
