@@ -45,7 +45,12 @@ fn main() {
         "VGG16 head {input}-{hidden}-{hidden}-{classes}: {} parameters",
         file.parameter_count()
     );
-    let shared = secure_serving::cli::share_with_progress(&mut session, &file).expect("share");
+    let shared = secure_serving::cli::share_with_progress(
+        &mut session,
+        &file,
+        &engine::nn::range::ModelBounds::default(),
+    )
+    .expect("share");
     println!(
         "model loaded (mmap), encoded, shared, masked and prepacked in {:.2} s",
         t.elapsed().as_secs_f64()

@@ -4,18 +4,26 @@
 // rows [0, m) of an A chunk (row stride `lda`), rows [0, k) of a B chunk and rows [0, m) of C,
 // at element offsets a_off / b_off / c_off inside the bound ranges (bindings start 256-byte
 // aligned, so a chunk's first element may sit a little past the binding start).
+// Columns of B and C may be split too (n <= ldn), so rows longer than one binding work.
 // With `accumulate` != 0 the product is added to what C holds (an accumulator copied in before,
 // or the partial sum of an earlier k-chunk); otherwise C is overwritten.
 
 struct Params {
     m: u32,
+    // Columns of the B and C chunk (at most ldn).
     n: u32,
     k: u32,
     lda: u32,
-    a_off: u32,
-    b_off: u32,
-    c_off: u32,
+    // Element offsets of the chunk starts inside the A, B and C bindings (each < 256):
+    // a_off | b_off << 8 | c_off << 16.
+    offsets: u32,
     accumulate: u32,
+    // Row stride of B and C (a chunk may hold only some of their columns).
+    ldn: u32,
+    // Skinny kernel split along k: workgroup z computes depth [z k_seg, (z + 1) k_seg) into
+    // its own partial C at element z * seg_stride (summed by `sum_segments`).
+    k_seg: u32,
+    seg_stride: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -30,12 +38,28 @@ struct Params {
 const TILE: u32 = 64u;
 const TK: u32 = 16u;
 
+fn a_off() -> u32 {
+    return p.offsets & 0xffu;
+}
+
+fn b_off() -> u32 {
+    return (p.offsets >> 8u) & 0xffu;
+}
+
+fn c_off() -> u32 {
+    return p.offsets >> 16u;
+}
+
 var<workgroup> a_tile: array<R, 1024>; // [TK][TILE]
 var<workgroup> b_tile: array<R, 1024>; // [TK][TILE]
 
 fn store_c(row: u32, col: u32, v: R) {
+    store_c_at(0u, row, col, v);
+}
+
+fn store_c_at(base: u32, row: u32, col: u32, v: R) {
     if (row < p.m && col < p.n) {
-        let idx = p.c_off + row * p.n + col;
+        let idx = base + c_off() + row * p.ldn + col;
         var z = v;
         if (p.accumulate != 0u) {
             z = r_add(c[idx], v);
@@ -68,7 +92,7 @@ fn matmul_tiled(
             let ak = idx & 15u;
             var av = r_zero();
             if (row0 + ar < p.m && k0 + ak < p.k) {
-                av = a[p.a_off + (row0 + ar) * p.lda + k0 + ak];
+                av = a[a_off() + (row0 + ar) * p.lda + k0 + ak];
             }
             a_tile[ak * TILE + ar] = av;
 
@@ -76,7 +100,7 @@ fn matmul_tiled(
             let bc = idx & 63u;
             var bv = r_zero();
             if (k0 + bk < p.k && col0 + bc < p.n) {
-                bv = b[p.b_off + (k0 + bk) * p.n + col0 + bc];
+                bv = b[b_off() + (k0 + bk) * p.ldn + col0 + bc];
             }
             b_tile[bk * TILE + bc] = bv;
         }
@@ -132,25 +156,50 @@ fn matmul_skinny(
     if (col >= p.n || row0 >= p.m) {
         return;
     }
+    let k0 = wid.z * p.k_seg;
+    let k1 = min(p.k, k0 + p.k_seg);
+    let base = wid.z * p.seg_stride;
     // Rows past m repeat the last row (computed, never stored), keeping loads in bounds.
     let last = p.m - 1u;
-    let ra0 = p.a_off + min(row0, last) * p.lda;
-    let ra1 = p.a_off + min(row0 + 1u, last) * p.lda;
-    let ra2 = p.a_off + min(row0 + 2u, last) * p.lda;
-    let ra3 = p.a_off + min(row0 + 3u, last) * p.lda;
+    let ra0 = a_off() + min(row0, last) * p.lda;
+    let ra1 = a_off() + min(row0 + 1u, last) * p.lda;
+    let ra2 = a_off() + min(row0 + 2u, last) * p.lda;
+    let ra3 = a_off() + min(row0 + 3u, last) * p.lda;
     var acc0 = r_zero();
     var acc1 = r_zero();
     var acc2 = r_zero();
     var acc3 = r_zero();
-    for (var kk = 0u; kk < p.k; kk++) {
-        let bv = b[p.b_off + kk * p.n + col];
+    for (var kk = k0; kk < k1; kk++) {
+        let bv = b[b_off() + kk * p.ldn + col];
         acc0 = r_mac(acc0, a[ra0 + kk], bv);
         acc1 = r_mac(acc1, a[ra1 + kk], bv);
         acc2 = r_mac(acc2, a[ra2 + kk], bv);
         acc3 = r_mac(acc3, a[ra3 + kk], bv);
     }
-    store_c(row0, col, acc0);
-    store_c(row0 + 1u, col, acc1);
-    store_c(row0 + 2u, col, acc2);
-    store_c(row0 + 3u, col, acc3);
+    store_c_at(base, row0, col, acc0);
+    store_c_at(base, row0 + 1u, col, acc1);
+    store_c_at(base, row0 + 2u, col, acc2);
+    store_c_at(base, row0 + 3u, col, acc3);
+}
+
+// Sum of the k-segment partials of a split skinny product: c[i] (+)= sum over z < k of
+// a[z * m + i], for i < m (here m counts all m x n outputs, k the segments).
+@compute @workgroup_size(64)
+fn sum_segments(
+    @builtin(workgroup_id) wid: vec3<u32>,
+    @builtin(num_workgroups) nwg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let i = (wid.y * nwg.x + wid.x) * 64u + lid;
+    if (i >= p.m) {
+        return;
+    }
+    var z = r_zero();
+    if (p.accumulate != 0u) {
+        z = c[i];
+    }
+    for (var s = 0u; s < p.k; s++) {
+        z = r_add(z, a[s * p.m + i]);
+    }
+    c[i] = z;
 }

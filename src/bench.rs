@@ -12,12 +12,15 @@ use engine::dealer::MaterialSpec;
 use engine::error::Result;
 use engine::io::ModelFile;
 use engine::memory::{self, Role};
+use engine::nn::plain::{vgg16_head, Sequential};
+use engine::nn::range::ModelBounds;
 use engine::nn::shared::SharedModel;
 use engine::nn::{LayerShape, ModelSource};
 use engine::pool::MaterialPool;
 use engine::protocols::compare::compare_specs;
 use engine::session::{Session, SessionConfig};
-use engine::transport::PartyId;
+use engine::transport::{PartyId, StepStats};
+use kernels::TransferStats;
 
 /// Best-of-`reps` wall time of `f` in seconds.
 fn time_best(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -41,8 +44,12 @@ fn small_values(rng: &mut ChaCha20Rng, n: usize) -> Vec<u64> {
         .collect()
 }
 
-/// Run the whole bench and print the tables.
-pub fn run(kind: BackendKind, quick: bool) -> Result<()> {
+/// Run the whole bench and print the tables (`cnn`: only the VGG16 benchmarks; `vgg16_224`:
+/// add torchvision's whole VGG16 at 224x224).
+pub fn run(kind: BackendKind, quick: bool, cnn: bool, vgg16_224: bool) -> Result<()> {
+    if cnn || vgg16_224 {
+        return cnn_benches(kind, cnn, vgg16_224);
+    }
     let be = backend_from_kind(kind)?;
     let threads = rayon::current_num_threads();
     println!("backend: {}", be.describe());
@@ -84,10 +91,32 @@ pub fn run(kind: BackendKind, quick: bool) -> Result<()> {
     if kind == BackendKind::Gpu {
         gpu_vs_cpu_table(quick, &mut rng)?;
         println!();
+        for k in [BackendKind::Cpu, BackendKind::Gpu] {
+            println!("Comparison on the {k} backend:");
+            comparison_table(k, quick)?;
+            println!();
+        }
+        return gpu_head_table(quick, &mut rng);
     }
     comparison_table(kind, quick)?;
     println!();
     vgg_head(kind, quick, &mut rng)?;
+    if !quick {
+        println!();
+        cnn_benches(kind, true, false)?;
+    }
+    Ok(())
+}
+
+/// VGG16 at CIFAR-10 shape (batch 1 and 64) and, on request, the whole VGG16 at 224x224.
+fn cnn_benches(kind: BackendKind, cifar: bool, full: bool) -> Result<()> {
+    let mut rng = ChaCha20Rng::from_entropy();
+    if cifar {
+        crate::bench_cnn::vgg16_run(kind, 32, None, 512, 10, &[1, 64], &mut rng)?;
+    }
+    if full {
+        crate::bench_cnn::vgg16_run(kind, 224, Some([7, 7]), 4096, 1000, &[1], &mut rng)?;
+    }
     Ok(())
 }
 
@@ -108,10 +137,11 @@ fn secure_matmul_times(
     let w = s.share_ring(PartyId::ModelOwner, &[k, n], &small_values(rng, k * n))?;
     let x = s.share_ring(PartyId::Client, &[m, k], &small_values(rng, m * k))?;
     let (wid, xid) = (w.id(), x.id());
-    let [fid, _] = s.run(move |p| {
+    let [fa, fb] = s.run(move |p| {
         let w = p.kept(wid)?;
         Ok(p.fix_operand(&w)?.id())
     })?;
+    let fid = engine::session::agreed_id(fa, fb)?;
     let (mut best_online, mut best_total) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..reps {
         let t0 = Instant::now();
@@ -371,40 +401,20 @@ fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()>
     memory::reset_peaks();
     let t_share = Instant::now();
     let file = ModelFile::open(path.to_str().expect("utf-8 temp path"), "vgg16-head", "")?;
-    let shared: SharedModel = crate::cli::share_with_progress(&mut s, &file)?;
+    let shared: SharedModel =
+        crate::cli::share_with_progress(&mut s, &file, &ModelBounds::default())?;
     let share_secs = t_share.elapsed().as_secs_f64();
     let share_bytes = 8 * file.parameter_count() as u64;
     let load_peaks = memory::report();
     let xs: Vec<f64> = (0..batch * input)
         .map(|_| rng.gen_range(0.0..1.0))
         .collect();
+    // On-demand material: preprocessing, then the online phase, timed separately.
+    let run = secure_head_batch(&mut s, &shared, input, batch, 3, rng)?;
+    let (best_on, best_total, st, dealer_bytes) =
+        (run.online, run.total, run.traffic, run.dealer_bytes);
     let x = s.share(PartyId::Client, &[batch, input], &xs)?;
     let xid = x.id();
-    let (mut best_on, mut best_total, mut stats) = (f64::INFINITY, f64::INFINITY, None);
-    let mut dealer_bytes = [0u64; 2];
-    for _ in 0..3 {
-        let m1 = shared.clone();
-        let t0 = Instant::now();
-        let [d0, d1] = s.run(move |p| {
-            let f = p.fixed_point().frac_bits();
-            let before = p.traffic();
-            p.preprocess(&m1.material_specs(batch, f))?;
-            Ok(p.traffic().since(&before).step("dealer").bytes_received)
-        })?;
-        dealer_bytes = [d0, d1];
-        let t1 = Instant::now();
-        let m2 = shared.clone();
-        let [st, _] = s.run(move |p| {
-            let before = p.traffic();
-            let x = p.kept(xid)?;
-            m2.forward(p, &x)?;
-            Ok(p.traffic().since(&before).online())
-        })?;
-        let t2 = Instant::now();
-        best_on = best_on.min((t2 - t1).as_secs_f64());
-        best_total = best_total.min((t2 - t0).as_secs_f64());
-        stats = Some(st);
-    }
     // Requests served from a warm pool: wait until both parties hold an entry, then time the
     // whole request (the pool check, a one-word exchange, and the online phase).
     let pool = s.open_pool(shared.material_specs(batch, fx.frac_bits()), 2)?;
@@ -454,7 +464,6 @@ fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()>
     let t_plain = time_best(3, || {
         plaintext_u64_head(be.as_ref(), &weights, &xt, &relu_after, fx.frac_bits()).map(|_| ())
     })?;
-    let st = stats.expect("ran");
     println!("VGG16 head {input}-{hidden}-{hidden}-{classes}, batch {batch}:");
     println!(
         "model load (mmap) + encode + share + mask + prepack: {share_secs:.2} s ({:.1} MB encoded per party)",
@@ -516,6 +525,150 @@ fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()>
     }
     if run_peaks.is_some() {
         print_memory(share_bytes, pool_bytes);
+    }
+    Ok(())
+}
+
+/// One secure head measurement: best of `reps` batches of `batch` rows.
+struct HeadRun {
+    online: f64,
+    total: f64,
+    traffic: StepStats,
+    dealer_bytes: [u64; 2],
+    /// Host<->device transfers of party 0 in one batch (preprocessing and forward pass).
+    transfers: TransferStats,
+}
+
+/// Share `model` once in a fresh session on `kind`, then for each batch size run `reps`
+/// batches: preprocessing, then the forward pass (online), timed separately.
+fn secure_head_runs(
+    kind: BackendKind,
+    model: &Sequential,
+    input: usize,
+    batches: &[usize],
+    reps: usize,
+    rng: &mut ChaCha20Rng,
+) -> Result<Vec<HeadRun>> {
+    let mut s = Session::new(SessionConfig {
+        backend: kind,
+        ..Default::default()
+    })?;
+    let shared: SharedModel = s.share_model(PartyId::ModelOwner, model)?;
+    batches
+        .iter()
+        .map(|&batch| secure_head_batch(&mut s, &shared, input, batch, reps, rng))
+        .collect()
+}
+
+/// `reps` batches of `batch` rows through a shared head; the best times.
+fn secure_head_batch(
+    s: &mut Session,
+    shared: &SharedModel,
+    input: usize,
+    batch: usize,
+    reps: usize,
+    rng: &mut ChaCha20Rng,
+) -> Result<HeadRun> {
+    let xs: Vec<f64> = (0..batch * input)
+        .map(|_| rng.gen_range(0.0..1.0))
+        .collect();
+    let x = s.share(PartyId::Client, &[batch, input], &xs)?;
+    let xid = x.id();
+    let mut best = HeadRun {
+        online: f64::INFINITY,
+        total: f64::INFINITY,
+        traffic: StepStats::default(),
+        dealer_bytes: [0; 2],
+        transfers: TransferStats::default(),
+    };
+    for _ in 0..reps {
+        let m1 = shared.clone();
+        let t0 = Instant::now();
+        let [(d0, moved0), (d1, _)] = s.run(move |p| {
+            let f = p.fixed_point().frac_bits();
+            let before = (p.traffic(), p.backend().transfers());
+            p.preprocess(&m1.material_specs(batch, f))?;
+            Ok((
+                p.traffic().since(&before.0).step("dealer").bytes_received,
+                p.backend().transfers().since(&before.1),
+            ))
+        })?;
+        let t1 = Instant::now();
+        let m2 = shared.clone();
+        let [(st, moved), _] = s.run(move |p| {
+            let before = (p.traffic(), p.backend().transfers());
+            let x = p.kept(xid)?;
+            m2.forward(p, &x)?;
+            Ok((
+                p.traffic().since(&before.0).online(),
+                p.backend().transfers().since(&before.1),
+            ))
+        })?;
+        let t2 = Instant::now();
+        best.online = best.online.min((t2 - t1).as_secs_f64());
+        best.total = best.total.min((t2 - t0).as_secs_f64());
+        best.traffic = st;
+        best.dealer_bytes = [d0, d1];
+        best.transfers = TransferStats {
+            uploads: moved0.uploads + moved.uploads,
+            upload_bytes: moved0.upload_bytes + moved.upload_bytes,
+            downloads: moved0.downloads + moved.downloads,
+            download_bytes: moved0.download_bytes + moved.download_bytes,
+        };
+    }
+    s.run(move |p| {
+        p.forget(xid);
+        Ok(())
+    })?;
+    Ok(best)
+}
+
+/// The VGG16 head secure on the CPU and on the GPU backend at several batch sizes, with each
+/// batch's host<->device traffic on the GPU.
+fn gpu_head_table(quick: bool, rng: &mut ChaCha20Rng) -> Result<()> {
+    let (input, hidden, classes) = if quick {
+        (256, 64, 7)
+    } else {
+        (25088, 4096, 7)
+    };
+    let batches: &[usize] = if quick { &[4, 16] } else { &[64, 256, 1024] };
+    let model = vgg16_head(input, hidden, classes, rng);
+    println!("VGG16 head {input}-{hidden}-{hidden}-{classes}, secure, CPU vs GPU backend (best of 2 batches):");
+    println!("| batch | CPU online ms | GPU online ms | GPU speed-up online | CPU with preprocessing ms | GPU with preprocessing ms | GPU speed-up total | GPU images/s online |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let cpu = secure_head_runs(BackendKind::Cpu, &model, input, batches, 2, rng)?;
+    let gpu = secure_head_runs(BackendKind::Gpu, &model, input, batches, 2, rng)?;
+    let mut traffic = Vec::new();
+    for ((&batch, c), g) in batches.iter().zip(cpu).zip(gpu) {
+        println!(
+            "| {batch} | {:.1} | {:.1} | {:.2}x | {:.1} | {:.1} | {:.2}x | {:.0} |",
+            c.online * 1e3,
+            g.online * 1e3,
+            c.online / g.online,
+            c.total * 1e3,
+            g.total * 1e3,
+            c.total / g.total,
+            batch as f64 / g.online
+        );
+        traffic.push((batch, g));
+    }
+    println!();
+    println!(
+        "Host<->device traffic per batch on the GPU backend (party 0; preprocessing + forward):"
+    );
+    println!("| batch | uploads | upload MB | downloads | download MB | online bytes sent to the peer MB | bob's dealer corrections MB |");
+    println!("|---|---|---|---|---|---|---|");
+    for (batch, g) in traffic {
+        let t = g.transfers;
+        println!(
+            "| {batch} | {} | {:.3} | {} | {:.3} | {:.3} | {:.3} |",
+            t.uploads,
+            t.upload_bytes as f64 / 1e6,
+            t.downloads,
+            t.download_bytes as f64 / 1e6,
+            g.traffic.bytes_sent as f64 / 1e6,
+            g.dealer_bytes[1] as f64 / 1e6
+        );
     }
     Ok(())
 }

@@ -1,15 +1,22 @@
 //! The `secure-serving` command line: `classify`, `demo`, `bench`.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use kernels::BackendKind;
 
+use engine::deploy::{write_keys, Deployment};
 use engine::error::{EngineError, Result};
 use engine::fixed::FixedPoint;
-use engine::io::{load_features, load_labels, write_predictions, ModelFile};
+use engine::io::{
+    load_inputs, load_labels, load_onnx_model, load_safetensors_model_with, ModelFile, OutputFile,
+    UnusedTensors,
+};
 use engine::nn::plain::{Layer, Sequential};
+use engine::nn::range::{calibrate, check_inputs, ModelBounds, DEFAULT_INPUT_BOUND};
+use engine::nn::source::{to_sequential, ModelSource};
 use engine::nn::{ClassifyOptions, ClassifyReport, SecureClassifier};
 use engine::session::{Session, SessionConfig};
 use engine::transport::{PartyId, TransportKind};
@@ -28,16 +35,18 @@ pub struct Cli {
 pub enum Command {
     /// Classify a data set with a shared model; reveal only the accuracy to the model owner.
     Classify {
-        /// safetensors file with the model's state dict.
+        /// The model: an ONNX file (`.onnx`, exported with `torch.onnx.export`), or a
+        /// safetensors state dict (needs `--arch`).
         #[arg(long)]
         model: String,
-        /// Layer list in PyTorch order (e.g. `linear,relu,dropout,linear`) or `vgg16-head`.
+        /// For safetensors: layer list in PyTorch order (e.g. `linear,relu,dropout,linear`),
+        /// or a preset: `vgg16-head`, `vgg16` (torchvision's whole VGG16, 3x224x224 inputs).
         #[arg(long)]
-        arch: String,
+        arch: Option<String>,
         /// Tensor-name prefix (e.g. `classifier.`).
         #[arg(long, default_value = "")]
         prefix: String,
-        /// Inputs `.npy`, f32/f64 `[N, features]`.
+        /// Inputs `.npy`, f32/f64 `[N, features]`, or `[N, C, H, W]` for image models.
         #[arg(long)]
         input: String,
         /// Labels `.npy`, int64 `[N]`.
@@ -55,22 +64,48 @@ pub enum Command {
         /// Write the client-revealed predictions (int64 `.npy`).
         #[arg(long)]
         output: Option<String>,
-        /// How the in-process parties talk: `channels` or loopback `tcp`.
+        /// How the in-process parties talk: `channels`, loopback `tcp` (unencrypted) or `tls`.
         #[arg(long, default_value = "channels")]
         transport: TransportKind,
         /// Batches of preprocessed material each party keeps ready in the background (0: all
         /// material on demand, inside each request).
         #[arg(long, default_value_t = engine::nn::classify::DEFAULT_POOL_ENTRIES)]
         pool: usize,
+        /// The input bound the model accepts: every feature must satisfy |x| <= this (the client
+        /// checks its rows; the model owner's range analysis proves no overflow within it).
+        #[arg(long, default_value_t = DEFAULT_INPUT_BOUND)]
+        input_bound: f64,
+        /// Calibrate hidden-layer bounds on this `.npy` (the model owner's representative data)
+        /// and check them inside the secure computation instead of worst-case bounds.
+        #[arg(long)]
+        calibrate: Option<String>,
+        /// Factor applied to the calibrated maxima.
+        #[arg(long, default_value_t = 2.0)]
+        calibration_margin: f64,
+        /// Accept a model file with tensors (under --prefix) that --arch does not use.
+        #[arg(long)]
+        allow_unused_tensors: bool,
     },
     /// The tutorial on an embedded default: Linear(1,1), one input, one label.
     Demo {
         /// Compute backend.
         #[arg(long, default_value = "cpu")]
         backend: BackendKind,
-        /// How the in-process parties talk: `channels` or loopback `tcp`.
+        /// How the in-process parties talk: `channels`, loopback `tcp` (unencrypted) or `tls`.
         #[arg(long, default_value = "channels")]
         transport: TransportKind,
+    },
+    /// Write a deployment CA and one certificate and key per role and data owner.
+    Keygen {
+        /// The deployment file (TOML) naming the services and data owners.
+        #[arg(long)]
+        deployment: PathBuf,
+        /// Directory to write `ca.pem`, `ca.key` and `<role>.pem` / `<role>.key` into.
+        #[arg(long)]
+        out: PathBuf,
+        /// Replace existing keys (otherwise refuse to overwrite any).
+        #[arg(long)]
+        force: bool,
     },
     /// Benchmarks: GEMM vs MAC peak, secure matmul vs GEMM, comparisons, VGG16 head.
     Bench {
@@ -80,6 +115,14 @@ pub enum Command {
         /// Small shapes (seconds instead of minutes).
         #[arg(long)]
         quick: bool,
+        /// Run only the VGG16 benchmarks (CIFAR-10 shape, batch 1 and 64); the full run
+        /// includes them.
+        #[arg(long)]
+        cnn: bool,
+        /// Also run torchvision's whole VGG16 at 224x224, batch 1 (138 M parameters; minutes
+        /// and tens of GB of memory).
+        #[arg(long)]
+        vgg16_224: bool,
     },
 }
 
@@ -112,7 +155,8 @@ fn print_report(r: &ClassifyReport) {
 /// Share a model from its file, with a progress bar when that takes more than a second.
 pub fn share_with_progress(
     session: &mut Session,
-    model: &dyn engine::nn::ModelSource,
+    model: &dyn ModelSource,
+    bounds: &ModelBounds,
 ) -> Result<engine::nn::SharedModel> {
     let start = Instant::now();
     let bar = ProgressBar::with_draw_target(
@@ -123,13 +167,14 @@ pub fn share_with_progress(
         ProgressStyle::with_template("sharing the model {bar:40} {percent}% eta {eta}")
             .expect("valid template"),
     );
-    let shared = session.share_model_observed(PartyId::ModelOwner, model, &mut |done, _| {
-        // Shown only once loading has taken a second (the first layers tell how long it takes).
-        if start.elapsed().as_secs_f64() > 1.0 && bar.is_hidden() {
-            bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-        }
-        bar.set_position(done as u64);
-    })?;
+    let shared =
+        session.share_model_observed(PartyId::ModelOwner, model, bounds, &mut |done, _| {
+            // Shown only once loading has taken a second (the first layers tell how long it takes).
+            if start.elapsed().as_secs_f64() > 1.0 && bar.is_hidden() {
+                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+            }
+            bar.set_position(done as u64);
+        })?;
     bar.finish_and_clear();
     Ok(shared)
 }
@@ -152,6 +197,7 @@ pub fn demo(backend: BackendKind, transport: TransportKind) -> Result<ClassifyRe
         "model.fix_precision().share(alice, bob, crypto_provider): {:.2} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
+    println!("{}", shared.range().summary());
     let mut clf = SecureClassifier::new(&mut session, shared);
     let report = clf.classify(
         &[0.0],
@@ -169,11 +215,48 @@ pub fn demo(backend: BackendKind, transport: TransportKind) -> Result<ClassifyRe
     Ok(report)
 }
 
+/// Keep GPU drivers from printing noise on stderr in successful runs: without a desktop session
+/// (`XDG_RUNTIME_DIR` unset), Mesa's implicit device-select Vulkan layer tries to reach a Wayland
+/// display and complains on every run. It only reorders adapters for a display, which this
+/// program does not use (it picks its adapter itself), so it is disabled unless the user set
+/// `NODEVICE_SELECT` or has a session. Call at the start of `main`, before any thread exists.
+pub fn quiet_gpu_driver() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
+}
+
 /// Run the CLI.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo { backend, transport } => demo(backend, transport).map(|_| ()),
-        Command::Bench { backend, quick } => crate::bench::run(backend, quick),
+        Command::Bench {
+            backend,
+            quick,
+            cnn,
+            vgg16_224,
+        } => crate::bench::run(backend, quick, cnn, vgg16_224),
+        Command::Keygen {
+            deployment,
+            out,
+            force,
+        } => {
+            let d = Deployment::load(&deployment)?;
+            let files = write_keys(&d, &out, force)?;
+            println!(
+                "deployment '{}': wrote a CA and {} certificates to {} (keep ca.key offline; \
+                 give each service and data owner only ca.pem and its own .pem and .key)",
+                d.name,
+                d.roles().len(),
+                out.display()
+            );
+            for f in files {
+                println!("  {}", f.display());
+            }
+            Ok(())
+        }
         Command::Classify {
             model,
             arch,
@@ -186,10 +269,67 @@ pub fn run(cli: Cli) -> Result<()> {
             output,
             transport,
             pool,
+            input_bound,
+            calibrate: calibration,
+            calibration_margin,
+            allow_unused_tensors,
         } => {
+            // Everything that can be refused is refused before the model is shared.
+            if batch == 0 {
+                return Err(EngineError::Invalid("--batch must be at least 1".into()));
+            }
             let fixed = FixedPoint::new(frac_bits)?;
-            let plain = ModelFile::open(&model, &arch, &prefix)?;
-            let (n, data) = load_features(&input, plain.in_features())?;
+            let out = match &output {
+                Some(o) => {
+                    for (flag, other) in [
+                        ("--input", Some(&input)),
+                        ("--labels", labels.as_ref()),
+                        ("--model", Some(&model)),
+                        ("--calibrate", calibration.as_ref()),
+                    ] {
+                        if let Some(other) = other {
+                            if same_file(o, other) {
+                                return Err(EngineError::Invalid(format!(
+                                    "--output {o} is the same file as {flag} {other}; it would be overwritten"
+                                )));
+                            }
+                        }
+                    }
+                    Some(OutputFile::create(o)?)
+                }
+                None => None,
+            };
+            let unused = if allow_unused_tensors {
+                UnusedTensors::Allow
+            } else {
+                UnusedTensors::Refuse
+            };
+            let plain: Box<dyn ModelSource> = if model.ends_with(".onnx") {
+                if arch.is_some() {
+                    return Err(EngineError::Invalid(
+                        "--arch applies to safetensors models; an ONNX file carries its graph"
+                            .into(),
+                    ));
+                }
+                Box::new(load_onnx_model(&model)?)
+            } else {
+                let arch = arch.ok_or_else(|| {
+                    EngineError::Invalid(format!(
+                        "{model}: a safetensors model needs --arch (e.g. vgg16-head, vgg16 or linear,relu,linear)"
+                    ))
+                })?;
+                if arch.trim().eq_ignore_ascii_case("vgg16") {
+                    Box::new(load_safetensors_model_with(&model, &arch, &prefix, unused)?)
+                } else {
+                    // Streamed from the memory-mapped file, tensor by tensor, when shared.
+                    Box::new(ModelFile::open_with(&model, &arch, &prefix, unused)?)
+                }
+            };
+            let input_shape = plain.input_shape();
+            let (n, data) = load_inputs(&input, &input_shape)?;
+            if n == 0 {
+                return Err(EngineError::Format(format!("{input}: no input rows")));
+            }
             let labels = match labels {
                 Some(p) => {
                     let l = load_labels(&p)?;
@@ -199,9 +339,39 @@ pub fn run(cli: Cli) -> Result<()> {
                             l.len()
                         )));
                     }
+                    let classes = plain
+                        .shapes()?
+                        .last()
+                        .map_or(0, |s| s.iter().product::<usize>())
+                        as i64;
+                    if let Some((i, bad)) =
+                        l.iter().enumerate().find(|(_, &v)| v < 0 || v >= classes)
+                    {
+                        return Err(EngineError::Format(format!(
+                            "{p}: label {bad} at index {i} is not a class index in 0..{classes}"
+                        )));
+                    }
                     Some(l)
                 }
                 None => None,
+            };
+            // The client checks its own rows against the bound the model declares.
+            let width: usize = input_shape.iter().product();
+            check_inputs(&data, width, input_bound)
+                .map_err(|e| EngineError::Range(format!("{input}: {e}")))?;
+            let bounds = match &calibration {
+                Some(path) => {
+                    let (rows, cal) = load_inputs(path, &input_shape)?;
+                    check_inputs(&cal, width, input_bound)
+                        .map_err(|e| EngineError::Range(format!("{path}: {e}")))?;
+                    // Calibration runs the plaintext model: the owner reads it whole here.
+                    let whole = to_sequential(plain.as_ref())?;
+                    ModelBounds {
+                        input_bound,
+                        calibrated: Some(calibrate(&whole, &cal, rows, calibration_margin)?),
+                    }
+                }
+                None => ModelBounds::worst_case(input_bound),
             };
             let mut session = Session::new(SessionConfig {
                 backend,
@@ -209,7 +379,8 @@ pub fn run(cli: Cli) -> Result<()> {
                 transport,
                 ..Default::default()
             })?;
-            let shared = share_with_progress(&mut session, &plain)?;
+            let shared = share_with_progress(&mut session, plain.as_ref(), &bounds)?;
+            println!("{}", shared.range().summary());
             let mut clf = SecureClassifier::new(&mut session, shared);
             clf.set_pool(pool)?;
             let bar = ProgressBar::new(n as u64);
@@ -225,17 +396,26 @@ pub fn run(cli: Cli) -> Result<()> {
                 labels.as_deref(),
                 &ClassifyOptions {
                     batch,
-                    reveal_predictions: output.is_some(),
+                    reveal_predictions: out.is_some(),
                 },
                 &mut |done, _| bar.set_position(done as u64),
             )?;
             bar.finish_and_clear();
             print_report(&report);
-            if let (Some(path), Some(preds)) = (output, report.predictions.as_ref()) {
-                write_predictions(&path, preds)?;
+            if let (Some(out), Some(preds)) = (out, report.predictions.as_ref()) {
+                let path = out.path().display().to_string();
+                out.commit_predictions(preds)?;
                 println!("predictions written to {path} (revealed to the client only)");
             }
             Ok(())
         }
+    }
+}
+
+/// Whether two paths name the same existing file (through links and relative paths).
+fn same_file(a: &str, b: &str) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
     }
 }

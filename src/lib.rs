@@ -2,4 +2,5 @@
 //! [`engine`] library. Applications that embed `engine` do not depend on this crate (nor on clap).
 
 pub mod bench;
+pub mod bench_cnn;
 pub mod cli;

@@ -7,6 +7,16 @@ use clap::Parser;
 static ALLOC: engine::memory::CountingAllocator = engine::memory::CountingAllocator;
 
 fn main() {
+    // Before any thread starts: environment changes are only sound while single-threaded.
+    secure_serving::cli::quiet_gpu_driver();
+    // Logs (refused connections, dealer refusals, ...) go to stderr; RUST_LOG sets the level.
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     let cli = secure_serving::cli::Cli::parse();
     if let Err(e) = secure_serving::cli::run(cli) {
         eprintln!("error: {e}");

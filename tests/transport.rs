@@ -127,3 +127,69 @@ fn protocols_over_tcp_give_the_same_bits_and_bytes_as_channels() {
     let over_channels = run_flow(TransportKind::Channels, seed);
     assert_eq!(over_tcp, over_channels);
 }
+
+#[test]
+fn protocols_over_tls_give_the_same_bits_and_bytes_as_channels() {
+    let seed: u64 = test_rng("tls_flow").gen();
+    let over_tls = run_flow(TransportKind::Tls, seed);
+    let over_channels = run_flow(TransportKind::Channels, seed);
+    assert_eq!(over_tls, over_channels);
+}
+
+/// A stream endpoint for `PartyId::Alice` whose only link is a raw socket the test writes to.
+fn raw_peer(max_frame_words: u64) -> (engine::transport::StreamTransport, std::net::TcpStream) {
+    use engine::transport::{Link, StreamOptions, StreamTransport};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let raw = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (accepted, _) = listener.accept().unwrap();
+    let mut t = StreamTransport::new(
+        PartyId::Alice,
+        StreamOptions {
+            timeout: Duration::from_secs(5),
+            max_frame_words,
+        },
+    );
+    t.add_link(PartyId::Bob, Link::tcp(accepted).unwrap());
+    (t, raw)
+}
+
+#[test]
+fn oversized_truncated_and_garbage_frames_are_refused() {
+    use std::io::Write;
+    // A header claiming 2^40 words (8 TiB) against a 1000-word limit: refused before allocating.
+    let (mut alice, mut raw) = raw_peer(1000);
+    raw.write_all(&(1u64 << 40).to_le_bytes()).unwrap();
+    let e = alice.recv(PartyId::Bob).unwrap_err().to_string();
+    assert!(
+        e.contains("bob sent a frame of 1099511627776 words exceeds the limit of 1000 words"),
+        "{e}"
+    );
+    // The link is dropped for good: the stream is out of step.
+    let e = alice.recv(PartyId::Bob).unwrap_err().to_string();
+    assert!(e.contains("alice has no link to bob"), "{e}");
+
+    // A frame cut short by a disconnect: says how much arrived.
+    let (mut alice, mut raw) = raw_peer(1000);
+    raw.write_all(&10u64.to_le_bytes()).unwrap();
+    raw.write_all(&[7u8; 24]).unwrap();
+    drop(raw);
+    let e = alice.recv(PartyId::Bob).unwrap_err().to_string();
+    assert!(e.contains("frame cut short after 32 of 88 bytes"), "{e}");
+
+    // A header cut short (garbage of 3 bytes, then close).
+    let (mut alice, mut raw) = raw_peer(1000);
+    raw.write_all(&[1, 2, 3]).unwrap();
+    drop(raw);
+    let e = alice.recv(PartyId::Bob).unwrap_err().to_string();
+    assert!(e.contains("frame cut short after 3 of 8 bytes"), "{e}");
+
+    // Exactly at the limit is fine, and the link stays usable.
+    let (mut alice, mut raw) = raw_peer(4);
+    for msg in [vec![1u64, 2, 3, 4], vec![]] {
+        raw.write_all(&(msg.len() as u64).to_le_bytes()).unwrap();
+        for w in &msg {
+            raw.write_all(&w.to_le_bytes()).unwrap();
+        }
+        assert_eq!(alice.recv(PartyId::Bob).unwrap(), msg);
+    }
+}

@@ -73,6 +73,10 @@ pub enum EngineError {
         /// What happened.
         detail: String,
     },
+    /// A value can leave the range the protocols are exact on (refused before sharing), or left
+    /// its calibrated range at run time.
+    #[error("{0}")]
+    Range(String),
     /// Model or data file problem.
     #[error("{0}")]
     Format(String),

@@ -9,8 +9,9 @@ pub const DEFAULT_FRAC_BITS: u32 = 16;
 ///
 /// **Range.** Encoded magnitudes are limited to `2^31` ring units (so `|v| < 2^(31 - f)`,
 /// ±32768 at f = 16): the product of any two in-range values then stays below `2^62`, which
-/// is the precondition of the exact truncation protocol. Sums of many products (matmul) must
-/// also stay below `2^62` before truncation, i.e. below `2^(62 - 2f)` in real terms.
+/// is the precondition of the truncation protocol (randomised rounding, error below one unit).
+/// Sums of many products (matmul) must also stay below `2^62` before truncation, i.e. below
+/// `2^(62 - 2f)` in real terms; [`crate::nn::range`] proves this for a model before sharing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FixedPoint {
     frac_bits: u32,

@@ -2,7 +2,9 @@
 //!
 //! - [`fixed`]: fixed-point encoding of reals into the ring.
 //! - [`share`]: a party's additive share of a tensor (`!Send`: it never leaves its party's thread).
-//! - [`transport`]: how parties talk (in-process channels, with byte and round counting).
+//! - [`transport`]: how parties talk (in-process channels, TCP, mutually authenticated TLS),
+//!   with byte and round counting and a bounded frame format.
+//! - [`deploy`]: the deployment file and its keys (CA and per-role certificates).
 //! - [`dealer`]: the crypto provider: correlated randomness with seed compression.
 //! - [`party`]: one compute party's isolated state and its communication helpers.
 //! - [`session`]: spawns alice, bob and the dealer on their own threads; data owners share and
@@ -53,8 +55,10 @@
 
 pub mod alloc;
 pub mod dealer;
+pub mod deploy;
 pub mod error;
 pub mod fixed;
+pub mod fuzzing;
 pub mod io;
 pub mod memory;
 pub mod nn;

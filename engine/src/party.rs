@@ -1,13 +1,12 @@
 //! One compute party: its own backend, transport, dealer stream and share store.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
-use kernels::{Backend, Tensor};
+use kernels::{Backend, BinaryOp, Storage, Tensor};
 
 use crate::dealer::{
-    expand_party_share, material_stream, words_to_seed, words_to_text, MaterialSpec, OP_BATCH,
-    STATUS_OK,
+    expand_with, material_stream, words_to_seed, words_to_text, MaterialSpec, OP_BATCH, STATUS_OK,
 };
 use crate::error::{shape_err, EngineError, Result};
 use crate::fixed::FixedPoint;
@@ -18,40 +17,13 @@ use crate::transport::{PartyId, TrafficStats, Transport};
 /// Material fetched ahead of use, in the order the protocols will consume it.
 pub(crate) struct Prepared {
     pub(crate) spec: MaterialSpec,
-    pub(crate) parts: Parts,
+    pub(crate) parts: Vec<Tensor>,
 }
 
 impl Prepared {
-    /// Bytes held (host or backend).
+    /// Bytes held on the backend.
     pub(crate) fn bytes(&self) -> u64 {
-        8 * match &self.parts {
-            Parts::Device(t) => t.iter().map(|t| t.len() as u64).sum::<u64>(),
-            Parts::Host(h) => h.iter().map(|v| v.len() as u64).sum(),
-        }
-    }
-}
-
-/// Where a material item lives: on the backend, or in host memory (boolean-circuit material).
-pub(crate) enum Parts {
-    Device(Vec<Tensor>),
-    Host(Vec<Vec<u64>>),
-}
-
-impl Parts {
-    fn device(self, spec: &MaterialSpec) -> Result<Vec<Tensor>> {
-        match self {
-            Parts::Device(t) => Ok(t),
-            Parts::Host(_) => Err(EngineError::Protocol(format!("{spec:?} is host material"))),
-        }
-    }
-
-    fn host(self, spec: &MaterialSpec) -> Result<Vec<Vec<u64>>> {
-        match self {
-            Parts::Host(h) => Ok(h),
-            Parts::Device(_) => Err(EngineError::Protocol(format!(
-                "{spec:?} is device material"
-            ))),
-        }
+        8 * self.parts.iter().map(|t| t.len() as u64).sum::<u64>()
     }
 }
 
@@ -67,6 +39,8 @@ pub struct Party {
     store: HashMap<u64, Share>,
     /// The public masked value `F = W - b` of each fixed operand, by id.
     fixed_public: HashMap<u64, Tensor>,
+    /// The weight share each fixed operand was registered with (its storage, not kept alive).
+    fixed_weights: HashMap<u64, Weak<dyn Storage>>,
     next_id: u64,
     /// When `Some`, every message received from the peer is kept (for audits and tests).
     transcript: Option<Vec<Vec<u64>>>,
@@ -79,7 +53,8 @@ pub struct Party {
 /// A transport endpoint shared by several threads (bob's pool workers' link to the dealer).
 pub(crate) type SharedLink = Arc<Mutex<Box<dyn Transport>>>;
 
-/// Ask the dealer for bob's corrections of `specs`, numbered from stream `first`.
+/// Ask the dealer for bob's corrections of `specs`, numbered from stream `first`. The reply is
+/// `[STATUS_OK, first, corrections...]`; the echoed first stream is checked here.
 pub(crate) fn request_corrections(
     net: &mut dyn Transport,
     first: u64,
@@ -98,6 +73,14 @@ pub(crate) fn request_corrections(
         return Err(EngineError::Protocol(format!(
             "dealer refused material request: {}",
             words_to_text(reply.get(1..).unwrap_or(&[]))
+        )));
+    }
+    // The dealer assigns streams; the other party expands at `first` from its own counter, so
+    // bob must have been served exactly those (see `dealer::service`).
+    if reply.get(1) != Some(&first) {
+        return Err(EngineError::Protocol(format!(
+            "dealer assigned streams from {:?}, expected {first}",
+            reply.get(1)
         )));
     }
     Ok(reply)
@@ -121,27 +104,33 @@ impl MaterialMaker {
         corrections: Option<&[u64]>,
         fixed_public: &HashMap<u64, Tensor>,
     ) -> Result<Vec<Prepared>> {
-        let mut off = 1;
+        let mut off = 2;
         let mut out = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {
-            let mut rng = material_stream(self.seed, first + i as u64);
+            let stream = first + i as u64;
             let need: usize = spec.parts().derived.iter().sum();
             let corr = corrections.map(|c| {
                 let s = &c[off.min(c.len())..(off + need).min(c.len())];
                 off += need;
                 s
             });
-            let host = expand_party_share(spec, self.index, &mut rng, corr)?;
-            let parts = if spec.is_host() {
-                Parts::Host(host)
-            } else {
-                let mut parts = Vec::with_capacity(host.len());
-                for p in &host {
-                    parts.push(self.backend.upload(&[p.len()], p)?);
-                }
-                drop(host);
-                Parts::Device(self.prepare(spec, parts, fixed_public)?)
-            };
+            // Random parts (and alice's derived parts) are expanded from the seed by the
+            // backend (on the GPU, on the device); only bob's corrections are uploaded.
+            let be = self.backend.clone();
+            let seed = self.seed;
+            let mut pos = 0u128;
+            let parts = expand_with(
+                spec,
+                self.index,
+                corr,
+                |len| {
+                    let t = be.chacha12(&seed, stream, pos, len)?;
+                    pos += 2 * len as u128;
+                    Ok(t)
+                },
+                |c| Ok(be.upload(&[c.len()], c)?),
+            )?;
+            let parts = self.prepare(spec, parts, fixed_public)?;
             out.push(Prepared { spec: *spec, parts });
         }
         Ok(out)
@@ -205,6 +194,7 @@ impl Party {
             queue: VecDeque::new(),
             store: HashMap::new(),
             fixed_public: HashMap::new(),
+            fixed_weights: HashMap::new(),
             next_id: 1,
             transcript: None,
             pool_link: None,
@@ -270,7 +260,7 @@ impl Party {
         self.backend.as_ref()
     }
 
-    /// The compute backend, shared.
+    /// A shared handle to the compute backend (for protocol steps that also message the peer).
     pub(crate) fn backend_arc(&self) -> Arc<dyn Backend> {
         self.backend.clone()
     }
@@ -312,6 +302,7 @@ impl Party {
     pub fn forget(&mut self, id: u64) {
         self.store.remove(&id);
         self.fixed_public.remove(&id);
+        self.fixed_weights.remove(&id);
     }
 
     /// Allocate an id without storing anything (for fixed operands).
@@ -384,15 +375,23 @@ impl Party {
     /// Only ever called on values masked with fresh dealer randomness (Beaver differences,
     /// truncation masks), so the opened values are uniform.
     pub(crate) fn open(&mut self, step: &'static str, mine: &[&Tensor]) -> Result<Vec<Tensor>> {
-        let mut payload = Vec::with_capacity(mine.iter().map(|t| t.len()).sum());
-        for t in mine {
-            payload.extend(self.backend.download(t)?);
+        // One download of everything opened this round and one upload of the peer's words.
+        let joined = match mine {
+            [one] => (*one).clone(),
+            _ => self.backend.concat(mine)?,
+        };
+        let theirs = self.exchange(step, self.backend.download(&joined)?)?;
+        let sum = self.backend.binary_host(BinaryOp::Add, &joined, &theirs)?;
+        if let [one] = mine {
+            return Ok(vec![sum
+                .reshaped(one.shape().to_vec())
+                .expect("same length")]);
         }
-        let theirs = self.exchange(step, payload)?;
         let mut out = Vec::with_capacity(mine.len());
         let mut off = 0;
         for t in mine {
-            out.push(self.backend.add_host(t, &theirs[off..off + t.len()])?);
+            let part = self.backend.slice(&sum, off, t.len())?;
+            out.push(part.reshaped(t.shape().to_vec()).expect("same length"));
             off += t.len();
         }
         Ok(out)
@@ -418,8 +417,9 @@ impl Party {
         self.queue.clear();
     }
 
-    /// The next material item: from the queue if preprocessed, else fetched on demand.
-    fn next_material(&mut self, spec: MaterialSpec) -> Result<Parts> {
+    /// The next backend-resident material item: from the queue if preprocessed, else fetched
+    /// on demand.
+    pub(crate) fn material(&mut self, spec: MaterialSpec) -> Result<Vec<Tensor>> {
         if let Some(front) = self.queue.pop_front() {
             if front.spec != spec {
                 return Err(EngineError::Protocol(format!(
@@ -430,16 +430,6 @@ impl Party {
             return Ok(front.parts);
         }
         Ok(self.fetch(&[spec])?.pop().expect("one item fetched").parts)
-    }
-
-    /// The next backend-resident material item.
-    pub(crate) fn material(&mut self, spec: MaterialSpec) -> Result<Vec<Tensor>> {
-        self.next_material(spec)?.device(&spec)
-    }
-
-    /// The next host-resident (boolean-circuit) material item.
-    pub(crate) fn material_host(&mut self, spec: MaterialSpec) -> Result<Vec<Vec<u64>>> {
-        self.next_material(spec)?.host(&spec)
     }
 
     fn fetch(&mut self, specs: &[MaterialSpec]) -> Result<Vec<Prepared>> {
@@ -478,14 +468,32 @@ impl Party {
         material_stream(self.dealer_seed, stream)
     }
 
-    /// Whether a fixed operand with this id is registered.
-    pub(crate) fn has_fixed_public(&self, id: u64) -> bool {
-        self.fixed_public.contains_key(&id)
+    /// Check that fixed operand `id` is registered and was registered with the weight share `w`
+    /// (the same storage: any other share, even of equal shape, would give a silently wrong
+    /// product, since the opened `W - b` belongs to the registered weight).
+    pub(crate) fn check_fixed_binding(&self, id: u64, w: &Tensor) -> Result<()> {
+        let (Some(f), Some(bound)) = (self.fixed_public.get(&id), self.fixed_weights.get(&id))
+        else {
+            return Err(EngineError::Invalid(format!(
+                "fixed operand {id} is not registered"
+            )));
+        };
+        let same = bound
+            .upgrade()
+            .is_some_and(|s| std::ptr::addr_eq(Arc::as_ptr(&s), Arc::as_ptr(w.storage())));
+        if !same || f.shape() != w.shape() {
+            return Err(EngineError::Invalid(format!(
+                "fixed operand {id} was registered with another weight share than the {:?} share given",
+                w.shape()
+            )));
+        }
+        Ok(())
     }
 
-    /// Remember the public masked value of a fixed operand.
-    pub(crate) fn register_fixed_public(&mut self, id: u64, f: Tensor) {
+    /// Remember the public masked value of a fixed operand and the weight it belongs to.
+    pub(crate) fn register_fixed_public(&mut self, id: u64, f: Tensor, w: &Tensor) {
         self.fixed_public.insert(id, f);
+        self.fixed_weights.insert(id, Arc::downgrade(w.storage()));
     }
 
     /// Ask the dealer to forget fixed masks (bob, when a model is deleted).

@@ -70,18 +70,37 @@ fn lower_thread_priority() {
 }
 
 /// Stream numbers of pool material have this bit set (on-demand material counts from 0).
-const POOL_STREAM_BIT: u64 = 1 << 63;
+pub(crate) const POOL_STREAM_BIT: u64 = 1 << 63;
+
+/// Streams each pool has (its entries' items, numbered from the pool's first stream).
+pub(crate) const POOL_STREAMS_PER_POOL: u64 = 1 << 32;
+
+/// Pool ids that have streams of their own.
+const POOL_IDS: u64 = 1 << 31;
+
+/// Stream `local` of pool `pool` (both in range).
+pub(crate) fn pool_stream(pool: u64, local: u64) -> u64 {
+    POOL_STREAM_BIT | pool << 32 | local
+}
+
+/// The pool and local stream number of pool stream `stream`; `None` for an on-demand stream.
+pub(crate) fn split_pool_stream(stream: u64) -> Option<(u64, u64)> {
+    (stream & POOL_STREAM_BIT != 0).then_some((
+        (stream & !POOL_STREAM_BIT) >> 32,
+        stream & (POOL_STREAMS_PER_POOL - 1),
+    ))
+}
 
 /// The first stream number of entry `seq` of pool `pool` whose entries hold `per_entry` items.
 pub fn pool_streams(pool: u64, seq: u64, per_entry: usize) -> Result<u64> {
     let local = seq
         .checked_mul(per_entry as u64)
-        .filter(|&l| l + per_entry as u64 <= 1 << 32)
+        .filter(|&l| l + per_entry as u64 <= POOL_STREAMS_PER_POOL)
         .ok_or_else(|| EngineError::Invalid(format!("pool {pool} has used all its streams")))?;
-    if pool >= 1 << 31 {
+    if pool >= POOL_IDS {
         return Err(EngineError::Invalid(format!("pool id {pool} is too large")));
     }
-    Ok(POOL_STREAM_BIT | pool << 32 | local)
+    Ok(pool_stream(pool, local))
 }
 
 /// A handle to a material pool (the same id on both parties).
@@ -405,7 +424,8 @@ impl Session {
                 "a material pool needs a capacity of at least 1".into(),
             ));
         }
-        let [id, _] = self.run(|p| Ok(p.allocate_id()))?;
+        let [a, b] = self.run(|p| Ok(p.allocate_id()))?;
+        let id = crate::session::agreed_id(a, b)?;
         let pool = MaterialPool {
             id,
             specs,

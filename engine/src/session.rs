@@ -12,13 +12,16 @@ use kernels::{backend_from_kind, BackendKind};
 use rand_core::SeedableRng;
 use rayon::prelude::*;
 
-use crate::dealer::{fill_words, run_dealer, DealerRng, MaterialRng, OP_SHUTDOWN};
+use crate::dealer::{fill_words, run_dealer, DealerPolicy, DealerRng, MaterialRng, OP_SHUTDOWN};
 use crate::error::{shape_err, EngineError, Result};
 use crate::fixed::FixedPoint;
 use crate::memory::{Role, RoleScope};
 use crate::party::Party;
 use crate::protocols::io::{frame, unframe};
-use crate::transport::{channel_mesh, tcp_mesh, PartyId, TrafficStats, Transport, TransportKind};
+use crate::transport::{
+    channel_mesh, tcp_mesh, tls_mesh, PartyId, StreamOptions, TrafficStats, Transport,
+    TransportKind,
+};
 
 /// How to set up a session.
 #[derive(Clone, Debug)]
@@ -160,6 +163,12 @@ impl Session {
                     .into_iter()
                     .map(|(k, v)| (k, Box::new(v) as Box<dyn Transport>))
                     .collect(),
+                TransportKind::Tls => {
+                    tls_mesh(&PartyId::ALL, StreamOptions::with_timeout(config.timeout))?
+                        .into_iter()
+                        .map(|(k, v)| (k, Box::new(v) as Box<dyn Transport>))
+                        .collect()
+                }
             };
         let dealer_net = mesh.remove(&PartyId::Dealer).expect("dealer endpoint");
         // Bob's second link to the dealer, for his background pool workers.
@@ -174,16 +183,24 @@ impl Session {
                 .into_iter()
                 .map(|(k, v)| (k, Box::new(v) as Box<dyn Transport>))
                 .collect(),
+            TransportKind::Tls => tls_mesh(
+                &[PartyId::Bob, PartyId::Dealer],
+                StreamOptions::with_timeout(config.timeout),
+            )?
+            .into_iter()
+            .map(|(k, v)| (k, Box::new(v) as Box<dyn Transport>))
+            .collect(),
         };
         let dealer_pool_net = pool_mesh.remove(&PartyId::Dealer);
         let mut bob_pool_net = pool_mesh.remove(&PartyId::Bob);
+        let policy = DealerPolicy::for_session(config.fixed.frac_bits());
         let source = match config.test_seed {
             Some(s) => DealerRng::TestSeed(s),
             None => DealerRng::Os,
         };
         let dealer = std::thread::Builder::new()
             .name("dealer".into())
-            .spawn(move || run_dealer(dealer_net, dealer_pool_net, source))
+            .spawn(move || run_dealer(dealer_net, dealer_pool_net, source, policy))
             .map_err(|e| EngineError::Invalid(format!("cannot spawn dealer thread: {e}")))?;
         let mut backends = Vec::new();
         for _ in 0..2 {
@@ -347,9 +364,8 @@ impl Session {
             let x = p.receive_share(owner, &s)?;
             Ok(p.keep(x))
         })?;
-        debug_assert_eq!(a, b);
         Ok(SharedTensor {
-            id: a,
+            id: agreed_id(a, b)?,
             shape: shape.to_vec(),
         })
     }
@@ -442,5 +458,29 @@ impl Drop for Session {
         if let Some(d) = self.dealer.take() {
             let _ = d.join();
         }
+    }
+}
+
+/// The store id both parties returned for the same object; they advance identically, so a
+/// difference means the parties are out of step (checked in release builds too).
+pub fn agreed_id(alice: u64, bob: u64) -> Result<u64> {
+    if alice != bob {
+        return Err(EngineError::Protocol(format!(
+            "alice and bob disagree on a store id ({alice} vs {bob}): the parties are out of step"
+        )));
+    }
+    Ok(alice)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn store_ids_must_agree() {
+        assert_eq!(super::agreed_id(7, 7).unwrap(), 7);
+        let e = super::agreed_id(7, 8).unwrap_err().to_string();
+        assert!(
+            e.contains("alice and bob disagree on a store id (7 vs 8)"),
+            "{e}"
+        );
     }
 }

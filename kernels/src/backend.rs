@@ -3,8 +3,157 @@
 //! All arithmetic is modulo 2^64 (wrapping). Binary ops (`xor`, `and`, shifts) serve the
 //! boolean-shared comparison circuits, where each u64 packs the 64 bits of one ring element.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::error::{shape_err, Result};
 use crate::tensor::Tensor;
+
+/// Host<->device transfer counts of one backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TransferStats {
+    /// Host-to-device copies.
+    pub uploads: u64,
+    /// Bytes copied host-to-device.
+    pub upload_bytes: u64,
+    /// Device-to-host copies.
+    pub downloads: u64,
+    /// Bytes copied device-to-host.
+    pub download_bytes: u64,
+}
+
+impl TransferStats {
+    /// `self - earlier` (the transfers of one operation).
+    pub fn since(&self, earlier: &TransferStats) -> TransferStats {
+        TransferStats {
+            uploads: self.uploads - earlier.uploads,
+            upload_bytes: self.upload_bytes - earlier.upload_bytes,
+            downloads: self.downloads - earlier.downloads,
+            download_bytes: self.download_bytes - earlier.download_bytes,
+        }
+    }
+}
+
+/// Thread-safe transfer counters a backend updates on every host<->device copy.
+#[derive(Debug, Default)]
+pub struct TransferCounter {
+    uploads: AtomicU64,
+    upload_bytes: AtomicU64,
+    downloads: AtomicU64,
+    download_bytes: AtomicU64,
+}
+
+impl TransferCounter {
+    /// Count one upload of `words` u64 values.
+    pub fn upload(&self, words: usize) {
+        self.uploads.fetch_add(1, Ordering::Relaxed);
+        self.upload_bytes
+            .fetch_add(8 * words as u64, Ordering::Relaxed);
+    }
+
+    /// Count one download of `words` u64 values.
+    pub fn download(&self, words: usize) {
+        self.downloads.fetch_add(1, Ordering::Relaxed);
+        self.download_bytes
+            .fetch_add(8 * words as u64, Ordering::Relaxed);
+    }
+
+    /// The counts so far.
+    pub fn stats(&self) -> TransferStats {
+        TransferStats {
+            uploads: self.uploads.load(Ordering::Relaxed),
+            upload_bytes: self.upload_bytes.load(Ordering::Relaxed),
+            downloads: self.downloads.load(Ordering::Relaxed),
+            download_bytes: self.download_bytes.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Gather the odd (`shift = 1`) or even (`shift = 0`) bits of a word into its low 32 bits.
+#[inline(always)]
+pub fn gather_bits(x: u64, shift: u32) -> u64 {
+    let mut x = (x >> shift) & 0x5555_5555_5555_5555;
+    x = (x | (x >> 1)) & 0x3333_3333_3333_3333;
+    x = (x | (x >> 2)) & 0x0F0F_0F0F_0F0F_0F0F;
+    x = (x | (x >> 4)) & 0x00FF_00FF_00FF_00FF;
+    x = (x | (x >> 8)) & 0x0000_FFFF_0000_FFFF;
+    (x | (x >> 16)) & 0x0000_0000_FFFF_FFFF
+}
+
+/// One output word of [`Backend::compact_bits`] from input words `lo` and `hi`.
+#[inline(always)]
+pub fn compact_word(lo: u64, hi: u64, odd: bool) -> u64 {
+    let s = odd as u32;
+    gather_bits(lo, s) | (gather_bits(hi, s) << 32)
+}
+
+/// One element of [`Backend::bit_select`]: `d` the opened bit (0 or 1), `r` the mask-bit share.
+#[inline(always)]
+pub fn select_bit_word(d: u64, r: u64, first: bool) -> u64 {
+    let u = 1u64.wrapping_sub(d << 1);
+    u.wrapping_mul(r).wrapping_add(if first { d } else { 0 })
+}
+
+/// One element of [`Backend::payload_select`]: `d` the opened bit (0 or 1).
+#[inline(always)]
+pub fn select_payload_word(d: u64, r: u64, e: u64, prod: u64, y: u64) -> u64 {
+    let u = 1u64.wrapping_sub(d << 1);
+    let yr = prod.wrapping_add(e.wrapping_mul(r));
+    u.wrapping_mul(yr).wrapping_add(d.wrapping_mul(y))
+}
+
+/// Check the operands of [`Backend::bit_select`] / [`Backend::payload_select`].
+pub fn check_select(d: &Tensor, r: &Tensor, rest: &[&Tensor]) -> Result<()> {
+    if d.len() != r.len().div_ceil(64) {
+        return Err(shape_err(
+            "select",
+            format!(
+                "{} packed bit words for {} elements (need {})",
+                d.len(),
+                r.len(),
+                r.len().div_ceil(64)
+            ),
+        ));
+    }
+    for t in rest {
+        if t.len() != r.len() {
+            return Err(shape_err(
+                "select",
+                format!("operand of {} elements for {} bits", t.len(), r.len()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Check the start of a [`Backend::chacha12`] stream (whole u64 words, 64-bit block counter).
+pub fn check_chacha(word_pos: u128) -> Result<()> {
+    if !word_pos.is_multiple_of(2) || word_pos >> 68 != 0 {
+        return Err(shape_err(
+            "chacha12",
+            format!("word position {word_pos} (must be even and below 2^68)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Check a slice range of [`Backend::slice`].
+pub fn check_slice(a: &Tensor, start: usize, len: usize) -> Result<()> {
+    if start.checked_add(len).is_none_or(|end| end > a.len()) {
+        return Err(shape_err(
+            "slice",
+            format!("[{start}, {start}+{len}) of {} elements", a.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Check that a tensor is 2-D; returns `(m, n)`.
+pub fn check_2d(op: &'static str, a: &Tensor) -> Result<(usize, usize)> {
+    match a.shape() {
+        [m, n] => Ok((*m, *n)),
+        s => Err(shape_err(op, format!("expected a 2-D tensor, got {s:?}"))),
+    }
+}
 
 /// Which elementwise binary operation to run (shared by both backends and their kernels).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -68,11 +217,15 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Copy a tensor's elements back to the host (row-major).
     fn download(&self, t: &Tensor) -> Result<Vec<u64>>;
 
-    /// `a + b` where `b` is host data of `a`'s length (e.g. a peer's opened share): the
-    /// default uploads then adds; a backend may fuse both into one pass.
-    fn add_host(&self, a: &Tensor, b: &[u64]) -> Result<Tensor> {
+    /// Host<->device transfers counted since the backend was created (every
+    /// [`Backend::upload`], [`Backend::download`] and host operand of [`Backend::binary_host`]).
+    fn transfers(&self) -> TransferStats;
+
+    /// `op(a, b)` where `b` is host data of `a`'s length (e.g. a peer's opened share): one
+    /// upload of `b` (counted) and one elementwise pass.
+    fn binary_host(&self, op: BinaryOp, a: &Tensor, b: &[u64]) -> Result<Tensor> {
         let t = self.upload(a.shape(), b)?;
-        self.binary(BinaryOp::Add, a, &t)
+        self.binary(op, a, &t)
     }
 
     /// Build a `[k, n]` tensor used only as the right operand of [`Backend::matmul`] (a model
@@ -119,6 +272,51 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         Ok(())
     }
 
+    /// `len` u64 words of the ChaCha12 keystream of rand_chacha's `ChaCha12Rng` seeded with
+    /// `key`, on stream `stream`, starting at 32-bit word position `word_pos` (even): what
+    /// `fill_bytes` writes into `len` u64s after `set_stream(stream)` and
+    /// `set_word_pos(word_pos)`. Computed on the device; only the key crosses.
+    fn chacha12(&self, key: &[u8; 32], stream: u64, word_pos: u128, len: usize) -> Result<Tensor>;
+
+    /// A new tensor of `shape` with every element `value` (made on the device, no transfer).
+    fn fill(&self, shape: &[usize], value: u64) -> Result<Tensor>;
+
+    /// The elements of `parts` one after another, as a flat tensor (a device-side copy).
+    fn concat(&self, parts: &[&Tensor]) -> Result<Tensor>;
+
+    /// Elements `[start, start + len)` of `a` (row-major) as a flat tensor (a device-side copy).
+    fn slice(&self, a: &Tensor, start: usize, len: usize) -> Result<Tensor>;
+
+    /// Transpose of a 2-D tensor `[m, n] -> [n, m]`.
+    fn transpose(&self, a: &Tensor) -> Result<Tensor>;
+
+    /// Bit compaction of the comparison carry tree: from `k` words, the odd (`odd`) or even bits
+    /// of word `2i` in the low and of word `2i + 1` in the high half of output word `i`
+    /// (`ceil(k / 2)` words; a missing last word counts as zero). See [`compact_word`].
+    fn compact_bits(&self, words: &Tensor, odd: bool) -> Result<Tensor>;
+
+    /// Sign bits packed 64 to a word: bit `i` of output word `w` is bit 63 of element
+    /// `64 w + i` (`ceil(len / 64)` words; missing elements count as zero).
+    fn pack_msb(&self, x: &Tensor) -> Result<Tensor>;
+
+    /// Arithmetic share of a secret bit from its opened masked bit `d` (packed 64 to a word)
+    /// and this party's arithmetic share `r` of the mask bit: `[first]·d + (1 - 2d)·r` per
+    /// element (`d: [ceil(n/64)]`, `r: [n]`, result shaped like `r`). See [`select_bit_word`].
+    fn bit_select(&self, d: &Tensor, r: &Tensor, first: bool) -> Result<Tensor>;
+
+    /// Share of `y · bit` for the bit of [`Backend::bit_select`]: with the opened payload
+    /// difference `e = y - a`, this party's share `prod` of `a·r` and its share `y`:
+    /// `(1 - 2d)·(prod + e·r) + d·y` per element (all of `r`'s length). See
+    /// [`select_payload_word`].
+    fn payload_select(
+        &self,
+        d: &Tensor,
+        r: &Tensor,
+        e: &Tensor,
+        prod: &Tensor,
+        y: &Tensor,
+    ) -> Result<Tensor>;
+
     /// Elementwise `op(a, b)`; shapes must be equal.
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor>;
 
@@ -163,7 +361,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         self.matmul(a, f, Some(&partial))
     }
 
-    /// Fused last step of the dealer-assisted exact truncation by `bits` (1..=62): from the
+    /// Fused last step of the dealer-assisted truncation (randomised rounding, error < 1 ulp) by `bits` (1..=62): from the
     /// opened masked value `c = x + 2^62 + r` and this party's shares of `r >> bits` (logical)
     /// and `msb(r)`, this party's share of `x >> bits` (error < 1 ulp):
     /// `[first](c >> bits) - r_shr + r_msb·(1 - msb(c))·2^(64-bits) - [first]·2^(62-bits)`.
@@ -178,6 +376,48 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Sum over the last axis of a 2-D tensor `[m, n] -> [m, 1]` mod 2^64.
     fn sum_rows(&self, a: &Tensor) -> Result<Tensor>;
+
+    /// Gather (a local re-layout: im2col, pooling windows, NHWC to NCHW): a new tensor of
+    /// `shape` whose element `i` is `a[index[i]]`, or 0 where `index[i]` is [`GATHER_ZERO`]
+    /// (padding). `index` holds one entry per output element; every other entry must be below
+    /// `a.len()`.
+    fn gather(&self, a: &Tensor, index: &[u32], shape: &[usize]) -> Result<Tensor>;
+}
+
+/// The [`Backend::gather`] index that yields a zero (padding) instead of a source element.
+pub const GATHER_ZERO: u32 = u32::MAX;
+
+/// Validate the operands of [`Backend::gather`].
+pub fn check_gather(a: &Tensor, index: &[u32], shape: &[usize]) -> Result<()> {
+    if shape.iter().product::<usize>() != index.len() {
+        return Err(shape_err(
+            "gather",
+            format!("shape {shape:?} does not hold {} indices", index.len()),
+        ));
+    }
+    if a.len() >= GATHER_ZERO as usize {
+        return Err(shape_err(
+            "gather",
+            format!(
+                "a source of {} elements is not addressable by u32 indices",
+                a.len()
+            ),
+        ));
+    }
+    if let Some((i, &v)) = index
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| v != GATHER_ZERO && v as usize >= a.len())
+    {
+        return Err(shape_err(
+            "gather",
+            format!(
+                "index {v} at position {i} is out of range for {} elements",
+                a.len()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Check that two operands of an elementwise op have one shape.

@@ -6,9 +6,8 @@ use rand_chacha::ChaCha12Rng;
 /// `rand` crate's standard generator; the best published attacks reach 7 rounds), seekable, so
 /// long parts are expanded in parallel.
 pub type MaterialRng = ChaCha12Rng;
+pub(crate) use kernels::cpu::prg::fill_words;
 use kernels::cpu::zeroed_words;
-use rand_core::RngCore;
-use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
 
@@ -116,13 +115,27 @@ impl MaterialSpec {
         PartShapes { random, derived }
     }
 
-    /// Whether a party keeps this material in host memory: boolean-circuit material is consumed
-    /// by the comparison circuit, which runs on the host (rayon); the rest goes to the backend.
-    pub fn is_host(&self) -> bool {
-        matches!(
-            self,
-            MaterialSpec::AndTriple { .. } | MaterialSpec::BitSelect { .. }
-        )
+    /// Words of all parts (random and derived) of one party's share, or `None` if a size
+    /// overflows. Untrusted specs (a dealer request) are checked with this before [`Self::parts`]
+    /// multiplies their dimensions.
+    pub fn checked_words(&self) -> Option<u64> {
+        use MaterialSpec::*;
+        let mul = |a: usize, b: usize| (a as u64).checked_mul(b as u64);
+        let sum = |xs: &[Option<u64>]| {
+            xs.iter()
+                .try_fold(0u64, |acc, x| x.and_then(|x| acc.checked_add(x)))
+        };
+        match *self {
+            MulTriple { n } | AndTriple { n } => mul(n, 3),
+            MatmulTriple { m, k, n } => sum(&[mul(m, k), mul(k, n), mul(m, n)]),
+            FixedMask { k, n, .. } => mul(k, n),
+            FixedTriple { m, k, n, .. } => sum(&[mul(m, k), mul(m, n)]),
+            Trunc { n, .. } => mul(n, 3),
+            BitSelect { n, payloads } => {
+                let pn = mul(payloads, n);
+                sum(&[Some(n.div_ceil(64) as u64), pn, Some(n as u64), pn])
+            }
+        }
     }
 
     /// How derived parts are corrected.
@@ -192,36 +205,6 @@ impl MaterialSpec {
     }
 }
 
-/// Words generated per parallel task when expanding long material parts.
-const FILL_CHUNK: usize = 1 << 15;
-
-/// Fill `buf` with the next `buf.len()` words of `rng`'s stream, in parallel chunks.
-///
-/// Each chunk seeks its own copy of the generator to its offset (ChaCha is seekable), so the
-/// result equals a sequential fill and does not depend on the number of threads; afterwards
-/// `rng` stands just past the consumed words.
-pub(crate) fn fill_words(rng: &mut MaterialRng, buf: &mut [u64]) {
-    if buf.len() <= FILL_CHUNK {
-        rng.fill_bytes(bytemuck_words(buf));
-        return;
-    }
-    // The stream position counts 32-bit words; each u64 consumes two.
-    let start = rng.get_word_pos();
-    buf.par_chunks_mut(FILL_CHUNK)
-        .enumerate()
-        .for_each(|(i, chunk)| {
-            let mut r = rng.clone();
-            r.set_word_pos(start + 2 * (i * FILL_CHUNK) as u128);
-            r.fill_bytes(bytemuck_words(chunk));
-        });
-    rng.set_word_pos(start + 2 * buf.len() as u128);
-}
-
-fn bytemuck_words(buf: &mut [u64]) -> &mut [u8] {
-    // SAFETY: any byte pattern is a valid u64; the byte view covers exactly the slice.
-    unsafe { std::slice::from_raw_parts_mut(buf.as_mut_ptr() as *mut u8, buf.len() * 8) }
-}
-
 /// The parts every party draws from its own stream (masks, random values, random bits).
 pub fn draw_random_parts(spec: &MaterialSpec, rng: &mut MaterialRng) -> Vec<Vec<u64>> {
     spec.parts()
@@ -235,7 +218,7 @@ pub fn draw_random_parts(spec: &MaterialSpec, rng: &mut MaterialRng) -> Vec<Vec<
         .collect()
 }
 
-/// A party's share of `spec` expanded from its stream.
+/// A party's share of `spec` expanded from its stream (in host memory).
 ///
 /// Alice (`index == 0`) draws random and derived parts from the stream; bob draws the random
 /// parts and takes the derived parts from the dealer's `corrections` (concatenated).
@@ -247,13 +230,37 @@ pub fn expand_party_share(
     rng: &mut MaterialRng,
     corrections: Option<&[u64]>,
 ) -> Result<Vec<Vec<u64>>> {
-    let shapes = spec.parts();
-    let mut parts = draw_random_parts(spec, rng);
-    if index == 0 {
-        for &len in &shapes.derived {
+    expand_with(
+        spec,
+        index,
+        corrections,
+        |len| {
             let mut v = zeroed_words(len);
             fill_words(rng, &mut v);
-            parts.push(v);
+            Ok(v)
+        },
+        |c| Ok(c.to_vec()),
+    )
+}
+
+/// The drawing order of a party's share of `spec`, wherever the parts are made: `draw(len)`
+/// makes the next `len` words of the party's stream, `take(words)` a part from bob's
+/// corrections. Random parts first, then derived parts (drawn by alice, corrections for bob).
+pub fn expand_with<T>(
+    spec: &MaterialSpec,
+    index: usize,
+    corrections: Option<&[u64]>,
+    mut draw: impl FnMut(usize) -> Result<T>,
+    mut take: impl FnMut(&[u64]) -> Result<T>,
+) -> Result<Vec<T>> {
+    let shapes = spec.parts();
+    let mut parts = Vec::with_capacity(shapes.random.len() + shapes.derived.len());
+    for &len in &shapes.random {
+        parts.push(draw(len)?);
+    }
+    if index == 0 {
+        for &len in &shapes.derived {
+            parts.push(draw(len)?);
         }
     } else {
         let corr = corrections.unwrap_or(&[]);
@@ -266,27 +273,9 @@ pub fn expand_party_share(
         }
         let mut off = 0;
         for &len in &shapes.derived {
-            parts.push(corr[off..off + len].to_vec());
+            parts.push(take(&corr[off..off + len])?);
             off += len;
         }
     }
     Ok(parts)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand_core::SeedableRng;
-
-    #[test]
-    fn parallel_fill_equals_a_sequential_stream() {
-        let mut a = MaterialRng::seed_from_u64(7);
-        let mut b = a.clone();
-        let mut big = vec![0u64; 3 * FILL_CHUNK + 5];
-        fill_words(&mut a, &mut big);
-        let mut seq = vec![0u64; big.len()];
-        b.fill_bytes(bytemuck_words(&mut seq));
-        assert_eq!(big, seq);
-        assert_eq!(a.next_u64(), b.next_u64());
-    }
 }

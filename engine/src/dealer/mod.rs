@@ -15,10 +15,11 @@ mod service;
 
 pub(crate) use material::fill_words;
 pub use material::{
-    draw_random_parts, expand_party_share, Correction, MaterialRng, MaterialSpec, PartShapes,
+    draw_random_parts, expand_party_share, expand_with, Correction, MaterialRng, MaterialSpec,
+    PartShapes,
 };
+pub use service::{decode_material_request, run_dealer, DealerPolicy, DealerRng};
 pub(crate) use service::{
     material_stream, words_to_seed, words_to_text, OP_BATCH, OP_FORGET_FIXED, OP_SHUTDOWN,
     STATUS_OK,
 };
-pub use service::{run_dealer, DealerRng};

@@ -1,6 +1,28 @@
 //! The dealer's thread: answers bob's material requests with correction words.
+//!
+//! **Stream assignment.** The dealer numbers material streams itself, from its own counter, in
+//! the order requests arrive; each stream is served at most once. A request
+//! `[OP_BATCH, first, count, specs...]` states the stream bob expects to be assigned (`first`);
+//! the dealer refuses it unless `first` equals its counter, so a request for a stream already
+//! served (a replay, "twice") or for a later one ("out of order") is refused, never served.
+//! The reply `[STATUS_OK, first, corrections...]` echoes the assigned stream and bob checks it.
+//!
+//! Why alice and bob can never be served different streams for one request: alice never talks
+//! to the dealer after her seed; she expands item `i` of her `j`-th fetch at stream
+//! `s_j + i`, where `s_j` is the number of items fetched before (her counter). Bob keeps the
+//! same counter (both run the same program) and the dealer serves him exactly the streams
+//! `[s_j, s_j + count)`, checked on both ends of the request. A party whose counter has drifted
+//! (or that deviates) is refused at its next request instead of getting material that does not
+//! match alice's. A refused request whose stream check passed still *consumes* its `count`
+//! streams (unserved), so honest parties that both advanced their counters stay in step.
+//!
+//! **Parameter checks.** Before serving anything, every spec of a request is validated against
+//! the [`DealerPolicy`]: sizes must not overflow and the whole request must stay under a word
+//! limit; truncation must be by the session's fractional bits; a fixed mask is issued once per
+//! id and a fixed triple needs a registered id of matching shape. One invalid spec refuses the
+//! whole request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use kernels::cpu::gemm::{gemm, gemm_packed, PackedB};
@@ -13,6 +35,7 @@ use super::material::{
     draw_random_parts, expand_party_share, fill_words, Correction, MaterialRng, MaterialSpec,
 };
 use crate::error::{EngineError, Result};
+use crate::pool::{pool_stream, split_pool_stream, POOL_STREAMS_PER_POOL, POOL_STREAM_BIT};
 use crate::transport::{PartyId, Transport};
 
 /// Request opcode: a batch of material specs.
@@ -56,10 +79,9 @@ pub enum DealerRng {
 }
 
 /// A party's ChaCha stream for material number `stream`.
+/// (The same stream the parties' backends expand with [`kernels::Backend::chacha12`].)
 pub(crate) fn material_stream(seed: [u8; 32], stream: u64) -> MaterialRng {
-    let mut rng = MaterialRng::from_seed(seed);
-    rng.set_stream(stream);
-    rng
+    kernels::cpu::prg::chacha12_at(&seed, stream, 0)
 }
 
 /// Seeds for alice and bob, sent once.
@@ -97,12 +119,138 @@ pub(crate) fn words_to_seed(words: &[u64]) -> Result<[u8; 32]> {
     Ok(seed)
 }
 
-/// The dealer's state: the two seeds and the fixed masks it keeps (shared by the thread that
-/// serves bob's requests and the one that serves his pool workers).
+/// What the dealer agrees to serve.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DealerPolicy {
+    /// The only truncation width served: the session's fractional bits.
+    pub trunc_bits: u32,
+    /// Most words one request may make the dealer draw for one party (all parts of all specs).
+    pub max_request_words: u64,
+}
+
+impl DealerPolicy {
+    /// Default word limit per request: 2^28 words (2 GiB per party share).
+    pub const DEFAULT_MAX_REQUEST_WORDS: u64 = 1 << 28;
+
+    /// The policy for a session with `frac_bits` fractional bits.
+    pub fn for_session(frac_bits: u32) -> DealerPolicy {
+        DealerPolicy {
+            trunc_bits: frac_bits,
+            max_request_words: Self::DEFAULT_MAX_REQUEST_WORDS,
+        }
+    }
+}
+
+/// Decode the body of a material request (after the opcode): bob's expected first stream and
+/// the specs. Checks the framing only; the dealer validates the parameters before serving.
+pub fn decode_material_request(words: &[u64]) -> Result<(u64, Vec<MaterialSpec>)> {
+    let [first, count, body @ ..] = words else {
+        return Err(EngineError::Protocol("short material request".into()));
+    };
+    let expected = (*count)
+        .checked_mul(MaterialSpec::ENCODED_WORDS as u64)
+        .filter(|&n| n == body.len() as u64);
+    if expected.is_none() {
+        return Err(EngineError::Protocol(format!(
+            "malformed material request: {count} specs announced, {} words follow",
+            body.len()
+        )));
+    }
+    let specs = body
+        .chunks(MaterialSpec::ENCODED_WORDS)
+        .map(MaterialSpec::decode)
+        .collect::<Result<Vec<_>>>()?;
+    Ok((*first, specs))
+}
+
+/// The fixed masks the dealer keeps (shared by the threads serving bob's two links).
+#[derive(Default)]
+struct FixedMasks {
+    /// The packed mask `b` of each live fixed operand, by id.
+    live: HashMap<u64, Arc<PackedB>>,
+    /// Every id a mask was ever issued for (a forgotten id is never issued again).
+    issued: HashSet<u64>,
+}
+
+/// The dealer's state: the two seeds, the policy and the fixed masks it keeps (shared by the
+/// thread that serves bob's on-demand requests and the one that serves his pool workers; each
+/// link keeps its own [`StreamSpace`]).
 #[derive(Clone)]
 struct Dealer {
     seeds: [[u8; 32]; 2],
-    fixed: Arc<RwLock<HashMap<u64, Arc<PackedB>>>>,
+    fixed: Arc<RwLock<FixedMasks>>,
+    policy: DealerPolicy,
+}
+
+/// The stream numbers one dealer link serves, and the next one of each in-order sequence.
+///
+/// Bob's on-demand link serves streams `0, 1, 2, ...` below [`POOL_STREAM_BIT`]; his pool link
+/// serves, for each pool `p`, the streams [`pool_streams`]`(p, ..)` (top bit set), counted from
+/// the pool's first stream, in order. The two spaces are disjoint, so no stream can be served
+/// on both links, and within each sequence every stream is served at most once, in order.
+pub(crate) enum StreamSpace {
+    /// On-demand material: the next stream to assign.
+    OnDemand {
+        /// The next stream.
+        next: u64,
+    },
+    /// Pool material: the next local stream of each pool, by pool id.
+    Pool {
+        /// Next local stream per pool (absent: 0).
+        next: HashMap<u64, u64>,
+    },
+}
+
+impl StreamSpace {
+    /// Admit a request for `count` streams from `first`: refused unless `first` is the next
+    /// stream of its sequence (then the streams are consumed, served or not).
+    fn admit(&mut self, first: u64, count: u64) -> Result<()> {
+        let refuse = |next: u64| {
+            let what = if first < next {
+                "already served"
+            } else {
+                "out of order"
+            };
+            Err(EngineError::Protocol(format!(
+                "request for streams from {first} refused ({what}): the next stream is {next}"
+            )))
+        };
+        match self {
+            StreamSpace::OnDemand { next } => {
+                if first & POOL_STREAM_BIT != 0 {
+                    return Err(EngineError::Protocol(format!(
+                        "stream {first} is a pool stream: refused on the on-demand link"
+                    )));
+                }
+                if first != *next {
+                    return refuse(*next);
+                }
+                *next = first
+                    .checked_add(count)
+                    .filter(|&e| e <= POOL_STREAM_BIT)
+                    .ok_or_else(|| EngineError::Protocol("stream numbers exhausted".into()))?;
+            }
+            StreamSpace::Pool { next } => {
+                let Some((pool, local)) = split_pool_stream(first) else {
+                    return Err(EngineError::Protocol(format!(
+                        "stream {first} is not a pool stream: refused on the pool link"
+                    )));
+                };
+                let expected = next.get(&pool).copied().unwrap_or(0);
+                if local != expected {
+                    return refuse(pool_stream(pool, expected));
+                }
+                let end = local
+                    .checked_add(count)
+                    .filter(|&e| e <= POOL_STREAMS_PER_POOL)
+                    .ok_or_else(|| {
+                        EngineError::Protocol(format!("pool {pool} has used all its streams"))
+                    })?;
+                next.insert(pool, end);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn add(x: &[u64], y: &[u64]) -> Vec<u64> {
@@ -135,10 +283,18 @@ impl Dealer {
                     packed.pack_rows(p0, &b0[..len]);
                 }
             }
-            self.fixed
+            let mut fixed = self
+                .fixed
                 .write()
-                .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?
-                .insert(fixed_id, Arc::new(packed));
+                .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?;
+            // Checked by `validate`; checked again here, under the lock, against a request
+            // for the same id on the other link in between.
+            if !fixed.issued.insert(fixed_id) {
+                return Err(EngineError::Protocol(format!(
+                    "fixed operand {fixed_id} already has a mask (issued once per id)"
+                )));
+            }
+            fixed.live.insert(fixed_id, Arc::new(packed));
             return Ok(vec![]);
         }
         let p0 = expand_party_share(spec, 0, &mut r0, None)?;
@@ -165,6 +321,7 @@ impl Dealer {
                     .fixed
                     .read()
                     .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?
+                    .live
                     .get(&fixed_id)
                     .cloned()
                     .ok_or_else(|| {
@@ -226,20 +383,69 @@ impl Dealer {
         Ok(out)
     }
 
-    fn serve_batch(&self, words: &[u64]) -> Result<Vec<u64>> {
-        if words.len() < 2 {
-            return Err(EngineError::Protocol("short material request".into()));
+    /// Check every spec of a request against the policy and the dealer's state (the one check,
+    /// for requests on either link).
+    fn validate(&self, specs: &[MaterialSpec]) -> Result<()> {
+        let fixed = self
+            .fixed
+            .read()
+            .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?;
+        let refuse = |msg: String| Err(EngineError::Protocol(msg));
+        let mut total = 0u64;
+        let mut new_fixed = Vec::new();
+        for spec in specs {
+            let words = spec
+                .checked_words()
+                .ok_or_else(|| EngineError::Protocol(format!("{spec:?}: size overflows")))?;
+            total = total.saturating_add(words);
+            if total > self.policy.max_request_words {
+                return refuse(format!(
+                    "request needs more than {} words of material (limit)",
+                    self.policy.max_request_words
+                ));
+            }
+            match *spec {
+                MaterialSpec::Trunc { bits, .. } if bits != self.policy.trunc_bits => {
+                    return refuse(format!(
+                        "truncation by {bits} bits refused (this session truncates by {})",
+                        self.policy.trunc_bits
+                    ));
+                }
+                MaterialSpec::FixedMask { fixed_id, .. } => {
+                    if fixed.issued.contains(&fixed_id) || new_fixed.contains(&fixed_id) {
+                        return refuse(format!(
+                            "fixed operand {fixed_id} already has a mask (issued once per id)"
+                        ));
+                    }
+                    new_fixed.push(fixed_id);
+                }
+                MaterialSpec::FixedTriple { fixed_id, k, n, .. } => {
+                    let Some(b) = fixed.live.get(&fixed_id) else {
+                        return refuse(format!("unknown fixed operand {fixed_id}"));
+                    };
+                    if (b.k(), b.n()) != (k, n) {
+                        return refuse(format!(
+                            "fixed operand {fixed_id} is {}x{}, request says {k}x{n}",
+                            b.k(),
+                            b.n()
+                        ));
+                    }
+                }
+                _ => {}
+            }
         }
-        let first_stream = words[0];
-        let count = words[1] as usize;
-        let body = &words[2..];
-        if body.len() != count * MaterialSpec::ENCODED_WORDS {
-            return Err(EngineError::Protocol("malformed material request".into()));
-        }
-        let mut out = vec![STATUS_OK];
-        for (i, chunk) in body.chunks(MaterialSpec::ENCODED_WORDS).enumerate() {
-            let spec = MaterialSpec::decode(chunk)?;
-            out.extend(self.corrections(&spec, first_stream + i as u64)?);
+        Ok(())
+    }
+
+    /// Serve one request received on a link whose streams are `space`.
+    fn serve_batch(&self, space: &mut StreamSpace, words: &[u64]) -> Result<Vec<u64>> {
+        let (first, specs) = decode_material_request(words)?;
+        // The streams are consumed whether or not the request is served (see the module doc).
+        space.admit(first, specs.len() as u64)?;
+        self.validate(&specs)?;
+        let mut out = vec![STATUS_OK, first];
+        for (i, spec) in specs.iter().enumerate() {
+            out.extend(self.corrections(spec, first + i as u64)?);
         }
         Ok(out)
     }
@@ -250,11 +456,13 @@ impl Dealer {
 /// Sends each compute party its seed first. Requests only ever come from bob; alice expands her
 /// material locally and never talks to the dealer after receiving her seed. `pool_net`, when
 /// given, is bob's second link, used by his background pool workers: it is served on a thread
-/// of its own, with the same seeds and fixed masks.
+/// of its own, with the same seeds, policy and fixed masks, in its own stream space
+/// ([`StreamSpace`]).
 pub fn run_dealer(
     mut net: Box<dyn Transport>,
     pool_net: Option<Box<dyn Transport>>,
     source: DealerRng,
+    policy: DealerPolicy,
 ) -> Result<()> {
     crate::memory::set_thread_role(crate::memory::Role::Dealer);
     let seeds = party_seeds(source);
@@ -263,7 +471,8 @@ pub fn run_dealer(
     net.send(PartyId::Bob, seed_to_words(&seeds[1]))?;
     let dealer = Dealer {
         seeds,
-        fixed: Arc::new(RwLock::new(HashMap::new())),
+        fixed: Arc::new(RwLock::new(FixedMasks::default())),
+        policy,
     };
     let pool_thread = match pool_net {
         Some(mut pn) => {
@@ -275,7 +484,13 @@ pub fn run_dealer(
                         // Pool material is produced ahead: at background priority.
                         crate::pool::in_background(crate::memory::Role::Dealer, move || {
                             pn.meter().set_step("dealer");
-                            serve(&d, pn.as_mut())
+                            serve(
+                                &d,
+                                pn.as_mut(),
+                                StreamSpace::Pool {
+                                    next: HashMap::new(),
+                                },
+                            )
                         })
                     })
                     .map_err(|e| {
@@ -285,7 +500,7 @@ pub fn run_dealer(
         }
         None => None,
     };
-    let r = serve(&dealer, net.as_mut());
+    let r = serve(&dealer, net.as_mut(), StreamSpace::OnDemand { next: 0 });
     drop(net);
     if let Some(t) = pool_thread {
         let _ = t.join();
@@ -293,8 +508,9 @@ pub fn run_dealer(
     r
 }
 
-/// Answer bob's requests on one link until he asks to stop or disconnects.
-fn serve(dealer: &Dealer, net: &mut dyn Transport) -> Result<()> {
+/// Answer bob's requests on one link, whose streams are `space`, until he asks to stop or
+/// disconnects.
+fn serve(dealer: &Dealer, net: &mut dyn Transport, mut space: StreamSpace) -> Result<()> {
     loop {
         let msg = match net.recv(PartyId::Bob) {
             Ok(m) => m,
@@ -303,12 +519,13 @@ fn serve(dealer: &Dealer, net: &mut dyn Transport) -> Result<()> {
             Err(e) => return Err(e),
         };
         let reply = match msg.first() {
-            Some(&OP_BATCH) => dealer.serve_batch(&msg[1..]),
+            Some(&OP_BATCH) => dealer.serve_batch(&mut space, &msg[1..]),
             Some(&OP_FORGET_FIXED) => dealer.forget(&msg[1..]),
             Some(&OP_SHUTDOWN) => return Ok(()),
             _ => Err(EngineError::Protocol("unknown dealer opcode".into())),
         };
         let reply = reply.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "dealer refused a request");
             let mut r = vec![STATUS_ERROR];
             r.extend(text_to_words(&e.to_string()));
             r
@@ -325,8 +542,370 @@ impl Dealer {
             .write()
             .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?;
         for id in ids {
-            fixed.remove(id);
+            fixed.live.remove(id);
         }
         Ok(vec![STATUS_OK])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::transport::channel_mesh;
+
+    /// A dealer on its own thread, with raw endpoints for alice and a (deviating) bob.
+    struct Harness {
+        alice_seed: [u8; 32],
+        bob_seed: [u8; 32],
+        bob: Box<dyn Transport>,
+        /// Bob's second link (his pool workers').
+        bob_pool: Box<dyn Transport>,
+        dealer: Option<std::thread::JoinHandle<Result<()>>>,
+        _alice: Box<dyn Transport>,
+    }
+
+    impl Harness {
+        fn new(trunc_bits: u32) -> Harness {
+            let ids = [PartyId::Alice, PartyId::Bob, PartyId::Dealer];
+            let mut mesh = channel_mesh(&ids, Duration::from_secs(10));
+            let dealer_net: Box<dyn Transport> = Box::new(mesh.remove(&PartyId::Dealer).unwrap());
+            let mut alice: Box<dyn Transport> = Box::new(mesh.remove(&PartyId::Alice).unwrap());
+            let mut bob: Box<dyn Transport> = Box::new(mesh.remove(&PartyId::Bob).unwrap());
+            let mut pool_mesh =
+                channel_mesh(&[PartyId::Bob, PartyId::Dealer], Duration::from_secs(10));
+            let dealer_pool: Box<dyn Transport> =
+                Box::new(pool_mesh.remove(&PartyId::Dealer).unwrap());
+            let bob_pool: Box<dyn Transport> = Box::new(pool_mesh.remove(&PartyId::Bob).unwrap());
+            let policy = DealerPolicy {
+                trunc_bits,
+                max_request_words: 1 << 20,
+            };
+            let dealer = std::thread::spawn(move || {
+                run_dealer(
+                    dealer_net,
+                    Some(dealer_pool),
+                    DealerRng::TestSeed(11),
+                    policy,
+                )
+            });
+            let alice_seed = words_to_seed(&alice.recv(PartyId::Dealer).unwrap()).unwrap();
+            let bob_seed = words_to_seed(&bob.recv(PartyId::Dealer).unwrap()).unwrap();
+            Harness {
+                alice_seed,
+                bob_seed,
+                bob,
+                bob_pool,
+                dealer: Some(dealer),
+                _alice: alice,
+            }
+        }
+
+        /// Send a raw request body; Ok(corrections with the assigned stream) or Err(reason).
+        fn ask(
+            &mut self,
+            first: u64,
+            specs: &[MaterialSpec],
+        ) -> std::result::Result<Vec<u64>, String> {
+            let mut req = vec![OP_BATCH, first, specs.len() as u64];
+            for s in specs {
+                s.encode(&mut req);
+            }
+            self.raw(req)
+        }
+
+        /// As [`Harness::ask`], on bob's pool link.
+        fn ask_pool(
+            &mut self,
+            first: u64,
+            specs: &[MaterialSpec],
+        ) -> std::result::Result<Vec<u64>, String> {
+            let mut req = vec![OP_BATCH, first, specs.len() as u64];
+            for s in specs {
+                s.encode(&mut req);
+            }
+            Self::exchange(self.bob_pool.as_mut(), req)
+        }
+
+        fn raw(&mut self, req: Vec<u64>) -> std::result::Result<Vec<u64>, String> {
+            Self::exchange(self.bob.as_mut(), req)
+        }
+
+        fn exchange(
+            link: &mut dyn Transport,
+            req: Vec<u64>,
+        ) -> std::result::Result<Vec<u64>, String> {
+            link.send(PartyId::Dealer, req).unwrap();
+            let reply = link.recv(PartyId::Dealer).unwrap();
+            match reply[0] {
+                STATUS_OK => Ok(reply[1..].to_vec()),
+                _ => Err(words_to_text(&reply[1..])),
+            }
+        }
+    }
+
+    impl Drop for Harness {
+        fn drop(&mut self) {
+            let _ = self.bob_pool.send(PartyId::Dealer, vec![OP_SHUTDOWN]);
+            let _ = self.bob.send(PartyId::Dealer, vec![OP_SHUTDOWN]);
+            if let Some(d) = self.dealer.take() {
+                d.join().unwrap().unwrap();
+            }
+        }
+    }
+
+    /// Alice's and bob's shares of a truncation pair reconstruct `r`, `r >> bits`, `msb(r)`.
+    fn check_trunc(h: &Harness, stream: u64, n: usize, bits: u32, corrections: &[u64]) {
+        let spec = MaterialSpec::Trunc { n, bits };
+        let a =
+            expand_party_share(&spec, 0, &mut material_stream(h.alice_seed, stream), None).unwrap();
+        let b = expand_party_share(
+            &spec,
+            1,
+            &mut material_stream(h.bob_seed, stream),
+            Some(corrections),
+        )
+        .unwrap();
+        for i in 0..n {
+            let r = a[0][i].wrapping_add(b[0][i]);
+            assert_eq!(a[1][i].wrapping_add(b[1][i]), r >> bits);
+            assert_eq!(a[2][i].wrapping_add(b[2][i]), r >> 63);
+        }
+    }
+
+    #[test]
+    fn streams_are_assigned_by_the_dealer_and_served_once() {
+        let mut h = Harness::new(16);
+        let t = MaterialSpec::Trunc { n: 5, bits: 16 };
+        let ok = h.ask(0, &[t, t]).unwrap();
+        assert_eq!(ok[0], 0, "assigned first stream");
+        check_trunc(&h, 0, 5, 16, &ok[1..11]);
+        check_trunc(&h, 1, 5, 16, &ok[11..21]);
+        // Twice: a replay of stream 1.
+        let e = h.ask(1, &[t]).unwrap_err();
+        assert!(
+            e.contains("streams from 1 refused (already served): the next stream is 2"),
+            "{e}"
+        );
+        // Out of order: skipping ahead.
+        let e = h.ask(7, &[t]).unwrap_err();
+        assert!(e.contains("streams from 7 refused (out of order)"), "{e}");
+        // Neither refusal consumed anything: stream 2 is still next and served correctly.
+        let ok = h.ask(2, &[t]).unwrap();
+        assert_eq!(ok[0], 2);
+        check_trunc(&h, 2, 5, 16, &ok[1..]);
+    }
+
+    #[test]
+    fn altered_parameters_are_refused_and_consume_their_streams() {
+        let mut h = Harness::new(16);
+        // Another truncation width (the mask-recovery attack needs two widths).
+        let e = h
+            .ask(0, &[MaterialSpec::Trunc { n: 5, bits: 17 }])
+            .unwrap_err();
+        assert!(
+            e.contains("truncation by 17 bits refused (this session truncates by 16)"),
+            "{e}"
+        );
+        // The refused request consumed stream 0: asking for it again is a replay.
+        let e = h
+            .ask(0, &[MaterialSpec::Trunc { n: 5, bits: 16 }])
+            .unwrap_err();
+        assert!(e.contains("already served"), "{e}");
+        // Unknown fixed operand, and a shape that disagrees with the registered one.
+        let e = h
+            .ask(
+                1,
+                &[MaterialSpec::FixedTriple {
+                    fixed_id: 9,
+                    m: 2,
+                    k: 3,
+                    n: 4,
+                }],
+            )
+            .unwrap_err();
+        assert!(e.contains("unknown fixed operand 9"), "{e}");
+        h.ask(
+            2,
+            &[MaterialSpec::FixedMask {
+                fixed_id: 9,
+                k: 3,
+                n: 4,
+            }],
+        )
+        .unwrap();
+        let e = h
+            .ask(
+                3,
+                &[MaterialSpec::FixedTriple {
+                    fixed_id: 9,
+                    m: 2,
+                    k: 4,
+                    n: 3,
+                }],
+            )
+            .unwrap_err();
+        assert!(
+            e.contains("fixed operand 9 is 3x4, request says 4x3"),
+            "{e}"
+        );
+        // A fixed mask is issued once per id.
+        let e = h
+            .ask(
+                4,
+                &[MaterialSpec::FixedMask {
+                    fixed_id: 9,
+                    k: 3,
+                    n: 4,
+                }],
+            )
+            .unwrap_err();
+        assert!(e.contains("fixed operand 9 already has a mask"), "{e}");
+        // Sizes: overflowing and over the limit (nothing is allocated).
+        let huge = 1usize << 40;
+        let e = h
+            .ask(
+                5,
+                &[MaterialSpec::MatmulTriple {
+                    m: huge,
+                    k: huge,
+                    n: 1,
+                }],
+            )
+            .unwrap_err();
+        assert!(e.contains("size overflows"), "{e}");
+        let e = h
+            .ask(6, &[MaterialSpec::MulTriple { n: 1 << 19 }])
+            .unwrap_err();
+        assert!(e.contains("more than 1048576 words"), "{e}");
+        // One bad spec refuses the whole request.
+        let e = h
+            .ask(
+                7,
+                &[
+                    MaterialSpec::MulTriple { n: 3 },
+                    MaterialSpec::Trunc { n: 1, bits: 3 },
+                ],
+            )
+            .unwrap_err();
+        assert!(e.contains("truncation by 3 bits"), "{e}");
+        // Malformed requests.
+        let e = h.raw(vec![OP_BATCH, 9]).unwrap_err();
+        assert!(e.contains("short material request"), "{e}");
+        let e = h.raw(vec![OP_BATCH, 9, u64::MAX, 1, 2]).unwrap_err();
+        assert!(e.contains("malformed material request"), "{e}");
+        let e = h.raw(vec![OP_BATCH, 9, 1, 99, 0, 0, 0, 0]).unwrap_err();
+        assert!(e.contains("unknown material tag 99"), "{e}");
+        let e = h.raw(vec![77]).unwrap_err();
+        assert!(e.contains("unknown dealer opcode"), "{e}");
+        // The dealer is still serving, at the stream after everything consumed.
+        let ok = h.ask(9, &[MaterialSpec::Trunc { n: 3, bits: 16 }]).unwrap();
+        check_trunc(&h, 9, 3, 16, &ok[1..]);
+    }
+
+    #[test]
+    fn pool_link_has_its_own_in_order_streams_per_pool_and_the_same_checks() {
+        let mut h = Harness::new(16);
+        let t = MaterialSpec::Trunc { n: 4, bits: 16 };
+        let (p3, p5) = (pool_stream(3, 0), pool_stream(5, 0));
+        // Pools count their streams independently, and independently of on-demand streams.
+        let ok = h.ask_pool(p3, &[t, t]).unwrap();
+        assert_eq!(ok[0], p3, "assigned first stream");
+        check_trunc(&h, p3, 4, 16, &ok[1..9]);
+        check_trunc(&h, p3 + 1, 4, 16, &ok[9..17]);
+        let ok = h.ask_pool(p5, &[t]).unwrap();
+        check_trunc(&h, p5, 4, 16, &ok[1..]);
+        let ok = h.ask(0, &[t]).unwrap();
+        assert_eq!(ok[0], 0);
+        check_trunc(&h, 0, 4, 16, &ok[1..]);
+        // Replayed and skipped pool streams are refused.
+        let e = h.ask_pool(p3 + 1, &[t]).unwrap_err();
+        assert!(
+            e.contains(&format!(
+                "streams from {} refused (already served): the next stream is {}",
+                p3 + 1,
+                p3 + 2
+            )),
+            "{e}"
+        );
+        let e = h.ask_pool(p5 + 4, &[t]).unwrap_err();
+        assert!(e.contains("(out of order)"), "{e}");
+        // Each link serves only its own space.
+        let e = h.ask_pool(1, &[t]).unwrap_err();
+        assert!(e.contains("not a pool stream"), "{e}");
+        let e = h.ask(p3 + 2, &[t]).unwrap_err();
+        assert!(e.contains("is a pool stream"), "{e}");
+        // The same parameter checks: a refused request consumes its pool streams.
+        let e = h
+            .ask_pool(p3 + 2, &[MaterialSpec::Trunc { n: 4, bits: 15 }])
+            .unwrap_err();
+        assert!(e.contains("truncation by 15 bits refused"), "{e}");
+        let e = h.ask_pool(p3 + 2, &[t]).unwrap_err();
+        assert!(e.contains("already served"), "{e}");
+        let e = h
+            .ask_pool(
+                p3 + 3,
+                &[MaterialSpec::FixedTriple {
+                    fixed_id: 9,
+                    m: 1,
+                    k: 2,
+                    n: 2,
+                }],
+            )
+            .unwrap_err();
+        assert!(e.contains("unknown fixed operand 9"), "{e}");
+        // A fixed mask issued on the on-demand link serves the pool link's triples, and is
+        // issued once per id whichever link asks.
+        let mask = MaterialSpec::FixedMask {
+            fixed_id: 9,
+            k: 2,
+            n: 2,
+        };
+        h.ask(1, &[mask]).unwrap();
+        let e = h.ask_pool(p3 + 4, &[mask]).unwrap_err();
+        assert!(e.contains("fixed operand 9 already has a mask"), "{e}");
+        let triple = MaterialSpec::FixedTriple {
+            fixed_id: 9,
+            m: 1,
+            k: 2,
+            n: 2,
+        };
+        let ok = h.ask_pool(p3 + 5, &[triple]).unwrap();
+        assert_eq!(ok[0], p3 + 5);
+        // Bob's corrections: c - alice's share of c, with c = a·b (the triple checks out).
+        let a0 = expand_party_share(&triple, 0, &mut material_stream(h.alice_seed, p3 + 5), None)
+            .unwrap();
+        let a1 = expand_party_share(
+            &triple,
+            1,
+            &mut material_stream(h.bob_seed, p3 + 5),
+            Some(&ok[1..]),
+        )
+        .unwrap();
+        let mut b0 = vec![0u64; 4];
+        let mut b1 = vec![0u64; 4];
+        fill_words(&mut material_stream(h.alice_seed, 1), &mut b0);
+        fill_words(&mut material_stream(h.bob_seed, 1), &mut b1);
+        let b: Vec<u64> = b0
+            .iter()
+            .zip(&b1)
+            .map(|(x, y)| x.wrapping_add(*y))
+            .collect();
+        let a: Vec<u64> = a0[0]
+            .iter()
+            .zip(&a1[0])
+            .map(|(x, y)| x.wrapping_add(*y))
+            .collect();
+        for j in 0..2 {
+            let c = a[0]
+                .wrapping_mul(b[j])
+                .wrapping_add(a[1].wrapping_mul(b[2 + j]));
+            assert_eq!(a0[1][j].wrapping_add(a1[1][j]), c);
+        }
+        // A forgotten mask is not issued again.
+        assert_eq!(h.raw(vec![OP_FORGET_FIXED, 9]).unwrap(), Vec::<u64>::new());
+        let e = h.ask(2, &[mask]).unwrap_err();
+        assert!(e.contains("already has a mask"), "{e}");
     }
 }

@@ -1,7 +1,12 @@
-//! Model and data import: PyTorch `nn.Sequential` state dicts in safetensors, `.npy` inputs.
+//! Model and data import: PyTorch `nn.Sequential` state dicts in safetensors, ONNX graphs
+//! exported from PyTorch, `.npy` inputs; atomic output files.
 
 pub mod model;
 pub mod npy;
+pub mod onnx;
+pub mod output;
 
-pub use model::{load_safetensors_model, ModelFile};
-pub use npy::{load_features, load_labels, write_predictions};
+pub use model::{load_safetensors_model, load_safetensors_model_with, ModelFile, UnusedTensors};
+pub use npy::{load_features, load_inputs, load_labels, write_predictions};
+pub use onnx::load_onnx_model;
+pub use output::OutputFile;

@@ -2,23 +2,28 @@
 //!
 //! The architecture is a layer list in PyTorch order (`linear,relu,dropout,linear` or the preset
 //! `vgg16-head`); the i-th entry owns the tensors `{prefix}{i}.weight` (`[out, in]`) and
-//! `{prefix}{i}.bias` (`[out]`). Dtypes F32, F64, F16 and BF16 are read.
+//! `{prefix}{i}.bias` (`[out]`). Dtypes F32, F64, F16 and BF16 are read. The preset `vgg16`
+//! reads a whole torchvision VGG16 state dict instead.
 //!
 //! [`ModelFile`] maps the file into memory and reads each tensor in place when it is shared
 //! ([`ModelSource`]): the model is never converted to f64 as a whole. Before mapping anything
 //! it checks that the path is a regular file and that the header's length fits in the file.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::ops::Range;
 
 use memmap2::Mmap;
 use rayon::prelude::*;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::{EngineError, Result};
 use crate::fixed::FixedPoint;
-use crate::nn::plain::{parse_arch, Layer, LayerKind, Sequential};
-use crate::nn::source::{encode_transposed, LayerShape, ModelSource};
+use crate::nn::geometry::Window2d;
+use crate::nn::plain::{
+    check_layer_outputs, parse_arch, Layer, LayerKind, Sequential, VGG16_FEATURES,
+};
+use crate::nn::source::{encode_transposed, to_sequential, LayerShape, ModelSource};
 
 /// Largest safetensors header accepted (the format's own limit).
 const MAX_HEADER_BYTES: u64 = 100 << 20;
@@ -53,9 +58,114 @@ fn io_err(path: &str, source: std::io::Error) -> EngineError {
     }
 }
 
+/// What to do with tensors of the file (under the prefix) that the architecture does not use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UnusedTensors {
+    /// Refuse the file (the architecture probably does not match it).
+    #[default]
+    Refuse,
+    /// Ignore them.
+    Allow,
+}
+
+/// How many names an error lists before "and N more".
+const LISTED_NAMES: usize = 6;
+
+/// `a, b, c and 12 more`.
+fn name_list(names: &[String]) -> String {
+    let shown = names.iter().take(LISTED_NAMES).cloned().collect::<Vec<_>>();
+    match names.len().saturating_sub(LISTED_NAMES) {
+        0 => shown.join(", "),
+        more => format!("{} and {more} more", shown.join(", ")),
+    }
+}
+
+/// A safetensors parse error in words.
+fn describe(e: &SafeTensorError) -> String {
+    match e {
+        SafeTensorError::InvalidHeader => "the header is not valid UTF-8".into(),
+        SafeTensorError::InvalidHeaderStart => "the header does not start with '{'".into(),
+        SafeTensorError::InvalidHeaderDeserialization => "the header is not valid JSON".into(),
+        SafeTensorError::HeaderTooLarge => "the header is larger than 100 MB".into(),
+        SafeTensorError::HeaderTooSmall => "the file is shorter than the 8-byte header size".into(),
+        SafeTensorError::InvalidHeaderLength => "the header length is larger than the file".into(),
+        SafeTensorError::TensorNotFound(n) => format!("tensor '{n}' not found"),
+        SafeTensorError::TensorInvalidInfo => {
+            "a tensor's shape and dtype do not match its byte range".into()
+        }
+        SafeTensorError::InvalidOffset(n) => {
+            format!("the byte range of tensor '{n}' is invalid (overlaps, gaps or past the end)")
+        }
+        SafeTensorError::IoError(e) => format!("read error: {e}"),
+        SafeTensorError::JsonError(e) => format!("the header is not valid JSON: {e}"),
+        SafeTensorError::InvalidTensorView(d, s, n) => {
+            format!("a {d:?} tensor of shape {s:?} cannot hold {n} bytes")
+        }
+        SafeTensorError::MetadataIncompleteBuffer => {
+            "the tensors do not cover the data section exactly".into()
+        }
+        SafeTensorError::ValidationOverflow => "a tensor's size overflows".into(),
+    }
+}
+
+/// Values of tensor `name` as f64, with its shape.
+fn tensor_f64(st: &SafeTensors, name: &str, path: &str) -> Result<(Vec<usize>, Vec<f64>)> {
+    let t = st.tensor(name).map_err(|_| {
+        let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+        names.sort();
+        EngineError::Format(format!(
+            "{path}: tensor '{name}' is missing (file has {}: {})",
+            names.len(),
+            name_list(&names)
+        ))
+    })?;
+    let bytes = t.data();
+    let vals: Vec<f64> = match t.dtype() {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")) as f64)
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect(),
+        Dtype::F16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        Dtype::BF16 => bytes
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64())
+            .collect(),
+        other => {
+            return Err(EngineError::Format(format!(
+                "{path}: tensor '{name}' has dtype {other:?}; expected F32, F64, F16 or BF16"
+            )))
+        }
+    };
+    if let Some(i) = vals.iter().position(|v| !v.is_finite()) {
+        return Err(EngineError::Format(format!(
+            "{path}: tensor '{name}' has a non-finite value ({}) at index {i}",
+            vals[i]
+        )));
+    }
+    Ok((t.shape().to_vec(), vals))
+}
+
 impl ModelFile {
     /// Open `path` and resolve the layers of `arch` (tensor names prefixed by `prefix`).
     pub fn open(path: &str, arch: &str, prefix: &str) -> Result<ModelFile> {
+        Self::open_with(path, arch, prefix, UnusedTensors::Refuse)
+    }
+
+    /// [`ModelFile::open`], choosing what to do with tensors under `prefix` that `arch` does
+    /// not use.
+    pub fn open_with(
+        path: &str,
+        arch: &str,
+        prefix: &str,
+        unused: UnusedTensors,
+    ) -> Result<ModelFile> {
         let kinds = parse_arch(arch)?;
         let meta = std::fs::metadata(path).map_err(|e| io_err(path, e))?;
         if !meta.is_file() {
@@ -68,20 +178,28 @@ impl ModelFile {
         let mut head = [0u8; 8];
         std::io::Read::read_exact(&mut file, &mut head).map_err(|_| {
             EngineError::Format(format!(
-                "{path}: not a valid safetensors file: {len} bytes, shorter than its 8-byte header length"
+                "{path}: not a valid safetensors file: the file is shorter than the 8-byte header size ({len} bytes)"
             ))
         })?;
         let header = u64::from_le_bytes(head);
-        if header > MAX_HEADER_BYTES || 8 + header > len {
+        if header > MAX_HEADER_BYTES {
             return Err(EngineError::Format(format!(
-                "{path}: not a valid safetensors file: its header claims {header} bytes but the file holds {len}"
+                "{path}: not a valid safetensors file: the header is larger than 100 MB (its header claims {header} bytes but the file holds {len})"
+            )));
+        }
+        if 8 + header > len {
+            return Err(EngineError::Format(format!(
+                "{path}: not a valid safetensors file: the header length is larger than the file (its header claims {header} bytes but the file holds {len})"
             )));
         }
         // SAFETY: the map is read-only; like every reader of a file it assumes no other process
         // truncates or rewrites the file while the model is being loaded.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| io_err(path, e))?;
         let st = SafeTensors::deserialize(&map).map_err(|e| {
-            EngineError::Format(format!("{path}: not a valid safetensors file: {e}"))
+            EngineError::Format(format!(
+                "{path}: not a valid safetensors file: {}",
+                describe(&e)
+            ))
         })?;
         let base = map.as_ptr() as usize;
         let find = |name: &str| -> Result<TensorRef> {
@@ -90,8 +208,9 @@ impl ModelFile {
                     st.names().into_iter().map(|s| s.to_string()).collect();
                 names.sort();
                 EngineError::Format(format!(
-                    "{path}: tensor '{name}' is missing (file has: {})",
-                    names.join(", ")
+                    "{path}: tensor '{name}' is missing (file has {}: {})",
+                    names.len(),
+                    name_list(&names)
                 ))
             })?;
             if !matches!(
@@ -155,12 +274,55 @@ impl ModelFile {
         if width.is_none() {
             return Err(EngineError::Invalid("model has no Linear layer".into()));
         }
+        if unused == UnusedTensors::Refuse {
+            let used = |n: &str| {
+                n.strip_prefix(prefix)
+                    .and_then(|r| r.split_once('.'))
+                    .and_then(|(i, t)| Some((i.parse::<usize>().ok()?, t)))
+                    .is_some_and(|(i, t)| {
+                        matches!(kinds.get(i), Some(LayerKind::Linear))
+                            && (t == "weight" || t == "bias")
+                    })
+            };
+            let mut extra: Vec<String> = st
+                .names()
+                .into_iter()
+                .filter(|n| n.starts_with(prefix) && !used(n))
+                .cloned()
+                .collect();
+            if !extra.is_empty() {
+                extra.sort();
+                return Err(EngineError::Format(format!(
+                    "{path}: {} tensor(s) under prefix '{prefix}' are not used by --arch {arch}: {} (check --arch and --prefix, or allow them with --allow-unused-tensors)",
+                    extra.len(),
+                    name_list(&extra)
+                )));
+            }
+        }
         drop(st);
-        Ok(ModelFile {
+        let file = ModelFile {
             path: path.to_string(),
             map,
             layers,
-        })
+        };
+        let names: Vec<String> = file
+            .layers
+            .iter()
+            .map(|(l, _)| match *l {
+                LayerShape::Linear {
+                    in_features,
+                    out_features,
+                } => format!("Linear({in_features}, {out_features})"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        if file.in_features() == 0 {
+            return Err(EngineError::Invalid(
+                "input shape [0] has no elements".into(),
+            ));
+        }
+        check_layer_outputs(&names, &file.shapes()?)?;
+        Ok(file)
     }
 
     /// Input width (of the first Linear layer).
@@ -260,47 +422,68 @@ impl ModelFile {
 
     /// Read the whole model into memory as f64 (for plaintext evaluation of small models).
     pub fn to_sequential(&self) -> Result<Sequential> {
-        let mut layers = Vec::with_capacity(self.layers.len());
-        for (shape, refs) in &self.layers {
-            layers.push(match (shape, refs) {
-                (
-                    LayerShape::Linear {
-                        in_features,
-                        out_features,
-                    },
-                    Some(r),
-                ) => {
-                    let read = |t: &TensorRef| -> Result<Vec<f64>> {
-                        let (n, get) = self.reader(t);
-                        let v: Vec<f64> = (0..n).map(get).collect();
-                        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-                            return Err(EngineError::Format(format!(
-                                "{}: tensor '{}' has a non-finite value ({}) at index {i}",
-                                self.path, t.name, v[i]
-                            )));
-                        }
-                        Ok(v)
-                    };
-                    Layer::linear(
-                        *in_features,
-                        *out_features,
-                        read(&r.weight)?,
-                        read(&r.bias)?,
-                    )?
-                }
-                (LayerShape::ReLU, _) => Layer::ReLU,
-                (LayerShape::Dropout, _) => Layer::Dropout,
-                (LayerShape::Flatten, _) => Layer::Flatten,
-                (LayerShape::Linear { .. }, None) => unreachable!("Linear layers carry tensors"),
-            });
+        to_sequential(self)
+    }
+
+    /// Values of a tensor as f64 (checked finite).
+    fn read_f64(&self, t: &TensorRef) -> Result<Vec<f64>> {
+        let (n, get) = self.reader(t);
+        let v: Vec<f64> = (0..n).into_par_iter().map(&*get).collect();
+        if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+            return Err(EngineError::Format(format!(
+                "{}: tensor '{}' has a non-finite value ({}) at index {i}",
+                self.path, t.name, v[i]
+            )));
         }
-        Sequential::new(layers)
+        Ok(v)
     }
 }
 
 impl ModelSource for ModelFile {
     fn layer_shapes(&self) -> Vec<LayerShape> {
         self.layers.iter().map(|(l, _)| *l).collect()
+    }
+
+    fn input_shape(&self) -> Vec<usize> {
+        vec![self.in_features()]
+    }
+
+    fn shapes(&self) -> Result<Vec<Vec<usize>>> {
+        let mut shapes = vec![self.input_shape()];
+        for (l, _) in &self.layers {
+            let next = match *l {
+                LayerShape::Linear { out_features, .. } => vec![out_features],
+                _ => shapes.last().expect("the input shape").clone(),
+            };
+            shapes.push(next);
+        }
+        Ok(shapes)
+    }
+
+    fn layer(&self, layer: usize) -> Result<Cow<'_, Layer>> {
+        Ok(Cow::Owned(match self.layers.get(layer) {
+            Some((
+                LayerShape::Linear {
+                    in_features,
+                    out_features,
+                },
+                Some(r),
+            )) => Layer::linear(
+                *in_features,
+                *out_features,
+                self.read_f64(&r.weight)?,
+                self.read_f64(&r.bias)?,
+            )?,
+            Some((LayerShape::ReLU, _)) => Layer::ReLU,
+            Some((LayerShape::Dropout, _)) => Layer::Dropout,
+            Some((LayerShape::Flatten, _)) => Layer::Flatten,
+            _ => {
+                return Err(EngineError::Invalid(format!(
+                    "{}: the model has no layer {layer}",
+                    self.path
+                )))
+            }
+        }))
     }
 
     fn check_encodable(&self, fx: &FixedPoint) -> Result<()> {
@@ -342,8 +525,89 @@ impl ModelSource for ModelFile {
     }
 }
 
-/// Load a model from a safetensors file with the given architecture and tensor-name prefix, as
-/// an in-memory f64 model (small models; large ones are shared straight from a [`ModelFile`]).
+/// Load a model from a safetensors file with the given architecture and tensor-name prefix,
+/// refusing tensors under the prefix that the architecture does not use, as an in-memory f64
+/// model (small models; large ones are shared straight from a [`ModelFile`]).
+///
+/// The preset `vgg16` reads a whole torchvision VGG16 state dict (`features.{i}.weight`,
+/// `classifier.{i}.weight`, ...; the prefix is ignored) for `[3, 224, 224]` inputs.
 pub fn load_safetensors_model(path: &str, arch: &str, prefix: &str) -> Result<Sequential> {
-    ModelFile::open(path, arch, prefix)?.to_sequential()
+    load_safetensors_model_with(path, arch, prefix, UnusedTensors::Refuse)
+}
+
+/// [`load_safetensors_model`], choosing what to do with unused tensors.
+pub fn load_safetensors_model_with(
+    path: &str,
+    arch: &str,
+    prefix: &str,
+    unused: UnusedTensors,
+) -> Result<Sequential> {
+    if arch.trim().eq_ignore_ascii_case("vgg16") {
+        let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+            EngineError::Format(format!(
+                "{path}: not a valid safetensors file: {}",
+                describe(&e)
+            ))
+        })?;
+        return load_vgg16(&st, path);
+    }
+    ModelFile::open_with(path, arch, prefix, unused)?.to_sequential()
+}
+
+/// A `[out, in, kh, kw]` convolution from `{name}.weight` and `{name}.bias`.
+fn conv_from(st: &SafeTensors, name: &str, path: &str) -> Result<Layer> {
+    let (ws, w) = tensor_f64(st, &format!("{name}.weight"), path)?;
+    let (bs, b) = tensor_f64(st, &format!("{name}.bias"), path)?;
+    let [oc, ic, kh, kw] = ws[..] else {
+        return Err(EngineError::Format(format!(
+            "{path}: tensor '{name}.weight' has shape {ws:?}; a Conv2d weight is [out, in, kh, kw]"
+        )));
+    };
+    if bs != [oc] || kh != 3 || kw != 3 {
+        return Err(EngineError::Format(format!(
+            "{path}: '{name}' has weight {ws:?} and bias {bs:?}; VGG16 uses 3x3 kernels and [out] biases"
+        )));
+    }
+    Layer::conv2d(ic, oc, Window2d::square(3, 1, 1), w, b)
+}
+
+/// torchvision's VGG16 (`features`, `avgpool`, `classifier`) from its state dict names.
+fn load_vgg16(st: &SafeTensors, path: &str) -> Result<Sequential> {
+    let mut layers = Vec::new();
+    let mut i = 0;
+    for &oc in &VGG16_FEATURES {
+        if oc == 0 {
+            layers.push(Layer::MaxPool2d {
+                window: Window2d::square(2, 2, 0),
+            });
+            i += 1;
+        } else {
+            layers.push(conv_from(st, &format!("features.{i}"), path)?);
+            layers.push(Layer::ReLU);
+            i += 2;
+        }
+    }
+    layers.push(Layer::AdaptiveAvgPool2d { output: [7, 7] });
+    layers.push(Layer::Flatten);
+    for (j, kind) in parse_arch("vgg16-head")?.into_iter().enumerate() {
+        layers.push(match kind {
+            LayerKind::Linear => {
+                let name = format!("classifier.{j}");
+                let (ws, w) = tensor_f64(st, &format!("{name}.weight"), path)?;
+                let (_, b) = tensor_f64(st, &format!("{name}.bias"), path)?;
+                let [o, inp] = ws[..] else {
+                    return Err(EngineError::Format(format!(
+                        "{path}: tensor '{name}.weight' has shape {ws:?}; a Linear weight is [out, in]"
+                    )));
+                };
+                Layer::linear(inp, o, w, b)
+                    .map_err(|e| EngineError::Format(format!("{path}: '{name}': {e}")))?
+            }
+            LayerKind::ReLU => Layer::ReLU,
+            _ => Layer::Dropout,
+        });
+    }
+    Sequential::with_input(layers, vec![3, 224, 224])
+        .map_err(|e| EngineError::Format(format!("{path}: {e}")))
 }

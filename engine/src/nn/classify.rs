@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use crate::dealer::MaterialSpec;
 use crate::error::{shape_err, Result};
 use crate::fixed::FixedPoint;
+use crate::nn::range::check_inputs;
 use crate::nn::shared::SharedModel;
 use crate::pool::MaterialPool;
 use crate::protocols::compare::{eq_specs, tree_max_specs};
@@ -167,6 +168,18 @@ impl<'s> SecureClassifier<'s> {
             ));
         }
         let n = data.len() / width;
+        if n == 0 {
+            return Err(crate::EngineError::Invalid(
+                "no input rows to classify".into(),
+            ));
+        }
+        if opts.batch == 0 {
+            return Err(crate::EngineError::Invalid(
+                "batch size must be at least 1".into(),
+            ));
+        }
+        // The client checks its own rows against the model's declared bound before sharing.
+        check_inputs(data, width, self.model.bounds().input_bound)?;
         if let Some(l) = labels {
             if l.len() != n {
                 return Err(shape_err(
@@ -180,11 +193,6 @@ impl<'s> SecureClassifier<'s> {
                     "label {bad} at index {i} is not a class index in 0..{classes}"
                 )));
             }
-        }
-        if opts.batch == 0 {
-            return Err(crate::EngineError::Invalid(
-                "batch size must be at least 1".into(),
-            ));
         }
         let fx = self.session.config().fixed;
         let start = Instant::now();
@@ -224,7 +232,7 @@ impl<'s> SecureClassifier<'s> {
                 None
             };
             let specs = self.request_specs(m, has_labels);
-            let [(new_acc, t0, pooled), (_, t1, _)] = self.session.run(move |p| {
+            let [(new_acc, t0, pooled), (bob_acc, t1, _)] = self.session.run(move |p| {
                 let before = p.traffic();
                 let x = p.receive_share(PartyId::Client, &[m, width])?;
                 let y = if has_labels {
@@ -263,7 +271,10 @@ impl<'s> SecureClassifier<'s> {
             pooled_batches += pooled as usize;
             traffic[0].add(&t0);
             traffic[1].add(&t1);
-            acc_id = new_acc;
+            acc_id = match (new_acc, bob_acc) {
+                (Some(a), Some(b)) => Some(crate::session::agreed_id(a, b)?),
+                (a, _) => a,
+            };
             if let Some(preds) = predictions.as_mut() {
                 let (_, ring) = self.session.receive_revealed(PartyId::Client)?;
                 preds.extend(ring.iter().map(|&v| (v as i64) >> fx.frac_bits()));
@@ -303,6 +314,7 @@ impl<'s> SecureClassifier<'s> {
     pub fn logits_for_client(&mut self, data: &[f64], batch: usize) -> Result<Vec<f64>> {
         let width = self.model.in_features();
         let n = data.len() / width.max(1);
+        check_inputs(data, width, self.model.bounds().input_bound)?;
         let fx: FixedPoint = self.session.config().fixed;
         let mut out = Vec::with_capacity(n * self.model.out_features());
         for lo in (0..n).step_by(batch.max(1)) {

@@ -1,19 +1,24 @@
 //! Layers and models: plaintext definitions, their shared (secret) counterparts, and the
 //! tutorial's encrypted classification flow.
 //!
-//! - [`plain`]: a plaintext `Sequential` of `Linear`, `ReLU`, `Dropout`, `Flatten` (the model
-//!   owner's model), the VGG16 classifier-head builder, and plaintext f64 / u64 evaluation.
+//! - [`plain`]: a plaintext `Sequential` of `Linear`, `Conv2d`, pools, `BatchNorm2d`, `ReLU`,
+//!   `Dropout`, `Flatten` (the model owner's model), VGG16 builders, and plaintext evaluation.
+//! - [`geometry`]: sliding windows (NCHW) and the gather indices lowering them to products.
 //! - [`shared`]: the same model after `fix_precision().share(alice, bob, crypto_provider)`:
 //!   handles to shares held by the parties, with a per-party secure forward pass.
+//! - [`range`]: range analysis before sharing and run-time range checks (no silent overflow).
 //! - [`classify`]: the PySyft tutorial flow (encrypted argmax, eq with shared labels, sum; only
 //!   the correct-count revealed to the model owner, predictions only to the client).
 
 pub mod classify;
+pub mod geometry;
 pub mod plain;
+pub mod range;
 pub mod shared;
 pub mod source;
 
 pub use classify::{ClassifyOptions, ClassifyReport, SecureClassifier};
 pub use plain::{Layer, Sequential};
+pub use range::{ModelBounds, RangeReport};
 pub use shared::SharedModel;
 pub use source::{LayerShape, ModelSource};

@@ -4,8 +4,9 @@ use rand::Rng;
 
 use crate::error::{shape_err, EngineError, Result};
 use crate::fixed::FixedPoint;
+use crate::nn::geometry::Window2d;
 
-/// One layer of a plaintext model.
+/// One layer of a plaintext model (PyTorch semantics; images are NCHW).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Layer {
     /// `y = x·Wᵀ + b` with PyTorch's layout: `weight [out, in]`, `bias [out]`.
@@ -19,15 +20,65 @@ pub enum Layer {
         /// `[out]`.
         bias: Vec<f64>,
     },
+    /// 2-D convolution, groups = 1, dilation = 1: `weight [out, in, kh, kw]`, `bias [out]`.
+    Conv2d {
+        /// Input channels.
+        in_channels: usize,
+        /// Output channels.
+        out_channels: usize,
+        /// Kernel, stride and padding.
+        window: Window2d,
+        /// Row-major `[out, in, kh, kw]`.
+        weight: Vec<f64>,
+        /// `[out]`.
+        bias: Vec<f64>,
+    },
     /// `max(x, 0)`.
     ReLU,
     /// Identity at inference.
     Dropout,
-    /// Flattens `[batch, ...]` to `[batch, features]` (inputs here are already 2-D).
+    /// Flattens `[batch, ...]` to `[batch, features]`.
     Flatten,
+    /// Max over each window (padding never wins, as PyTorch's -inf padding).
+    MaxPool2d {
+        /// Kernel, stride and padding.
+        window: Window2d,
+    },
+    /// Mean over each window.
+    AvgPool2d {
+        /// Kernel, stride and padding.
+        window: Window2d,
+        /// Whether padding taps count in the divisor (PyTorch's default: true).
+        count_include_pad: bool,
+    },
+    /// Mean over PyTorch's adaptive windows, to an `output` of `[height, width]`.
+    AdaptiveAvgPool2d {
+        /// Output height and width.
+        output: [usize; 2],
+    },
+    /// BatchNorm2d in eval mode as its per-channel affine map `x·scale + shift`
+    /// (`scale = γ/√(var+ε)`, `shift = β - mean·scale`); [`Sequential::fold_batchnorm`] merges
+    /// it into a preceding convolution.
+    BatchNorm2d {
+        /// Per-channel scale.
+        scale: Vec<f64>,
+        /// Per-channel shift.
+        shift: Vec<f64>,
+    },
 }
 
 impl Layer {
+    /// Number of parameters of this layer.
+    pub fn parameters(&self) -> usize {
+        match self {
+            Layer::Linear { weight, bias, .. } | Layer::Conv2d { weight, bias, .. } => {
+                weight.len() + bias.len()
+            }
+            Layer::BatchNorm2d { scale, shift } => scale.len() + shift.len(),
+            _ => 0,
+        }
+    }
+
     /// A `Linear` layer from PyTorch-layout parameters, checking their sizes.
     pub fn linear(
         in_features: usize,
@@ -53,6 +104,35 @@ impl Layer {
         })
     }
 
+    /// A `Conv2d` layer from PyTorch-layout parameters, checking their sizes.
+    pub fn conv2d(
+        in_channels: usize,
+        out_channels: usize,
+        window: Window2d,
+        weight: Vec<f64>,
+        bias: Vec<f64>,
+    ) -> Result<Layer> {
+        let k = in_channels * window.kernel[0] * window.kernel[1];
+        if weight.len() != out_channels * k || bias.len() != out_channels || k == 0 {
+            return Err(shape_err(
+                "Conv2d",
+                format!(
+                    "weight has {} values and bias {} for Conv2d({in_channels}, {out_channels}, kernel_size={:?})",
+                    weight.len(),
+                    bias.len(),
+                    window.kernel
+                ),
+            ));
+        }
+        Ok(Layer::Conv2d {
+            in_channels,
+            out_channels,
+            window,
+            weight,
+            bias,
+        })
+    }
+
     /// PyTorch-style name.
     pub fn name(&self) -> String {
         match self {
@@ -61,11 +141,265 @@ impl Layer {
                 out_features,
                 ..
             } => format!("Linear({in_features}, {out_features})"),
+            Layer::Conv2d {
+                in_channels,
+                out_channels,
+                window,
+                ..
+            } => format!(
+                "Conv2d({in_channels}, {out_channels}, kernel_size={:?}, stride={:?}, padding={:?})",
+                window.kernel, window.stride, window.padding
+            ),
             Layer::ReLU => "ReLU".into(),
             Layer::Dropout => "Dropout".into(),
             Layer::Flatten => "Flatten".into(),
+            Layer::MaxPool2d { window } => format!(
+                "MaxPool2d(kernel_size={:?}, stride={:?}, padding={:?})",
+                window.kernel, window.stride, window.padding
+            ),
+            Layer::AvgPool2d { window, .. } => format!(
+                "AvgPool2d(kernel_size={:?}, stride={:?}, padding={:?})",
+                window.kernel, window.stride, window.padding
+            ),
+            Layer::AdaptiveAvgPool2d { output } => format!("AdaptiveAvgPool2d({output:?})"),
+            Layer::BatchNorm2d { scale, .. } => format!("BatchNorm2d({})", scale.len()),
         }
     }
+
+    /// Per-sample output shape for a per-sample input shape, or a precise error.
+    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+        let chw = |op: &'static str| match input {
+            [c, h, w] => Ok([*c, *h, *w]),
+            s => Err(shape_err(
+                op,
+                format!("{} expects [c, h, w], got {s:?}", self.name()),
+            )),
+        };
+        match self {
+            Layer::Linear {
+                in_features,
+                out_features,
+                ..
+            } => {
+                if input != [*in_features] {
+                    return Err(shape_err(
+                        "Sequential",
+                        format!("{} receives input of shape {input:?}", self.name()),
+                    ));
+                }
+                Ok(vec![*out_features])
+            }
+            Layer::Conv2d {
+                in_channels,
+                out_channels,
+                window,
+                ..
+            } => {
+                let [c, h, w] = chw("Conv2d")?;
+                if c != *in_channels {
+                    return Err(shape_err(
+                        "Sequential",
+                        format!("{} receives {c} channels", self.name()),
+                    ));
+                }
+                let [oh, ow] = window.output_size("Conv2d", h, w)?;
+                Ok(vec![*out_channels, oh, ow])
+            }
+            Layer::ReLU | Layer::Dropout => Ok(input.to_vec()),
+            Layer::Flatten => Ok(vec![input.iter().product()]),
+            Layer::MaxPool2d { window } | Layer::AvgPool2d { window, .. } => {
+                let [c, h, w] = chw("pool2d")?;
+                window.check_pool("pool2d")?;
+                let [oh, ow] = window.output_size("pool2d", h, w)?;
+                Ok(vec![c, oh, ow])
+            }
+            Layer::AdaptiveAvgPool2d { output } => {
+                let [c, h, w] = chw("AdaptiveAvgPool2d")?;
+                if output.contains(&0) || h == 0 || w == 0 {
+                    return Err(shape_err(
+                        "AdaptiveAvgPool2d",
+                        format!("output {output:?} from input {input:?}"),
+                    ));
+                }
+                Ok(vec![c, output[0], output[1]])
+            }
+            Layer::BatchNorm2d { scale, shift } => {
+                let [c, _, _] = chw("BatchNorm2d")?;
+                if scale.len() != c || shift.len() != c {
+                    return Err(shape_err(
+                        "Sequential",
+                        format!("{} receives {c} channels", self.name()),
+                    ));
+                }
+                Ok(input.to_vec())
+            }
+        }
+    }
+
+    /// Range analysis: a bound on `max |y|` given `max |x| <= input_bound` (worst case over
+    /// every input within the bound, exact arithmetic).
+    ///
+    /// - Linear / Conv2d: `max_o (Σ_i |W[o, i]| · input_bound + |b[o]|)` — each output is a
+    ///   dot product of one weight row (a convolution: one output channel's `in·kh·kw` weights)
+    ///   with inputs bounded by `input_bound`; zero padding only lowers it.
+    /// - ReLU, Dropout, Flatten, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d: `input_bound` (a max
+    ///   or a mean of values within the bound stays within it).
+    /// - BatchNorm2d: `max_c (|scale[c]| · input_bound + |shift[c]|)`.
+    pub fn output_bound(&self, input_bound: f64) -> f64 {
+        let rows = |w: &[f64], b: &[f64]| {
+            let k = w.len() / b.len().max(1);
+            b.iter()
+                .enumerate()
+                .map(|(o, bo)| {
+                    w[o * k..(o + 1) * k].iter().map(|v| v.abs()).sum::<f64>() * input_bound
+                        + bo.abs()
+                })
+                .fold(0.0, f64::max)
+        };
+        match self {
+            Layer::Linear { weight, bias, .. } | Layer::Conv2d { weight, bias, .. } => {
+                rows(weight, bias)
+            }
+            Layer::BatchNorm2d { scale, shift } => scale
+                .iter()
+                .zip(shift)
+                .map(|(s, t)| s.abs() * input_bound + t.abs())
+                .fold(0.0, f64::max),
+            Layer::ReLU
+            | Layer::Dropout
+            | Layer::Flatten
+            | Layer::MaxPool2d { .. }
+            | Layer::AvgPool2d { .. }
+            | Layer::AdaptiveAvgPool2d { .. } => input_bound,
+        }
+    }
+
+    /// Plaintext f64 forward of `x [batch, ...input]` (row-major), for per-sample shape `input`.
+    fn forward_f64(&self, x: &[f64], batch: usize, input: &[usize]) -> Vec<f64> {
+        match self {
+            Layer::Linear {
+                in_features,
+                out_features,
+                weight,
+                bias,
+            } => {
+                let mut out = vec![0.0; batch * out_features];
+                for b in 0..batch {
+                    for o in 0..*out_features {
+                        let row = &weight[o * in_features..(o + 1) * in_features];
+                        let xin = &x[b * in_features..(b + 1) * in_features];
+                        out[b * out_features + o] =
+                            bias[o] + row.iter().zip(xin).map(|(w, v)| w * v).sum::<f64>();
+                    }
+                }
+                out
+            }
+            Layer::Conv2d {
+                in_channels,
+                out_channels,
+                window,
+                weight,
+                bias,
+            } => {
+                let (c, h, w) = (*in_channels, input[1], input[2]);
+                let [kh, kw] = window.kernel;
+                let [oh, ow] = window.output_size("Conv2d", h, w).expect("shapes checked");
+                let mut out = vec![0.0; batch * out_channels * oh * ow];
+                for b in 0..batch {
+                    for o in 0..*out_channels {
+                        for y in 0..oh {
+                            for xx in 0..ow {
+                                let mut acc = bias[o];
+                                for ch in 0..c {
+                                    for (dy, dx, v) in window_taps(window, y, xx, h, w) {
+                                        acc += weight[((o * c + ch) * kh + dy) * kw + dx]
+                                            * x[((b * c + ch) * h) * w + v];
+                                    }
+                                }
+                                out[((b * out_channels + o) * oh + y) * ow + xx] = acc;
+                            }
+                        }
+                    }
+                }
+                out
+            }
+            Layer::ReLU => x.iter().map(|v| v.max(0.0)).collect(),
+            Layer::Dropout | Layer::Flatten => x.to_vec(),
+            Layer::MaxPool2d { window } | Layer::AvgPool2d { window, .. } => {
+                let (c, h, w) = (input[0], input[1], input[2]);
+                let [oh, ow] = window.output_size("pool2d", h, w).expect("shapes checked");
+                let k = (window.kernel[0] * window.kernel[1]) as f64;
+                let mut out = Vec::with_capacity(batch * c * oh * ow);
+                for plane in 0..batch * c {
+                    let xs = &x[plane * h * w..(plane + 1) * h * w];
+                    for y in 0..oh {
+                        for xx in 0..ow {
+                            let vals: Vec<f64> =
+                                window_taps(window, y, xx, h, w).map(|t| xs[t.2]).collect();
+                            out.push(match self {
+                                Layer::MaxPool2d { .. } => {
+                                    vals.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+                                }
+                                Layer::AvgPool2d {
+                                    count_include_pad: true,
+                                    ..
+                                } => vals.iter().sum::<f64>() / k,
+                                _ => vals.iter().sum::<f64>() / vals.len() as f64,
+                            });
+                        }
+                    }
+                }
+                out
+            }
+            Layer::AdaptiveAvgPool2d { output } => {
+                let (c, h, w) = (input[0], input[1], input[2]);
+                let mut out = Vec::with_capacity(batch * c * output[0] * output[1]);
+                for plane in 0..batch * c {
+                    let xs = &x[plane * h * w..(plane + 1) * h * w];
+                    for y in 0..output[0] {
+                        let (r0, r1) = (y * h / output[0], ((y + 1) * h).div_ceil(output[0]));
+                        for xx in 0..output[1] {
+                            let (c0, c1) = (xx * w / output[1], ((xx + 1) * w).div_ceil(output[1]));
+                            let mut s = 0.0;
+                            for r in r0..r1 {
+                                s += xs[r * w + c0..r * w + c1].iter().sum::<f64>();
+                            }
+                            out.push(s / ((r1 - r0) * (c1 - c0)) as f64);
+                        }
+                    }
+                }
+                out
+            }
+            Layer::BatchNorm2d { scale, shift } => {
+                let plane = input[1] * input[2];
+                x.iter()
+                    .enumerate()
+                    .map(|(i, v)| {
+                        let ch = (i / plane) % scale.len();
+                        v * scale[ch] + shift[ch]
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// The in-range taps `(dy, dx, row·w + col)` of window `(y, x)` over an `h x w` plane.
+fn window_taps(
+    win: &Window2d,
+    y: usize,
+    x: usize,
+    h: usize,
+    w: usize,
+) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+    let [kh, kw] = win.kernel;
+    (0..kh).flat_map(move |dy| {
+        (0..kw).filter_map(move |dx| {
+            let r = (y * win.stride[0] + dy).checked_sub(win.padding[0])?;
+            let c = (x * win.stride[1] + dx).checked_sub(win.padding[1])?;
+            (r < h && c < w).then_some((dy, dx, r * w + c))
+        })
+    })
 }
 
 /// A plaintext sequential model.
@@ -73,51 +407,72 @@ impl Layer {
 pub struct Sequential {
     /// The layers in order.
     pub layers: Vec<Layer>,
+    /// Shape of one input sample: `[features]`, or `[channels, height, width]` for images.
+    pub input: Vec<usize>,
 }
 
 impl Sequential {
-    /// Build from layers, checking that consecutive Linear widths fit.
+    /// Build from layers taking `[in_features]` samples (the first Linear's width), checking
+    /// that consecutive shapes fit. Models starting with a convolution or pool need
+    /// [`Sequential::with_input`].
     pub fn new(layers: Vec<Layer>) -> Result<Sequential> {
-        let model = Sequential { layers };
+        let first = layers
+            .iter()
+            .find(|l| !matches!(l, Layer::ReLU | Layer::Dropout | Layer::Flatten));
+        let input = match first {
+            Some(Layer::Linear { in_features, .. }) => vec![*in_features],
+            Some(l) => {
+                return Err(EngineError::Invalid(format!(
+                    "the input shape of a model starting with {} must be given",
+                    l.name()
+                )))
+            }
+            None => return Err(EngineError::Invalid("model has no Linear layer".into())),
+        };
+        Self::with_input(layers, input)
+    }
+
+    /// Build from layers and the shape of one input sample, checking every layer's shape.
+    pub fn with_input(layers: Vec<Layer>, input: Vec<usize>) -> Result<Sequential> {
+        let model = Sequential { layers, input };
         model.check()?;
         Ok(model)
     }
 
     fn check(&self) -> Result<()> {
-        let mut width: Option<usize> = None;
-        for (i, l) in self.layers.iter().enumerate() {
-            if let Layer::Linear {
-                in_features,
-                out_features,
-                ..
-            } = l
-            {
-                if let Some(w) = width {
-                    if w != *in_features {
-                        return Err(shape_err(
-                            "Sequential",
-                            format!("layer {i} {} receives {w} features", l.name()),
-                        ));
-                    }
-                }
-                width = Some(*out_features);
-            }
-        }
-        if width.is_none() {
+        if !self
+            .layers
+            .iter()
+            .any(|l| matches!(l, Layer::Linear { .. }))
+        {
             return Err(EngineError::Invalid("model has no Linear layer".into()));
         }
-        Ok(())
+        if self.input.contains(&0) || self.input.is_empty() {
+            return Err(EngineError::Invalid(format!(
+                "input shape {:?} has no elements",
+                self.input
+            )));
+        }
+        let names: Vec<String> = self.layers.iter().map(Layer::name).collect();
+        check_layer_outputs(&names, &self.shapes()?)
     }
 
-    /// Input width (of the first Linear layer).
+    /// Per-sample shapes: the input of each layer, then the output (`layers.len() + 1`
+    /// entries), or the first layer whose input does not fit.
+    pub fn shapes(&self) -> Result<Vec<Vec<usize>>> {
+        let mut shapes = vec![self.input.clone()];
+        for (i, l) in self.layers.iter().enumerate() {
+            let next = l
+                .output_shape(shapes.last().expect("non-empty"))
+                .map_err(|e| EngineError::Invalid(format!("layer {i} {}: {e}", l.name())))?;
+            shapes.push(next);
+        }
+        Ok(shapes)
+    }
+
+    /// Input width: elements per sample.
     pub fn in_features(&self) -> usize {
-        self.layers
-            .iter()
-            .find_map(|l| match l {
-                Layer::Linear { in_features, .. } => Some(*in_features),
-                _ => None,
-            })
-            .expect("checked: has a Linear layer")
+        self.input.iter().product()
     }
 
     /// Output width (of the last Linear layer).
@@ -134,50 +489,87 @@ impl Sequential {
 
     /// Total parameter count.
     pub fn parameters(&self) -> usize {
+        self.layers.iter().map(Layer::parameters).sum()
+    }
+
+    /// Multiply-accumulates of one sample's forward pass (Linear and Conv2d products).
+    pub fn macs_per_sample(&self) -> u64 {
+        let shapes = self.shapes().unwrap_or_default();
         self.layers
             .iter()
-            .map(|l| match l {
-                Layer::Linear { weight, bias, .. } => weight.len() + bias.len(),
+            .zip(shapes.iter().skip(1))
+            .map(|(l, out)| match l {
+                Layer::Linear { weight, .. } => weight.len() as u64,
+                Layer::Conv2d {
+                    weight,
+                    out_channels,
+                    ..
+                } => (weight.len() / out_channels) as u64 * out.iter().product::<usize>() as u64,
                 _ => 0,
             })
             .sum()
     }
 
-    /// Plaintext f64 forward pass of `x [batch, in]` (row-major) -> `[batch, out]`.
-    pub fn forward_f64(&self, x: &[f64], batch: usize) -> Result<Vec<f64>> {
-        let mut cur = x.to_vec();
-        let mut width = self.in_features();
-        if cur.len() != batch * width {
-            return Err(shape_err(
-                "forward",
-                format!("{} values for batch {batch} x {width}", cur.len()),
-            ));
-        }
-        for l in &self.layers {
-            match l {
-                Layer::Linear {
-                    in_features,
-                    out_features,
+    /// Merge every BatchNorm2d that directly follows a Conv2d into that convolution's weight
+    /// and bias (`W' = W·scale[o]`, `b' = b·scale[o] + shift[o]`); other BatchNorm2d layers
+    /// stay as public affine maps.
+    pub fn fold_batchnorm(self) -> Sequential {
+        let mut layers: Vec<Layer> = Vec::with_capacity(self.layers.len());
+        for l in self.layers {
+            if let (
+                Layer::BatchNorm2d { scale, shift },
+                Some(Layer::Conv2d {
+                    out_channels,
                     weight,
                     bias,
-                } => {
-                    let mut out = vec![0.0; batch * out_features];
-                    for b in 0..batch {
-                        for o in 0..*out_features {
-                            let row = &weight[o * in_features..(o + 1) * in_features];
-                            let xin = &cur[b * in_features..(b + 1) * in_features];
-                            out[b * out_features + o] =
-                                bias[o] + row.iter().zip(xin).map(|(w, v)| w * v).sum::<f64>();
-                        }
+                    ..
+                }),
+            ) = (&l, layers.last_mut())
+            {
+                if scale.len() == *out_channels {
+                    let k = weight.len() / *out_channels;
+                    for o in 0..*out_channels {
+                        weight[o * k..(o + 1) * k]
+                            .iter_mut()
+                            .for_each(|w| *w *= scale[o]);
+                        bias[o] = bias[o] * scale[o] + shift[o];
                     }
-                    cur = out;
-                    width = *out_features;
+                    continue;
                 }
-                Layer::ReLU => cur.iter_mut().for_each(|v| *v = v.max(0.0)),
-                Layer::Dropout | Layer::Flatten => {}
             }
+            layers.push(l);
         }
-        debug_assert_eq!(cur.len(), batch * width);
+        Sequential {
+            layers,
+            input: self.input,
+        }
+    }
+
+    /// Plaintext f64 forward pass of `x [batch, ...input]` (row-major) -> `[batch, out]`.
+    pub fn forward_f64(&self, x: &[f64], batch: usize) -> Result<Vec<f64>> {
+        self.forward_f64_observed(x, batch, &mut |_, _| {})
+    }
+
+    /// [`Self::forward_f64`], calling `observe(layer, output)` after every layer (calibration).
+    pub fn forward_f64_observed(
+        &self,
+        x: &[f64],
+        batch: usize,
+        observe: &mut dyn FnMut(&Layer, &[f64]),
+    ) -> Result<Vec<f64>> {
+        let width = self.in_features();
+        if x.len() != batch * width {
+            return Err(shape_err(
+                "forward",
+                format!("{} values for batch {batch} x {width}", x.len()),
+            ));
+        }
+        let shapes = self.shapes()?;
+        let mut cur = x.to_vec();
+        for (l, input) in self.layers.iter().zip(&shapes) {
+            cur = l.forward_f64(&cur, batch, input);
+            observe(l, &cur);
+        }
         Ok(cur)
     }
 
@@ -185,11 +577,16 @@ impl Sequential {
     /// shared, so a bad model shares nothing).
     pub fn check_encodable(&self, fx: &FixedPoint) -> Result<()> {
         for (i, l) in self.layers.iter().enumerate() {
-            if let Layer::Linear { weight, bias, .. } = l {
-                fx.check(weight)
-                    .map_err(|e| EngineError::Format(format!("layer {i} weight: {e}")))?;
-                fx.check(bias)
-                    .map_err(|e| EngineError::Format(format!("layer {i} bias: {e}")))?;
+            let params: [(&str, &[f64]); 2] = match l {
+                Layer::Linear { weight, bias, .. } | Layer::Conv2d { weight, bias, .. } => {
+                    [("weight", weight), ("bias", bias)]
+                }
+                Layer::BatchNorm2d { scale, shift } => [("scale", scale), ("shift", shift)],
+                _ => continue,
+            };
+            for (what, v) in params {
+                fx.check(v)
+                    .map_err(|e| EngineError::Format(format!("layer {i} {what}: {e}")))?;
             }
         }
         Ok(())
@@ -209,9 +606,30 @@ pub enum LayerKind {
     Flatten,
 }
 
+/// Check the per-sample `shapes` (input, then each layer's output) of layers named `names`:
+/// no layer may output nothing, and the model must end in `[classes]`.
+pub(crate) fn check_layer_outputs(names: &[String], shapes: &[Vec<usize>]) -> Result<()> {
+    for (i, (name, out)) in names.iter().zip(&shapes[1..]).enumerate() {
+        if out.contains(&0) {
+            return Err(shape_err(
+                "Sequential",
+                format!("layer {i} {name} has no features"),
+            ));
+        }
+    }
+    let out = shapes.last().expect("input shape first");
+    if out.len() != 1 {
+        return Err(shape_err(
+            "Sequential",
+            format!("the model's output has shape {out:?}; expected [classes] (add a Flatten and a Linear)"),
+        ));
+    }
+    Ok(())
+}
+
 /// Parse `linear,relu,dropout,linear` (or the preset `vgg16-head`) into layer kinds.
 pub fn parse_arch(arch: &str) -> Result<Vec<LayerKind>> {
-    if arch.trim() == "vgg16-head" {
+    if arch.trim().eq_ignore_ascii_case("vgg16-head") {
         return parse_arch("linear,relu,dropout,linear,relu,dropout,linear");
     }
     arch.split(',')
@@ -250,6 +668,63 @@ pub fn vgg16_head(input: usize, hidden: usize, classes: usize, rng: &mut impl Rn
         l6,
     ])
     .expect("consistent widths")
+}
+
+/// torchvision VGG16's `features`: output channels of each 3x3 convolution (padding 1, each
+/// followed by a ReLU), 0 for a 2x2 max pool (stride 2). Entry `i` of the state dict's
+/// `features.{i}` numbering advances by 2 per convolution (conv, ReLU) and 1 per pool.
+pub const VGG16_FEATURES: [usize; 18] = [
+    64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0,
+];
+
+/// A VGG16 on `[3, size, size]` inputs with random weights: the 13 convolutions of
+/// [`VGG16_FEATURES`] (He-uniform weights `U(±√(6/fan_in))`, so activations keep their scale
+/// through the ReLUs and stay far inside the fixed-point range), then `avgpool` (torchvision:
+/// `AdaptiveAvgPool2d((7, 7))`; `None` for the CIFAR-10 variant), Flatten, and the classifier
+/// `Linear(·, hidden), ReLU, Dropout, Linear(hidden, hidden), ReLU, Dropout, Linear(hidden,
+/// classes)` with PyTorch's default initialisation.
+pub fn vgg16(
+    size: usize,
+    avgpool: Option<[usize; 2]>,
+    hidden: usize,
+    classes: usize,
+    rng: &mut impl Rng,
+) -> Result<Sequential> {
+    let mut layers = Vec::new();
+    let mut c = 3;
+    for &oc in &VGG16_FEATURES {
+        if oc == 0 {
+            layers.push(Layer::MaxPool2d {
+                window: Window2d::square(2, 2, 0),
+            });
+            continue;
+        }
+        let fan_in = c * 9;
+        let b = (6.0 / fan_in as f64).sqrt();
+        let weight = (0..oc * fan_in).map(|_| rng.gen_range(-b..b)).collect();
+        let bias = (0..oc).map(|_| rng.gen_range(-0.01..0.01)).collect();
+        layers.push(Layer::conv2d(
+            c,
+            oc,
+            Window2d::square(3, 1, 1),
+            weight,
+            bias,
+        )?);
+        layers.push(Layer::ReLU);
+        c = oc;
+    }
+    let side = size >> 5;
+    let features = match avgpool {
+        Some(o) => {
+            layers.push(Layer::AdaptiveAvgPool2d { output: o });
+            c * o[0] * o[1]
+        }
+        None => c * side * side,
+    };
+    layers.push(Layer::Flatten);
+    let head = vgg16_head(features, hidden, classes, rng);
+    layers.extend(head.layers);
+    Sequential::with_input(layers, vec![3, size, size])
 }
 
 /// Transpose a row-major `[rows, cols]` matrix (cache-blocked: a PyTorch `[out, in]` weight

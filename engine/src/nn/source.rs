@@ -1,12 +1,19 @@
 //! Where the model owner reads a model from while sharing it: tensor by tensor, encoded
 //! straight into the share messages, so the owner never needs the whole model in memory (a
 //! memory-mapped safetensors file, [`crate::io::ModelFile`], or an in-memory [`Sequential`]).
+//!
+//! Linear weights (the large tensors) are streamed, encoded, into the share messages; every
+//! other layer (convolutions, pooling, normalisation) is read whole, one layer at a time, with
+//! [`ModelSource::layer`].
+
+use std::borrow::Cow;
 
 use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
 use crate::fixed::FixedPoint;
 use crate::nn::plain::{Layer, Sequential};
+use crate::nn::range::{analyse, ModelBounds, RangeReport};
 
 /// A layer's kind and size, without parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -22,14 +29,34 @@ pub enum LayerShape {
     ReLU,
     /// Identity at inference.
     Dropout,
-    /// Identity on 2-D inputs.
+    /// `[batch, ...] -> [batch, features]`.
     Flatten,
+    /// Any other layer (convolution, pooling, normalisation): read whole with
+    /// [`ModelSource::layer`].
+    Other,
 }
 
 /// A model the owner shares layer by layer.
 pub trait ModelSource {
     /// The layers, in order.
     fn layer_shapes(&self) -> Vec<LayerShape>;
+
+    /// Shape of one input sample.
+    fn input_shape(&self) -> Vec<usize>;
+
+    /// Per-sample shapes: the input, then the output of every layer.
+    fn shapes(&self) -> Result<Vec<Vec<usize>>>;
+
+    /// Layer `layer` with its parameters in plaintext (the owner's; read on demand, one layer
+    /// at a time).
+    fn layer(&self, layer: usize) -> Result<Cow<'_, Layer>>;
+
+    /// The range analysis of [`crate::nn::range::analyse`] on this model, before anything is
+    /// shared. The default reads the model layer by layer into an in-memory copy for the
+    /// analysis and drops it afterwards.
+    fn analyse(&self, fx: &FixedPoint, bounds: &ModelBounds) -> Result<RangeReport> {
+        analyse(&to_sequential(self)?, fx, bounds)
+    }
 
     /// Check that every parameter is finite and encodable in `fx`, before anything is shared.
     fn check_encodable(&self, fx: &FixedPoint) -> Result<()>;
@@ -41,7 +68,7 @@ pub trait ModelSource {
     /// Layer `layer`'s bias, encoded, written into `out` (`out_features` values).
     fn encode_bias(&self, layer: usize, fx: &FixedPoint, out: &mut [u64]) -> Result<()>;
 
-    /// Number of parameters (for progress reports).
+    /// Number of parameters (for progress reports; the default counts the Linear layers').
     fn parameter_count(&self) -> usize {
         self.layer_shapes()
             .iter()
@@ -54,6 +81,34 @@ pub trait ModelSource {
             })
             .sum()
     }
+}
+
+/// The whole model in memory, read layer by layer from `model`.
+pub fn to_sequential(model: &(impl ModelSource + ?Sized)) -> Result<Sequential> {
+    let layers = (0..model.layer_shapes().len())
+        .map(|i| model.layer(i).map(Cow::into_owned))
+        .collect::<Result<Vec<_>>>()?;
+    Sequential::with_input(layers, model.input_shape())
+}
+
+/// Encode `values` into `out` (same length). `label` names the tensor in errors.
+pub fn encode_values(values: &[f64], fx: &FixedPoint, label: &str, out: &mut [u64]) -> Result<()> {
+    if values.len() != out.len() {
+        return Err(EngineError::Invalid(format!(
+            "{label}: {} values for {} outputs",
+            values.len(),
+            out.len()
+        )));
+    }
+    out.par_iter_mut()
+        .zip(values)
+        .enumerate()
+        .try_for_each(|(i, (o, &v))| {
+            *o = fx
+                .encode_one(v, i)
+                .map_err(|e| EngineError::Format(format!("{label}: {e}")))?;
+            Ok(())
+        })
 }
 
 /// Encode a row-major `[rows, cols]` matrix, read through `get(index)`, transposed into
@@ -113,12 +168,36 @@ impl ModelSource for Sequential {
                 Layer::ReLU => LayerShape::ReLU,
                 Layer::Dropout => LayerShape::Dropout,
                 Layer::Flatten => LayerShape::Flatten,
+                _ => LayerShape::Other,
             })
             .collect()
     }
 
+    fn input_shape(&self) -> Vec<usize> {
+        self.input.clone()
+    }
+
+    fn shapes(&self) -> Result<Vec<Vec<usize>>> {
+        Sequential::shapes(self)
+    }
+
+    fn layer(&self, layer: usize) -> Result<Cow<'_, Layer>> {
+        self.layers
+            .get(layer)
+            .map(Cow::Borrowed)
+            .ok_or_else(|| EngineError::Invalid(format!("the model has no layer {layer}")))
+    }
+
+    fn analyse(&self, fx: &FixedPoint, bounds: &ModelBounds) -> Result<RangeReport> {
+        analyse(self, fx, bounds)
+    }
+
     fn check_encodable(&self, fx: &FixedPoint) -> Result<()> {
         Sequential::check_encodable(self, fx)
+    }
+
+    fn parameter_count(&self) -> usize {
+        self.parameters()
     }
 
     fn encode_weight(&self, layer: usize, fx: &FixedPoint, out: &mut [u64]) -> Result<()> {
@@ -143,12 +222,7 @@ impl ModelSource for Sequential {
     fn encode_bias(&self, layer: usize, fx: &FixedPoint, out: &mut [u64]) -> Result<()> {
         match self.layers.get(layer) {
             Some(Layer::Linear { bias, .. }) if bias.len() == out.len() => {
-                for (i, (o, &v)) in out.iter_mut().zip(bias).enumerate() {
-                    *o = fx
-                        .encode_one(v, i)
-                        .map_err(|e| EngineError::Format(format!("layer {layer} bias: {e}")))?;
-                }
-                Ok(())
+                encode_values(bias, fx, &format!("layer {layer} bias"), out)
             }
             _ => Err(EngineError::Invalid(format!(
                 "layer {layer} has no bias of {} values",

@@ -69,14 +69,15 @@ pub(crate) fn unframe(msg: &[u64]) -> Result<(Vec<usize>, &[u64])> {
     let rank = *msg
         .first()
         .ok_or_else(|| EngineError::Protocol("empty message".into()))? as usize;
-    if msg.len() < 1 + rank {
+    if rank >= msg.len() {
         return Err(EngineError::Protocol(
             "message shorter than its header".into(),
         ));
     }
     let shape: Vec<usize> = msg[1..1 + rank].iter().map(|&d| d as usize).collect();
     let data = &msg[1 + rank..];
-    if data.len() != shape.iter().product::<usize>() {
+    let elements = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if elements != Some(data.len()) {
         return Err(EngineError::Protocol(format!(
             "message holds {} values for shape {shape:?}",
             data.len()

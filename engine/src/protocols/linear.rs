@@ -100,7 +100,7 @@ impl Party {
         let be = self.backend();
         let (m, n) = (s[0], s[1]);
         // Broadcast by a rank-1 product: ones[m,1] · bias[1,n] + x.
-        let ones = be.upload(&[m, 1], &vec![1u64; m])?;
+        let ones = be.fill(&[m, 1], 1)?;
         let row = bias.tensor().reshaped(vec![1, n]).expect("same length");
         Ok(Share::new(be.matmul(&ones, &row, Some(x.tensor()))?))
     }
@@ -120,5 +120,23 @@ impl Party {
         let flat = x.reshape(&[1, x.len()])?;
         let t = self.backend().sum_rows(flat.tensor())?;
         Ok(Share::new(t.reshaped(vec![1]).expect("one value")))
+    }
+
+    /// A local re-layout of this party's share (im2col, pooling windows, NHWC to NCHW): element
+    /// `i` of the result is `x[index[i]]`, or 0 for [`kernels::GATHER_ZERO`]. Linear, so it
+    /// maps shares of `x` to shares of the re-laid-out `x`; no communication.
+    pub fn gather(&self, x: &Share, index: &[u32], shape: &[usize]) -> Result<Share> {
+        Ok(Share::new(self.backend().gather(
+            x.tensor(),
+            index,
+            shape,
+        )?))
+    }
+
+    /// `x * c` elementwise for public ring values `c` (one per element; no truncation).
+    pub fn mul_public_ring_tensor(&self, x: &Share, c: &[u64]) -> Result<Share> {
+        let be = self.backend();
+        let t = be.upload(x.shape(), c)?;
+        Ok(Share::new(be.binary(BinaryOp::Mul, x.tensor(), &t)?))
     }
 }

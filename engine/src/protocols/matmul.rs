@@ -62,6 +62,21 @@ pub(crate) fn block_rows(n: usize) -> usize {
     ((1usize << 21) / n.max(1)).max(1)
 }
 
+/// Material specs, in consumption order, of [`Party::matmul_fixed`] of `x [m, k]` by the fixed
+/// operand `fixed_id [k, n]`: the product's triple, then the truncation by `frac_bits`.
+pub fn matmul_fixed_specs(
+    fixed_id: u64,
+    m: usize,
+    k: usize,
+    n: usize,
+    frac_bits: u32,
+) -> Vec<MaterialSpec> {
+    vec![
+        MaterialSpec::FixedTriple { fixed_id, m, k, n },
+        crate::protocols::truncate::truncate_spec(m * n, frac_bits),
+    ]
+}
+
 fn check_2d(op: &'static str, x: &Share) -> Result<(usize, usize)> {
     match x.shape() {
         [r, c] => Ok((*r, *c)),
@@ -152,18 +167,15 @@ impl Party {
         if let Some(e) = failed {
             return Err(e);
         }
-        self.register_fixed_public(id, f);
+        self.register_fixed_public(id, f, w.tensor());
         Ok(FixedOperand { id, w: w.clone() })
     }
 
     /// Re-attach a registered fixed operand to its weight share (e.g. from a model's store ids).
+    /// The share must be the one the operand was registered with (checked in release builds).
     pub fn fixed_operand(&self, fixed_id: u64, w: &Share) -> Result<FixedOperand> {
         check_2d("fixed_operand", w)?;
-        if !self.has_fixed_public(fixed_id) {
-            return Err(crate::EngineError::Invalid(format!(
-                "fixed operand {fixed_id} is not registered"
-            )));
-        }
+        self.check_fixed_binding(fixed_id, w.tensor())?;
         Ok(FixedOperand {
             id: fixed_id,
             w: w.clone(),

@@ -5,12 +5,17 @@
 //! received (consecutive sends without waiting belong to one round).
 
 mod channel;
+pub mod frame;
 mod meter;
+mod stream;
 mod tcp;
+pub mod tls;
 
 pub use channel::{channel_mesh, ChannelTransport};
 pub use meter::{Meter, StepStats, TrafficStats};
-pub use tcp::{tcp_mesh, TcpTransport};
+pub use stream::{Link, StreamOptions, StreamTransport};
+pub use tcp::{tcp_mesh, tcp_mesh_with, TcpTransport};
+pub use tls::{tls_mesh, TlsEndpoint};
 
 use std::fmt;
 
@@ -70,8 +75,10 @@ pub enum TransportKind {
     #[default]
     Channels,
     /// TCP over loopback: every message is framed and serialised as it would be between
-    /// machines.
+    /// machines. Unencrypted and unauthenticated: for loopback benchmarks only.
     Tcp,
+    /// Mutually authenticated TLS over loopback, with a fresh in-memory deployment CA.
+    Tls,
 }
 
 impl std::str::FromStr for TransportKind {
@@ -80,8 +87,9 @@ impl std::str::FromStr for TransportKind {
         match s.to_ascii_lowercase().as_str() {
             "channels" => Ok(TransportKind::Channels),
             "tcp" => Ok(TransportKind::Tcp),
+            "tls" => Ok(TransportKind::Tls),
             other => Err(crate::error::EngineError::Invalid(format!(
-                "unknown transport '{other}' (expected 'channels' or 'tcp')"
+                "unknown transport '{other}' (expected 'channels', 'tcp' or 'tls')"
             ))),
         }
     }

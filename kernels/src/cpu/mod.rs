@@ -2,6 +2,7 @@
 
 mod aligned;
 pub mod gemm;
+pub mod prg;
 
 use std::any::Any;
 use std::sync::{Arc, OnceLock};
@@ -11,8 +12,9 @@ use rayon::prelude::*;
 pub use aligned::{advise_huge_pages, zeroed_words, AlignedVec};
 
 use crate::backend::{
-    check_matmul, check_same_shape, check_scalar, check_truncate, Backend, BeaverKind, BinaryOp,
-    ScalarOp,
+    check_2d, check_chacha, check_gather, check_matmul, check_same_shape, check_scalar,
+    check_select, check_slice, check_truncate, compact_word, select_bit_word, select_payload_word,
+    Backend, BeaverKind, BinaryOp, ScalarOp, TransferCounter, TransferStats, GATHER_ZERO,
 };
 use crate::error::{shape_err, KernelError, Result};
 use crate::tensor::{Storage, Tensor};
@@ -66,14 +68,16 @@ impl Storage for CpuStorage {
     }
 }
 
-/// The CPU backend. Stateless apart from rayon's global pool.
+/// The CPU backend: rayon's global pool, plus transfer counters (host copies in and out).
 #[derive(Debug, Default, Clone)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    counter: Arc<TransferCounter>,
+}
 
 impl CpuBackend {
     /// A CPU backend using rayon's global thread pool.
     pub fn new() -> Self {
-        CpuBackend
+        CpuBackend::default()
     }
 
     fn storage<'t>(&self, t: &'t Tensor) -> Result<&'t CpuStorage> {
@@ -86,7 +90,7 @@ impl CpuBackend {
             })
     }
 
-    fn slice<'t>(&self, t: &'t Tensor) -> Result<&'t [u64]> {
+    fn words<'t>(&self, t: &'t Tensor) -> Result<&'t [u64]> {
         let s = self.storage(t)?;
         if s.is_packed_only() {
             return Err(shape_err(
@@ -233,6 +237,7 @@ impl Backend for CpuBackend {
                 format!("shape {shape:?} does not hold {} values", data.len()),
             ));
         }
+        self.counter.upload(data.len());
         Ok(Self::wrap(shape.to_vec(), AlignedVec::from_slice(data)))
     }
 
@@ -240,9 +245,12 @@ impl Backend for CpuBackend {
         if self.storage(t)?.is_packed_only() {
             let mut out = vec![0u64; t.len()];
             self.read_rows(t, 0, &mut out)?;
+            self.counter.download(out.len());
             return Ok(out);
         }
-        Ok(self.slice(t)?.to_vec())
+        let v = self.words(t)?.to_vec();
+        self.counter.download(v.len());
+        Ok(v)
     }
 
     fn right_operand_from_rows(
@@ -299,7 +307,7 @@ impl Backend for CpuBackend {
 
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
         check_same_shape("binary", a, b)?;
-        let (x, y) = (self.slice(a)?, self.slice(b)?);
+        let (x, y) = (self.words(a)?, self.words(b)?);
         let out = Self::map_into(x.len(), |off, dst| {
             let (xs, ys) = (&x[off..off + dst.len()], &y[off..off + dst.len()]);
             for ((d, &p), &q) in dst.iter_mut().zip(xs).zip(ys) {
@@ -309,26 +317,142 @@ impl Backend for CpuBackend {
         Ok(Self::wrap(a.shape().to_vec(), out))
     }
 
-    fn add_host(&self, a: &Tensor, b: &[u64]) -> Result<Tensor> {
-        let x = self.slice(a)?;
+    fn transfers(&self) -> TransferStats {
+        self.counter.stats()
+    }
+
+    fn binary_host(&self, op: BinaryOp, a: &Tensor, b: &[u64]) -> Result<Tensor> {
+        let x = self.words(a)?;
         if x.len() != b.len() {
             return Err(shape_err(
-                "add_host",
+                "binary_host",
                 format!("{} host values for a tensor of {:?}", b.len(), a.shape()),
             ));
         }
+        self.counter.upload(b.len());
         let out = Self::map_into(x.len(), |off, dst| {
             let (xs, ys) = (&x[off..off + dst.len()], &b[off..off + dst.len()]);
             for ((d, &p), &q) in dst.iter_mut().zip(xs).zip(ys) {
-                *d = p.wrapping_add(q);
+                *d = apply_binary(op, p, q);
             }
         });
         Ok(Self::wrap(a.shape().to_vec(), out))
     }
 
+    fn chacha12(&self, key: &[u8; 32], stream: u64, word_pos: u128, len: usize) -> Result<Tensor> {
+        check_chacha(word_pos)?;
+        let mut out = AlignedVec::for_overwrite(len);
+        prg::fill_words(
+            &mut prg::chacha12_at(key, stream, word_pos),
+            out.as_mut_slice(),
+        );
+        Ok(Self::wrap(vec![len], out))
+    }
+
+    fn fill(&self, shape: &[usize], value: u64) -> Result<Tensor> {
+        let len = shape.iter().product();
+        let out = Self::map_into(len, |_, dst| dst.fill(value));
+        Ok(Self::wrap(shape.to_vec(), out))
+    }
+
+    fn concat(&self, parts: &[&Tensor]) -> Result<Tensor> {
+        let len = parts.iter().map(|t| t.len()).sum();
+        let mut out = AlignedVec::for_overwrite(len);
+        let mut off = 0;
+        for t in parts {
+            let src = self.words(t)?;
+            out.as_mut_slice()[off..off + src.len()].copy_from_slice(src);
+            off += src.len();
+        }
+        Ok(Self::wrap(vec![len], out))
+    }
+
+    fn slice(&self, a: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        check_slice(a, start, len)?;
+        let src = &self.words(a)?[start..start + len];
+        Ok(Self::wrap(vec![len], AlignedVec::from_slice(src)))
+    }
+
+    fn transpose(&self, a: &Tensor) -> Result<Tensor> {
+        let (m, n) = check_2d("transpose", a)?;
+        let x = self.words(a)?;
+        let mut out = AlignedVec::for_overwrite(m * n);
+        if m > 0 {
+            out.as_mut_slice()
+                .par_chunks_mut(m)
+                .enumerate()
+                .for_each(|(j, row)| {
+                    for (i, d) in row.iter_mut().enumerate() {
+                        *d = x[i * n + j];
+                    }
+                });
+        }
+        Ok(Self::wrap(vec![n, m], out))
+    }
+
+    fn compact_bits(&self, words: &Tensor, odd: bool) -> Result<Tensor> {
+        let x = self.words(words)?;
+        let len = x.len().div_ceil(2);
+        let out = Self::map_into(len, |off, dst| {
+            for (i, d) in dst.iter_mut().enumerate() {
+                let j = 2 * (off + i);
+                *d = compact_word(x[j], x.get(j + 1).copied().unwrap_or(0), odd);
+            }
+        });
+        Ok(Self::wrap(vec![len], out))
+    }
+
+    fn pack_msb(&self, x: &Tensor) -> Result<Tensor> {
+        let xs = self.words(x)?;
+        let len = xs.len().div_ceil(64);
+        let out = Self::map_into(len, |off, dst| {
+            for (i, d) in dst.iter_mut().enumerate() {
+                let k = off + i;
+                *d = xs[k * 64..((k + 1) * 64).min(xs.len())]
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |acc, (b, v)| acc | ((v >> 63) << b));
+            }
+        });
+        Ok(Self::wrap(vec![len], out))
+    }
+
+    fn bit_select(&self, d: &Tensor, r: &Tensor, first: bool) -> Result<Tensor> {
+        check_select(d, r, &[])?;
+        let (ds, rs) = (self.words(d)?, self.words(r)?);
+        let out = Self::map_into(rs.len(), |off, dst| {
+            for (i, o) in dst.iter_mut().enumerate() {
+                let e = off + i;
+                *o = select_bit_word((ds[e / 64] >> (e % 64)) & 1, rs[e], first);
+            }
+        });
+        Ok(Self::wrap(r.shape().to_vec(), out))
+    }
+
+    fn payload_select(
+        &self,
+        d: &Tensor,
+        r: &Tensor,
+        e: &Tensor,
+        prod: &Tensor,
+        y: &Tensor,
+    ) -> Result<Tensor> {
+        check_select(d, r, &[e, prod, y])?;
+        let (ds, rs) = (self.words(d)?, self.words(r)?);
+        let (es, ps, ys) = (self.words(e)?, self.words(prod)?, self.words(y)?);
+        let out = Self::map_into(rs.len(), |off, dst| {
+            for (i, o) in dst.iter_mut().enumerate() {
+                let j = off + i;
+                let bit = (ds[j / 64] >> (j % 64)) & 1;
+                *o = select_payload_word(bit, rs[j], es[j], ps[j], ys[j]);
+            }
+        });
+        Ok(Self::wrap(r.shape().to_vec(), out))
+    }
+
     fn scalar(&self, op: ScalarOp, a: &Tensor, s: u64) -> Result<Tensor> {
         check_scalar(op, s)?;
-        let x = self.slice(a)?;
+        let x = self.words(a)?;
         let out = Self::map_into(x.len(), |off, dst| {
             let xs = &x[off..off + dst.len()];
             for (d, &p) in dst.iter_mut().zip(xs) {
@@ -342,12 +466,12 @@ impl Backend for CpuBackend {
         let (m, _k, n) = check_matmul(a, b, acc)?;
         let packed = self.packed(b)?;
         let mut out = match acc {
-            Some(c) => AlignedVec::from_slice(self.slice(c)?),
+            Some(c) => AlignedVec::from_slice(self.words(c)?),
             None => AlignedVec::for_overwrite(m * n),
         };
         gemm::gemm_packed(
             m,
-            self.slice(a)?,
+            self.words(a)?,
             &packed,
             out.as_mut_slice(),
             acc.is_some(),
@@ -370,11 +494,11 @@ impl Backend for CpuBackend {
             check_same_shape("beaver_combine", c, t)?;
         }
         let (cs, es, fs, as_, bs) = (
-            self.slice(c)?,
-            self.slice(e)?,
-            self.slice(f)?,
-            self.slice(a)?,
-            self.slice(b)?,
+            self.words(c)?,
+            self.words(e)?,
+            self.words(f)?,
+            self.words(a)?,
+            self.words(b)?,
         );
         let out = Self::map_into(cs.len(), |off, dst| {
             for (i, d) in dst.iter_mut().enumerate() {
@@ -394,7 +518,7 @@ impl Backend for CpuBackend {
         first: bool,
     ) -> Result<Tensor> {
         check_truncate(c, r_shr, r_msb, bits)?;
-        let (cs, rs, rm) = (self.slice(c)?, self.slice(r_shr)?, self.slice(r_msb)?);
+        let (cs, rs, rm) = (self.words(c)?, self.words(r_shr)?, self.words(r_msb)?);
         let out = Self::map_into(cs.len(), |off, dst| {
             for (i, d) in dst.iter_mut().enumerate() {
                 let j = off + i;
@@ -412,7 +536,7 @@ impl Backend for CpuBackend {
             ));
         }
         let (m, n) = (a.shape()[0], a.shape()[1]);
-        let x = self.slice(a)?;
+        let x = self.words(a)?;
         let mut out = AlignedVec::for_overwrite(m);
         out.as_mut_slice()
             .par_iter_mut()
@@ -423,5 +547,17 @@ impl Backend for CpuBackend {
                     .fold(0u64, |s, &v| s.wrapping_add(v));
             });
         Ok(Self::wrap(vec![m, 1], out))
+    }
+
+    fn gather(&self, a: &Tensor, index: &[u32], shape: &[usize]) -> Result<Tensor> {
+        check_gather(a, index, shape)?;
+        let x = self.words(a)?;
+        let out = Self::map_into(index.len(), |off, dst| {
+            let ids = &index[off..off + dst.len()];
+            for (d, &i) in dst.iter_mut().zip(ids) {
+                *d = if i == GATHER_ZERO { 0 } else { x[i as usize] };
+            }
+        });
+        Ok(Self::wrap(shape.to_vec(), out))
     }
 }

@@ -16,14 +16,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::backend::{
-    check_matmul, check_same_shape, check_scalar, check_truncate, Backend, BeaverKind, BinaryOp,
-    ScalarOp,
+    check_2d, check_chacha, check_gather, check_matmul, check_same_shape, check_scalar,
+    check_select, check_slice, check_truncate, Backend, BeaverKind, BinaryOp, ScalarOp,
+    TransferCounter, TransferStats,
 };
 use crate::error::{shape_err, KernelError, Result};
 use crate::tensor::Tensor;
 
 use context::GpuContext;
-use ops::Exec;
+use ops::{params, Exec, Operand};
 use pipelines::Kernels;
 use pool::{BufferPool, GpuStorage, PooledBuffer};
 
@@ -91,6 +92,7 @@ pub struct GpuBackend {
     variant: U64Variant,
     variant_reason: String,
     id: usize,
+    counter: TransferCounter,
 }
 
 impl std::fmt::Debug for GpuBackend {
@@ -153,6 +155,7 @@ impl GpuBackend {
             variant: choice.variant,
             variant_reason: choice.reason,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            counter: TransferCounter::default(),
         })
     }
 
@@ -208,6 +211,28 @@ impl GpuBackend {
         Ok(self.storage(t)?.buffer())
     }
 
+    /// The packed-bit operand of the select kernels (binding 1, one word per 64 elements).
+    fn select_bits<'t>(&self, d: &'t Tensor) -> Result<Operand<'t>> {
+        Ok(Operand {
+            binding: 1,
+            buf: self.buffer(d)?,
+            len: d.len(),
+            num: 1,
+            den: 64,
+        })
+    }
+
+    /// An elementwise operand of the select kernels.
+    fn select_elems<'t>(&self, binding: u32, t: &'t Tensor) -> Result<Operand<'t>> {
+        Ok(Operand {
+            binding,
+            buf: self.buffer(t)?,
+            len: t.len(),
+            num: 1,
+            den: 1,
+        })
+    }
+
     fn wrap(&self, shape: Vec<usize>, buf: PooledBuffer) -> Tensor {
         let len = shape.iter().product();
         Tensor::from_storage(
@@ -248,13 +273,164 @@ impl Backend for GpuBackend {
             ));
         }
         let buf = self.ctx.scoped("upload", || self.exec().upload(data))?;
+        self.counter.upload(data.len());
         Ok(self.wrap(shape.to_vec(), buf))
     }
 
     fn download(&self, t: &Tensor) -> Result<Vec<u64>> {
         let buf = self.buffer(t)?;
-        self.ctx
-            .scoped("download", || self.exec().download(buf, t.len()))
+        let v = self
+            .ctx
+            .scoped("download", || self.exec().download(buf, t.len()))?;
+        self.counter.download(v.len());
+        Ok(v)
+    }
+
+    fn transfers(&self) -> TransferStats {
+        self.counter.stats()
+    }
+
+    fn chacha12(&self, key: &[u8; 32], stream: u64, word_pos: u128, len: usize) -> Result<Tensor> {
+        check_chacha(word_pos)?;
+        let out = self.ctx.scoped("chacha12", || {
+            self.exec()
+                .chacha12(&self.kernels.chacha12, key, stream, word_pos, len)
+        })?;
+        Ok(self.wrap(vec![len], out))
+    }
+
+    fn fill(&self, shape: &[usize], value: u64) -> Result<Tensor> {
+        let len = shape.iter().product();
+        let out = self.ctx.scoped("fill", || {
+            self.exec().elementwise(
+                "fill",
+                &self.kernels.fill,
+                &[],
+                1,
+                len,
+                params(&[0, 0, value as u32, (value >> 32) as u32, 0, 0, 0, 0]),
+            )
+        })?;
+        Ok(self.wrap(shape.to_vec(), out))
+    }
+
+    fn concat(&self, parts: &[&Tensor]) -> Result<Tensor> {
+        let ranges = parts
+            .iter()
+            .map(|t| Ok((self.buffer(t)?, 0, t.len())))
+            .collect::<Result<Vec<_>>>()?;
+        let out = self
+            .ctx
+            .scoped("concat", || self.exec().gather_ranges(&ranges))?;
+        let len = ranges.iter().map(|r| r.2).sum();
+        Ok(self.wrap(vec![len], out))
+    }
+
+    fn slice(&self, a: &Tensor, start: usize, len: usize) -> Result<Tensor> {
+        check_slice(a, start, len)?;
+        let buf = self.buffer(a)?;
+        let out = self
+            .ctx
+            .scoped("slice", || self.exec().gather_ranges(&[(buf, start, len)]))?;
+        Ok(self.wrap(vec![len], out))
+    }
+
+    fn transpose(&self, a: &Tensor) -> Result<Tensor> {
+        let (m, n) = check_2d("transpose", a)?;
+        let buf = self.buffer(a)?;
+        let out = self.ctx.scoped("transpose", || {
+            self.exec().transpose(&self.kernels.transpose, buf, m, n)
+        })?;
+        Ok(self.wrap(vec![n, m], out))
+    }
+
+    fn compact_bits(&self, words: &Tensor, odd: bool) -> Result<Tensor> {
+        let len = words.len().div_ceil(2);
+        let src = [Operand {
+            binding: 1,
+            buf: self.buffer(words)?,
+            len: words.len(),
+            num: 2,
+            den: 1,
+        }];
+        let out = self.ctx.scoped("compact_bits", || {
+            self.exec().proportional(
+                "compact_bits",
+                &self.kernels.compact_bits,
+                &src,
+                2,
+                len,
+                params(&[0, 0, u32::from(odd), 0, 0, 0, 0, 0]),
+            )
+        })?;
+        Ok(self.wrap(vec![len], out))
+    }
+
+    fn pack_msb(&self, x: &Tensor) -> Result<Tensor> {
+        let len = x.len().div_ceil(64);
+        let src = [Operand {
+            binding: 1,
+            buf: self.buffer(x)?,
+            len: x.len(),
+            num: 64,
+            den: 1,
+        }];
+        let out = self.ctx.scoped("pack_msb", || {
+            self.exec().proportional(
+                "pack_msb",
+                &self.kernels.pack_msb,
+                &src,
+                2,
+                len,
+                params(&[]),
+            )
+        })?;
+        Ok(self.wrap(vec![len], out))
+    }
+
+    fn bit_select(&self, d: &Tensor, r: &Tensor, first: bool) -> Result<Tensor> {
+        check_select(d, r, &[])?;
+        let ops = [self.select_bits(d)?, self.select_elems(2, r)?];
+        let out = self.ctx.scoped("bit_select", || {
+            self.exec().proportional(
+                "bit_select",
+                &self.kernels.bit_select,
+                &ops,
+                6,
+                r.len(),
+                params(&[0, 0, u32::from(first), 0, 0, 0, 0, 0]),
+            )
+        })?;
+        Ok(self.wrap(r.shape().to_vec(), out))
+    }
+
+    fn payload_select(
+        &self,
+        d: &Tensor,
+        r: &Tensor,
+        e: &Tensor,
+        prod: &Tensor,
+        y: &Tensor,
+    ) -> Result<Tensor> {
+        check_select(d, r, &[e, prod, y])?;
+        let ops = [
+            self.select_bits(d)?,
+            self.select_elems(2, r)?,
+            self.select_elems(3, e)?,
+            self.select_elems(4, prod)?,
+            self.select_elems(5, y)?,
+        ];
+        let out = self.ctx.scoped("payload_select", || {
+            self.exec().proportional(
+                "payload_select",
+                &self.kernels.payload_select,
+                &ops,
+                6,
+                r.len(),
+                params(&[]),
+            )
+        })?;
+        Ok(self.wrap(r.shape().to_vec(), out))
     }
 
     fn binary(&self, op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
@@ -267,7 +443,7 @@ impl Backend for GpuBackend {
                 &[(1, x), (2, y)],
                 3,
                 a.len(),
-                [0, binary_code(op), 0, 0, 0, 0, 0, 0],
+                params(&[0, binary_code(op), 0, 0, 0, 0, 0, 0]),
             )
         })?;
         Ok(self.wrap(a.shape().to_vec(), out))
@@ -283,7 +459,7 @@ impl Backend for GpuBackend {
                 &[(1, x)],
                 3,
                 a.len(),
-                [0, scalar_code(op), s as u32, (s >> 32) as u32, 0, 0, 0, 0],
+                params(&[0, scalar_code(op), s as u32, (s >> 32) as u32, 0, 0, 0, 0]),
             )
         })?;
         Ok(self.wrap(a.shape().to_vec(), out))
@@ -330,7 +506,7 @@ impl Backend for GpuBackend {
                 &inputs,
                 6,
                 c.len(),
-                [0, kind_code, u32::from(with_ef), 0, 0, 0, 0, 0],
+                params(&[0, kind_code, u32::from(with_ef), 0, 0, 0, 0, 0]),
             )
         })?;
         Ok(self.wrap(c.shape().to_vec(), out))
@@ -357,7 +533,7 @@ impl Backend for GpuBackend {
                 &inputs,
                 4,
                 c.len(),
-                [0, bits, u32::from(first), 0, 0, 0, 0, 0],
+                params(&[0, bits, u32::from(first), 0, 0, 0, 0, 0]),
             )
         })?;
         Ok(self.wrap(c.shape().to_vec(), out))
@@ -371,6 +547,11 @@ impl Backend for GpuBackend {
             ));
         }
         let (m, n) = (a.shape()[0], a.shape()[1]);
+        if n > self.ctx.max_binding_elems / 2 {
+            // Rows longer than a binding: a product with a ones column (chunked along k).
+            let ones = self.fill(&[n, 1], 1)?;
+            return self.matmul(a, &ones, None);
+        }
         let x = self.buffer(a)?;
         let out = self.ctx.scoped("sum_rows", || {
             self.exec().sum_rows(
@@ -382,5 +563,14 @@ impl Backend for GpuBackend {
             )
         })?;
         Ok(self.wrap(vec![m, 1], out))
+    }
+
+    fn gather(&self, a: &Tensor, index: &[u32], shape: &[usize]) -> Result<Tensor> {
+        check_gather(a, index, shape)?;
+        let x = self.buffer(a)?;
+        let out = self.ctx.scoped("gather", || {
+            self.exec().gather(&self.kernels.gather, x, a.len(), index)
+        })?;
+        Ok(self.wrap(shape.to_vec(), out))
     }
 }

@@ -16,6 +16,11 @@ const BEAVER: &str = include_str!("../../../shaders/beaver.wgsl");
 const TRUNCATE: &str = include_str!("../../../shaders/truncate.wgsl");
 const MATMUL: &str = include_str!("../../../shaders/matmul.wgsl");
 const REDUCE: &str = include_str!("../../../shaders/reduce.wgsl");
+const BITS: &str = include_str!("../../../shaders/bits.wgsl");
+const SELECT: &str = include_str!("../../../shaders/select.wgsl");
+const LAYOUT: &str = include_str!("../../../shaders/layout.wgsl");
+const CHACHA: &str = include_str!("../../../shaders/chacha.wgsl");
+const GATHER: &str = include_str!("../../../shaders/gather.wgsl");
 
 /// One entry point: its pipeline and bind group layout (group 0).
 pub(crate) struct Kernel {
@@ -29,6 +34,8 @@ pub(crate) struct MatmulKernels {
     pub(crate) tiled: Kernel,
     /// One column per invocation, 4 rows per workgroup row (for m <= `SKINNY_MAX_ROWS`).
     pub(crate) skinny: Kernel,
+    /// Sums the k-segment partials of a split skinny product.
+    pub(crate) sum_segments: Kernel,
 }
 
 /// Every kernel of the chosen variant.
@@ -40,6 +47,14 @@ pub(crate) struct Kernels {
     pub(crate) matmul: MatmulKernels,
     pub(crate) sum_rows_wide: Kernel,
     pub(crate) sum_rows_narrow: Kernel,
+    pub(crate) compact_bits: Kernel,
+    pub(crate) pack_msb: Kernel,
+    pub(crate) bit_select: Kernel,
+    pub(crate) payload_select: Kernel,
+    pub(crate) fill: Kernel,
+    pub(crate) transpose: Kernel,
+    pub(crate) chacha12: Kernel,
+    pub(crate) gather: Kernel,
 }
 
 /// The full WGSL source of a kernel file for a variant.
@@ -85,6 +100,7 @@ pub(crate) fn build_matmul(ctx: &GpuContext, variant: U64Variant) -> Result<Matm
         Ok(MatmulKernels {
             tiled: kernel(ctx, &m, "matmul_tiled"),
             skinny: kernel(ctx, &m, "matmul_skinny"),
+            sum_segments: kernel(ctx, &m, "sum_segments"),
         })
     })
 }
@@ -100,6 +116,11 @@ pub(crate) fn build_all(
         let bv = module(ctx, variant, "beaver", BEAVER);
         let tr = module(ctx, variant, "truncate", TRUNCATE);
         let rd = module(ctx, variant, "reduce", REDUCE);
+        let bits = module(ctx, variant, "bits", BITS);
+        let sel = module(ctx, variant, "select", SELECT);
+        let lay = module(ctx, variant, "layout", LAYOUT);
+        let cc = module(ctx, variant, "chacha", CHACHA);
+        let ga = module(ctx, variant, "gather", GATHER);
         Ok(Kernels {
             binary: kernel(ctx, &ew, "binary"),
             scalar: kernel(ctx, &ew, "scalar"),
@@ -108,6 +129,14 @@ pub(crate) fn build_all(
             matmul,
             sum_rows_wide: kernel(ctx, &rd, "sum_rows_wide"),
             sum_rows_narrow: kernel(ctx, &rd, "sum_rows_narrow"),
+            compact_bits: kernel(ctx, &bits, "compact_bits"),
+            pack_msb: kernel(ctx, &bits, "pack_msb"),
+            bit_select: kernel(ctx, &sel, "bit_select"),
+            payload_select: kernel(ctx, &sel, "payload_select"),
+            fill: kernel(ctx, &lay, "fill"),
+            transpose: kernel(ctx, &lay, "transpose"),
+            chacha12: kernel(ctx, &cc, "chacha12"),
+            gather: kernel(ctx, &ga, "gather"),
         })
     })
 }

@@ -26,13 +26,18 @@
 //!
 //! **Cost** per comparison of `n` elements, per party: 8 rounds; `16·(n + 2⌈n/2⌉ + 2⌈n/4⌉ +
 //! 2⌈n/8⌉ + 2⌈n/16⌉ + 2⌈n/32⌉ + ⌈n/64⌉) + 8⌈n/64⌉` bytes (≈ 47.5 bytes per element for large
-//! `n`), plus 8 bytes per element and payload. The boolean work runs on host words with rayon.
+//! `n`), plus 8 bytes per element and payload.
+//!
+//! **Where it runs.** Every step is a [`kernels::Backend`] op (bit compaction, sign packing,
+//! the boolean Beaver combination, the select tails), so on the GPU backend shares, masks and
+//! material stay on the device: per round one download of the masked words sent to the peer
+//! and one upload of the peer's words are the only host transfers.
 
 mod circuit;
 
-use rayon::prelude::*;
+use kernels::{BeaverKind, BinaryOp, ScalarOp, Tensor};
 
-use circuit::{and_batch_words, and_combine, and_mask, compact};
+use circuit::and_batch_words;
 
 use crate::dealer::MaterialSpec;
 use crate::error::{shape_err, Result};
@@ -54,6 +59,11 @@ pub fn compare_specs(n: usize, payloads: usize) -> Vec<MaterialSpec> {
     v
 }
 
+/// Material specs of [`Party::relu`] on `n` elements.
+pub fn relu_specs(n: usize) -> Vec<MaterialSpec> {
+    compare_specs(n, 1)
+}
+
 /// Material specs of [`Party::argmax_last`] (`track_index`) or [`Party::max_last`] on `[m, n]`.
 pub fn tree_max_specs(m: usize, n: usize, track_index: bool) -> Vec<MaterialSpec> {
     let mut specs = Vec::new();
@@ -71,30 +81,39 @@ pub fn eq_specs(n: usize) -> Vec<MaterialSpec> {
     compare_specs(2 * n, 0)
 }
 
-/// Elements per rayon task in the arithmetic tail.
-const CHUNK: usize = 1 << 14;
-
 impl Party {
-    /// One round of AND gates: `xs[j] & ys[j]` on XOR-shared words (all gates of the round in
-    /// one batch), plus extra words sent in the same message (the peer's extra words returned).
-    fn and_round(&mut self, xs: &[u64], ys: &[u64], extra: &[u64]) -> Result<(Vec<u64>, Vec<u64>)> {
+    /// One round of AND gates `xs & ys` on XOR-shared words (all gates of the round in one
+    /// batch), with `extra` words sent in the same message. Returns this party's share of the
+    /// ANDs and the peer's extra words (on the backend).
+    fn and_round(
+        &mut self,
+        xs: &Tensor,
+        ys: &Tensor,
+        extra: &[&Tensor],
+    ) -> Result<(Tensor, Tensor)> {
+        let be = self.backend_arc();
         let words = xs.len();
-        let t = self.material_host(MaterialSpec::AndTriple { n: words })?;
-        let mut msg = Vec::with_capacity(2 * words + extra.len());
-        and_mask(xs, ys, &t[0], &t[1], &mut msg);
-        msg.extend_from_slice(extra);
-        let theirs = self.exchange("compare", msg)?;
-        let z = and_combine(
-            xs,
-            ys,
-            &theirs[..words],
-            &theirs[words..2 * words],
+        let t = self.material(MaterialSpec::AndTriple { n: words })?;
+        let e = be.binary(BinaryOp::Xor, xs, &t[0])?;
+        let f = be.binary(BinaryOp::Xor, ys, &t[1])?;
+        let mut parts = vec![&e, &f];
+        parts.extend_from_slice(extra);
+        let mine = be.concat(&parts)?;
+        let theirs = self.exchange("compare", be.download(&mine)?)?;
+        let theirs = be.upload(&[theirs.len()], &theirs)?;
+        let e = be.binary(BinaryOp::Xor, &e, &be.slice(&theirs, 0, words)?)?;
+        let f = be.binary(BinaryOp::Xor, &f, &be.slice(&theirs, words, words)?)?;
+        let z = be.beaver_combine(
+            BeaverKind::Boolean,
+            &t[2],
+            &e,
+            &f,
             &t[0],
             &t[1],
-            &t[2],
             self.index() == 0,
-        );
-        Ok((z, theirs[2 * words..].to_vec()))
+        )?;
+        let rest = be.slice(&theirs, 2 * words, theirs.len() - 2 * words)?;
+        Ok((z, rest))
     }
 
     /// The core comparison: arithmetic shares of `[x < 0]` (0/1 at scale 0) for every element of
@@ -112,94 +131,64 @@ impl Party {
             }
         }
         let prev = self.set_step("compare");
-        let sel = self.material_host(MaterialSpec::BitSelect { n, payloads: np })?;
+        let be = self.backend_arc();
+        let sel = self.material(MaterialSpec::BitSelect { n, payloads: np })?;
         let (rbits, masks, rarith, prods) = (&sel[0], &sel[1], &sel[2], &sel[3]);
-        let xs = self.own_words(x)?;
-        let mut ys = Vec::with_capacity(np * n);
-        for p in payloads {
-            ys.extend(self.own_words(p)?);
-        }
-        let pay_e: Vec<u64> = ys
-            .par_iter()
-            .zip(masks)
-            .map(|(y, a)| y.wrapping_sub(*a))
+        let xs = x.tensor().reshaped(vec![n]).expect("flat view");
+        let ys: Vec<Tensor> = payloads
+            .iter()
+            .map(|p| p.tensor().reshaped(vec![n]).expect("flat view"))
             .collect();
+        // Beaver differences of the payloads, opened with the level-0 ANDs.
+        let mut pay_e = Vec::with_capacity(np);
+        for (j, y) in ys.iter().enumerate() {
+            pay_e.push(be.binary(BinaryOp::Sub, y, &be.slice(masks, j * n, n)?)?);
+        }
         // Level 0: the addends as XOR sharings (alice holds A, bob holds B).
         const TOP: u64 = 1 << 63;
         let first = self.index() == 0;
-        let own: Vec<u64> = xs
-            .par_iter()
-            .map(|&v| if first { v | TOP } else { v & !TOP })
-            .collect();
-        let zero = vec![0u64; n];
+        let mut own = be.scalar(ScalarOp::And, &xs, !TOP)?;
+        if first {
+            own = be.scalar(ScalarOp::Xor, &own, TOP)?;
+        }
+        let zero = be.fill(&[n], 0)?;
         let (a_in, b_in) = if first { (&own, &zero) } else { (&zero, &own) };
-        let (mut g, their_pay) = self.and_round(a_in, b_in, &pay_e)?;
+        let pay_refs: Vec<&Tensor> = pay_e.iter().collect();
+        let (mut g, their_pay) = self.and_round(a_in, b_in, &pay_refs)?;
         let mut p = own; // P = A ^ B: each party's addend is its share of P
         for level in 1..=6 {
-            let g_hi = compact(&g, true);
-            let g_lo = compact(&g, false);
-            let p_hi = compact(&p, true);
+            let g_hi = be.compact_bits(&g, true)?;
+            let g_lo = be.compact_bits(&g, false)?;
+            let p_hi = be.compact_bits(&p, true)?;
             let half = g_hi.len();
             let (xs_in, ys_in) = if level < 6 {
-                (
-                    [p_hi.as_slice(), p_hi.as_slice()].concat(),
-                    [g_lo, compact(&p, false)].concat(),
-                )
+                let p_lo = be.compact_bits(&p, false)?;
+                (be.concat(&[&p_hi, &p_hi])?, be.concat(&[&g_lo, &p_lo])?)
             } else {
                 (p_hi, g_lo)
             };
             let (z, _) = self.and_round(&xs_in, &ys_in, &[])?;
-            g = g_hi.iter().zip(&z[..half]).map(|(a, b)| a ^ b).collect();
+            g = be.binary(BinaryOp::Xor, &g_hi, &be.slice(&z, 0, half)?)?;
             if level < 6 {
-                p = z[half..].to_vec();
+                p = be.slice(&z, half, half)?;
             }
         }
         // Packed sign-bit shares: msb(x_i) ^ carry share, masked by r and opened.
-        let words = n.div_ceil(64);
-        let masked: Vec<u64> = (0..words)
-            .map(|k| {
-                let top = xs[k * 64..((k + 1) * 64).min(n)]
-                    .iter()
-                    .enumerate()
-                    .fold(0u64, |acc, (i, v)| acc | ((v >> 63) << i));
-                g[k] ^ top ^ rbits[k]
-            })
-            .collect();
-        let theirs = self.exchange("compare", masked.clone())?;
-        let d: Vec<u64> = masked.iter().zip(&theirs).map(|(a, b)| a ^ b).collect();
+        let top = be.pack_msb(&xs)?;
+        let masked = be.binary(BinaryOp::Xor, &be.binary(BinaryOp::Xor, &g, &top)?, rbits)?;
+        let theirs = self.exchange("compare", be.download(&masked)?)?;
+        let d = be.binary_host(BinaryOp::Xor, &masked, &theirs)?;
         // [bit] = [alice] d + (1 - 2d)[r];  [y·bit] = (1 - 2d)(c + E[r]) + d·y.
-        let bit_of = |e: usize| (d[e / 64] >> (e % 64)) & 1;
-        let mut bit = vec![0u64; n];
-        bit.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, dst)| {
-            for (i, b) in dst.iter_mut().enumerate() {
-                let e = ci * CHUNK + i;
-                let de = bit_of(e);
-                let u = 1u64.wrapping_sub(de << 1);
-                *b = u
-                    .wrapping_mul(rarith[e])
-                    .wrapping_add(if first { de } else { 0 });
-            }
-        });
-        let mut out = vec![0u64; np * n];
-        out.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, dst)| {
-            for (i, o) in dst.iter_mut().enumerate() {
-                let j = ci * CHUNK + i;
-                let e = j % n;
-                let de = bit_of(e);
-                let u = 1u64.wrapping_sub(de << 1);
-                let big_e = pay_e[j].wrapping_add(their_pay[j]);
-                let yr = prods[j].wrapping_add(big_e.wrapping_mul(rarith[e]));
-                *o = u.wrapping_mul(yr).wrapping_add(de.wrapping_mul(ys[j]));
-            }
-        });
-        let be = self.backend();
-        let bit = Share::new(be.upload(&shape, &bit)?);
+        let bit = be.bit_select(&d, rarith, first)?;
         let mut selected = Vec::with_capacity(np);
-        for j in 0..np {
-            selected.push(Share::new(be.upload(&shape, &out[j * n..(j + 1) * n])?));
+        for (j, y) in ys.iter().enumerate() {
+            let big_e = be.binary(BinaryOp::Add, &pay_e[j], &be.slice(&their_pay, j * n, n)?)?;
+            let prod = be.slice(prods, j * n, n)?;
+            let out = be.payload_select(&d, rarith, &big_e, &prod, y)?;
+            selected.push(Share::new(out.reshaped(shape.clone()).expect("n values")));
         }
         self.set_step(prev);
-        Ok((bit, selected))
+        Ok((Share::new(bit.reshaped(shape).expect("n values")), selected))
     }
 
     /// `[x < 0]` as an arithmetic 0/1 share (scale 0).
@@ -358,23 +347,16 @@ impl Party {
     fn columns(&self, x: &Share) -> Result<Vec<Share>> {
         let (m, n) = (x.shape()[0], x.shape()[1]);
         let be = self.backend();
-        let host = be.download(x.tensor())?;
+        let t = be.transpose(x.tensor())?;
         (0..n)
-            .map(|j| {
-                let col: Vec<u64> = (0..m).map(|i| host[i * n + j]).collect();
-                Ok(Share::new(be.upload(&[m], &col)?))
-            })
+            .map(|j| Ok(Share::new(be.slice(&t, j * m, m)?)))
             .collect()
     }
 
     /// Concatenate flat shares (a local re-layout of this party's own shares).
     pub fn concat(&self, parts: &[&Share]) -> Result<Share> {
-        let be = self.backend();
-        let mut host = Vec::new();
-        for p in parts {
-            host.extend(be.download(p.tensor())?);
-        }
-        Ok(Share::new(be.upload(&[host.len()], &host)?))
+        let tensors: Vec<&Tensor> = parts.iter().map(|p| p.tensor()).collect();
+        Ok(Share::new(self.backend().concat(&tensors)?))
     }
 
     /// Split a flat share into `k` equal flat pieces.
@@ -385,14 +367,14 @@ impl Party {
                 format!("{} values into {k} parts", x.len()),
             ));
         }
-        let be = self.backend();
-        let host = be.download(x.tensor())?;
-        let len = host.len() / k;
+        let len = x.len() / k;
         (0..k)
             .map(|j| {
-                Ok(Share::new(
-                    be.upload(&[len], &host[j * len..(j + 1) * len])?,
-                ))
+                Ok(Share::new(self.backend().slice(
+                    x.tensor(),
+                    j * len,
+                    len,
+                )?))
             })
             .collect()
     }

@@ -1,0 +1,389 @@
+//! The deployment file: one TOML file naming every service's address and the data owners that
+//! may connect.
+//!
+//! ```toml
+//! name = "demo"                 # deployment name, bound into every certificate
+//!
+//! [alice]
+//! address = "10.0.0.1:3000"
+//! [bob]
+//! address = "10.0.0.2:3001"
+//! [dealer]
+//! address = "10.0.0.3:3002"
+//!
+//! [[data_owner]]
+//! name = "hospital"
+//! role = "model-owner"
+//! [[data_owner]]
+//! name = "clinic"
+//! role = "client"
+//!
+//! [limits]                      # optional
+//! timeout_secs = 30
+//! max_frame_mib = 1024
+//! ```
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Role;
+use crate::error::{EngineError, Result};
+use crate::transport::frame::DEFAULT_MAX_FRAME_WORDS;
+
+/// A service's place in the deployment file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceEntry {
+    /// `host:port` the service listens on (IPv4, `[IPv6]` or a DNS name).
+    pub address: String,
+}
+
+/// A data owner allowed to connect.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct DataOwnerEntry {
+    /// Its name (a DNS label: lowercase letters, digits, '-').
+    pub name: String,
+    /// `model-owner` or `client`.
+    pub role: String,
+}
+
+/// Optional limits.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Connect, handshake and read timeout in seconds (1..=300).
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Largest frame accepted from a peer, in MiB (1..=65536).
+    #[serde(default = "default_max_frame_mib")]
+    pub max_frame_mib: u64,
+}
+
+fn default_timeout_secs() -> u64 {
+    30
+}
+
+fn default_max_frame_mib() -> u64 {
+    (DEFAULT_MAX_FRAME_WORDS * 8) >> 20
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            timeout_secs: default_timeout_secs(),
+            max_frame_mib: default_max_frame_mib(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDeployment {
+    name: String,
+    alice: ServiceEntry,
+    bob: ServiceEntry,
+    dealer: ServiceEntry,
+    #[serde(default)]
+    data_owner: Vec<DataOwnerEntry>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+/// A validated deployment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deployment {
+    /// The deployment's name (a DNS label).
+    pub name: String,
+    /// Alice's address.
+    pub alice: String,
+    /// Bob's address.
+    pub bob: String,
+    /// The dealer's address.
+    pub dealer: String,
+    /// The data owners allowed to connect, in file order.
+    pub data_owners: Vec<Role>,
+    /// Timeouts and frame limit.
+    pub limits: Limits,
+}
+
+fn invalid(msg: String) -> EngineError {
+    EngineError::Invalid(msg)
+}
+
+/// Check that `name` is one DNS label (it becomes part of certificate names).
+fn check_label(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{what} '{name}' is not a valid name (1-63 lowercase letters, digits or '-', not \
+             starting or ending with '-')"
+        )))
+    }
+}
+
+/// Check a `host:port` address: an IPv4 address, a bracketed IPv6 address or a DNS name, and a
+/// port in 1..=65535.
+fn check_address(role: &str, address: &str) -> Result<()> {
+    let bad = |why: &str| {
+        invalid(format!(
+            "{role}: bad address '{address}' ({why}; expected host:port)"
+        ))
+    };
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| bad("no port"))?;
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => {}
+        _ => return Err(bad("port must be 1-65535")),
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6
+            .parse::<std::net::Ipv6Addr>()
+            .map(|_| ())
+            .map_err(|_| bad("invalid IPv6 address"));
+    }
+    if host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Ok(());
+    }
+    let dns_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        && !host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+    if dns_ok {
+        Ok(())
+    } else {
+        Err(bad("host is neither an IP address nor a DNS name"))
+    }
+}
+
+impl Deployment {
+    /// Parse and validate a deployment file's text. Errors name the line (for syntax, missing
+    /// and unknown fields) or the offending entry.
+    pub fn parse(text: &str) -> Result<Deployment> {
+        let raw: RawDeployment = toml::from_str(text)
+            .map_err(|e| invalid(format!("deployment file: {}", e.to_string().trim_end())))?;
+        check_label("deployment name", &raw.name)?;
+        let mut addresses = BTreeSet::new();
+        for (role, entry) in [
+            ("alice", &raw.alice),
+            ("bob", &raw.bob),
+            ("dealer", &raw.dealer),
+        ] {
+            check_address(role, &entry.address)?;
+            if !addresses.insert(entry.address.as_str()) {
+                return Err(invalid(format!(
+                    "{role}: address '{}' is already used by another service",
+                    entry.address
+                )));
+            }
+        }
+        let mut names = BTreeSet::new();
+        let mut data_owners = Vec::new();
+        for o in &raw.data_owner {
+            check_label("data owner name", &o.name)?;
+            let role = match o.role.as_str() {
+                "model-owner" => Role::ModelOwner(o.name.clone()),
+                "client" => Role::Client(o.name.clone()),
+                other => {
+                    return Err(invalid(format!(
+                        "data owner '{}': unknown role '{other}' (expected 'model-owner' or \
+                         'client')",
+                        o.name
+                    )))
+                }
+            };
+            if !names.insert(o.name.as_str()) {
+                return Err(invalid(format!(
+                    "duplicate data owner name '{}' (names must be unique)",
+                    o.name
+                )));
+            }
+            data_owners.push(role);
+        }
+        let l = raw.limits;
+        if !(1..=300).contains(&l.timeout_secs) {
+            return Err(invalid(format!(
+                "limits.timeout_secs = {} is outside 1..=300",
+                l.timeout_secs
+            )));
+        }
+        if !(1..=65536).contains(&l.max_frame_mib) {
+            return Err(invalid(format!(
+                "limits.max_frame_mib = {} is outside 1..=65536",
+                l.max_frame_mib
+            )));
+        }
+        Ok(Deployment {
+            name: raw.name,
+            alice: raw.alice.address,
+            bob: raw.bob.address,
+            dealer: raw.dealer.address,
+            data_owners,
+            limits: l,
+        })
+    }
+
+    /// Read and validate a deployment file.
+    pub fn load(path: &Path) -> Result<Deployment> {
+        let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Deployment::parse(&text).map_err(|e| match e {
+            EngineError::Invalid(m) => invalid(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Every role of the deployment: alice, bob, the dealer, then the data owners.
+    pub fn roles(&self) -> Vec<Role> {
+        let mut r = vec![Role::Alice, Role::Bob, Role::Dealer];
+        r.extend(self.data_owners.iter().cloned());
+        r
+    }
+
+    /// The address a service listens on.
+    pub fn address(&self, role: &Role) -> Option<&str> {
+        match role {
+            Role::Alice => Some(&self.alice),
+            Role::Bob => Some(&self.bob),
+            Role::Dealer => Some(&self.dealer),
+            _ => None,
+        }
+    }
+
+    /// The read and handshake timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.timeout_secs)
+    }
+
+    /// The largest frame accepted, in words.
+    pub fn max_frame_words(&self) -> u64 {
+        (self.limits.max_frame_mib << 20) / 8
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "demo"
+[alice]
+address = "127.0.0.1:3000"
+[bob]
+address = "[::1]:3001"
+[dealer]
+address = "dealer.example:3002"
+[[data_owner]]
+name = "hospital"
+role = "model-owner"
+[[data_owner]]
+name = "clinic-7"
+role = "client"
+"#;
+
+    fn err(text: &str) -> String {
+        Deployment::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_good_file_parses_with_defaults() {
+        let d = Deployment::parse(GOOD).unwrap();
+        assert_eq!(d.name, "demo");
+        assert_eq!(d.bob, "[::1]:3001");
+        assert_eq!(
+            d.data_owners,
+            vec![
+                Role::ModelOwner("hospital".into()),
+                Role::Client("clinic-7".into())
+            ]
+        );
+        assert_eq!(d.limits, Limits::default());
+        assert_eq!(d.timeout(), Duration::from_secs(30));
+        assert_eq!(d.max_frame_words(), DEFAULT_MAX_FRAME_WORDS);
+        assert_eq!(d.roles().len(), 5);
+    }
+
+    #[test]
+    fn unknown_role_is_named() {
+        let e = err(&GOOD.replace("role = \"client\"", "role = \"auditor\""));
+        assert!(
+            e.contains("data owner 'clinic-7': unknown role 'auditor'"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}\n[carol]\naddress = \"127.0.0.1:1\"\n"));
+        assert!(e.contains("unknown field `carol`"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_names_and_addresses_are_refused() {
+        let e = err(&GOOD.replace("clinic-7", "hospital"));
+        assert!(e.contains("duplicate data owner name 'hospital'"), "{e}");
+        let e = err(&GOOD.replace("[::1]:3001", "127.0.0.1:3000"));
+        assert!(
+            e.contains("bob: address '127.0.0.1:3000' is already used"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn bad_addresses_are_refused() {
+        for (addr, why) in [
+            ("127.0.0.1", "no port"),
+            ("127.0.0.1:0", "port must be 1-65535"),
+            ("127.0.0.1:70000", "port must be 1-65535"),
+            ("[::g]:1", "invalid IPv6"),
+            (
+                "300.1.1.1:5",
+                "host is neither an IP address nor a DNS name",
+            ),
+            ("bad host:5", "host is neither an IP address nor a DNS name"),
+            (":5", "host is neither"),
+        ] {
+            let e = err(&GOOD.replace("127.0.0.1:3000", addr));
+            assert!(
+                e.contains(&format!("alice: bad address '{addr}' ({why}")),
+                "{addr}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn missing_fields_and_bad_names_are_refused() {
+        let e = err(&GOOD.replace("address = \"[::1]:3001\"", ""));
+        assert!(e.contains("missing field `address`"), "{e}");
+        let e = err(&GOOD.replace("[dealer]\naddress = \"dealer.example:3002\"", ""));
+        assert!(e.contains("missing field `dealer`"), "{e}");
+        let e = err(&GOOD.replace("name = \"demo\"", "name = \"Demo!\""));
+        assert!(
+            e.contains("deployment name 'Demo!' is not a valid name"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("hospital", "a.b"));
+        assert!(
+            e.contains("data owner name 'a.b' is not a valid name"),
+            "{e}"
+        );
+        let e = err(&format!("{GOOD}\n[limits]\ntimeout_secs = 0\n"));
+        assert!(e.contains("limits.timeout_secs = 0 is outside"), "{e}");
+        let e = err("name = ");
+        assert!(e.contains("line 1"), "{e}");
+    }
+}

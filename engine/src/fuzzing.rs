@@ -1,0 +1,66 @@
+//! The one entry point through which untrusted bytes reach the wire decoders, shared by the
+//! cargo-fuzz target (`fuzz/`) and the corpus test (`tests/fuzz_corpus.rs`).
+//!
+//! Bytes are split into frames exactly as a stream transport reads them, and every frame is
+//! handed to each message decoder that may see a peer's words: the dealer's request decoder,
+//! material specs, seed messages, error texts and framed tensors. None may panic, hang or
+//! allocate more than the frame limit allows.
+
+use crate::dealer::{decode_material_request, words_to_seed, words_to_text, MaterialSpec};
+use crate::protocols::io::unframe;
+use crate::transport::frame::decode_frames;
+
+/// Frame limit used when fuzzing (2^16 words): small, so runs stay fast.
+pub const FUZZ_MAX_FRAME_WORDS: u64 = 1 << 16;
+
+/// What the decoders made of some bytes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DecodeSummary {
+    /// Frames read before the end or the first framing error.
+    pub frames: usize,
+    /// Whether framing stopped with an error (oversized or truncated frame).
+    pub frame_error: bool,
+    /// Frames that decoded as a well-formed material request (framing of the request only).
+    pub material_requests: usize,
+    /// Frames that decoded as a tensor (`[rank, dims..., values...]`).
+    pub tensors: usize,
+    /// Frames that decoded as a dealer seed.
+    pub seeds: usize,
+}
+
+/// Run every wire decoder over `data`. Never panics.
+pub fn decode_untrusted(data: &[u8]) -> DecodeSummary {
+    let (frames, err) = decode_frames(data, FUZZ_MAX_FRAME_WORDS);
+    let mut s = DecodeSummary {
+        frames: frames.len(),
+        frame_error: err.is_some(),
+        ..Default::default()
+    };
+    for f in &frames {
+        if let [_op, body @ ..] = f.as_slice() {
+            if let Ok((_, specs)) = decode_material_request(body) {
+                s.material_requests += 1;
+                for spec in specs {
+                    // Only specs whose sizes fit are expanded into shapes (as the dealer does).
+                    if spec
+                        .checked_words()
+                        .is_some_and(|w| w <= FUZZ_MAX_FRAME_WORDS)
+                    {
+                        let _ = spec.parts();
+                    }
+                }
+            }
+            let _ = words_to_text(body);
+        }
+        for chunk in f.chunks(MaterialSpec::ENCODED_WORDS) {
+            let _ = MaterialSpec::decode(chunk).map(|spec| spec.checked_words());
+        }
+        if unframe(f).is_ok() {
+            s.tensors += 1;
+        }
+        if words_to_seed(f).is_ok() {
+            s.seeds += 1;
+        }
+    }
+    s
+}

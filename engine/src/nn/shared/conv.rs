@@ -1,0 +1,122 @@
+//! Shared `Conv2d` (groups = 1): im2col (a local gather), one fixed-operand product with the
+//! weight `[c·kh·kw, out]` masked once like a Linear weight, the bias, and a local re-layout
+//! from rows of pixels back to NCHW.
+
+use crate::dealer::MaterialSpec;
+use crate::error::{shape_err, Result};
+use crate::nn::geometry::{im2col_index, nhwc_to_nchw_index, Window2d};
+use crate::party::Party;
+use crate::protocols::matmul::matmul_fixed_specs;
+use crate::session::Session;
+use crate::share::Share;
+use crate::transport::PartyId;
+
+use super::linear::share_plain_weight;
+use super::SharedLayer;
+
+/// A convolution whose weight is a fixed operand.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedConv2d {
+    weight: u64,
+    fixed: u64,
+    bias: u64,
+    in_channels: usize,
+    out_channels: usize,
+    window: Window2d,
+    /// Per-sample input `[c, h, w]`.
+    input: [usize; 3],
+    /// Output height and width.
+    out_hw: [usize; 2],
+}
+
+impl SharedConv2d {
+    /// Share a PyTorch-layout convolution (`weight [out, in, kh, kw]`, `bias [out]`) applied to
+    /// per-sample inputs of shape `input`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn share(
+        s: &mut Session,
+        owner: PartyId,
+        input: Vec<usize>,
+        in_channels: usize,
+        out_channels: usize,
+        window: Window2d,
+        weight: &[f64],
+        bias: &[f64],
+    ) -> Result<SharedConv2d> {
+        let [c, h, w] = input[..] else {
+            return Err(shape_err(
+                "conv2d",
+                format!("input {input:?} is not [c, h, w]"),
+            ));
+        };
+        if c != in_channels {
+            return Err(shape_err(
+                "conv2d",
+                format!("{c} input channels for Conv2d({in_channels}, {out_channels})"),
+            ));
+        }
+        let out_hw = window.output_size("conv2d", h, w)?;
+        let k = in_channels * window.kernel[0] * window.kernel[1];
+        let (weight, fixed, bias) = share_plain_weight(s, owner, k, out_channels, weight, bias)?;
+        Ok(SharedConv2d {
+            weight,
+            fixed,
+            bias,
+            in_channels,
+            out_channels,
+            window,
+            input: [c, h, w],
+            out_hw,
+        })
+    }
+
+    fn k(&self) -> usize {
+        self.in_channels * self.window.kernel[0] * self.window.kernel[1]
+    }
+}
+
+impl SharedLayer for SharedConv2d {
+    fn stored_ids(&self) -> Vec<u64> {
+        vec![self.weight, self.fixed, self.bias]
+    }
+
+    fn fixed_ids(&self) -> Vec<u64> {
+        vec![self.fixed]
+    }
+
+    fn name(&self) -> String {
+        format!(
+            "Conv2d({}, {}, kernel_size={:?}, stride={:?}, padding={:?})",
+            self.in_channels,
+            self.out_channels,
+            self.window.kernel,
+            self.window.stride,
+            self.window.padding
+        )
+    }
+
+    fn material(&self, batch: usize, frac_bits: u32) -> Vec<MaterialSpec> {
+        let pixels = batch * self.out_hw[0] * self.out_hw[1];
+        matmul_fixed_specs(self.fixed, pixels, self.k(), self.out_channels, frac_bits)
+    }
+
+    fn forward(&self, p: &mut Party, x: &Share) -> Result<Share> {
+        let n = x.shape()[0];
+        let [c, h, w] = self.input;
+        let pixels = n * self.out_hw[0] * self.out_hw[1];
+        let cols = p.gather(
+            x,
+            &im2col_index(&self.window, n, c, h, w)?,
+            &[pixels, self.k()],
+        )?;
+        let wt = p.fixed_operand(self.fixed, &p.kept(self.weight)?)?;
+        let z = p.matmul_fixed(&cols, &wt)?;
+        let z = p.add_row_broadcast(&z, &p.kept(self.bias)?)?;
+        let [oh, ow] = self.out_hw;
+        p.gather(
+            &z,
+            &nhwc_to_nchw_index(n, self.out_channels, oh * ow),
+            &[n, self.out_channels, oh, ow],
+        )
+    }
+}

@@ -1,0 +1,315 @@
+//! A model shared between alice and bob: handles on the session side, secure forward on each
+//! party.
+//!
+//! # One definition per layer
+//! Each shared layer is a type implementing [`SharedLayer`] in its own module. Its
+//! [`SharedLayer::material`] lists the dealer material its [`SharedLayer::forward`] consumes, and
+//! both are written against the same protocol calls: a layer that calls `p.relu` declares
+//! `relu_specs`, one that calls `p.matmul_fixed` declares `matmul_fixed_specs` — the spec
+//! functions live beside the protocols that consume them. [`SharedModel::material_specs`] and
+//! [`SharedModel::forward`] only iterate over the layers, and `forward` checks every layer's
+//! consumption against its declaration whenever the material was preprocessed, so a divergence
+//! is an error at once rather than a desynchronised queue later.
+
+mod activation;
+mod conv;
+mod linear;
+mod pool;
+
+use std::fmt;
+use std::sync::Arc;
+
+pub use activation::{SharedAffine2d, SharedFlatten, SharedIdentity, SharedReLU};
+pub use conv::SharedConv2d;
+pub use linear::SharedLinear;
+pub use pool::{SharedAvgPool2d, SharedMaxPool2d};
+
+use crate::dealer::MaterialSpec;
+use crate::error::{shape_err, EngineError, Result};
+use crate::nn::plain::Layer;
+use crate::nn::range::{ring_limits, ModelBounds, RangeGuard, RangeReport};
+use crate::nn::source::{LayerShape, ModelSource};
+use crate::party::Party;
+use crate::session::Session;
+use crate::share::Share;
+use crate::transport::PartyId;
+
+/// One layer of a shared model: store ids of its shared parameters (no data), its per-sample
+/// input shape, and its secure forward pass with the material that pass consumes.
+pub trait SharedLayer: fmt::Debug + Send + Sync {
+    /// PyTorch-style name.
+    fn name(&self) -> String;
+
+    /// Dealer material one forward pass over `batch` samples consumes, in consumption order.
+    fn material(&self, batch: usize, frac_bits: u32) -> Vec<MaterialSpec>;
+
+    /// Secure forward pass on this party's share of `x [batch, ...input shape]`.
+    fn forward(&self, p: &mut Party, x: &Share) -> Result<Share>;
+
+    /// Whether this is a Linear layer (the hidden Linear outputs are what calibrated bounds
+    /// cover, see [`crate::nn::range`]).
+    fn is_linear(&self) -> bool {
+        false
+    }
+
+    /// Store ids this layer holds on each party (shares and fixed operands).
+    fn stored_ids(&self) -> Vec<u64> {
+        Vec::new()
+    }
+
+    /// Fixed-operand ids of this layer (their dealer masks and pools go with the model).
+    fn fixed_ids(&self) -> Vec<u64> {
+        Vec::new()
+    }
+}
+
+/// A model after `fix_precision().share(alice, bob, crypto_provider)`.
+#[derive(Clone, Debug)]
+pub struct SharedModel {
+    layers: Vec<Arc<dyn SharedLayer>>,
+    /// Elements per sample of each layer's output.
+    output_lens: Vec<usize>,
+    input_shape: Vec<usize>,
+    out_features: usize,
+    bounds: ModelBounds,
+    range: RangeReport,
+    limits: Vec<u64>,
+}
+
+impl Session {
+    /// [`Self::share_model_with`] with the default bounds (inputs within
+    /// [`crate::nn::range::DEFAULT_INPUT_BOUND`], worst-case analysis).
+    pub fn share_model(&mut self, owner: PartyId, model: &dyn ModelSource) -> Result<SharedModel> {
+        self.share_model_with(owner, model, &ModelBounds::default())
+    }
+
+    /// The model owner fixed-point encodes `model` and shares it across alice and bob; each
+    /// weight is registered as a fixed operand (its mask opened once). Before anything is
+    /// shared, the range analysis proves that no value can overflow for inputs within `bounds`
+    /// (or refuses); the bounds are stored with the shared model.
+    pub fn share_model_with(
+        &mut self,
+        owner: PartyId,
+        model: &dyn ModelSource,
+        bounds: &ModelBounds,
+    ) -> Result<SharedModel> {
+        self.share_model_observed(owner, model, bounds, &mut |_, _| {})
+    }
+
+    /// [`Session::share_model_with`], calling `on_progress(parameters_done, parameters_total)`
+    /// after each layer. The owner streams one tensor at a time from `model` into the share
+    /// messages; each party builds its weight share straight into the product layout.
+    pub fn share_model_observed(
+        &mut self,
+        owner: PartyId,
+        model: &dyn ModelSource,
+        bounds: &ModelBounds,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<SharedModel> {
+        let fx = self.config().fixed;
+        model.check_encodable(&fx)?;
+        let range = model.analyse(&fx, bounds)?;
+        let shapes = model.shapes()?;
+        let kinds = model.layer_shapes();
+        let (total, mut done) = (model.parameter_count(), 0);
+        let mut layers: Vec<Arc<dyn SharedLayer>> = Vec::with_capacity(kinds.len());
+        for (li, (kind, shape)) in kinds.iter().zip(&shapes).enumerate() {
+            let input = shape.clone();
+            layers.push(match *kind {
+                LayerShape::Linear {
+                    in_features,
+                    out_features,
+                } => {
+                    done += in_features * out_features + out_features;
+                    Arc::new(SharedLinear::share_from(
+                        self,
+                        owner,
+                        model,
+                        li,
+                        in_features,
+                        out_features,
+                    )?)
+                }
+                LayerShape::ReLU => Arc::new(SharedReLU::new(input)),
+                LayerShape::Dropout => Arc::new(SharedIdentity::new("Dropout")),
+                LayerShape::Flatten => Arc::new(SharedFlatten::new(input)),
+                LayerShape::Other => {
+                    let l = model.layer(li)?;
+                    done += l.parameters();
+                    self.share_layer(owner, input, &l)?
+                }
+            });
+            on_progress(done, total);
+        }
+        let out_features = shapes.last().map_or(0, |s| s.iter().product());
+        Ok(SharedModel {
+            layers,
+            output_lens: shapes[1..].iter().map(|s| s.iter().product()).collect(),
+            input_shape: model.input_shape(),
+            out_features,
+            bounds: bounds.clone(),
+            range,
+            limits: ring_limits(bounds, &fx),
+        })
+    }
+
+    /// Share one layer read whole from the owner's model, applied to per-sample `input`.
+    fn share_layer(
+        &mut self,
+        owner: PartyId,
+        input: Vec<usize>,
+        l: &Layer,
+    ) -> Result<Arc<dyn SharedLayer>> {
+        Ok(match l {
+            Layer::Linear {
+                in_features,
+                out_features,
+                weight,
+                bias,
+            } => Arc::new(SharedLinear::share(
+                self,
+                owner,
+                *in_features,
+                *out_features,
+                weight,
+                bias,
+            )?),
+            Layer::Conv2d {
+                in_channels,
+                out_channels,
+                window,
+                weight,
+                bias,
+            } => Arc::new(SharedConv2d::share(
+                self,
+                owner,
+                input,
+                *in_channels,
+                *out_channels,
+                *window,
+                weight,
+                bias,
+            )?),
+            Layer::ReLU => Arc::new(SharedReLU::new(input)),
+            Layer::Dropout => Arc::new(SharedIdentity::new("Dropout")),
+            Layer::Flatten => Arc::new(SharedFlatten::new(input)),
+            Layer::MaxPool2d { window } => Arc::new(SharedMaxPool2d::new(input, *window)?),
+            Layer::AvgPool2d {
+                window,
+                count_include_pad,
+            } => Arc::new(SharedAvgPool2d::avg(input, *window, *count_include_pad)?),
+            Layer::AdaptiveAvgPool2d { output } => {
+                Arc::new(SharedAvgPool2d::adaptive(input, *output)?)
+            }
+            Layer::BatchNorm2d { scale, shift } => Arc::new(SharedAffine2d::new(
+                input,
+                scale,
+                shift,
+                &self.config().fixed,
+            )?),
+        })
+    }
+
+    /// Delete a shared model: both parties drop its shares and fixed operands, every material
+    /// pool made for it is closed (its workers stopped, its material freed), and the dealer
+    /// forgets its fixed masks.
+    pub fn delete_model(&mut self, model: SharedModel) -> Result<()> {
+        let ids: Vec<u64> = model.layers.iter().flat_map(|l| l.stored_ids()).collect();
+        let fixed: Vec<u64> = model.layers.iter().flat_map(|l| l.fixed_ids()).collect();
+        self.run(move |p| {
+            p.close_pools_of(&fixed);
+            for &id in &ids {
+                p.forget(id);
+            }
+            if p.index() == 1 {
+                p.dealer_forget_fixed(&fixed)?;
+            }
+            Ok(())
+        })?;
+        Ok(())
+    }
+}
+
+impl SharedModel {
+    /// Input width: elements per sample.
+    pub fn in_features(&self) -> usize {
+        self.input_shape.iter().product()
+    }
+
+    /// Shape of one input sample (`[features]`, or `[channels, height, width]`).
+    pub fn input_shape(&self) -> &[usize] {
+        &self.input_shape
+    }
+
+    /// Output width (classes).
+    pub fn out_features(&self) -> usize {
+        self.out_features
+    }
+
+    /// The layers.
+    pub fn layers(&self) -> &[Arc<dyn SharedLayer>] {
+        &self.layers
+    }
+
+    /// The bounds declared by the model owner (the client checks its inputs against them).
+    pub fn bounds(&self) -> &ModelBounds {
+        &self.bounds
+    }
+
+    /// The range analysis done before sharing (headroom, error bound).
+    pub fn range(&self) -> &RangeReport {
+        &self.range
+    }
+
+    /// Dealer material for one forward pass of `batch` rows, in consumption order (each layer's
+    /// own material, then the range guard's check of its output where bounds are calibrated).
+    pub fn material_specs(&self, batch: usize, frac_bits: u32) -> Vec<MaterialSpec> {
+        let mut guard = RangeGuard::new(&self.limits);
+        let mut specs = Vec::new();
+        for (l, n) in self.layers.iter().zip(&self.output_lens) {
+            specs.extend(l.material(batch, frac_bits));
+            specs.extend(guard.specs_after(l.as_ref(), batch * n));
+        }
+        specs.extend(guard.final_specs());
+        specs
+    }
+
+    /// Secure forward pass on this party's share of `x [batch, in]` (or `[batch, ...input
+    /// shape]`); returns `[batch, out]`.
+    pub fn forward(&self, p: &mut Party, x: &Share) -> Result<Share> {
+        let per = self.in_features();
+        let batch = match x.shape().first() {
+            Some(&b) if x.len() == b * per => b,
+            _ => {
+                return Err(shape_err(
+                    "forward",
+                    format!(
+                        "input {:?} is not a batch of samples of shape {:?}",
+                        x.shape(),
+                        self.input_shape
+                    ),
+                ))
+            }
+        };
+        let mut shape = vec![batch];
+        shape.extend(&self.input_shape);
+        let mut cur = x.reshape(&shape)?;
+        let f = p.fixed_point().frac_bits();
+        let mut guard = RangeGuard::new(&self.limits);
+        for (i, l) in self.layers.iter().enumerate() {
+            let declared = l.material(batch, f).len();
+            let before = p.queued_material();
+            cur = l.forward(p, &cur)?;
+            let used = before.saturating_sub(p.queued_material());
+            if before >= declared && used != declared {
+                return Err(EngineError::Protocol(format!(
+                    "layer {i} {} consumed {used} preprocessed material items but declares {declared}",
+                    l.name()
+                )));
+            }
+            guard.observe(p, l.as_ref(), &cur)?;
+        }
+        guard.finish(p)?;
+        Ok(cur)
+    }
+}

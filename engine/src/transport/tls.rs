@@ -1,0 +1,466 @@
+//! Mutually authenticated TLS 1.3 links (rustls, `ring` provider).
+//!
+//! Every endpoint holds its deployment's CA certificate and its own certificate, which binds its
+//! [`Role`] as a DNS name (see [`crate::deploy`]). The connecting side checks that the server's
+//! certificate chains to the CA and names the role it meant to reach; the accepting side checks
+//! that the client's certificate chains to the CA and names one of the roles it accepts. Anything
+//! else (a certificate for another role, from another CA, or none) fails the handshake, and the
+//! refusal is logged with `tracing`.
+//!
+//! After the handshake a link is the same framed stream as plain TCP ([`super::stream`]): the
+//! TLS connection is shared by a reading half and a writing half, each holding the lock only
+//! while rustls encrypts or decrypts, never while waiting on the socket.
+
+use std::collections::HashMap;
+use std::io::{self, ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{
+    ClientConfig, ClientConnection, Connection, DigitallySignedStruct, DistinguishedName,
+    RootCertStore, ServerConfig, ServerConnection, SignatureScheme,
+};
+
+use super::stream::{Link, ReadHalf, StreamOptions, StreamTransport, WriteHalf};
+use super::PartyId;
+use crate::deploy::{generate_keys, Credentials, Role};
+use crate::error::{EngineError, Result};
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn bad_key(what: &str, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Invalid(format!("{what}: {e}"))
+}
+
+/// Does `cert` name `role` in `deployment`?
+fn names_role(cert: &CertificateDer<'_>, deployment: &str, role: &Role) -> bool {
+    let Ok(name) = ServerName::try_from(role.subject_name(deployment)) else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(cert)
+        .map(|c| c.verify_is_valid_for_subject_name(&name).is_ok())
+        .unwrap_or(false)
+}
+
+/// The accepting side's check: the CA chain (webpki) and then the role named by the certificate.
+#[derive(Debug)]
+struct RoleVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    deployment: String,
+    allowed: Vec<Role>,
+}
+
+impl ClientCertVerifier for RoleVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> std::result::Result<ClientCertVerified, rustls::Error> {
+        let ok = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if self
+            .allowed
+            .iter()
+            .any(|r| names_role(end_entity, &self.deployment, r))
+        {
+            Ok(ok)
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// One endpoint's TLS identity: its role, its certificate and key, and the deployment CA.
+pub struct TlsEndpoint {
+    deployment: String,
+    role: Role,
+    roots: Arc<RootCertStore>,
+    chain: Vec<CertificateDer<'static>>,
+    key: Option<PrivateKeyDer<'static>>,
+    client: Arc<ClientConfig>,
+}
+
+impl TlsEndpoint {
+    /// An endpoint of `deployment` acting as `role`, trusting only the CA in `ca_pem`.
+    ///
+    /// `credentials` may be `None` only to build an endpoint that connects without a
+    /// certificate (which every accepting side refuses; for tests of that refusal).
+    pub fn new(
+        deployment: &str,
+        role: Role,
+        ca_pem: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<TlsEndpoint> {
+        let mut roots = RootCertStore::empty();
+        let mut found = 0;
+        for c in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            let c = c.map_err(|e| bad_key("CA certificate", e))?;
+            roots.add(c).map_err(|e| bad_key("CA certificate", e))?;
+            found += 1;
+        }
+        if found == 0 {
+            return Err(EngineError::Invalid(
+                "CA certificate: no certificate in the PEM text".into(),
+            ));
+        }
+        let roots = Arc::new(roots);
+        let (chain, key) = match credentials {
+            Some(c) => {
+                let chain = CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
+                    .collect::<std::result::Result<Vec<_>, _>>()
+                    .map_err(|e| bad_key(&format!("{role} certificate"), e))?;
+                if chain.is_empty() {
+                    return Err(EngineError::Invalid(format!(
+                        "{role} certificate: no certificate in the PEM text"
+                    )));
+                }
+                let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
+                    .map_err(|e| bad_key(&format!("{role} private key"), e))?;
+                (chain, Some(key))
+            }
+            None => (Vec::new(), None),
+        };
+        let builder = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| bad_key("TLS", e))?
+            .with_root_certificates(roots.clone());
+        let client = match &key {
+            Some(k) => builder
+                .with_client_auth_cert(chain.clone(), k.clone_key())
+                .map_err(|e| bad_key(&format!("{role} credentials"), e))?,
+            None => builder.with_no_client_auth(),
+        };
+        Ok(TlsEndpoint {
+            deployment: deployment.to_string(),
+            role,
+            roots,
+            chain,
+            key,
+            client: Arc::new(client),
+        })
+    }
+
+    /// This endpoint's role.
+    pub fn role(&self) -> &Role {
+        &self.role
+    }
+
+    fn refused(
+        &self,
+        peer: &str,
+        addr: Option<SocketAddr>,
+        e: impl std::fmt::Display,
+    ) -> EngineError {
+        let addr = addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+        tracing::warn!(me = %self.role, peer, %addr, error = %e, "TLS connection refused");
+        EngineError::Protocol(format!(
+            "{}: TLS connection with {peer} at {addr} refused: {e}",
+            self.role
+        ))
+    }
+
+    /// Run the handshake on `stream` (at most `timeout` per read or write) and make a link.
+    fn finish(
+        &self,
+        mut conn: Connection,
+        mut stream: TcpStream,
+        timeout: Duration,
+    ) -> io::Result<(Connection, TcpStream)> {
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut stream)?;
+        }
+        // Flush what the handshake left queued (the client's Finished).
+        while conn.wants_write() {
+            conn.write_tls(&mut stream)?;
+        }
+        stream.set_write_timeout(None)?;
+        stream.set_nodelay(true)?;
+        Ok((conn, stream))
+    }
+
+    /// Connect over `stream` to the service acting as `peer`; its certificate must chain to the
+    /// deployment CA and name `peer`.
+    pub fn connect(&self, stream: TcpStream, peer: &Role, timeout: Duration) -> Result<Link> {
+        let addr = stream.peer_addr().ok();
+        let peer_name = peer.to_string();
+        let name = ServerName::try_from(peer.subject_name(&self.deployment))
+            .map_err(|e| bad_key("peer name", e))?;
+        let conn = ClientConnection::new(self.client.clone(), name)
+            .map_err(|e| self.refused(&peer_name, addr, e))?;
+        let (conn, stream) = self
+            .finish(Connection::Client(conn), stream, timeout)
+            .map_err(|e| self.refused(&peer_name, addr, e))?;
+        tracing::debug!(me = %self.role, peer = %peer_name, "TLS link up");
+        tls_link(conn, stream).map_err(|e| self.refused(&peer_name, addr, e))
+    }
+
+    /// Accept a connection on `stream` from one of `allowed`; its certificate must chain to the
+    /// deployment CA and name an allowed role. Returns the peer's role and the link.
+    pub fn accept(
+        &self,
+        stream: TcpStream,
+        allowed: &[Role],
+        timeout: Duration,
+    ) -> Result<(Role, Link)> {
+        let addr = stream.peer_addr().ok();
+        let who = "an incoming peer";
+        let Some(key) = &self.key else {
+            return Err(EngineError::Invalid(format!(
+                "{} has no certificate and cannot accept connections",
+                self.role
+            )));
+        };
+        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| bad_key("client verifier", e))?;
+        let verifier = Arc::new(RoleVerifier {
+            inner,
+            deployment: self.deployment.clone(),
+            allowed: allowed.to_vec(),
+        });
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| bad_key("TLS", e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), key.clone_key())
+            .map_err(|e| bad_key(&format!("{} credentials", self.role), e))?;
+        // Links are long-lived and never resumed: no session tickets.
+        config.send_tls13_tickets = 0;
+        let conn =
+            ServerConnection::new(Arc::new(config)).map_err(|e| self.refused(who, addr, e))?;
+        let (conn, stream) = self
+            .finish(Connection::Server(conn), stream, timeout)
+            .map_err(|e| self.refused(who, addr, e))?;
+        let cert = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .ok_or_else(|| self.refused(who, addr, "no client certificate"))?;
+        let role = allowed
+            .iter()
+            .find(|r| names_role(cert, &self.deployment, r))
+            .cloned()
+            .ok_or_else(|| self.refused(who, addr, "certificate names no allowed role"))?;
+        tracing::debug!(me = %self.role, peer = %role, "TLS link up");
+        let link = tls_link(conn, stream).map_err(|e| self.refused(who, addr, e))?;
+        Ok((role, link))
+    }
+}
+
+type SharedConn = Arc<Mutex<Connection>>;
+
+fn lock(conn: &SharedConn) -> io::Result<MutexGuard<'_, Connection>> {
+    conn.lock()
+        .map_err(|_| io::Error::other("TLS connection state poisoned"))
+}
+
+/// The reading half: decrypts records as they arrive.
+struct TlsReader {
+    conn: SharedConn,
+    sock: TcpStream,
+    raw: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+impl Read for TlsReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            {
+                let mut c = lock(&self.conn)?;
+                match c.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                if self.start < self.end {
+                    let mut pending = &self.raw[self.start..self.end];
+                    let n = c.read_tls(&mut pending)?;
+                    self.start += n;
+                    c.process_new_packets()
+                        .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+                    continue;
+                }
+            }
+            let n = self.sock.read(&mut self.raw)?;
+            if n == 0 {
+                return Ok(0);
+            }
+            (self.start, self.end) = (0, n);
+        }
+    }
+}
+
+impl ReadHalf for TlsReader {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        self.sock.set_read_timeout(timeout)
+    }
+}
+
+/// The writing half: encrypts under the lock, writes to the socket outside it.
+struct TlsWriter {
+    conn: SharedConn,
+    sock: TcpStream,
+    out: Vec<u8>,
+}
+
+impl TlsWriter {
+    fn drain(&mut self, c: &mut Connection) -> io::Result<()> {
+        self.out.clear();
+        while c.wants_write() {
+            c.write_tls(&mut self.out)?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for TlsWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let conn = self.conn.clone();
+        let n = {
+            let mut c = lock(&conn)?;
+            let n = c.writer().write(buf)?;
+            self.drain(&mut c)?;
+            n
+        };
+        self.sock.write_all(&self.out)?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.sock.flush()
+    }
+}
+
+impl WriteHalf for TlsWriter {
+    fn close(&mut self) {
+        let conn = self.conn.clone();
+        if let Ok(mut c) = lock(&conn) {
+            c.send_close_notify();
+            if self.drain(&mut c).is_err() {
+                return;
+            }
+        }
+        let _ = self.sock.write_all(&self.out);
+        let _ = self.sock.shutdown(Shutdown::Write);
+    }
+}
+
+fn tls_link(conn: Connection, sock: TcpStream) -> io::Result<Link> {
+    let conn = Arc::new(Mutex::new(conn));
+    let reader = TlsReader {
+        conn: conn.clone(),
+        sock: sock.try_clone()?,
+        raw: vec![0u8; 1 << 16],
+        start: 0,
+        end: 0,
+    };
+    let writer = TlsWriter {
+        conn,
+        sock,
+        out: Vec::with_capacity(1 << 17),
+    };
+    Link::new(Box::new(reader), Box::new(writer))
+}
+
+/// The role each in-process endpoint takes in [`tls_mesh`].
+fn mesh_role(id: PartyId) -> Role {
+    match id {
+        PartyId::Alice => Role::Alice,
+        PartyId::Bob => Role::Bob,
+        PartyId::Dealer => Role::Dealer,
+        PartyId::ModelOwner => Role::ModelOwner("owner".into()),
+        PartyId::Client => Role::Client("client".into()),
+    }
+}
+
+/// Connect every endpoint in `ids` to every other over loopback TLS (127.0.0.1), with a fresh
+/// in-memory deployment CA and certificates (nothing is written to disk).
+pub fn tls_mesh(
+    ids: &[PartyId],
+    options: StreamOptions,
+) -> Result<HashMap<PartyId, StreamTransport>> {
+    const DEPLOYMENT: &str = "in-process";
+    let roles: Vec<Role> = ids.iter().map(|&id| mesh_role(id)).collect();
+    let keys = generate_keys(DEPLOYMENT, &roles)?;
+    let mut endpoints = HashMap::new();
+    for (id, role) in ids.iter().zip(&roles) {
+        let creds = keys.credentials(role).expect("generated");
+        endpoints.insert(
+            *id,
+            Arc::new(TlsEndpoint::new(
+                DEPLOYMENT,
+                role.clone(),
+                &keys.ca.cert_pem,
+                Some(creds),
+            )?),
+        );
+    }
+    let mut out: HashMap<PartyId, StreamTransport> = ids
+        .iter()
+        .map(|&id| (id, StreamTransport::new(id, options)))
+        .collect();
+    let io_err = |e: io::Error| EngineError::Protocol(format!("TLS mesh set-up failed: {e}"));
+    for (i, &a) in ids.iter().enumerate() {
+        for &b in &ids[i + 1..] {
+            let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io_err)?;
+            let addr = listener.local_addr().map_err(io_err)?;
+            let server = endpoints[&a].clone();
+            let expect = mesh_role(b);
+            let timeout = options.timeout;
+            let accepting = std::thread::spawn(move || -> Result<Link> {
+                let (stream, _) = listener.accept().map_err(io_err)?;
+                let (_, link) = server.accept(stream, &[expect], timeout)?;
+                Ok(link)
+            });
+            let stream = TcpStream::connect(addr).map_err(io_err)?;
+            let link_b = endpoints[&b].connect(stream, &mesh_role(a), timeout);
+            let link_a = accepting
+                .join()
+                .map_err(|_| EngineError::Protocol("TLS accept thread panicked".into()))?;
+            out.get_mut(&a).expect("endpoint").add_link(b, link_a?);
+            out.get_mut(&b).expect("endpoint").add_link(a, link_b?);
+        }
+    }
+    Ok(out)
+}

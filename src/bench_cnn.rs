@@ -1,0 +1,241 @@
+//! VGG16 benchmarks: the CIFAR-10-shaped model (3x32x32, 13 convolutions, 512-512-10
+//! classifier) at batch 1 and 64, and torchvision's whole VGG16 at 224x224 on request; MACs per
+//! image beside every time, rounds and bytes per image per layer type.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use kernels::{backend_from_kind, Backend, BackendKind, ScalarOp, Tensor};
+use rand::Rng;
+use rand_chacha::ChaCha20Rng;
+
+use engine::error::Result;
+use engine::nn::geometry::{im2col_index, max_pool_index, nhwc_to_nchw_index};
+use engine::nn::plain::{transposed, vgg16, Layer, Sequential};
+use engine::session::{Session, SessionConfig};
+use engine::transport::{PartyId, StepStats};
+
+/// Plaintext u64 forward of the same lowering on the same backend (im2col + GEMM + shift),
+/// the baseline for the online time. Returns the output tensor.
+fn plaintext_u64(
+    be: &dyn Backend,
+    model: &Sequential,
+    params: &[Option<(Tensor, Vec<u64>)>],
+    x: &Tensor,
+    f: u32,
+) -> Result<Tensor> {
+    let shapes = model.shapes()?;
+    let n = x.shape()[0];
+    let mut cur = x.clone();
+    for ((l, shape), p) in model.layers.iter().zip(&shapes).zip(params) {
+        cur = match l {
+            Layer::Conv2d {
+                out_channels,
+                window,
+                ..
+            } => {
+                let (c, h, w) = (shape[0], shape[1], shape[2]);
+                let [oh, ow] = window.output_size("conv", h, w)?;
+                let k = c * window.kernel[0] * window.kernel[1];
+                let cols =
+                    be.gather(&cur, &im2col_index(window, n, c, h, w)?, &[n * oh * ow, k])?;
+                let (wt, bias) = p.as_ref().expect("conv params");
+                let z = be.matmul(&cols, wt, None)?;
+                let mut host = be.download(&z)?;
+                for (i, v) in host.iter_mut().enumerate() {
+                    *v = (((*v as i64) >> f) as u64).wrapping_add(bias[i % out_channels]);
+                }
+                let z = be.upload(z.shape(), &host)?;
+                be.gather(
+                    &z,
+                    &nhwc_to_nchw_index(n, *out_channels, oh * ow),
+                    &[n, *out_channels, oh, ow],
+                )?
+            }
+            Layer::Linear { out_features, .. } => {
+                let (wt, bias) = p.as_ref().expect("linear params");
+                let flat = cur.reshaped(vec![n, cur.len() / n]).expect("rows");
+                let z = be.matmul(&flat, wt, None)?;
+                let mut host = be.download(&z)?;
+                for (i, v) in host.iter_mut().enumerate() {
+                    *v = (((*v as i64) >> f) as u64).wrapping_add(bias[i % out_features]);
+                }
+                be.upload(z.shape(), &host)?
+            }
+            Layer::ReLU => {
+                let mut host = be.download(&cur)?;
+                host.iter_mut().for_each(|v| {
+                    if (*v as i64) < 0 {
+                        *v = 0
+                    }
+                });
+                be.upload(cur.shape(), &host)?
+            }
+            Layer::MaxPool2d { window } => {
+                let (c, h, w) = (shape[0], shape[1], shape[2]);
+                let [oh, ow] = window.output_size("pool", h, w)?;
+                let k = window.kernel[0] * window.kernel[1];
+                let win = be.gather(
+                    &cur,
+                    &max_pool_index(window, n, c, h, w)?,
+                    &[n * c * oh * ow, k],
+                )?;
+                let host = be.download(&win)?;
+                let m: Vec<u64> = host
+                    .chunks(k)
+                    .map(|r| *r.iter().max_by_key(|v| **v as i64).expect("k>0"))
+                    .collect();
+                be.upload(&[n, c, oh, ow], &m)?
+            }
+            _ => be.scalar(ScalarOp::Add, &cur, 0)?,
+        };
+    }
+    Ok(cur)
+}
+
+fn layer_kind(name: &str) -> String {
+    name.split('(').next().unwrap_or(name).to_string()
+}
+
+/// Peak resident memory of this process (all roles run in it), from /proc.
+fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// One VGG16 configuration at one batch size.
+pub fn vgg16_run(
+    kind: BackendKind,
+    size: usize,
+    avgpool: Option<[usize; 2]>,
+    hidden: usize,
+    classes: usize,
+    batches: &[usize],
+    rng: &mut ChaCha20Rng,
+) -> Result<()> {
+    let model = vgg16(size, avgpool, hidden, classes, rng)?;
+    let macs = model.macs_per_sample();
+    let be = backend_from_kind(kind)?;
+    let mut s = Session::new(SessionConfig {
+        backend: kind,
+        ..Default::default()
+    })?;
+    let fx = s.config().fixed;
+    let f = fx.frac_bits();
+    let shapes = model.shapes()?;
+    let mut params = Vec::new();
+    for (l, shape) in model.layers.iter().zip(&shapes) {
+        params.push(match l {
+            Layer::Conv2d {
+                out_channels,
+                weight,
+                bias,
+                ..
+            } => {
+                let k = weight.len() / out_channels;
+                let wt = fx.encode(&transposed(weight, *out_channels, k))?;
+                Some((be.upload(&[k, *out_channels], &wt)?, fx.encode(bias)?))
+            }
+            Layer::Linear {
+                in_features,
+                out_features,
+                weight,
+                bias,
+            } => {
+                let wt = fx.encode(&transposed(weight, *out_features, *in_features))?;
+                Some((
+                    be.upload(&[*in_features, *out_features], &wt)?,
+                    fx.encode(bias)?,
+                ))
+            }
+            _ => None,
+        });
+        let _ = shape;
+    }
+    let t = Instant::now();
+    let shared = s.share_model(PartyId::ModelOwner, &model)?;
+    let share_secs = t.elapsed().as_secs_f64();
+    println!(
+        "VGG16 {size}x{size} ({} parameters, {:.2} GMACs per image; model shared once in {share_secs:.1} s):",
+        model.parameters(),
+        macs as f64 / 1e9
+    );
+    println!("| batch | MACs/image | plaintext u64 ms | preprocessing ms | online ms | total s/image | images/s (total) | online / plaintext |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut per_kind_last = BTreeMap::new();
+    for &batch in batches {
+        let per = model.in_features();
+        let xs: Vec<f64> = (0..batch * per).map(|_| rng.gen_range(0.0..1.0)).collect();
+        let xt = be.upload(&[batch, 3, size, size], &fx.encode(&xs)?)?;
+        let reps = if batch * macs as usize > 20_000_000_000 {
+            1
+        } else {
+            2
+        };
+        let mut t_plain = f64::INFINITY;
+        for _ in 0..reps {
+            let t = Instant::now();
+            plaintext_u64(be.as_ref(), &model, &params, &xt, f)?;
+            t_plain = t_plain.min(t.elapsed().as_secs_f64());
+        }
+        let x = s.share(PartyId::Client, &[batch, 3, size, size], &xs)?;
+        let xid = x.id();
+        let (mut best_pre, mut best_on) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..reps {
+            let m1 = shared.clone();
+            let t0 = Instant::now();
+            s.run(move |p| p.preprocess(&m1.material_specs(batch, p.fixed_point().frac_bits())))?;
+            let t1 = Instant::now();
+            let m2 = shared.clone();
+            let [per_kind, _] = s.run(move |p| {
+                let mut cur = p.kept(xid)?;
+                let mut kinds: BTreeMap<String, StepStats> = BTreeMap::new();
+                for l in m2.layers() {
+                    let before = p.traffic();
+                    cur = l.forward(p, &cur)?;
+                    kinds
+                        .entry(layer_kind(&l.name()))
+                        .or_default()
+                        .add(&p.traffic().since(&before).online());
+                }
+                Ok(kinds)
+            })?;
+            let t2 = Instant::now();
+            best_pre = best_pre.min((t1 - t0).as_secs_f64());
+            best_on = best_on.min((t2 - t1).as_secs_f64());
+            per_kind_last = per_kind;
+        }
+        s.run(move |p| {
+            p.forget(xid);
+            Ok(())
+        })?;
+        let total = best_pre + best_on;
+        println!(
+            "| {batch} | {:.3} G | {:.1} | {:.1} | {:.1} | {:.4} | {:.1} | {:.2}x |",
+            macs as f64 / 1e9,
+            t_plain * 1e3,
+            best_pre * 1e3,
+            best_on * 1e3,
+            total / batch as f64,
+            batch as f64 / total,
+            best_on / t_plain
+        );
+        println!("per layer type at batch {batch}, per party (alice), per image:");
+        println!("| layer type | rounds (per batch) | MB sent per image |");
+        println!("|---|---|---|");
+        for (k, st) in &per_kind_last {
+            println!(
+                "| {k} | {} | {:.3} |",
+                st.rounds,
+                st.bytes_sent as f64 / 1e6 / batch as f64
+            );
+        }
+    }
+    if let Some(mb) = peak_rss_mb() {
+        println!("peak resident memory of the process (model owner, client, alice, bob and dealer together): {mb:.0} MB");
+    }
+    println!();
+    Ok(())
+}
