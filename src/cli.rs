@@ -15,7 +15,7 @@ use engine::io::{
 };
 use engine::nn::plain::{Layer, Sequential};
 use engine::nn::range::{calibrate, check_inputs, ModelBounds, DEFAULT_INPUT_BOUND};
-use engine::nn::{ClassifyOptions, ClassifyReport, SecureClassifier};
+use engine::nn::{check_labels, ClassifyOptions, ClassifyReport, SecureClassifier};
 use engine::session::{Session, SessionConfig};
 use engine::transport::{PartyId, TransportKind};
 
@@ -263,20 +263,8 @@ pub fn run(cli: Cli) -> Result<()> {
             let labels = match labels {
                 Some(p) => {
                     let l = load_labels(&p)?;
-                    if l.len() != n {
-                        return Err(EngineError::Format(format!(
-                            "{p}: {} labels for {n} inputs",
-                            l.len()
-                        )));
-                    }
-                    let classes = plain.out_features() as i64;
-                    if let Some((i, bad)) =
-                        l.iter().enumerate().find(|(_, &v)| v < 0 || v >= classes)
-                    {
-                        return Err(EngineError::Format(format!(
-                            "{p}: label {bad} at index {i} is not a class index in 0..{classes}"
-                        )));
-                    }
+                    check_labels(&l, n, plain.out_features())
+                        .map_err(|e| EngineError::Format(format!("{p}: {e}")))?;
                     Some(l)
                 }
                 None => None,
