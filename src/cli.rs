@@ -65,7 +65,7 @@ pub enum Command {
         transport: TransportKind,
         /// The input bound the model accepts: every feature must satisfy |x| <= this (the client
         /// checks its rows; the model owner's range analysis proves no overflow within it).
-        #[arg(long, default_value_t = DEFAULT_INPUT_BOUND)]
+        #[arg(long, default_value_t = DEFAULT_INPUT_BOUND, value_parser = positive_number)]
         input_bound: f64,
         /// Calibrate hidden-layer bounds on this `.npy` (the model owner's representative data)
         /// and check them inside the secure computation instead of worst-case bounds.
@@ -319,6 +319,15 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// A finite number above zero (for bounds; refused while parsing, before any file is read).
+fn positive_number(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(v) => Err(format!("must be a positive number, got {v}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -347,6 +347,19 @@ fn cli_refuses_bad_input_before_work_and_changes_no_file() {
         );
         assert_eq!(snapshot(&dd), before, "{args:?} changed a file");
     }
+    // A declared input bound that is not a positive number is refused while parsing (clap's
+    // usage error, exit code 2), before any file is read.
+    for bound in ["0", "-1", "nan", "inf"] {
+        let flag = format!("--input-bound={bound}");
+        let r = cli(&good(&["--output", s(&prev), &flag])
+            .iter()
+            .map(|a| a.as_str())
+            .collect::<Vec<_>>());
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{flag}: {err}");
+        assert!(err.contains("must be a positive number"), "{flag}: {err}");
+        assert_eq!(snapshot(&dd), before, "{flag} changed a file");
+    }
     // With the explicit flag the extra tensors are accepted; a good run replaces the output whole.
     let r = cli(&with(
         good(&["--output", s(&prev), "--allow-unused-tensors"]),
