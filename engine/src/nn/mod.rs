@@ -16,7 +16,7 @@ pub mod plain;
 pub mod range;
 pub mod shared;
 
-pub use classify::{ClassifyOptions, ClassifyReport, SecureClassifier};
+pub use classify::{check_labels, ClassifyOptions, ClassifyReport, SecureClassifier};
 pub use plain::{Layer, Sequential};
 pub use range::{ModelBounds, RangeReport};
 pub use shared::SharedModel;
