@@ -3,6 +3,7 @@
 #
 #   scripts/gpu-bench.sh           full shapes (VGG16 fc layers, head at batch 64/256/1024);
 #                                  sized to finish within 8 minutes on a datacenter GPU host
+#                                  (an estimate: no GPU has run it yet; the timeout bounds it)
 #   scripts/gpu-bench.sh --quick   tiny shapes (seconds on lavapipe; run by the test suite)
 #
 # Prints: the adapter and its u64 arithmetic variant (u32 pairs or native u64), the u64 GEMM

@@ -29,6 +29,8 @@ cleanup() {
   if [[ -n "$SERVER_PID" ]]; then kill "$SERVER_PID" 2>/dev/null || true; fi
   ip netns del "$NS_A" 2>/dev/null || true
   ip netns del "$NS_B" 2>/dev/null || true
+  # A veth pair made before a failed move into the namespaces is still in this namespace.
+  ip link del "${TAG}va" 2>/dev/null || true
   rm -rf "$WORK"
 }
 trap cleanup EXIT

@@ -17,7 +17,7 @@ use engine::io::{
 use engine::nn::plain::{Layer, Sequential};
 use engine::nn::range::{calibrate, check_inputs, ModelBounds, DEFAULT_INPUT_BOUND};
 use engine::nn::source::{to_sequential, ModelSource};
-use engine::nn::{ClassifyOptions, ClassifyReport, SecureClassifier};
+use engine::nn::{check_labels, ClassifyOptions, ClassifyReport, SecureClassifier};
 use engine::session::{Session, SessionConfig};
 use engine::transport::{PartyId, TransportKind};
 
@@ -73,7 +73,7 @@ pub enum Command {
         pool: usize,
         /// The input bound the model accepts: every feature must satisfy |x| <= this (the client
         /// checks its rows; the model owner's range analysis proves no overflow within it).
-        #[arg(long, default_value_t = DEFAULT_INPUT_BOUND)]
+        #[arg(long, default_value_t = DEFAULT_INPUT_BOUND, value_parser = positive_number)]
         input_bound: f64,
         /// Calibrate hidden-layer bounds on this `.npy` (the model owner's representative data)
         /// and check them inside the secure computation instead of worst-case bounds.
@@ -333,24 +333,12 @@ pub fn run(cli: Cli) -> Result<()> {
             let labels = match labels {
                 Some(p) => {
                     let l = load_labels(&p)?;
-                    if l.len() != n {
-                        return Err(EngineError::Format(format!(
-                            "{p}: {} labels for {n} inputs",
-                            l.len()
-                        )));
-                    }
                     let classes = plain
                         .shapes()?
                         .last()
-                        .map_or(0, |s| s.iter().product::<usize>())
-                        as i64;
-                    if let Some((i, bad)) =
-                        l.iter().enumerate().find(|(_, &v)| v < 0 || v >= classes)
-                    {
-                        return Err(EngineError::Format(format!(
-                            "{p}: label {bad} at index {i} is not a class index in 0..{classes}"
-                        )));
-                    }
+                        .map_or(0, |s| s.iter().product::<usize>());
+                    check_labels(&l, n, classes)
+                        .map_err(|e| EngineError::Format(format!("{p}: {e}")))?;
                     Some(l)
                 }
                 None => None,
@@ -409,6 +397,15 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+/// A finite number above zero (for bounds; refused while parsing, before any file is read).
+fn positive_number(text: &str) -> std::result::Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        Ok(v) => Err(format!("must be a positive number, got {v}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 

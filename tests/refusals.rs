@@ -246,6 +246,9 @@ fn cli_refuses_bad_input_before_work_and_changes_no_file() {
     write_x(&xp, 5, 4, &x);
     write_x(&x0, 0, 4, &[]);
     ndarray_npy::write_npy(&yp, &Array1::from(vec![0i64, 1, 2, 0, 1])).unwrap();
+    let (y_class, y_short) = (dd.join("y-class.npy"), dd.join("y-short.npy"));
+    ndarray_npy::write_npy(&y_class, &Array1::from(vec![0i64, 1, 3, 0, 1])).unwrap();
+    ndarray_npy::write_npy(&y_short, &Array1::from(vec![0i64, 1, 2])).unwrap();
     std::fs::write(&prev, b"previous predictions, must survive").unwrap();
     // A 128-byte .npy whose header claims a huge shape; one with trailing bytes; a 3-D one.
     let npy = |shape: &str, descr: &str, data: usize| {
@@ -323,6 +326,8 @@ fn cli_refuses_bad_input_before_work_and_changes_no_file() {
         (with(good(&["--output", s(&prev)]), "--input", s(&ints)), "dtype '<i4' is not supported".into()),
         (with(good(&["--output", s(&prev)]), "--labels", s(&xp)), "wrong number of dimensions: shape [5, 4] has 2, expected a 1-D int64/int32 array [N]".into()),
         (with(good(&["--output", s(&prev)]), "--arch", "LINEAR,relu,linear"), "tensor '2.weight' is missing".into()),
+        (with(good(&["--output", s(&prev)]), "--labels", s(&y_class)), format!("{}: invalid argument: label 3 at index 2 is not a class index in 0..3", s(&y_class))),
+        (with(good(&["--output", s(&prev)]), "--labels", s(&y_short)), "3 labels for 5 inputs".into()),
     ];
     let before = snapshot(&dd);
     for (args, msg) in &cases {
@@ -341,6 +346,19 @@ fn cli_refuses_bad_input_before_work_and_changes_no_file() {
             "{args:?} did work"
         );
         assert_eq!(snapshot(&dd), before, "{args:?} changed a file");
+    }
+    // A declared input bound that is not a positive number is refused while parsing (clap's
+    // usage error, exit code 2), before any file is read.
+    for bound in ["0", "-1", "nan", "inf"] {
+        let flag = format!("--input-bound={bound}");
+        let r = cli(&good(&["--output", s(&prev), &flag])
+            .iter()
+            .map(|a| a.as_str())
+            .collect::<Vec<_>>());
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{flag}: {err}");
+        assert!(err.contains("must be a positive number"), "{flag}: {err}");
+        assert_eq!(snapshot(&dd), before, "{flag} changed a file");
     }
     // With the explicit flag the extra tensors are accepted; a good run replaces the output whole.
     let r = cli(&with(

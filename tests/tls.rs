@@ -250,12 +250,19 @@ role = "client"
     let dir = temp_dir("keygen");
     let files = write_keys(&deployment, &dir, false).unwrap();
     assert_eq!(files.len(), 2 + 2 * 5);
+    let mut keys = 0;
     for f in &files {
         let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
         if f.extension().unwrap() == "key" {
+            keys += 1;
             assert_eq!(mode, 0o600, "{}", f.display());
+        } else {
+            assert_eq!(mode, 0o644, "{}", f.display());
         }
     }
+    assert_eq!(keys, 1 + 5, "the CA's key and one per role");
+    // Nothing but the planned files (no temporary file left behind).
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), files.len());
     let e = write_keys(&deployment, &dir, false)
         .unwrap_err()
         .to_string();

@@ -161,7 +161,7 @@ fn oversized_truncated_and_garbage_frames_are_refused() {
     raw.write_all(&(1u64 << 40).to_le_bytes()).unwrap();
     let e = alice.recv(PartyId::Bob).unwrap_err().to_string();
     assert!(
-        e.contains("bob sent a frame of 1099511627776 words exceeds the limit of 1000 words"),
+        e.contains("bob sent a frame of 1099511627776 words, over the limit of 1000 words"),
         "{e}"
     );
     // The link is dropped for good: the stream is out of step.

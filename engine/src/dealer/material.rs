@@ -193,7 +193,10 @@ impl MaterialSpec {
             },
             TAG_TRUNC => Trunc {
                 n: u(w[1]),
-                bits: w[2] as u32,
+                // Refused rather than cut to 32 bits (an altered width must never pass as another).
+                bits: u32::try_from(w[2]).map_err(|_| {
+                    EngineError::Protocol(format!("truncation width {} out of range", w[2]))
+                })?,
             },
             TAG_AND => AndTriple { n: u(w[1]) },
             TAG_SELECT => BitSelect {

@@ -799,6 +799,15 @@ mod tests {
         assert!(e.contains("unknown material tag 99"), "{e}");
         let e = h.raw(vec![77]).unwrap_err();
         assert!(e.contains("unknown dealer opcode"), "{e}");
+        // A width that would equal the session's only once cut to 32 bits.
+        let mut req = vec![OP_BATCH, 9, 1];
+        MaterialSpec::Trunc { n: 1, bits: 16 }.encode(&mut req);
+        req[5] += 1 << 32;
+        let e = h.raw(req).unwrap_err();
+        assert!(
+            e.contains("truncation width 4294967312 out of range"),
+            "{e}"
+        );
         // The dealer is still serving, at the stream after everything consumed.
         let ok = h.ask(9, &[MaterialSpec::Trunc { n: 3, bits: 16 }]).unwrap();
         check_trunc(&h, 9, 3, 16, &ok[1..]);

@@ -5,8 +5,6 @@
 //! CA's private key: keep it offline), and `<stem>.pem` / `<stem>.key` per role, with the stems
 //! of [`Role::file_stem`]. Private keys are written with mode 0600.
 
-use std::fs::OpenOptions;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -16,6 +14,7 @@ use rcgen::{
 
 use super::{Deployment, Role};
 use crate::error::{EngineError, Result};
+use crate::io::OutputFile;
 
 /// A certificate and its private key, PEM-encoded.
 #[derive(Clone)]
@@ -119,24 +118,12 @@ fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> EngineError + '_ {
     }
 }
 
-/// Write `data` to `path` through a temporary file and a rename (never a half-written file),
-/// with `mode` permissions from creation on.
+/// Write `data` to `path` atomically ([`OutputFile`]: a fresh, exclusively created temporary
+/// file, then a rename) with `mode` permissions set before the rename.
 fn write_atomic(path: &Path, data: &[u8], mode: u32) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut opts = OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(mode);
-    }
-    #[cfg(not(unix))]
-    let _ = mode;
-    let mut f = opts.open(&tmp).map_err(io_at(&tmp))?;
-    f.write_all(data).map_err(io_at(&tmp))?;
-    f.sync_all().map_err(io_at(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(io_at(path))
+    let out = OutputFile::create(path)?;
+    out.set_mode(mode)?;
+    out.commit(|w| w.write_all(data))
 }
 
 /// Generate keys for every role of `deployment` and write them to `dir` (created if missing).

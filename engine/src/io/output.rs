@@ -18,11 +18,13 @@ pub struct OutputFile {
 }
 
 impl OutputFile {
-    /// Check the destination and create the temporary file beside it.
-    pub fn create(path: &str) -> Result<Self> {
-        let dest = Path::new(path);
+    /// Check the destination and create the temporary file beside it (mode 0600 until
+    /// [`OutputFile::set_mode`]).
+    pub fn create(path: impl AsRef<Path>) -> Result<Self> {
+        let dest = path.as_ref();
+        let path = dest.display();
         let err = |detail: String| EngineError::Format(format!("{path}: {detail}"));
-        if path.is_empty() {
+        if dest.as_os_str().is_empty() {
             return Err(EngineError::Invalid("the output path is empty".into()));
         }
         if dest.is_dir() {
@@ -55,6 +57,25 @@ impl OutputFile {
             path: dest.to_path_buf(),
             tmp,
         })
+    }
+
+    /// Give the file `mode` permissions (Unix; the temporary file is created 0600, exclusively,
+    /// so nothing else can have opened it).
+    pub fn set_mode(&self, mode: u32) -> Result<()> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            self.tmp
+                .as_file()
+                .set_permissions(std::fs::Permissions::from_mode(mode))
+                .map_err(|source| EngineError::Io {
+                    path: self.path.display().to_string(),
+                    source,
+                })?;
+        }
+        #[cfg(not(unix))]
+        let _ = mode;
+        Ok(())
     }
 
     /// The destination path.

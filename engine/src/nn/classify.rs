@@ -16,6 +16,28 @@ use crate::protocols::compare::{eq_specs, tree_max_specs};
 use crate::session::Session;
 use crate::transport::{PartyId, StepStats};
 
+/// The client's check of its labels before anything is shared: one label per input row, each a
+/// class index in `0..classes`.
+pub fn check_labels(labels: &[i64], rows: usize, classes: usize) -> Result<()> {
+    if labels.len() != rows {
+        return Err(shape_err(
+            "classify",
+            format!("{} labels for {rows} inputs", labels.len()),
+        ));
+    }
+    let classes = classes as i64;
+    match labels
+        .iter()
+        .enumerate()
+        .find(|(_, &v)| v < 0 || v >= classes)
+    {
+        Some((i, bad)) => Err(crate::EngineError::Invalid(format!(
+            "label {bad} at index {i} is not a class index in 0..{classes}"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Options of an encrypted evaluation.
 #[derive(Clone, Debug)]
 pub struct ClassifyOptions {
@@ -181,18 +203,7 @@ impl<'s> SecureClassifier<'s> {
         // The client checks its own rows against the model's declared bound before sharing.
         check_inputs(data, width, self.model.bounds().input_bound)?;
         if let Some(l) = labels {
-            if l.len() != n {
-                return Err(shape_err(
-                    "classify",
-                    format!("{} labels for {n} inputs", l.len()),
-                ));
-            }
-            let classes = self.model.out_features() as i64;
-            if let Some((i, bad)) = l.iter().enumerate().find(|(_, &v)| v < 0 || v >= classes) {
-                return Err(crate::EngineError::Invalid(format!(
-                    "label {bad} at index {i} is not a class index in 0..{classes}"
-                )));
-            }
+            check_labels(l, n, self.model.out_features())?;
         }
         let fx = self.session.config().fixed;
         let start = Instant::now();

@@ -17,7 +17,7 @@ pub mod range;
 pub mod shared;
 pub mod source;
 
-pub use classify::{ClassifyOptions, ClassifyReport, SecureClassifier};
+pub use classify::{check_labels, ClassifyOptions, ClassifyReport, SecureClassifier};
 pub use plain::{Layer, Sequential};
 pub use range::{ModelBounds, RangeReport};
 pub use shared::SharedModel;

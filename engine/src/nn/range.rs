@@ -731,6 +731,83 @@ mod tests {
     }
 
     #[test]
+    fn convolution_and_pooling_layers_are_bounded_and_refused_by_name() {
+        use crate::nn::geometry::Window2d;
+        // [2, 5, 7] -> Conv2d(2->3, 3x3, pad 1) with weights 1000: 18 taps per output.
+        let conv = Layer::conv2d(
+            2,
+            3,
+            Window2d::square(3, 1, 1),
+            vec![1000.0; 3 * 18],
+            vec![0.5; 3],
+        )
+        .unwrap();
+        let m = Sequential::with_input(
+            vec![
+                conv,
+                Layer::BatchNorm2d {
+                    scale: vec![2.0, -1.0, 0.5],
+                    shift: vec![1.0, 0.0, -1.0],
+                },
+                Layer::ReLU,
+                Layer::AvgPool2d {
+                    window: Window2d::square(2, 2, 0),
+                    count_include_pad: true,
+                },
+                Layer::MaxPool2d {
+                    window: Window2d::square(1, 1, 0),
+                },
+                Layer::Flatten,
+                linear(3 * 2 * 3, 2, 1.0, 0.0),
+            ],
+            vec![2, 5, 7],
+        )
+        .unwrap();
+        let b = ModelBounds::worst_case(2.0);
+        let f = 16;
+        let r = analyse(&m, &FixedPoint::new(f).unwrap(), &b).unwrap();
+        // Conv: 18 · round(1000·2^16) · round(2·2^16) ring units; BatchNorm: its output times
+        // round(2·2^16).
+        let conv_bits = (18.0f64 * 1000.0 * 2.0 * 2f64.powi(2 * f as i32)).log2();
+        assert_eq!(r.layers[0].layer, 0);
+        assert!(
+            (r.layers[0].accumulator_bits - conv_bits).abs() < 1e-6,
+            "{r:?}"
+        );
+        assert!((r.layers[0].output_bound - 36000.5).abs() < 1e-6, "{r:?}");
+        assert_eq!(r.layers[1].layer, 1);
+        assert!((r.layers[1].output_bound - 72002.0).abs() < 1e-6, "{r:?}");
+        // The bounds hold for the plaintext forward pass at the extreme inputs (all ±2).
+        for v in [2.0, -2.0] {
+            let x = vec![v; 70];
+            let mut at = 0;
+            m.forward_f64_observed(&x, 1, &mut |l, out| {
+                let worst = out.iter().fold(0.0f64, |a, y| a.max(y.abs()));
+                if let Some(lr) = r
+                    .layers
+                    .iter()
+                    .find(|lr| lr.name == l.name() && lr.layer == at)
+                {
+                    assert!(
+                        worst <= lr.output_bound,
+                        "{} {worst} > {}",
+                        lr.name,
+                        lr.output_bound
+                    );
+                }
+                at += 1;
+            })
+            .unwrap();
+        }
+        // At f = 24 the convolution's accumulator (18·1000·2·2^48 = 2^63.1) is refused by name.
+        let e = analyse(&m, &FixedPoint::new(24).unwrap(), &b)
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("layer 0 Conv2d"), "{e}");
+        assert!(e.contains("nothing was shared"), "{e}");
+    }
+
+    #[test]
     fn calibrated_bounds_replace_worst_case_growth() {
         // Ten layers of 64 inputs with weight 1 overflow in the worst case at f = 16; a
         // calibrated bound of 100 on every hidden output makes each layer provably safe.

@@ -49,7 +49,7 @@ impl std::fmt::Display for FrameError {
             FrameError::Closed => write!(f, "stream closed"),
             FrameError::TooLarge { words, max_words } => write!(
                 f,
-                "frame of {words} words exceeds the limit of {max_words} words"
+                "frame of {words} words, over the limit of {max_words} words"
             ),
             FrameError::Truncated {
                 got,
@@ -191,7 +191,7 @@ mod tests {
             matches!(e, FrameError::TooLarge { words, max_words } if words == 1 << 61 && max_words == DEFAULT_MAX_FRAME_WORDS),
             "{e:?}"
         );
-        assert!(e.to_string().contains("exceeds the limit"), "{e}");
+        assert!(e.to_string().contains("over the limit"), "{e}");
     }
 
     #[test]
