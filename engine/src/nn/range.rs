@@ -34,6 +34,7 @@ use crate::error::{EngineError, Result};
 use crate::fixed::{FixedPoint, MAX_ENCODED_BITS};
 use crate::nn::plain::{Layer, Sequential};
 use crate::nn::shared::SharedLayer;
+use crate::nn::source::{LayerShape, ModelSource};
 use crate::party::Party;
 use crate::protocols::compare::compare_specs;
 use crate::share::Share;
@@ -155,6 +156,8 @@ impl TruncFast for f64 {
 
 /// Why a configuration is unsafe (before suggestions are added).
 enum Violation {
+    /// A layer could not be read from the model source.
+    Read(String),
     Input,
     Layer {
         layer: usize,
@@ -170,7 +173,7 @@ fn max_of(v: &[f64]) -> f64 {
 
 /// Propagate bounds through `model` at `frac_bits`; `Err` names the first unsafe place.
 fn propagate(
-    model: &Sequential,
+    model: &(impl ModelSource + ?Sized),
     frac_bits: u32,
     bounds: &ModelBounds,
 ) -> std::result::Result<RangeReport, Violation> {
@@ -180,7 +183,7 @@ fn propagate(
     if (b * scale).round() >= (1u64 << MAX_ENCODED_BITS) as f64 {
         return Err(Violation::Input);
     }
-    let width = model.in_features();
+    let width: usize = model.input_shape().iter().product();
     // Per feature: ring-unit bound of the secure value, real bound of the plaintext value, and
     // bound on their difference (inputs are rounded to the nearest unit: half an ulp).
     let mut ring = vec![(b * scale).round(); width];
@@ -193,10 +196,15 @@ fn propagate(
     // Models are shape-checked when built; a hand-edited one that no longer fits is refused by
     // `analyse` before this runs.
     let shapes = model.shapes().unwrap_or_default();
-    for (idx, l) in model.layers.iter().enumerate() {
+    // One layer's parameters in plaintext at a time (a memory-mapped model is read on demand).
+    for idx in 0..model.layer_shapes().len() {
         let (Some(input), Some(output)) = (shapes.get(idx), shapes.get(idx + 1)) else {
             break;
         };
+        let l = model
+            .layer(idx)
+            .map_err(|e| Violation::Read(e.to_string()))?;
+        let l: &Layer = &l;
         let out_len: usize = output.iter().product();
         // Layers other than Linear: one bound per output channel (or for the whole output),
         // from the largest input bounds; `rows[o] = (accumulator, real, error, ring output)`.
@@ -374,7 +382,11 @@ fn propagate(
 /// Check that `model` cannot overflow at `fx` for inputs within `bounds`, before anything is
 /// shared. The error names the layer, the bound in bits, the largest safe fractional bits and the
 /// largest safe input bound.
-pub fn analyse(model: &Sequential, fx: &FixedPoint, bounds: &ModelBounds) -> Result<RangeReport> {
+pub fn analyse(
+    model: &(impl ModelSource + ?Sized),
+    fx: &FixedPoint,
+    bounds: &ModelBounds,
+) -> Result<RangeReport> {
     let f = fx.frac_bits();
     let b = bounds.input_bound;
     model.shapes()?;
@@ -384,11 +396,11 @@ pub fn analyse(model: &Sequential, fx: &FixedPoint, bounds: &ModelBounds) -> Res
         )));
     }
     let hidden = model
-        .layers
+        .layer_shapes()
         .iter()
-        .filter(|l| matches!(l, Layer::Linear { .. }))
+        .filter(|l| matches!(l, LayerShape::Linear { .. }))
         .count()
-        - 1;
+        .saturating_sub(1);
     if let Some(c) = &bounds.calibrated {
         if c.len() != hidden {
             return Err(EngineError::Invalid(format!(
@@ -409,6 +421,7 @@ pub fn analyse(model: &Sequential, fx: &FixedPoint, bounds: &ModelBounds) -> Res
     }
     let violation = match propagate(model, f, bounds) {
         Ok(report) => return Ok(report),
+        Err(Violation::Read(e)) => return Err(EngineError::Format(e)),
         Err(v) => v,
     };
     let safe_f = largest_safe_frac_bits(model, f, bounds, &violation);
@@ -418,7 +431,7 @@ pub fn analyse(model: &Sequential, fx: &FixedPoint, bounds: &ModelBounds) -> Res
     };
     let excess = match &violation {
         Violation::Layer { bits, .. } => bits - SAFE_BITS as f64,
-        Violation::Input => f64::INFINITY,
+        Violation::Input | Violation::Read(_) => f64::INFINITY,
     };
     let safe_b = safe_input_bound(model, f, bounds, excess);
     let safe_b = match safe_b {
@@ -426,6 +439,7 @@ pub fn analyse(model: &Sequential, fx: &FixedPoint, bounds: &ModelBounds) -> Res
         None => format!("no input bound is safe at --frac-bits {f}"),
     };
     Err(EngineError::Range(match violation {
+        Violation::Read(e) => e,
         Violation::Input => format!(
             "input bound ±{b} cannot be encoded with {f} fractional bits (|x| must stay below 2^{}); {safe_f}, or {safe_b}",
             MAX_ENCODED_BITS - f
@@ -440,7 +454,7 @@ pub fn analyse(model: &Sequential, fx: &FixedPoint, bounds: &ModelBounds) -> Res
 /// search starts near `f - excess/2` (a few analyses instead of one per candidate), then climbs
 /// while the next value up is still safe.
 fn largest_safe_frac_bits(
-    model: &Sequential,
+    model: &(impl ModelSource + ?Sized),
     f: u32,
     bounds: &ModelBounds,
     violation: &Violation,
@@ -451,7 +465,7 @@ fn largest_safe_frac_bits(
             let drop = ((bits - SAFE_BITS as f64) / 2.0).floor().max(0.0) as u32;
             f.saturating_sub(drop).clamp(1, f - 1)
         }
-        Violation::Input => f - 1,
+        Violation::Input | Violation::Read(_) => f - 1,
     };
     let mut g = (1..=start).rev().find(|&g| ok(g))?;
     while g + 1 < f && ok(g + 1) {
@@ -463,7 +477,7 @@ fn largest_safe_frac_bits(
 /// Largest input bound (3 significant digits, rounded down) that is safe at `frac_bits`, where
 /// the declared bound overflows by `excess` bits.
 fn safe_input_bound(
-    model: &Sequential,
+    model: &(impl ModelSource + ?Sized),
     frac_bits: u32,
     bounds: &ModelBounds,
     excess: f64,

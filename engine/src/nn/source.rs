@@ -13,7 +13,6 @@ use rayon::prelude::*;
 use crate::error::{EngineError, Result};
 use crate::fixed::FixedPoint;
 use crate::nn::plain::{Layer, Sequential};
-use crate::nn::range::{analyse, ModelBounds, RangeReport};
 
 /// A layer's kind and size, without parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,13 +49,6 @@ pub trait ModelSource {
     /// Layer `layer` with its parameters in plaintext (the owner's; read on demand, one layer
     /// at a time).
     fn layer(&self, layer: usize) -> Result<Cow<'_, Layer>>;
-
-    /// The range analysis of [`crate::nn::range::analyse`] on this model, before anything is
-    /// shared. The default reads the model layer by layer into an in-memory copy for the
-    /// analysis and drops it afterwards.
-    fn analyse(&self, fx: &FixedPoint, bounds: &ModelBounds) -> Result<RangeReport> {
-        analyse(&to_sequential(self)?, fx, bounds)
-    }
 
     /// Check that every parameter is finite and encodable in `fx`, before anything is shared.
     fn check_encodable(&self, fx: &FixedPoint) -> Result<()>;
@@ -186,10 +178,6 @@ impl ModelSource for Sequential {
             .get(layer)
             .map(Cow::Borrowed)
             .ok_or_else(|| EngineError::Invalid(format!("the model has no layer {layer}")))
-    }
-
-    fn analyse(&self, fx: &FixedPoint, bounds: &ModelBounds) -> Result<RangeReport> {
-        analyse(self, fx, bounds)
     }
 
     fn check_encodable(&self, fx: &FixedPoint) -> Result<()> {

@@ -108,7 +108,7 @@ impl Session {
     ) -> Result<SharedModel> {
         let fx = self.config().fixed;
         model.check_encodable(&fx)?;
-        let range = model.analyse(&fx, bounds)?;
+        let range = crate::nn::range::analyse(model, &fx, bounds)?;
         let shapes = model.shapes()?;
         let kinds = model.layer_shapes();
         let (total, mut done) = (model.parameter_count(), 0);
