@@ -253,20 +253,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// Copy rows `first_row .. first_row + out.len() / n` of a 2-D tensor `[k, n]` into `out`
     /// (row-major). The default downloads the whole tensor.
     fn read_rows(&self, t: &Tensor, first_row: usize, out: &mut [u64]) -> Result<()> {
-        let n = match t.shape() {
-            [_, n] => *n,
-            s => return Err(shape_err("read_rows", format!("expected 2-D, got {s:?}"))),
-        };
-        if n == 0 || !out.len().is_multiple_of(n) || first_row * n + out.len() > t.len() {
-            return Err(shape_err(
-                "read_rows",
-                format!(
-                    "{} values from row {first_row} of {:?}",
-                    out.len(),
-                    t.shape()
-                ),
-            ));
-        }
+        let n = check_read_rows(t, first_row, out.len())?;
         let all = self.download(t)?;
         out.copy_from_slice(&all[first_row * n..first_row * n + out.len()]);
         Ok(())
@@ -479,4 +466,19 @@ pub fn check_scalar(op: ScalarOp, s: u64) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Check a [`Backend::read_rows`] request; returns the row length `n` of the `[k, n]` tensor.
+pub(crate) fn check_read_rows(t: &Tensor, first_row: usize, len: usize) -> Result<usize> {
+    let n = match t.shape() {
+        [_, n] => *n,
+        s => return Err(shape_err("read_rows", format!("expected 2-D, got {s:?}"))),
+    };
+    if n == 0 || !len.is_multiple_of(n) || first_row * n + len > t.len() {
+        return Err(shape_err(
+            "read_rows",
+            format!("{len} values from row {first_row} of {:?}", t.shape()),
+        ));
+    }
+    Ok(n)
 }

@@ -12,9 +12,10 @@ use rayon::prelude::*;
 pub use aligned::{advise_huge_pages, zeroed_words, AlignedVec};
 
 use crate::backend::{
-    check_2d, check_chacha, check_gather, check_matmul, check_same_shape, check_scalar,
-    check_select, check_slice, check_truncate, compact_word, select_bit_word, select_payload_word,
-    Backend, BeaverKind, BinaryOp, ScalarOp, TransferCounter, TransferStats, GATHER_ZERO,
+    check_2d, check_chacha, check_gather, check_matmul, check_read_rows, check_same_shape,
+    check_scalar, check_select, check_slice, check_truncate, compact_word, select_bit_word,
+    select_payload_word, Backend, BeaverKind, BinaryOp, ScalarOp, TransferCounter, TransferStats,
+    GATHER_ZERO,
 };
 use crate::error::{shape_err, KernelError, Result};
 use crate::tensor::{Storage, Tensor};
@@ -279,20 +280,7 @@ impl Backend for CpuBackend {
 
     fn read_rows(&self, t: &Tensor, first_row: usize, out: &mut [u64]) -> Result<()> {
         let s = self.storage(t)?;
-        let n = match t.shape() {
-            [_, n] => *n,
-            sh => return Err(shape_err("read_rows", format!("expected 2-D, got {sh:?}"))),
-        };
-        if n == 0 || !out.len().is_multiple_of(n) || first_row * n + out.len() > t.len() {
-            return Err(shape_err(
-                "read_rows",
-                format!(
-                    "{} values from row {first_row} of {:?}",
-                    out.len(),
-                    t.shape()
-                ),
-            ));
-        }
+        let n = check_read_rows(t, first_row, out.len())?;
         if s.is_packed_only() {
             let p = s
                 .packed
