@@ -411,6 +411,16 @@ fn positive_number(text: &str) -> std::result::Result<f64, String> {
 
 /// Whether two paths name the same existing file (through links and relative paths).
 fn same_file(a: &str, b: &str) -> bool {
+    // The same path after resolving links and `..`, or (hard links) the same inode.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            if (x.dev(), x.ino()) == (y.dev(), y.ino()) {
+                return true;
+            }
+        }
+    }
     match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
         (Ok(x), Ok(y)) => x == y,
         _ => false,

@@ -277,6 +277,8 @@ fn cli_refuses_bad_input_before_work_and_changes_no_file() {
     std::fs::write(&ints, npy("(2, 4)", "<i4", 32)).unwrap();
     let link = dd.join("x-link.npy");
     std::os::unix::fs::symlink(&xp, &link).unwrap();
+    let hard = dd.join("x-hard.npy");
+    std::fs::hard_link(&xp, &hard).unwrap();
     let missing = dd.join("no-such-dir").join("pred.npy");
     let good = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = [
@@ -311,6 +313,7 @@ fn cli_refuses_bad_input_before_work_and_changes_no_file() {
         (good(&["--output", s(&xp)]), format!("--output {} is the same file as --input", s(&xp))),
         (good(&["--output", &relative_x]), "is the same file as --input".into()),
         (good(&["--output", s(&link)]), "is the same file as --input".into()),
+        (good(&["--output", s(&hard)]), "is the same file as --input".into()),
         (good(&["--output", s(&yp)]), "is the same file as --labels".into()),
         (good(&["--output", s(&mp)]), "is the same file as --model".into()),
         (good(&["--output", s(&missing)]), format!("the output directory {} does not exist", s(&dd.join("no-such-dir")))),
