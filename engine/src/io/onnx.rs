@@ -164,7 +164,15 @@ fn tensor_values(path: &str, t: &TensorProto) -> Result<Const> {
         .map(|&d| usize::try_from(d))
         .collect::<std::result::Result<_, _>>()
         .map_err(|_| fmt_err(path, format!("tensor '{name}' has a negative dimension")))?;
-    let count: usize = dims.iter().product();
+    let count = dims
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| {
+            fmt_err(
+                path,
+                format!("tensor '{name}' has dimensions {dims:?} too large"),
+            )
+        })?;
     let raw = &t.raw_data;
     let values: Vec<f64> = match t.data_type {
         FLOAT if !raw.is_empty() => raw
@@ -495,14 +503,21 @@ pub fn load_onnx_model(path: &str) -> Result<Sequential> {
         };
         let stray = compute
             .iter()
-            .find(|n| !n.input.iter().any(|i| on_chain.contains(&i.as_str())))
-            .expect("some node is off the chain");
+            .find(|n| !n.input.iter().any(|i| on_chain.contains(&i.as_str())));
         return Err(fmt_err(
             path,
-            format!(
-                "node '{}' ({}) is not on the chain from input '{}'",
-                stray.name, stray.op_type, input.name
-            ),
+            match stray {
+                Some(n) => format!(
+                    "node '{}' ({}) is not on the chain from input '{}'",
+                    n.name, n.op_type, input.name
+                ),
+                None => format!(
+                    "{} of {} nodes are not on the chain from input '{}'",
+                    compute.len() - visited,
+                    compute.len(),
+                    input.name
+                ),
+            },
         ));
     }
     if cur != output.name {
