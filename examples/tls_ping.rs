@@ -36,10 +36,8 @@ fn main() -> Result<()> {
     }
     let d = Deployment::load(Path::new(&args[2]))?;
     let keys = Path::new(&args[3]);
-    let options = StreamOptions {
-        timeout: d.timeout(),
-        max_frame_words: d.max_frame_words(),
-    };
+    let mut options = StreamOptions::with_timeout(d.timeout());
+    options.max_frame_words = d.max_frame_words();
     match args[1].as_str() {
         "server" => {
             let me = endpoint(&d, keys, Role::Alice)?;

@@ -1,9 +1,10 @@
-//! The `secure-serving` command line: `classify`, `demo`, `bench`.
+//! The `secure-serving` command line: `classify`, `demo`, `bench`, `keygen`, and the commands of
+//! a deployment across hosts (`dealer`, `party`, `upload`, `score`, `models`; see [`crate::remote`]).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use kernels::BackendKind;
 
@@ -30,22 +31,120 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// A model file and how the model owner encodes and bounds it.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// The model: an ONNX file (`.onnx`, exported with `torch.onnx.export`), or a
+    /// safetensors state dict (needs `--arch`).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// For safetensors: layer list in PyTorch order (e.g. `linear,relu,dropout,linear`),
+    /// or a preset: `vgg16-head`, `vgg16` (torchvision's whole VGG16, 3x224x224 inputs).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Tensor-name prefix (e.g. `classifier.`).
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Fixed-point fractional bits.
+    #[arg(long, default_value_t = 16)]
+    pub frac_bits: u32,
+    /// The input bound the model accepts: every feature must satisfy |x| <= this (the client
+    /// checks its rows; the model owner's range analysis proves no overflow within it).
+    #[arg(long, default_value_t = DEFAULT_INPUT_BOUND, value_parser = positive_number)]
+    pub input_bound: f64,
+    /// Calibrate hidden-layer bounds on this `.npy` (the model owner's representative data)
+    /// and check them inside the secure computation instead of worst-case bounds.
+    #[arg(long)]
+    pub calibrate: Option<String>,
+    /// Factor applied to the calibrated maxima.
+    #[arg(long, default_value_t = 2.0)]
+    pub calibration_margin: f64,
+    /// Accept a model file with tensors (under --prefix) that --arch does not use.
+    #[arg(long)]
+    pub allow_unused_tensors: bool,
+}
+
+/// A model owner's model, ready to share.
+pub struct LoadedModel {
+    /// The model, read (or mapped) from its file.
+    pub source: Box<dyn ModelSource>,
+    /// The declared bounds (calibrated when asked).
+    pub bounds: ModelBounds,
+    /// The encoding.
+    pub fixed: FixedPoint,
+}
+
+impl ModelArgs {
+    /// Check the options, read the model and (when asked) calibrate its bounds. `inputs`: the
+    /// client's input file, if it is the same process (checked against the bound here).
+    pub fn load(&self) -> Result<LoadedModel> {
+        let model = self.model.as_deref().ok_or_else(|| {
+            EngineError::Invalid("--model is required (an .onnx or .safetensors file)".into())
+        })?;
+        let fixed = FixedPoint::new(self.frac_bits)?;
+        let unused = if self.allow_unused_tensors {
+            UnusedTensors::Allow
+        } else {
+            UnusedTensors::Refuse
+        };
+        let source: Box<dyn ModelSource> = if model.ends_with(".onnx") {
+            if self.arch.is_some() {
+                return Err(EngineError::Invalid(
+                    "--arch applies to safetensors models; an ONNX file carries its graph".into(),
+                ));
+            }
+            Box::new(load_onnx_model(model)?)
+        } else {
+            let arch = self.arch.as_deref().ok_or_else(|| {
+                EngineError::Invalid(format!(
+                    "{model}: a safetensors model needs --arch (e.g. vgg16-head, vgg16 or linear,relu,linear)"
+                ))
+            })?;
+            if arch.trim().eq_ignore_ascii_case("vgg16") {
+                Box::new(load_safetensors_model_with(
+                    model,
+                    arch,
+                    &self.prefix,
+                    unused,
+                )?)
+            } else {
+                // Streamed from the memory-mapped file, tensor by tensor, when shared.
+                Box::new(ModelFile::open_with(model, arch, &self.prefix, unused)?)
+            }
+        };
+        let input_shape = source.input_shape();
+        let width: usize = input_shape.iter().product();
+        let bounds = match &self.calibrate {
+            Some(path) => {
+                let (rows, cal) = load_inputs(path, &input_shape)?;
+                check_inputs(&cal, width, self.input_bound)
+                    .map_err(|e| EngineError::Range(format!("{path}: {e}")))?;
+                // Calibration runs the plaintext model: the owner reads it whole here.
+                let whole = to_sequential(source.as_ref())?;
+                ModelBounds {
+                    input_bound: self.input_bound,
+                    calibrated: Some(calibrate(&whole, &cal, rows, self.calibration_margin)?),
+                }
+            }
+            None => ModelBounds::worst_case(self.input_bound),
+        };
+        Ok(LoadedModel {
+            source,
+            bounds,
+            fixed,
+        })
+    }
+}
+
 /// Subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Classify a data set with a shared model; reveal only the accuracy to the model owner.
+    /// In-process with `--model`; against a deployment with `--config` and `--remote NAME`.
     Classify {
-        /// The model: an ONNX file (`.onnx`, exported with `torch.onnx.export`), or a
-        /// safetensors state dict (needs `--arch`).
-        #[arg(long)]
-        model: String,
-        /// For safetensors: layer list in PyTorch order (e.g. `linear,relu,dropout,linear`),
-        /// or a preset: `vgg16-head`, `vgg16` (torchvision's whole VGG16, 3x224x224 inputs).
-        #[arg(long)]
-        arch: Option<String>,
-        /// Tensor-name prefix (e.g. `classifier.`).
-        #[arg(long, default_value = "")]
-        prefix: String,
+        /// The model and how the owner encodes it (in-process runs).
+        #[command(flatten)]
+        model: ModelArgs,
         /// Inputs `.npy`, f32/f64 `[N, features]`, or `[N, C, H, W]` for image models.
         #[arg(long)]
         input: String,
@@ -55,12 +154,9 @@ pub enum Command {
         /// Rows per batch.
         #[arg(long, default_value_t = 64)]
         batch: usize,
-        /// Compute backend.
+        /// Compute backend (in-process runs).
         #[arg(long, default_value = "cpu")]
         backend: BackendKind,
-        /// Fixed-point fractional bits.
-        #[arg(long, default_value_t = 16)]
-        frac_bits: u32,
         /// Write the client-revealed predictions (int64 `.npy`).
         #[arg(long)]
         output: Option<String>,
@@ -71,20 +167,89 @@ pub enum Command {
         /// material on demand, inside each request).
         #[arg(long, default_value_t = engine::nn::classify::DEFAULT_POOL_ENTRIES)]
         pool: usize,
-        /// The input bound the model accepts: every feature must satisfy |x| <= this (the client
-        /// checks its rows; the model owner's range analysis proves no overflow within it).
-        #[arg(long, default_value_t = DEFAULT_INPUT_BOUND, value_parser = positive_number)]
-        input_bound: f64,
-        /// Calibrate hidden-layer bounds on this `.npy` (the model owner's representative data)
-        /// and check them inside the secure computation instead of worst-case bounds.
+        /// Classify with model NAME served by the deployment given with --config.
+        #[arg(long, requires = "config")]
+        remote: Option<String>,
+        /// The deployment file (with --remote).
+        #[arg(long, requires = "remote")]
+        config: Option<PathBuf>,
+        /// Key directory (with --remote; default: `keys` beside the config).
+        #[arg(long, requires = "remote")]
+        keys: Option<PathBuf>,
+        /// Plain TCP to the parties (with --remote; loopback benchmarks only).
+        #[arg(long, requires = "remote")]
+        insecure: bool,
+        /// Which client of the deployment this is (with --remote; default: its only client).
+        #[arg(long = "as", requires = "remote")]
+        as_name: Option<String>,
+        /// Print one JSON object (predictions path, request id, timings, traffic) instead of
+        /// text (with --remote).
+        #[arg(long, requires = "remote")]
+        json: bool,
+    },
+    /// Run the dealer (crypto provider) of a deployment until killed.
+    Dealer {
+        /// Deployment and keys.
+        #[command(flatten)]
+        deploy: crate::remote::DeployArgs,
+        /// Where the dealer keeps uploaded models' mask records.
+        #[arg(long, default_value = "dealer-data")]
+        data_dir: PathBuf,
+    },
+    /// Run a compute party (alice or bob) of a deployment until killed.
+    Party {
+        /// `alice` or `bob`.
         #[arg(long)]
-        calibrate: Option<String>,
-        /// Factor applied to the calibrated maxima.
-        #[arg(long, default_value_t = 2.0)]
-        calibration_margin: f64,
-        /// Accept a model file with tensors (under --prefix) that --arch does not use.
+        role: String,
+        /// Deployment and keys.
+        #[command(flatten)]
+        deploy: crate::remote::DeployArgs,
+        /// Where the party keeps its shares of uploaded models.
         #[arg(long)]
-        allow_unused_tensors: bool,
+        data_dir: PathBuf,
+        /// Compute backend.
+        #[arg(long, default_value = "cpu")]
+        backend: BackendKind,
+    },
+    /// Upload a model to a deployment (the model owner): its shares are stored by alice and
+    /// bob under NAME and served until deleted.
+    Upload {
+        /// The model and how it is encoded.
+        #[command(flatten)]
+        model: ModelArgs,
+        /// The name clients classify with.
+        #[arg(long)]
+        name: String,
+        /// Deployment and keys.
+        #[command(flatten)]
+        deploy: crate::remote::DeployArgs,
+        /// Which model owner of the deployment this is (default: its only model owner).
+        #[arg(long = "as")]
+        as_name: Option<String>,
+    },
+    /// Fetch the correct count of a classify request made with labels (the model owner only).
+    Score {
+        /// The classify request's id (printed by `classify --remote`).
+        #[arg(long)]
+        request: u64,
+        /// Deployment and keys.
+        #[command(flatten)]
+        deploy: crate::remote::DeployArgs,
+        /// Which model owner of the deployment this is (default: its only model owner).
+        #[arg(long = "as")]
+        as_name: Option<String>,
+    },
+    /// List the models a deployment serves.
+    Models {
+        /// Deployment and keys.
+        #[command(flatten)]
+        deploy: crate::remote::DeployArgs,
+        /// Which data owner asks (default: the only model owner, else the only client).
+        #[arg(long = "as")]
+        as_name: Option<String>,
+        /// Delete this model (its owner only) instead of listing.
+        #[arg(long)]
+        delete: Option<String>,
     },
     /// The tutorial on an embedded default: Linear(1,1), one input, one label.
     Demo {
@@ -259,33 +424,31 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Classify {
             model,
-            arch,
-            prefix,
             input,
             labels,
             batch,
             backend,
-            frac_bits,
             output,
             transport,
             pool,
-            input_bound,
-            calibrate: calibration,
-            calibration_margin,
-            allow_unused_tensors,
+            remote,
+            config,
+            keys,
+            insecure,
+            as_name,
+            json,
         } => {
             // Everything that can be refused is refused before the model is shared.
             if batch == 0 {
                 return Err(EngineError::Invalid("--batch must be at least 1".into()));
             }
-            let fixed = FixedPoint::new(frac_bits)?;
             let out = match &output {
                 Some(o) => {
                     for (flag, other) in [
                         ("--input", Some(&input)),
                         ("--labels", labels.as_ref()),
-                        ("--model", Some(&model)),
-                        ("--calibrate", calibration.as_ref()),
+                        ("--model", model.model.as_ref()),
+                        ("--calibrate", model.calibrate.as_ref()),
                     ] {
                         if let Some(other) = other {
                             if same_file(o, other) {
@@ -299,32 +462,30 @@ pub fn run(cli: Cli) -> Result<()> {
                 }
                 None => None,
             };
-            let unused = if allow_unused_tensors {
-                UnusedTensors::Allow
-            } else {
-                UnusedTensors::Refuse
-            };
-            let plain: Box<dyn ModelSource> = if model.ends_with(".onnx") {
-                if arch.is_some() {
+            if let (Some(name), Some(config)) = (remote, config) {
+                if model.model.is_some() {
                     return Err(EngineError::Invalid(
-                        "--arch applies to safetensors models; an ONNX file carries its graph"
-                            .into(),
+                        "--model applies to in-process runs; with --remote the deployment serves the model".into(),
                     ));
                 }
-                Box::new(load_onnx_model(&model)?)
-            } else {
-                let arch = arch.ok_or_else(|| {
-                    EngineError::Invalid(format!(
-                        "{model}: a safetensors model needs --arch (e.g. vgg16-head, vgg16 or linear,relu,linear)"
-                    ))
-                })?;
-                if arch.trim().eq_ignore_ascii_case("vgg16") {
-                    Box::new(load_safetensors_model_with(&model, &arch, &prefix, unused)?)
-                } else {
-                    // Streamed from the memory-mapped file, tensor by tensor, when shared.
-                    Box::new(ModelFile::open_with(&model, &arch, &prefix, unused)?)
-                }
-            };
+                let deploy = crate::remote::DeployArgs {
+                    config,
+                    keys,
+                    insecure,
+                };
+                return crate::remote::classify(
+                    &deploy,
+                    as_name.as_deref(),
+                    &name,
+                    &input,
+                    labels.as_deref(),
+                    batch,
+                    out,
+                    json,
+                );
+            }
+            let loaded = model.load()?;
+            let plain = loaded.source;
             let input_shape = plain.input_shape();
             let (n, data) = load_inputs(&input, &input_shape)?;
             if n == 0 {
@@ -345,29 +506,15 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             // The client checks its own rows against the bound the model declares.
             let width: usize = input_shape.iter().product();
-            check_inputs(&data, width, input_bound)
+            check_inputs(&data, width, loaded.bounds.input_bound)
                 .map_err(|e| EngineError::Range(format!("{input}: {e}")))?;
-            let bounds = match &calibration {
-                Some(path) => {
-                    let (rows, cal) = load_inputs(path, &input_shape)?;
-                    check_inputs(&cal, width, input_bound)
-                        .map_err(|e| EngineError::Range(format!("{path}: {e}")))?;
-                    // Calibration runs the plaintext model: the owner reads it whole here.
-                    let whole = to_sequential(plain.as_ref())?;
-                    ModelBounds {
-                        input_bound,
-                        calibrated: Some(calibrate(&whole, &cal, rows, calibration_margin)?),
-                    }
-                }
-                None => ModelBounds::worst_case(input_bound),
-            };
             let mut session = Session::new(SessionConfig {
                 backend,
-                fixed,
+                fixed: loaded.fixed,
                 transport,
                 ..Default::default()
             })?;
-            let shared = share_with_progress(&mut session, plain.as_ref(), &bounds)?;
+            let shared = share_with_progress(&mut session, plain.as_ref(), &loaded.bounds)?;
             println!("{}", shared.range().summary());
             let mut clf = SecureClassifier::new(&mut session, shared);
             clf.set_pool(pool)?;
@@ -397,6 +544,37 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Dealer { deploy, data_dir } => crate::remote::dealer(&deploy, &data_dir),
+        Command::Party {
+            role,
+            deploy,
+            data_dir,
+            backend,
+        } => crate::remote::party(&deploy, &role, &data_dir, backend),
+        Command::Upload {
+            model,
+            name,
+            deploy,
+            as_name,
+        } => crate::remote::upload(&deploy, as_name.as_deref(), &name, &model),
+        Command::Score {
+            request,
+            deploy,
+            as_name,
+        } => {
+            let mut o = crate::remote::owner(&deploy, as_name.as_deref(), true)?;
+            let c = o.score(request)?;
+            println!(
+                "request {request}: {c} correct  [revealed to {} only]",
+                o.role()
+            );
+            Ok(())
+        }
+        Command::Models {
+            deploy,
+            as_name,
+            delete,
+        } => crate::remote::models(&deploy, as_name.as_deref(), delete.as_deref()),
     }
 }
 

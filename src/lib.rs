@@ -4,3 +4,4 @@
 pub mod bench;
 pub mod bench_cnn;
 pub mod cli;
+pub mod remote;

@@ -147,9 +147,10 @@ fn raw_peer(max_frame_words: u64) -> (engine::transport::StreamTransport, std::n
         StreamOptions {
             timeout: Duration::from_secs(5),
             max_frame_words,
+            max_wait: Duration::from_secs(5),
         },
     );
-    t.add_link(PartyId::Bob, Link::tcp(accepted).unwrap());
+    t.add_link(PartyId::Bob, Link::tcp(accepted, None).unwrap());
     (t, raw)
 }
 
@@ -183,13 +184,44 @@ fn oversized_truncated_and_garbage_frames_are_refused() {
     let e = alice.recv(PartyId::Bob).unwrap_err().to_string();
     assert!(e.contains("frame cut short after 3 of 8 bytes"), "{e}");
 
-    // Exactly at the limit is fine, and the link stays usable.
+    // Exactly at the limit (envelope included) is fine, heartbeats (empty frames) are
+    // skipped, and the link stays usable.
+    let step = engine::transport::step_code("other");
     let (mut alice, mut raw) = raw_peer(4);
-    for msg in [vec![1u64, 2, 3, 4], vec![]] {
-        raw.write_all(&(msg.len() as u64).to_le_bytes()).unwrap();
-        for w in &msg {
+    for (seq, msg) in [vec![7u64], vec![]].into_iter().enumerate() {
+        raw.write_all(&0u64.to_le_bytes()).unwrap(); // heartbeat
+        raw.write_all(&(3 + msg.len() as u64).to_le_bytes())
+            .unwrap();
+        for w in [0, seq as u64, step].iter().chain(&msg) {
             raw.write_all(&w.to_le_bytes()).unwrap();
         }
         assert_eq!(alice.recv(PartyId::Bob).unwrap(), msg);
+    }
+
+    // A frame too short to carry an envelope is garbage.
+    let (mut alice, mut raw) = raw_peer(100);
+    raw.write_all(&2u64.to_le_bytes()).unwrap();
+    raw.write_all(&[9u8; 16]).unwrap();
+    let e = alice.recv(PartyId::Bob).unwrap_err().to_string();
+    assert!(
+        e.contains("bob sent a malformed frame (2 words, no envelope)"),
+        "{e}"
+    );
+
+    // A well-formed message of another request, or out of sequence, is refused, never data.
+    for (request, seq, what) in [
+        (5u64, 0u64, "request 5 (expected request 0)"),
+        (0, 1, "message 1 (expected message 0)"),
+    ] {
+        let (mut alice, mut raw) = raw_peer(100);
+        raw.write_all(&4u64.to_le_bytes()).unwrap();
+        for w in [request, seq, step, 42] {
+            raw.write_all(&w.to_le_bytes()).unwrap();
+        }
+        let e = alice.recv(PartyId::Bob).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("bob sent a message for {what}: out of step")),
+            "{e}"
+        );
     }
 }

@@ -14,6 +14,23 @@ use crate::protocols::truncate::TRUNC_OFFSET_BITS;
 use crate::share::Share;
 use crate::transport::{PartyId, TrafficStats, Transport};
 
+/// One layer's weight as a party holds it between requests: its share of the weight (product
+/// layout), the public masked value `F = W - b` of the weight as a fixed operand, and its share
+/// of the bias. Held by the party's own service (one process is one party) and installed into
+/// each request's [`Party`]; the tensors are plain backend tensors so that the service's request
+/// threads can share them, and become [`Share`]s again only inside a party.
+#[derive(Clone, Debug)]
+pub struct WeightShares {
+    /// `[weight, fixed operand, bias]` store ids.
+    pub ids: [u64; 3],
+    /// This party's share of the weight `[depth, out]`.
+    pub weight: Tensor,
+    /// The public `F = W - b` `[depth, out]`.
+    pub public: Tensor,
+    /// This party's share of the bias `[out]`.
+    pub bias: Tensor,
+}
+
 /// Material fetched ahead of use, in the order the protocols will consume it.
 pub(crate) struct Prepared {
     pub(crate) spec: MaterialSpec,
@@ -184,7 +201,19 @@ impl Party {
     ) -> Result<Party> {
         net.meter().set_step("dealer");
         let seed = words_to_seed(&net.recv(PartyId::Dealer)?)?;
-        Ok(Party {
+        Ok(Party::with_seed(index, net, backend, fixed, seed))
+    }
+
+    /// Set up party `index` with a dealer seed already received (a service joins each request
+    /// at the dealer itself).
+    pub(crate) fn with_seed(
+        index: usize,
+        net: Box<dyn Transport>,
+        backend: Arc<dyn Backend>,
+        fixed: FixedPoint,
+        seed: [u8; 32],
+    ) -> Party {
+        Party {
             index,
             net,
             backend,
@@ -199,7 +228,41 @@ impl Party {
             transcript: None,
             pool_link: None,
             pools: HashMap::new(),
+        }
+    }
+
+    /// End this party, handing back its transport (a service returns the links of a finished
+    /// request to its pools).
+    pub fn into_transport(self) -> Box<dyn Transport> {
+        self.net
+    }
+
+    /// This party's shares of one layer's weight, as kept under `[weight, fixed operand, bias]`
+    /// store ids (for persisting a model, and for installing it in another request's party).
+    pub fn weight_shares(&self, ids: [u64; 3]) -> Result<WeightShares> {
+        let [w, f, b] = ids;
+        let public =
+            self.fixed_public.get(&f).cloned().ok_or_else(|| {
+                EngineError::Invalid(format!("fixed operand {f} is not registered"))
+            })?;
+        let weight = self.kept(w)?;
+        self.check_fixed_binding(f, weight.tensor())?;
+        Ok(WeightShares {
+            ids,
+            weight: weight.tensor().clone(),
+            public,
+            bias: self.kept(b)?.tensor().clone(),
         })
+    }
+
+    /// Install shares of a layer's weight taken from another party object of this same party
+    /// (see [`Party::weight_shares`]), under their ids; later ids are allocated past them.
+    pub fn install_weight_shares(&mut self, w: &WeightShares) {
+        let [wid, fid, bid] = w.ids;
+        self.store.insert(wid, Share::new(w.weight.clone()));
+        self.store.insert(bid, Share::new(w.bias.clone()));
+        self.register_fixed_public(fid, w.public.clone(), &w.weight);
+        self.next_id = self.next_id.max(wid.max(fid).max(bid) + 1);
     }
 
     /// Give bob the second dealer link his pool workers use.

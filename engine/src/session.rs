@@ -10,14 +10,13 @@ use std::time::Duration;
 
 use kernels::{backend_from_kind, BackendKind};
 use rand_core::SeedableRng;
-use rayon::prelude::*;
 
-use crate::dealer::{fill_words, run_dealer, DealerPolicy, DealerRng, MaterialRng, OP_SHUTDOWN};
+use crate::dealer::{run_dealer, DealerPolicy, DealerRng, MaterialRng, OP_SHUTDOWN};
 use crate::error::{shape_err, EngineError, Result};
 use crate::fixed::FixedPoint;
 use crate::memory::{Role, RoleScope};
+use crate::owner::DataOwner;
 use crate::party::Party;
-use crate::protocols::io::{frame, unframe};
 use crate::transport::{
     channel_mesh, tcp_mesh, tls_mesh, PartyId, StreamOptions, TrafficStats, Transport,
     TransportKind,
@@ -78,64 +77,6 @@ struct PartyThread {
     jobs: Option<Sender<Job>>,
     results: Receiver<Box<dyn Any + Send>>,
     handle: Option<JoinHandle<()>>,
-}
-
-/// A data owner endpoint (model owner or client): splits its plaintext into shares and
-/// reconstructs values revealed to it. It is the only place where two shares meet.
-struct DataOwner {
-    net: Box<dyn Transport>,
-    rng: MaterialRng,
-}
-
-impl DataOwner {
-    /// Split ring values into two uniformly random additive shares and send one to each party:
-    /// `fill` writes the values into alice's message, which then becomes `values - mask` in
-    /// place, with bob's share a fresh uniform mask written straight into his message. (No
-    /// other copy of either is made: model weights are large.)
-    fn send_shares_with(
-        &mut self,
-        shape: &[usize],
-        fill: &mut dyn FnMut(&mut [u64]) -> Result<()>,
-    ) -> Result<()> {
-        let _role = RoleScope::enter(Role::Owner);
-        let header = 1 + shape.len();
-        let len: usize = shape.iter().product();
-        let framed = || {
-            let mut v = kernels::cpu::zeroed_words(header + len);
-            v[..header].copy_from_slice(&frame(shape, &[]));
-            v
-        };
-        let mut to_alice = framed();
-        fill(&mut to_alice[header..])?;
-        let mut to_bob = framed();
-        fill_words(&mut self.rng, &mut to_bob[header..]);
-        to_alice[header..]
-            .par_iter_mut()
-            .zip(&to_bob[header..])
-            .for_each(|(a, m)| *a = a.wrapping_sub(*m));
-        self.net.meter().set_step("share");
-        self.net.send(PartyId::Alice, to_alice)?;
-        self.net.send(PartyId::Bob, to_bob)
-    }
-
-    /// Receive both parties' shares of a revealed value and add them.
-    fn receive_reveal(&mut self) -> Result<(Vec<usize>, Vec<u64>)> {
-        let _role = RoleScope::enter(Role::Owner);
-        self.net.meter().set_step("reveal");
-        let m0 = self.net.recv(PartyId::Alice)?;
-        let m1 = self.net.recv(PartyId::Bob)?;
-        let (s0, v0) = unframe(&m0)?;
-        let (s1, v1) = unframe(&m1)?;
-        if s0 != s1 {
-            return Err(EngineError::Protocol(format!(
-                "revealed shares disagree on shape: {s0:?} vs {s1:?}"
-            )));
-        }
-        Ok((
-            s0,
-            v0.iter().zip(v1).map(|(a, b)| a.wrapping_add(*b)).collect(),
-        ))
-    }
 }
 
 /// Alice, bob and the dealer running in-process, plus the two data owners.
@@ -260,10 +201,7 @@ impl Session {
             };
             owners.insert(
                 id,
-                DataOwner {
-                    net: mesh.remove(&id).expect("owner endpoint"),
-                    rng,
-                },
+                DataOwner::new(mesh.remove(&id).expect("owner endpoint"), rng),
             );
         }
         Ok(Session {
@@ -418,6 +356,11 @@ impl Session {
     /// Receive a reveal that a party program already sent to `owner`.
     pub fn receive_revealed(&mut self, owner: PartyId) -> Result<(Vec<usize>, Vec<u64>)> {
         self.owner(owner)?.receive_reveal()
+    }
+
+    /// The endpoint of data owner `id`.
+    pub(crate) fn owner_mut(&mut self, id: PartyId) -> Result<&mut DataOwner> {
+        self.owner(id)
     }
 
     fn owner(&mut self, id: PartyId) -> Result<&mut DataOwner> {

@@ -71,3 +71,4 @@ where
 pub fn reveal(s: &mut Session, x: &SharedTensor) -> Vec<u64> {
     s.reveal_ring(PartyId::ModelOwner, x).expect("reveal")
 }
+pub mod cluster;

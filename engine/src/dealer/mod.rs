@@ -18,8 +18,11 @@ pub use material::{
     draw_random_parts, expand_party_share, expand_with, Correction, MaterialRng, MaterialSpec,
     PartShapes,
 };
-pub use service::{decode_material_request, run_dealer, DealerPolicy, DealerRng};
+pub use service::{
+    decode_material_request, run_dealer, words_to_text, DealerPolicy, DealerRng, MaskRecord,
+    OP_BATCH, STATUS_ERROR, STATUS_OK,
+};
 pub(crate) use service::{
-    material_stream, words_to_seed, words_to_text, OP_BATCH, OP_FORGET_FIXED, OP_SHUTDOWN,
-    STATUS_OK,
+    material_stream, seed_to_words, text_to_words, words_to_seed, Dealer, FixedMasks, StreamSpace,
+    OP_FORGET_FIXED, OP_SHUTDOWN,
 };

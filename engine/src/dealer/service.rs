@@ -39,15 +39,15 @@ use crate::pool::{pool_stream, split_pool_stream, POOL_STREAMS_PER_POOL, POOL_ST
 use crate::transport::{PartyId, Transport};
 
 /// Request opcode: a batch of material specs.
-pub(crate) const OP_BATCH: u64 = 1;
+pub const OP_BATCH: u64 = 1;
 /// Request opcode: stop serving.
 pub(crate) const OP_SHUTDOWN: u64 = 2;
 /// Request opcode: forget the fixed masks whose ids follow (their model was deleted).
 pub(crate) const OP_FORGET_FIXED: u64 = 3;
 /// Response status word: request served, corrections follow.
-pub(crate) const STATUS_OK: u64 = 0;
+pub const STATUS_OK: u64 = 0;
 /// Response status word: request refused, a UTF-8 reason follows (packed 8 bytes a word).
-pub(crate) const STATUS_ERROR: u64 = 1;
+pub const STATUS_ERROR: u64 = 1;
 
 /// Pack text into words (for error replies).
 pub(crate) fn text_to_words(text: &str) -> Vec<u64> {
@@ -62,7 +62,7 @@ pub(crate) fn text_to_words(text: &str) -> Vec<u64> {
 }
 
 /// Unpack text packed by [`text_to_words`].
-pub(crate) fn words_to_text(words: &[u64]) -> String {
+pub fn words_to_text(words: &[u64]) -> String {
     let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     String::from_utf8_lossy(&bytes)
         .trim_end_matches('\0')
@@ -85,7 +85,7 @@ pub(crate) fn material_stream(seed: [u8; 32], stream: u64) -> MaterialRng {
 }
 
 /// Seeds for alice and bob, sent once.
-fn party_seeds(source: DealerRng) -> [[u8; 32]; 2] {
+pub(crate) fn party_seeds(source: DealerRng) -> [[u8; 32]; 2] {
     let mut base = match source {
         DealerRng::Os => ChaCha20Rng::from_entropy(),
         DealerRng::TestSeed(s) => ChaCha20Rng::seed_from_u64(s ^ 0xD3A1_E5ED),
@@ -163,20 +163,63 @@ pub fn decode_material_request(words: &[u64]) -> Result<(u64, Vec<MaterialSpec>)
     Ok((*first, specs))
 }
 
+/// Where a fixed mask came from: enough to draw it again from the seeds of the request that
+/// issued it (what the dealer service persists for an uploaded model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MaskRecord {
+    /// The fixed operand's id.
+    pub fixed_id: u64,
+    /// The stream it was drawn at.
+    pub stream: u64,
+    /// Rows.
+    pub k: usize,
+    /// Columns.
+    pub n: usize,
+}
+
 /// The fixed masks the dealer keeps (shared by the threads serving bob's two links).
 #[derive(Default)]
-struct FixedMasks {
+pub(crate) struct FixedMasks {
     /// The packed mask `b` of each live fixed operand, by id.
     live: HashMap<u64, Arc<PackedB>>,
     /// Every id a mask was ever issued for (a forgotten id is never issued again).
     issued: HashSet<u64>,
+    /// How each mask was drawn, in issue order.
+    minted: Vec<MaskRecord>,
+}
+
+impl FixedMasks {
+    /// How each mask was drawn.
+    pub(crate) fn records(&self) -> &[MaskRecord] {
+        &self.minted
+    }
+
+    /// Draw the masks of `records` again from the `seeds` that issued them.
+    pub(crate) fn regenerate(
+        seeds: [[u8; 32]; 2],
+        records: &[MaskRecord],
+        policy: DealerPolicy,
+    ) -> Result<Arc<RwLock<FixedMasks>>> {
+        let fixed = Arc::new(RwLock::new(FixedMasks::default()));
+        let dealer = Dealer::new(seeds, fixed.clone(), policy);
+        for r in records {
+            let spec = MaterialSpec::FixedMask {
+                fixed_id: r.fixed_id,
+                k: r.k,
+                n: r.n,
+            };
+            dealer.validate(&[spec])?;
+            dealer.corrections(&spec, r.stream)?;
+        }
+        Ok(fixed)
+    }
 }
 
 /// The dealer's state: the two seeds, the policy and the fixed masks it keeps (shared by the
 /// thread that serves bob's on-demand requests and the one that serves his pool workers; each
 /// link keeps its own [`StreamSpace`]).
 #[derive(Clone)]
-struct Dealer {
+pub(crate) struct Dealer {
     seeds: [[u8; 32]; 2],
     fixed: Arc<RwLock<FixedMasks>>,
     policy: DealerPolicy,
@@ -261,6 +304,19 @@ fn add(x: &[u64], y: &[u64]) -> Vec<u64> {
 }
 
 impl Dealer {
+    /// A dealer serving material from `seeds`, with the fixed masks `fixed`, under `policy`.
+    pub(crate) fn new(
+        seeds: [[u8; 32]; 2],
+        fixed: Arc<RwLock<FixedMasks>>,
+        policy: DealerPolicy,
+    ) -> Dealer {
+        Dealer {
+            seeds,
+            fixed,
+            policy,
+        }
+    }
+
     /// Bob's correction words for one spec at stream `stream`.
     fn corrections(&self, spec: &MaterialSpec, stream: u64) -> Result<Vec<u64>> {
         let mut r0 = material_stream(self.seeds[0], stream);
@@ -295,6 +351,12 @@ impl Dealer {
                 )));
             }
             fixed.live.insert(fixed_id, Arc::new(packed));
+            fixed.minted.push(MaskRecord {
+                fixed_id,
+                stream,
+                k,
+                n,
+            });
             return Ok(vec![]);
         }
         let p0 = expand_party_share(spec, 0, &mut r0, None)?;
@@ -438,7 +500,7 @@ impl Dealer {
     }
 
     /// Serve one request received on a link whose streams are `space`.
-    fn serve_batch(&self, space: &mut StreamSpace, words: &[u64]) -> Result<Vec<u64>> {
+    pub(crate) fn serve_batch(&self, space: &mut StreamSpace, words: &[u64]) -> Result<Vec<u64>> {
         let (first, specs) = decode_material_request(words)?;
         // The streams are consumed whether or not the request is served (see the module doc).
         space.admit(first, specs.len() as u64)?;
@@ -469,11 +531,7 @@ pub fn run_dealer(
     net.meter().set_step("dealer");
     net.send(PartyId::Alice, seed_to_words(&seeds[0]))?;
     net.send(PartyId::Bob, seed_to_words(&seeds[1]))?;
-    let dealer = Dealer {
-        seeds,
-        fixed: Arc::new(RwLock::new(FixedMasks::default())),
-        policy,
-    };
+    let dealer = Dealer::new(seeds, Arc::new(RwLock::new(FixedMasks::default())), policy);
     let pool_thread = match pool_net {
         Some(mut pn) => {
             let d = dealer.clone();

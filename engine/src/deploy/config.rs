@@ -19,8 +19,9 @@
 //! role = "client"
 //!
 //! [limits]                      # optional
-//! timeout_secs = 30
+//! timeout_secs = 30             # connect, handshake and read timeout; heartbeats every third
 //! max_frame_mib = 1024
+//! max_requests = 32             # requests a party runs at once ("busy" past it)
 //! ```
 
 use std::collections::BTreeSet;
@@ -61,6 +62,13 @@ pub struct Limits {
     /// Largest frame accepted from a peer, in MiB (1..=65536).
     #[serde(default = "default_max_frame_mib")]
     pub max_frame_mib: u64,
+    /// Requests a party runs at once; past it a data owner gets a "busy" error (1..=4096).
+    #[serde(default = "default_max_requests")]
+    pub max_requests: usize,
+}
+
+fn default_max_requests() -> usize {
+    32
 }
 
 fn default_timeout_secs() -> u64 {
@@ -76,6 +84,7 @@ impl Default for Limits {
         Limits {
             timeout_secs: default_timeout_secs(),
             max_frame_mib: default_max_frame_mib(),
+            max_requests: default_max_requests(),
         }
     }
 }
@@ -227,6 +236,12 @@ impl Deployment {
             return Err(invalid(format!(
                 "limits.max_frame_mib = {} is outside 1..=65536",
                 l.max_frame_mib
+            )));
+        }
+        if !(1..=4096).contains(&l.max_requests) {
+            return Err(invalid(format!(
+                "limits.max_requests = {} is outside 1..=4096",
+                l.max_requests
             )));
         }
         Ok(Deployment {

@@ -11,6 +11,8 @@ use crate::error::{shape_err, Result};
 use crate::fixed::FixedPoint;
 use crate::nn::range::check_inputs;
 use crate::nn::shared::SharedModel;
+use crate::owner::DataOwner;
+use crate::party::Party;
 use crate::pool::MaterialPool;
 use crate::protocols::compare::{eq_specs, tree_max_specs};
 use crate::session::Session;
@@ -36,6 +38,115 @@ pub fn check_labels(labels: &[i64], rows: usize, classes: usize) -> Result<()> {
         ))),
         None => Ok(()),
     }
+}
+
+/// The client's side of one batch: share the rows `data [m, width]` (fixed-point encoded) and
+/// the labels, if any, with alice and bob.
+pub(crate) fn send_batch(
+    client: &mut DataOwner,
+    fx: &FixedPoint,
+    width: usize,
+    data: &[f64],
+    labels: Option<&[i64]>,
+) -> Result<()> {
+    let m = data.len() / width.max(1);
+    let x = fx.encode(data)?;
+    client.send_shares_with(&[m, width], &mut |out| {
+        out.copy_from_slice(&x);
+        Ok(())
+    })?;
+    if let Some(l) = labels {
+        let y: Vec<u64> = l.iter().map(|&v| (v as u64) << fx.frac_bits()).collect();
+        client.send_shares_with(&[m], &mut |out| {
+            out.copy_from_slice(&y);
+            Ok(())
+        })?;
+    }
+    Ok(())
+}
+
+/// The client's side of a batch's predictions: reconstruct the class indices revealed to it.
+pub(crate) fn receive_predictions(client: &mut DataOwner, fx: &FixedPoint) -> Result<Vec<i64>> {
+    let (_, ring) = client.receive_reveal()?;
+    Ok(ring.iter().map(|&v| (v as i64) >> fx.frac_bits()).collect())
+}
+
+/// A party's side of one batch of a classification, the same in-process and across hosts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct BatchStep {
+    /// Rows in the batch.
+    pub(crate) rows: usize,
+    /// Whether the client shares labels.
+    pub(crate) labels: bool,
+    /// Whether predictions are revealed to the client.
+    pub(crate) reveal: bool,
+    /// Store id of the correct count accumulated over earlier batches.
+    pub(crate) acc: Option<u64>,
+}
+
+impl BatchStep {
+    /// Receive the client's shares of the batch (and labels), take the batch's material (from
+    /// `pool` when it has some ready, else fetched for `specs` now), run the model, the
+    /// encrypted argmax, reveal the predictions to the client and add the batch's correct count
+    /// (eq with the labels, sum) to the accumulated one. Returns the new count's store id and
+    /// whether the material came from the pool.
+    pub(crate) fn run(
+        &self,
+        p: &mut Party,
+        model: &SharedModel,
+        pool: Option<&MaterialPool>,
+        specs: &[MaterialSpec],
+    ) -> Result<(Option<u64>, bool)> {
+        let m = self.rows;
+        let x = p.receive_share(PartyId::Client, &[m, model.in_features()])?;
+        let y = if self.labels {
+            Some(p.receive_share(PartyId::Client, &[m])?)
+        } else {
+            None
+        };
+        let pooled = match pool {
+            Some(pool) => p.preprocess_pooled(pool)?,
+            None => {
+                p.preprocess(specs)?;
+                false
+            }
+        };
+        let logits = model.forward(p, &x)?;
+        let pred = p.argmax_last(&logits)?;
+        if self.reveal {
+            p.reveal_to(PartyId::Client, &pred)?;
+        }
+        let mut acc = self.acc;
+        if let Some(y) = y {
+            let correct = p.eq(&pred, &y)?;
+            let count = p.sum_all(&correct)?;
+            let total = match self.acc {
+                Some(id) => {
+                    let prev = p.kept(id)?;
+                    p.forget(id);
+                    p.add(&prev, &count)?
+                }
+                None => count,
+            };
+            acc = Some(p.keep(total));
+        }
+        Ok((acc, pooled))
+    }
+}
+
+/// All material one batch of `m` rows needs, in consumption order.
+pub(crate) fn batch_specs(
+    model: &SharedModel,
+    m: usize,
+    labels: bool,
+    frac_bits: u32,
+) -> Vec<MaterialSpec> {
+    let mut specs = model.material_specs(m, frac_bits);
+    specs.extend(tree_max_specs(m, model.out_features(), true));
+    if labels {
+        specs.extend(eq_specs(m));
+    }
+    specs
 }
 
 /// Options of an encrypted evaluation.
@@ -133,12 +244,7 @@ impl<'s> SecureClassifier<'s> {
     /// All material one request of `m` rows needs, in consumption order.
     fn request_specs(&self, m: usize, has_labels: bool) -> Vec<MaterialSpec> {
         let f = self.session.config().fixed.frac_bits();
-        let mut specs = self.model.material_specs(m, f);
-        specs.extend(tree_max_specs(m, self.model.out_features(), true));
-        if has_labels {
-            specs.extend(eq_specs(m));
-        }
-        specs
+        batch_specs(&self.model, m, has_labels, f)
     }
 
     fn pool_for(&mut self, m: usize, has_labels: bool) -> Result<Option<MaterialPool>> {
@@ -225,58 +331,29 @@ impl<'s> SecureClassifier<'s> {
             let m = hi - lo;
             // The client shares this batch's inputs (and labels); one session run then receives
             // them, preprocesses, classifies and scores.
-            let x = fx.encode(&data[lo * width..hi * width])?;
-            self.session.send_shares(PartyId::Client, &[m, width], &x)?;
-            let has_labels = labels.is_some();
-            if let Some(l) = labels {
-                let y: Vec<u64> = l[lo..hi]
-                    .iter()
-                    .map(|&v| (v as u64) << fx.frac_bits())
-                    .collect();
-                self.session.send_shares(PartyId::Client, &[m], &y)?;
-            }
+            send_batch(
+                self.session.owner_mut(PartyId::Client)?,
+                &fx,
+                width,
+                &data[lo * width..hi * width],
+                labels.map(|l| &l[lo..hi]),
+            )?;
             let model = self.model.clone();
-            let reveal_pred = opts.reveal_predictions;
+            let step = BatchStep {
+                rows: m,
+                labels: labels.is_some(),
+                reveal: opts.reveal_predictions,
+                acc: acc_id,
+            };
             let pool = if m == opts.batch {
                 full_pool.clone()
             } else {
                 None
             };
-            let specs = self.request_specs(m, has_labels);
+            let specs = self.request_specs(m, step.labels);
             let [(new_acc, t0, pooled), (bob_acc, t1, _)] = self.session.run(move |p| {
                 let before = p.traffic();
-                let x = p.receive_share(PartyId::Client, &[m, width])?;
-                let y = if has_labels {
-                    Some(p.receive_share(PartyId::Client, &[m])?)
-                } else {
-                    None
-                };
-                let pooled = match &pool {
-                    Some(pool) => p.preprocess_pooled(pool)?,
-                    None => {
-                        p.preprocess(&specs)?;
-                        false
-                    }
-                };
-                let logits = model.forward(p, &x)?;
-                let pred = p.argmax_last(&logits)?;
-                if reveal_pred {
-                    p.reveal_to(PartyId::Client, &pred)?;
-                }
-                let mut acc = acc_id;
-                if let Some(y) = y {
-                    let correct = p.eq(&pred, &y)?;
-                    let count = p.sum_all(&correct)?;
-                    let total = match acc_id {
-                        Some(id) => {
-                            let prev = p.kept(id)?;
-                            p.forget(id);
-                            p.add(&prev, &count)?
-                        }
-                        None => count,
-                    };
-                    acc = Some(p.keep(total));
-                }
+                let (acc, pooled) = step.run(p, &model, pool.as_ref(), &specs)?;
                 Ok((acc, p.traffic().since(&before).total(), pooled))
             })?;
             pooled_batches += pooled as usize;
@@ -287,8 +364,10 @@ impl<'s> SecureClassifier<'s> {
                 (a, _) => a,
             };
             if let Some(preds) = predictions.as_mut() {
-                let (_, ring) = self.session.receive_revealed(PartyId::Client)?;
-                preds.extend(ring.iter().map(|&v| (v as i64) >> fx.frac_bits()));
+                preds.extend(receive_predictions(
+                    self.session.owner_mut(PartyId::Client)?,
+                    &fx,
+                )?);
             }
             on_progress(hi, n);
         }

@@ -9,7 +9,7 @@ use kernels::GATHER_ZERO;
 use crate::error::{shape_err, Result};
 
 /// Kernel size, stride and zero padding of a 2-D sliding window, `[height, width]` each.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Window2d {
     /// Window size.
     pub kernel: [usize; 2],

@@ -6,6 +6,8 @@
 //! - [`geometry`]: sliding windows (NCHW) and the gather indices lowering them to products.
 //! - [`shared`]: the same model after `fix_precision().share(alice, bob, crypto_provider)`:
 //!   handles to shares held by the parties, with a per-party secure forward pass.
+//! - [`plan`]: a model's public plan (layer kinds, shapes, bounds), how the owner sends its
+//!   shares and how a party builds it, in every deployment.
 //! - [`range`]: range analysis before sharing and run-time range checks (no silent overflow).
 //! - [`classify`]: the PySyft tutorial flow (encrypted argmax, eq with shared labels, sum; only
 //!   the correct-count revealed to the model owner, predictions only to the client).
@@ -13,12 +15,14 @@
 pub mod classify;
 pub mod geometry;
 pub mod plain;
+pub mod plan;
 pub mod range;
 pub mod shared;
 pub mod source;
 
 pub use classify::{check_labels, ClassifyOptions, ClassifyReport, SecureClassifier};
 pub use plain::{Layer, Sequential};
+pub use plan::{LayerPlan, ModelPlan};
 pub use range::{ModelBounds, RangeReport};
 pub use shared::SharedModel;
 pub use source::{LayerShape, ModelSource};

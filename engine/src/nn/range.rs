@@ -78,7 +78,7 @@ impl ModelBounds {
 }
 
 /// The bounds of one Linear layer.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LayerRange {
     /// Index of the layer in the model.
     pub layer: usize,
@@ -93,7 +93,7 @@ pub struct LayerRange {
 }
 
 /// Result of a successful range analysis.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RangeReport {
     /// Fractional bits analysed.
     pub frac_bits: u32,

@@ -70,17 +70,7 @@ fn is_timeout(kind: ErrorKind) -> bool {
 
 /// Write one frame: the word count, then the words, little-endian.
 pub fn write_frame(w: &mut impl Write, words: &[u64]) -> io::Result<()> {
-    w.write_all(&(words.len() as u64).to_le_bytes())?;
-    const CHUNK: usize = 1 << 16;
-    let mut buf = Vec::with_capacity(CHUNK * 8);
-    for chunk in words.chunks(CHUNK) {
-        buf.clear();
-        for v in chunk {
-            buf.extend_from_slice(&v.to_le_bytes());
-        }
-        w.write_all(&buf)?;
-    }
-    w.flush()
+    write_frame_parts(w, &[], words)
 }
 
 /// Fill `buf` completely; returns how many bytes arrived before an error.
@@ -102,6 +92,32 @@ fn fill(r: &mut impl Read, buf: &mut [u8]) -> Result<(), (usize, io::Error)> {
 /// A timeout or clean end before the first header byte is [`FrameError::Idle`] or
 /// [`FrameError::Closed`]; anything that stops the read later is [`FrameError::Truncated`].
 pub fn read_frame(r: &mut impl Read, max_words: u64) -> Result<Vec<u64>, FrameError> {
+    read_frame_parts(r, max_words, 0).map(|(_, body)| body)
+}
+
+/// Write one frame whose words are `head` followed by `body` (no copy of `body` is made).
+pub fn write_frame_parts(w: &mut impl Write, head: &[u64], body: &[u64]) -> io::Result<()> {
+    w.write_all(&((head.len() + body.len()) as u64).to_le_bytes())?;
+    const CHUNK: usize = 1 << 16;
+    let mut buf = Vec::with_capacity(CHUNK * 8);
+    for chunk in std::iter::once(head).chain(body.chunks(CHUNK)) {
+        buf.clear();
+        for v in chunk {
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+        w.write_all(&buf)?;
+    }
+    w.flush()
+}
+
+/// Read one frame of at most `max_words` words, split into its first `head` words and the
+/// rest (a frame shorter than `head` comes back whole in the first part, with an empty rest).
+/// The rest is read straight into its own buffer, so splitting copies nothing.
+pub fn read_frame_parts(
+    r: &mut impl Read,
+    max_words: u64,
+    head: usize,
+) -> Result<(Vec<u64>, Vec<u64>), FrameError> {
     let mut header = [0u8; 8];
     if let Err((got, e)) = fill(r, &mut header) {
         return Err(match (got, e.kind()) {
@@ -120,24 +136,35 @@ pub fn read_frame(r: &mut impl Read, max_words: u64) -> Result<Vec<u64>, FrameEr
         return Err(FrameError::TooLarge { words, max_words });
     }
     let words = words as usize;
-    let mut out: Vec<u64> = Vec::with_capacity(words.min(GROW_WORDS));
-    while out.len() < words {
+    let head_len = head.min(words);
+    let mut first = vec![0u64; head_len];
+    if let Err((got, e)) = fill(r, bytemuck::cast_slice_mut(&mut first)) {
+        return Err(FrameError::Truncated {
+            got: 8 + got as u64,
+            expected: 8 + 8 * words as u64,
+            cause: e.kind(),
+        });
+    }
+    let body_words = words - head_len;
+    let done_bytes = 8 + 8 * head_len as u64;
+    let mut out: Vec<u64> = Vec::with_capacity(body_words.min(GROW_WORDS));
+    while out.len() < body_words {
         let start = out.len();
-        let end = words.min(start + GROW_WORDS.max(start));
+        let end = body_words.min(start + GROW_WORDS.max(start));
         out.reserve_exact(end - start);
         out.resize(end, 0);
         if let Err((got, e)) = fill(r, bytemuck::cast_slice_mut(&mut out[start..end])) {
             return Err(FrameError::Truncated {
-                got: 8 + 8 * start as u64 + got as u64,
+                got: done_bytes + 8 * start as u64 + got as u64,
                 expected: 8 + 8 * words as u64,
                 cause: e.kind(),
             });
         }
     }
-    for w in &mut out {
+    for w in first.iter_mut().chain(out.iter_mut()) {
         *w = u64::from_le(*w);
     }
-    Ok(out)
+    Ok((first, out))
 }
 
 /// Decode every complete frame in `bytes` (at most `max_words` each), stopping at the first

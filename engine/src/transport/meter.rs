@@ -101,6 +101,11 @@ impl Meter {
         std::mem::replace(&mut self.step, step)
     }
 
+    /// The step traffic is attributed to now.
+    pub fn current_step(&self) -> &'static str {
+        self.step
+    }
+
     /// Record a sent message of `bytes`.
     pub fn on_send(&mut self, bytes: u64) {
         let s = self.stats.steps.entry(self.step).or_default();

@@ -13,7 +13,7 @@ pub mod tls;
 
 pub use channel::{channel_mesh, ChannelTransport};
 pub use meter::{Meter, StepStats, TrafficStats};
-pub use stream::{Link, StreamOptions, StreamTransport};
+pub use stream::{step_code, Envelope, Link, StreamOptions, StreamTransport};
 pub use tcp::{tcp_mesh, tcp_mesh_with, TcpTransport};
 pub use tls::{tls_mesh, TlsEndpoint};
 
@@ -44,6 +44,11 @@ impl PartyId {
         } else {
             PartyId::Bob
         }
+    }
+
+    /// Whether this is a data owner (model owner or client) rather than a service.
+    pub fn is_data_owner(&self) -> bool {
+        matches!(self, PartyId::ModelOwner | PartyId::Client)
     }
 
     /// All endpoints of an in-process session.
@@ -107,4 +112,21 @@ pub trait Transport: Send {
     fn meter(&mut self) -> &mut Meter;
     /// Read-only view of the meter.
     fn meter_ref(&self) -> &Meter;
+    /// Receive the next message from `from` whatever protocol step sent it, with that step's
+    /// [`step_code`] (a data owner waiting for a reveal may get a party's failure reply
+    /// instead). Transports without steps on the wire report the current step.
+    fn recv_tagged(&mut self, from: PartyId) -> Result<(u64, Vec<u64>)> {
+        let step = step_code(self.meter_ref().current_step());
+        Ok((step, self.recv(from)?))
+    }
+    /// Take the link to `peer` out of this endpoint, if it is a stream link (a service returns
+    /// a finished request's links to its pools).
+    fn take_link(&mut self, _peer: PartyId) -> Option<Link> {
+        None
+    }
+    /// This endpoint as a [`StreamTransport`], if it is one (a service takes a request's
+    /// links, with their sequence numbers, back from a finished party).
+    fn into_stream(self: Box<Self>) -> Option<StreamTransport> {
+        None
+    }
 }

@@ -8,10 +8,10 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, ErrorKind, Read, Write};
-use std::sync::mpsc::{channel, Sender};
-use std::time::Duration;
+use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
 
-use super::frame::{read_frame, write_frame, FrameError, DEFAULT_MAX_FRAME_WORDS};
+use super::frame::{read_frame_parts, write_frame_parts, FrameError, DEFAULT_MAX_FRAME_WORDS};
 use super::{Meter, PartyId, Transport};
 use crate::error::{EngineError, Result};
 
@@ -34,6 +34,9 @@ pub struct StreamOptions {
     pub timeout: Duration,
     /// The largest frame accepted from a peer, in u64 words.
     pub max_frame_words: u64,
+    /// The longest a receive waits for a message while the peer's heartbeats keep arriving
+    /// (a peer that is alive but stuck).
+    pub max_wait: Duration,
 }
 
 impl StreamOptions {
@@ -42,31 +45,106 @@ impl StreamOptions {
         StreamOptions {
             timeout,
             max_frame_words: DEFAULT_MAX_FRAME_WORDS,
+            max_wait: Duration::from_secs(3600).max(timeout),
+        }
+    }
+
+    /// The heartbeat interval that keeps a peer with this timeout from timing out while this
+    /// side computes: a third of the timeout.
+    pub fn heartbeat(&self) -> Duration {
+        self.timeout / 3
+    }
+}
+
+/// What every message on a stream link carries ahead of its payload: the request it belongs
+/// to, its sequence number on this link within that request, and the protocol step that sent
+/// it. The receiver checks all three against what it expects, so two requests' messages can
+/// never be confused and a message that arrives out of step is an error, never data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Envelope {
+    /// The request id (0 outside a service request).
+    pub request: u64,
+    /// Messages sent before this one on this link within the request.
+    pub seq: u64,
+    /// [`step_code`] of the sender's protocol step.
+    pub step: u64,
+}
+
+impl Envelope {
+    /// Words an envelope takes at the front of a frame.
+    pub const WORDS: usize = 3;
+
+    /// The envelope as frame words.
+    pub fn words(&self) -> [u64; 3] {
+        [self.request, self.seq, self.step]
+    }
+
+    /// Decode the first [`Envelope::WORDS`] words of a frame.
+    pub fn decode(words: &[u64]) -> Option<Envelope> {
+        match words {
+            [request, seq, step, ..] => Some(Envelope {
+                request: *request,
+                seq: *seq,
+                step: *step,
+            }),
+            _ => None,
         }
     }
 }
 
+/// A protocol step's name as a word (FNV-1a), for envelopes.
+pub fn step_code(step: &str) -> u64 {
+    step.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// A link's connection has closed (its writer thread stopped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Closed;
+
 /// One framed connection to a peer: a queue to its writer thread and a buffered reader.
+///
+/// The writer thread sends an empty frame (a heartbeat) whenever the link has been quiet for
+/// the heartbeat interval, so the receiving side can tell a peer that is computing from one
+/// that is gone: it times out only after a whole timeout without any frame.
 ///
 /// Dropping a link closes the queue; its writer thread then flushes what was queued and exits
 /// (or exits at once if the peer has closed), without anyone waiting for it.
 pub struct Link {
-    queue: Sender<Vec<u64>>,
+    queue: Sender<(Envelope, Vec<u64>)>,
     reader: BufReader<Box<dyn ReadHalf>>,
 }
 
 impl Link {
-    /// A link over the two halves of one stream; spawns the writer thread.
+    /// A link over the two halves of one stream; spawns the writer thread, which sends a
+    /// heartbeat after each `heartbeat` of silence (none when `None`).
     pub(crate) fn new(
         reader: Box<dyn ReadHalf>,
         mut writer: Box<dyn WriteHalf>,
+        heartbeat: Option<Duration>,
     ) -> io::Result<Link> {
-        let (tx, rx) = channel::<Vec<u64>>();
+        let (tx, rx) = channel::<(Envelope, Vec<u64>)>();
         std::thread::Builder::new()
             .name("link-writer".into())
             .spawn(move || {
-                while let Ok(msg) = rx.recv() {
-                    if write_frame(&mut writer, &msg).is_err() {
+                loop {
+                    let next = match heartbeat {
+                        Some(every) => match rx.recv_timeout(every) {
+                            Ok(m) => Some(m),
+                            Err(RecvTimeoutError::Timeout) => None,
+                            Err(RecvTimeoutError::Disconnected) => break,
+                        },
+                        None => match rx.recv() {
+                            Ok(m) => Some(m),
+                            Err(_) => break,
+                        },
+                    };
+                    let written = match next {
+                        Some((env, msg)) => write_frame_parts(&mut writer, &env.words(), &msg),
+                        None => write_frame_parts(&mut writer, &[], &[]),
+                    };
+                    if written.is_err() {
                         break;
                     }
                 }
@@ -77,15 +155,107 @@ impl Link {
             reader: BufReader::with_capacity(1 << 20, reader),
         })
     }
+
+    /// Queue a message for the writer thread (never blocks on the peer); fails only when the
+    /// writer has stopped because the connection closed.
+    pub fn send(&self, envelope: Envelope, payload: Vec<u64>) -> std::result::Result<(), Closed> {
+        self.queue.send((envelope, payload)).map_err(|_| Closed)
+    }
+
+    /// Receive the next message, skipping heartbeats: fails after `options.timeout` without
+    /// any frame, or after `options.max_wait` without a message even while heartbeats arrive.
+    /// Any error leaves the stream out of step: the caller must drop the link.
+    pub fn recv(
+        &mut self,
+        me: PartyId,
+        peer: PartyId,
+        options: &StreamOptions,
+    ) -> Result<(Envelope, Vec<u64>)> {
+        let started = Instant::now();
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(options.timeout))
+            .map_err(|e| io_err(me, peer, e))?;
+        loop {
+            match read_frame_parts(&mut self.reader, options.max_frame_words, Envelope::WORDS) {
+                Ok((head, body)) if head.is_empty() => {
+                    debug_assert!(body.is_empty());
+                    if started.elapsed() > options.max_wait {
+                        return Err(EngineError::Protocol(format!(
+                            "{me}: {peer} is alive but sent nothing for {:?}",
+                            options.max_wait
+                        )));
+                    }
+                }
+                Ok((head, body)) => {
+                    return Envelope::decode(&head).map(|e| (e, body)).ok_or_else(|| {
+                        tracing::warn!(%me, %peer, "refused frame without an envelope");
+                        EngineError::Protocol(format!(
+                            "{me}: {peer} sent a malformed frame ({} words, no envelope)",
+                            head.len()
+                        ))
+                    })
+                }
+                Err(e) => return Err(frame_error(me, peer, options, e)),
+            }
+        }
+    }
+}
+
+/// The error a failed frame read becomes.
+fn frame_error(me: PartyId, peer: PartyId, options: &StreamOptions, e: FrameError) -> EngineError {
+    match e {
+        FrameError::Idle => EngineError::Timeout {
+            me,
+            peer,
+            after: options.timeout,
+        },
+        FrameError::Closed => EngineError::Disconnected { me, peer },
+        FrameError::Io(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof
+            ) =>
+        {
+            EngineError::Disconnected { me, peer }
+        }
+        FrameError::Io(e) => io_err(me, peer, e),
+        FrameError::TooLarge { .. } => {
+            tracing::warn!(%me, %peer, error = %e, "refused frame");
+            EngineError::Protocol(format!("{me}: {peer} sent a {e}"))
+        }
+        FrameError::Truncated { cause, .. } if is_stall(cause) => EngineError::Protocol(format!(
+            "{me}: {peer} stalled for {:?} in the middle of a message ({e})",
+            options.timeout
+        )),
+        FrameError::Truncated {
+            cause: ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe,
+            ..
+        } => {
+            tracing::warn!(%me, %peer, error = %e, "peer left in the middle of a message");
+            EngineError::Protocol(format!(
+                "{me}: lost {peer} in the middle of a message ({e})"
+            ))
+        }
+        FrameError::Truncated { .. } => {
+            EngineError::Protocol(format!("{me}: message from {peer}: {e}"))
+        }
+    }
 }
 
 /// An endpoint connected to its peers by framed byte streams (see [`super::tcp_mesh`] and
 /// [`super::tls`]).
+///
+/// Every message carries an [`Envelope`]: the endpoint's current request id, a per-link
+/// sequence number and the sender's step; receipt checks all three.
 pub struct StreamTransport {
     me: PartyId,
     links: HashMap<PartyId, Link>,
     options: StreamOptions,
     meter: Meter,
+    request: u64,
+    sent: HashMap<PartyId, u64>,
+    received: HashMap<PartyId, u64>,
 }
 
 fn io_err(me: PartyId, peer: PartyId, e: io::Error) -> EngineError {
@@ -100,17 +270,43 @@ impl StreamTransport {
             links: HashMap::new(),
             options,
             meter: Meter::default(),
+            request: 0,
+            sent: HashMap::new(),
+            received: HashMap::new(),
         }
     }
 
     /// Talk to `peer` over `link` (replacing an earlier link to it).
     pub fn add_link(&mut self, peer: PartyId, link: Link) {
+        self.sent.remove(&peer);
+        self.received.remove(&peer);
+        self.links.insert(peer, link);
+    }
+
+    /// Talk to `peer` over `link` on which `sent` and `received` messages of the current
+    /// request were already exchanged (a service that read a request's first message itself).
+    pub fn resume_link(&mut self, peer: PartyId, link: Link, sent: u64, received: u64) {
+        self.sent.insert(peer, sent);
+        self.received.insert(peer, received);
         self.links.insert(peer, link);
     }
 
     /// Whether this endpoint has a usable link to `peer`.
     pub fn has_link(&self, peer: PartyId) -> bool {
         self.links.contains_key(&peer)
+    }
+
+    /// Tag every following message with request `id`, and expect it on every message received;
+    /// sequence numbers restart at 0 on every link.
+    pub fn set_request(&mut self, id: u64) {
+        self.request = id;
+        self.sent.clear();
+        self.received.clear();
+    }
+
+    /// The request id messages are tagged with.
+    pub fn request(&self) -> u64 {
+        self.request
     }
 
     fn link(&mut self, peer: PartyId) -> Result<&mut Link> {
@@ -121,6 +317,56 @@ impl StreamTransport {
     }
 }
 
+impl StreamTransport {
+    /// Receive the next message from `from`, checking its request and sequence number, and its
+    /// step against `step` when given; returns the sender's step code.
+    fn receive(&mut self, from: PartyId, step: Option<&'static str>) -> Result<(u64, Vec<u64>)> {
+        let (me, options) = (self.me, self.options);
+        let expected = Envelope {
+            request: self.request,
+            seq: *self.received.get(&from).unwrap_or(&0),
+            step: step.map_or(0, step_code),
+        };
+        let got = self.link(from)?.recv(me, from, &options);
+        let checked = got.and_then(|(env, msg)| {
+            let step_ok = step.is_none() || env.step == expected.step;
+            if env.request == expected.request && env.seq == expected.seq && step_ok {
+                return Ok((env.step, msg));
+            }
+            tracing::warn!(%me, peer = %from, ?env, ?expected, "refused message out of step");
+            let what = if env.request != expected.request {
+                format!(
+                    "request {} (expected request {})",
+                    env.request, expected.request
+                )
+            } else if env.seq != expected.seq {
+                format!("message {} (expected message {})", env.seq, expected.seq)
+            } else {
+                format!("another step than '{}'", step.unwrap_or("?"))
+            };
+            Err(EngineError::Protocol(format!(
+                "{me}: {from} sent a message for {what}: out of step"
+            )))
+        });
+        match checked {
+            Ok((tag, msg)) => {
+                self.received.insert(from, expected.seq + 1);
+                self.meter.on_recv(8 * msg.len() as u64);
+                Ok((tag, msg))
+            }
+            Err(e) => {
+                // A timeout with nothing read leaves the stream in step; anything else does
+                // not: drop the link for good, so later receives fail at once instead of
+                // reading garbage.
+                if !matches!(e, EngineError::Timeout { .. }) {
+                    self.links.remove(&from);
+                }
+                Err(e)
+            }
+        }
+    }
+}
+
 impl Transport for StreamTransport {
     fn me(&self) -> PartyId {
         self.me
@@ -128,65 +374,37 @@ impl Transport for StreamTransport {
 
     fn send(&mut self, to: PartyId, payload: Vec<u64>) -> Result<()> {
         let (me, bytes) = (self.me, 8 * payload.len() as u64);
+        let seq = *self.sent.get(&to).unwrap_or(&0);
+        let envelope = Envelope {
+            request: self.request,
+            seq,
+            step: step_code(self.meter.current_step()),
+        };
         self.link(to)?
-            .queue
-            .send(payload)
+            .send(envelope, payload)
             .map_err(|_| EngineError::Disconnected { me, peer: to })?;
+        self.sent.insert(to, seq + 1);
         self.meter.on_send(bytes);
         Ok(())
     }
 
     fn recv(&mut self, from: PartyId) -> Result<Vec<u64>> {
-        let (me, options) = (self.me, self.options);
-        let link = self.link(from)?;
-        link.reader
-            .get_ref()
-            .set_read_timeout(Some(options.timeout))
-            .map_err(|e| io_err(me, from, e))?;
-        match read_frame(&mut link.reader, options.max_frame_words) {
-            Ok(msg) => {
-                self.meter.on_recv(8 * msg.len() as u64);
-                Ok(msg)
-            }
-            Err(e) => {
-                let err = match e {
-                    FrameError::Idle => {
-                        return Err(EngineError::Timeout {
-                            me,
-                            peer: from,
-                            after: options.timeout,
-                        })
-                    }
-                    FrameError::Closed => EngineError::Disconnected { me, peer: from },
-                    FrameError::Io(e)
-                        if matches!(
-                            e.kind(),
-                            ErrorKind::ConnectionReset | ErrorKind::BrokenPipe
-                        ) =>
-                    {
-                        EngineError::Disconnected { me, peer: from }
-                    }
-                    FrameError::Io(e) => io_err(me, from, e),
-                    FrameError::TooLarge { .. } => {
-                        tracing::warn!(%me, peer = %from, error = %e, "refused frame");
-                        EngineError::Protocol(format!("{me}: {from} sent a {e}"))
-                    }
-                    FrameError::Truncated { cause, .. } if is_stall(cause) => {
-                        EngineError::Protocol(format!(
-                            "{me}: {from} stalled for {:?} in the middle of a message ({e})",
-                            options.timeout
-                        ))
-                    }
-                    FrameError::Truncated { .. } => {
-                        EngineError::Protocol(format!("{me}: message from {from}: {e}"))
-                    }
-                };
-                // The stream is no longer in step: drop the link for good, so later receives
-                // fail at once instead of reading garbage.
-                self.links.remove(&from);
-                Err(err)
-            }
-        }
+        let step = self.meter.current_step();
+        self.receive(from, Some(step)).map(|(_, m)| m)
+    }
+
+    fn recv_tagged(&mut self, from: PartyId) -> Result<(u64, Vec<u64>)> {
+        self.receive(from, None)
+    }
+
+    fn into_stream(self: Box<Self>) -> Option<StreamTransport> {
+        Some(*self)
+    }
+
+    fn take_link(&mut self, peer: PartyId) -> Option<Link> {
+        self.sent.remove(&peer);
+        self.received.remove(&peer);
+        self.links.remove(&peer)
     }
 
     fn meter(&mut self) -> &mut Meter {

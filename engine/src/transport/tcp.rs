@@ -27,11 +27,12 @@ impl WriteHalf for TcpStream {
 }
 
 impl Link {
-    /// A plain TCP link over a connected stream.
-    pub fn tcp(stream: TcpStream) -> io::Result<Link> {
+    /// A plain TCP link over a connected stream, sending a heartbeat after each `heartbeat`
+    /// of silence (none when `None`).
+    pub fn tcp(stream: TcpStream, heartbeat: Option<Duration>) -> io::Result<Link> {
         stream.set_nodelay(true)?;
         let write_half = stream.try_clone()?;
-        Link::new(Box::new(stream), Box::new(write_half))
+        Link::new(Box::new(stream), Box::new(write_half), heartbeat)
     }
 }
 
@@ -60,8 +61,10 @@ pub fn tcp_mesh_with(
             let addr = listener.local_addr().map_err(|e| io_err(a, b, e))?;
             let client = TcpStream::connect(addr).map_err(|e| io_err(b, a, e))?;
             let (server, _) = listener.accept().map_err(|e| io_err(a, b, e))?;
-            let link_a = Link::tcp(server).map_err(|e| io_err(a, b, e))?;
-            let link_b = Link::tcp(client).map_err(|e| io_err(b, a, e))?;
+            let link_a =
+                Link::tcp(server, Some(options.heartbeat())).map_err(|e| io_err(a, b, e))?;
+            let link_b =
+                Link::tcp(client, Some(options.heartbeat())).map_err(|e| io_err(b, a, e))?;
             out.get_mut(&a).expect("endpoint").add_link(b, link_a);
             out.get_mut(&b).expect("endpoint").add_link(a, link_b);
         }

@@ -232,7 +232,7 @@ impl TlsEndpoint {
             .finish(Connection::Client(conn), stream, timeout)
             .map_err(|e| self.refused(&peer_name, addr, e))?;
         tracing::debug!(me = %self.role, peer = %peer_name, "TLS link up");
-        tls_link(conn, stream).map_err(|e| self.refused(&peer_name, addr, e))
+        tls_link(conn, stream, timeout / 3).map_err(|e| self.refused(&peer_name, addr, e))
     }
 
     /// Accept a connection on `stream` from one of `allowed`; its certificate must chain to the
@@ -282,7 +282,7 @@ impl TlsEndpoint {
             .cloned()
             .ok_or_else(|| self.refused(who, addr, "certificate names no allowed role"))?;
         tracing::debug!(me = %self.role, peer = %role, "TLS link up");
-        let link = tls_link(conn, stream).map_err(|e| self.refused(who, addr, e))?;
+        let link = tls_link(conn, stream, timeout / 3).map_err(|e| self.refused(who, addr, e))?;
         Ok((role, link))
     }
 }
@@ -386,7 +386,7 @@ impl WriteHalf for TlsWriter {
     }
 }
 
-fn tls_link(conn: Connection, sock: TcpStream) -> io::Result<Link> {
+fn tls_link(conn: Connection, sock: TcpStream, heartbeat: Duration) -> io::Result<Link> {
     let conn = Arc::new(Mutex::new(conn));
     let reader = TlsReader {
         conn: conn.clone(),
@@ -400,7 +400,7 @@ fn tls_link(conn: Connection, sock: TcpStream) -> io::Result<Link> {
         sock,
         out: Vec::with_capacity(1 << 17),
     };
-    Link::new(Box::new(reader), Box::new(writer))
+    Link::new(Box::new(reader), Box::new(writer), Some(heartbeat))
 }
 
 /// The role each in-process endpoint takes in [`tls_mesh`].

@@ -43,6 +43,24 @@ impl SharedConv2d {
         weight: &[f64],
         bias: &[f64],
     ) -> Result<SharedConv2d> {
+        let k = Self::check(&input, in_channels, out_channels, &window)?.0;
+        let (weight, fixed, bias) = share_plain_weight(s, owner, k, out_channels, weight, bias)?;
+        Self::from_ids(
+            input,
+            in_channels,
+            out_channels,
+            window,
+            [weight, fixed, bias],
+        )
+    }
+
+    /// Check the geometry; returns the product depth `c·kh·kw` and the output size.
+    fn check(
+        input: &[usize],
+        in_channels: usize,
+        out_channels: usize,
+        window: &Window2d,
+    ) -> Result<(usize, [usize; 2])> {
         let [c, h, w] = input[..] else {
             return Err(shape_err(
                 "conv2d",
@@ -56,8 +74,18 @@ impl SharedConv2d {
             ));
         }
         let out_hw = window.output_size("conv2d", h, w)?;
-        let k = in_channels * window.kernel[0] * window.kernel[1];
-        let (weight, fixed, bias) = share_plain_weight(s, owner, k, out_channels, weight, bias)?;
+        Ok((in_channels * window.kernel[0] * window.kernel[1], out_hw))
+    }
+
+    /// The layer over shares already stored under `[weight, fixed-operand, bias]` ids.
+    pub(crate) fn from_ids(
+        input: Vec<usize>,
+        in_channels: usize,
+        out_channels: usize,
+        window: Window2d,
+        [weight, fixed, bias]: [u64; 3],
+    ) -> Result<SharedConv2d> {
+        let out_hw = Self::check(&input, in_channels, out_channels, &window)?.1;
         Ok(SharedConv2d {
             weight,
             fixed,
@@ -65,13 +93,18 @@ impl SharedConv2d {
             in_channels,
             out_channels,
             window,
-            input: [c, h, w],
+            input: [input[0], input[1], input[2]],
             out_hw,
         })
     }
 
+    /// Product depth `c·kh·kw` of a convolution's weight.
+    pub(crate) fn depth(in_channels: usize, window: &Window2d) -> usize {
+        in_channels * window.kernel[0] * window.kernel[1]
+    }
+
     fn k(&self) -> usize {
-        self.in_channels * self.window.kernel[0] * self.window.kernel[1]
+        Self::depth(self.in_channels, &self.window)
     }
 }
 

@@ -44,13 +44,29 @@ pub(super) fn share_fixed_weight(
     let (i, o) = (in_features, out_features);
     s.send_shares_filled(owner, &[i, o], encode_weight)?;
     s.send_shares_filled(owner, &[o], encode_bias)?;
-    let [(wa, fa, ba), (wb, fb, bb)] = s.run(move |p| {
-        let w = p.receive_operand_share(owner, &[i, o])?;
-        let b = p.receive_share(owner, &[o])?;
-        let (wid, bid) = (p.keep(w.clone()), p.keep(b));
-        Ok((wid, p.fix_operand(&w)?.id(), bid))
-    })?;
-    Ok((agreed_id(wa, wb)?, agreed_id(fa, fb)?, agreed_id(ba, bb)?))
+    let [a, b] = s.run(move |p| receive_fixed_weight(p, owner, i, o))?;
+    Ok((
+        agreed_id(a.0, b.0)?,
+        agreed_id(a.1, b.1)?,
+        agreed_id(a.2, b.2)?,
+    ))
+}
+
+/// A party's side of sharing a weight: receive its share of the weight `[in, out]` (straight
+/// into the product layout) and of the bias `[out]` from `owner`, keep both and register the
+/// weight as a fixed operand (its mask opened once). Returns `(weight id, fixed-operand id,
+/// bias id)`.
+pub(crate) fn receive_fixed_weight(
+    p: &mut Party,
+    owner: PartyId,
+    in_features: usize,
+    out_features: usize,
+) -> Result<(u64, u64, u64)> {
+    let (i, o) = (in_features, out_features);
+    let w = p.receive_operand_share(owner, &[i, o])?;
+    let b = p.receive_share(owner, &[o])?;
+    let (wid, bid) = (p.keep(w.clone()), p.keep(b));
+    Ok((wid, p.fix_operand(&w)?.id(), bid))
 }
 
 /// [`share_fixed_weight`] of an in-memory PyTorch-layout weight `[out, in]` and bias `[out]`

@@ -13,7 +13,7 @@
 
 mod activation;
 mod conv;
-mod linear;
+pub(crate) mod linear;
 mod pool;
 
 use std::fmt;
@@ -26,10 +26,11 @@ pub use pool::{SharedAvgPool2d, SharedMaxPool2d};
 
 use crate::dealer::MaterialSpec;
 use crate::error::{shape_err, EngineError, Result};
-use crate::nn::plain::Layer;
-use crate::nn::range::{ring_limits, ModelBounds, RangeGuard, RangeReport};
-use crate::nn::source::{LayerShape, ModelSource};
+use crate::nn::plan::ModelPlan;
+use crate::nn::range::{ModelBounds, RangeGuard, RangeReport};
+use crate::nn::source::ModelSource;
 use crate::party::Party;
+use crate::session::agreed_id;
 use crate::session::Session;
 use crate::share::Share;
 use crate::transport::PartyId;
@@ -107,107 +108,23 @@ impl Session {
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<SharedModel> {
         let fx = self.config().fixed;
-        model.check_encodable(&fx)?;
-        let range = crate::nn::range::analyse(model, &fx, bounds)?;
-        let shapes = model.shapes()?;
-        let kinds = model.layer_shapes();
+        let plan = Arc::new(ModelPlan::of(model, &fx, bounds)?);
         let (total, mut done) = (model.parameter_count(), 0);
-        let mut layers: Vec<Arc<dyn SharedLayer>> = Vec::with_capacity(kinds.len());
-        for (li, (kind, shape)) in kinds.iter().zip(&shapes).enumerate() {
-            let input = shape.clone();
-            layers.push(match *kind {
-                LayerShape::Linear {
-                    in_features,
-                    out_features,
-                } => {
-                    done += in_features * out_features + out_features;
-                    Arc::new(SharedLinear::share_from(
-                        self,
-                        owner,
-                        model,
-                        li,
-                        in_features,
-                        out_features,
-                    )?)
-                }
-                LayerShape::ReLU => Arc::new(SharedReLU::new(input)),
-                LayerShape::Dropout => Arc::new(SharedIdentity::new("Dropout")),
-                LayerShape::Flatten => Arc::new(SharedFlatten::new(input)),
-                LayerShape::Other => {
-                    let l = model.layer(li)?;
-                    done += l.parameters();
-                    self.share_layer(owner, input, &l)?
-                }
-            });
-            on_progress(done, total);
-        }
-        let out_features = shapes.last().map_or(0, |s| s.iter().product());
-        Ok(SharedModel {
-            layers,
-            output_lens: shapes[1..].iter().map(|s| s.iter().product()).collect(),
-            input_shape: model.input_shape(),
-            out_features,
-            bounds: bounds.clone(),
-            range,
-            limits: ring_limits(bounds, &fx),
-        })
-    }
-
-    /// Share one layer read whole from the owner's model, applied to per-sample `input`.
-    fn share_layer(
-        &mut self,
-        owner: PartyId,
-        input: Vec<usize>,
-        l: &Layer,
-    ) -> Result<Arc<dyn SharedLayer>> {
-        Ok(match l {
-            Layer::Linear {
-                in_features,
-                out_features,
-                weight,
-                bias,
-            } => Arc::new(SharedLinear::share(
-                self,
-                owner,
-                *in_features,
-                *out_features,
-                weight,
-                bias,
-            )?),
-            Layer::Conv2d {
-                in_channels,
-                out_channels,
-                window,
-                weight,
-                bias,
-            } => Arc::new(SharedConv2d::share(
-                self,
-                owner,
-                input,
-                *in_channels,
-                *out_channels,
-                *window,
-                weight,
-                bias,
-            )?),
-            Layer::ReLU => Arc::new(SharedReLU::new(input)),
-            Layer::Dropout => Arc::new(SharedIdentity::new("Dropout")),
-            Layer::Flatten => Arc::new(SharedFlatten::new(input)),
-            Layer::MaxPool2d { window } => Arc::new(SharedMaxPool2d::new(input, *window)?),
-            Layer::AvgPool2d {
-                window,
-                count_include_pad,
-            } => Arc::new(SharedAvgPool2d::avg(input, *window, *count_include_pad)?),
-            Layer::AdaptiveAvgPool2d { output } => {
-                Arc::new(SharedAvgPool2d::adaptive(input, *output)?)
+        let mut layers: Vec<Arc<dyn SharedLayer>> = Vec::with_capacity(plan.layers.len());
+        for li in 0..plan.layers.len() {
+            plan.send_layer(model, li, &fx, &mut |shape, fill| {
+                self.send_shares_filled(owner, shape, fill)
+            })?;
+            let pl = plan.clone();
+            let [(layer, a), (_, b)] = self.run(move |p| pl.build_layer(p, li, owner))?;
+            for (x, y) in a.iter().zip(&b) {
+                agreed_id(*x, *y)?;
             }
-            Layer::BatchNorm2d { scale, shift } => Arc::new(SharedAffine2d::new(
-                input,
-                scale,
-                shift,
-                &self.config().fixed,
-            )?),
-        })
+            layers.push(layer);
+            done += plan.layer_parameters(li);
+            on_progress(done.min(total), total);
+        }
+        Ok(plan.model(layers, &fx))
     }
 
     /// Delete a shared model: both parties drop its shares and fixed operands, every material
@@ -231,6 +148,32 @@ impl Session {
 }
 
 impl SharedModel {
+    /// A model from its parts (see [`ModelPlan::model`]).
+    pub(crate) fn from_parts(
+        layers: Vec<Arc<dyn SharedLayer>>,
+        output_lens: Vec<usize>,
+        input_shape: Vec<usize>,
+        out_features: usize,
+        limits: Vec<u64>,
+        bounds: ModelBounds,
+        range: RangeReport,
+    ) -> SharedModel {
+        SharedModel {
+            layers,
+            output_lens,
+            input_shape,
+            out_features,
+            bounds,
+            range,
+            limits,
+        }
+    }
+
+    /// Every store id the model's layers hold on each party, layer by layer.
+    pub fn stored_ids(&self) -> Vec<Vec<u64>> {
+        self.layers.iter().map(|l| l.stored_ids()).collect()
+    }
+
     /// Input width: elements per sample.
     pub fn in_features(&self) -> usize {
         self.input_shape.iter().product()

@@ -1,0 +1,353 @@
+//! A data owner's side of a deployment across hosts: a model owner uploads, lists, deletes and
+//! fetches correct counts; a client classifies. The owner's computation (splitting into
+//! shares, reconstructing what is revealed to it) is the same code as in-process
+//! ([`crate::owner`], [`crate::nn::classify`]); only the transport differs.
+//!
+//! One [`RemoteOwner`] keeps one connection to alice and one to bob and runs its requests one
+//! after another on them; run several owners for concurrent requests. After a failed request
+//! the connections are dropped and the next request connects afresh.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use rand_core::{RngCore, SeedableRng};
+
+use crate::dealer::MaterialRng;
+use crate::deploy::Role;
+use crate::error::{EngineError, Result};
+use crate::fixed::FixedPoint;
+use crate::nn::classify::{check_labels, receive_predictions, send_batch};
+use crate::nn::plan::ModelPlan;
+use crate::nn::range::{check_inputs, ModelBounds};
+use crate::nn::source::ModelSource;
+use crate::owner::DataOwner;
+use crate::service::net::Net;
+use crate::service::wire::{decode, encode, ModelInfo, Reply, Request, REPLY_STEP, REQUEST_STEP};
+use crate::transport::{Link, PartyId, StreamTransport, Transport};
+
+/// What a request cost, as the data owner saw it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RequestStats {
+    /// The request id.
+    pub request: u64,
+    /// Wall time in seconds, from sending the request to both replies.
+    pub seconds: f64,
+    /// Bytes the owner sent (to both parties).
+    pub bytes_sent: u64,
+    /// Bytes the owner received.
+    pub bytes_received: u64,
+    /// Rounds each party counted in the request (alice, bob).
+    pub party_rounds: [u64; 2],
+    /// Bytes each party sent in the request (alice, bob).
+    pub party_bytes: [u64; 2],
+}
+
+/// A classification's outcome at the client.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RemoteClassification {
+    /// The predicted class of every input (revealed to this client only).
+    pub predictions: Vec<i64>,
+    /// Cost; with labels, `stats.request` is the id the model owner fetches the count with.
+    pub stats: RequestStats,
+}
+
+/// A data owner connected to alice and bob (see the module documentation).
+pub struct RemoteOwner {
+    net: Net,
+    links: Option<(Link, Link)>,
+    infos: HashMap<String, ModelInfo>,
+}
+
+fn fresh_id() -> u64 {
+    loop {
+        let id = rand_core::OsRng.next_u64();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+impl RemoteOwner {
+    /// A data owner of the deployment `net` describes (its role is `net`'s); connects on the
+    /// first request.
+    pub fn new(net: Net) -> Result<RemoteOwner> {
+        if !net.me().party_id().is_data_owner() {
+            return Err(EngineError::Invalid(format!(
+                "{} is not a data owner",
+                net.me()
+            )));
+        }
+        Ok(RemoteOwner {
+            net,
+            links: None,
+            infos: HashMap::new(),
+        })
+    }
+
+    /// This owner's role.
+    pub fn role(&self) -> &Role {
+        self.net.me()
+    }
+
+    /// Connect to alice and bob now (otherwise the first request does).
+    pub fn connect(&mut self) -> Result<()> {
+        if self.links.is_none() {
+            let a = self.net.connect(&Role::Alice)?;
+            let b = self.net.connect(&Role::Bob)?;
+            self.links = Some((a, b));
+        }
+        Ok(())
+    }
+
+    /// Send `request` to both parties; returns the owner endpoint of the request.
+    fn begin(&mut self, request: &Request) -> Result<DataOwner> {
+        self.connect()?;
+        let (a, b) = self.links.take().expect("connected");
+        let me = self.net.me().party_id();
+        let mut t = StreamTransport::new(me, self.net.options());
+        t.set_request(request.id());
+        t.add_link(PartyId::Alice, a);
+        t.add_link(PartyId::Bob, b);
+        t.meter().set_step(REQUEST_STEP);
+        let msg = encode(request);
+        t.send(PartyId::Alice, msg.clone())?;
+        t.send(PartyId::Bob, msg)?;
+        Ok(DataOwner::new(Box::new(t), MaterialRng::from_entropy()))
+    }
+
+    /// Receive both parties' replies; keeps the links for the next request when both are done.
+    fn finish(&mut self, mut owner: DataOwner, stats: &mut RequestStats) -> Result<[Reply; 2]> {
+        owner.net().meter().set_step(REPLY_STEP);
+        let mut replies = Vec::new();
+        let mut failure = None;
+        for party in [PartyId::Alice, PartyId::Bob] {
+            match owner
+                .receive_from(party)
+                .and_then(|m| decode::<Reply>(&m, "reply"))
+            {
+                Ok(Reply::Busy { limit }) => {
+                    failure.get_or_insert(EngineError::PartyFailed {
+                        party,
+                        detail: format!(
+                            "busy: {limit} requests in progress (the limit); try again later"
+                        ),
+                    });
+                }
+                Ok(Reply::Failed { reason }) => {
+                    failure.get_or_insert(EngineError::PartyFailed {
+                        party,
+                        detail: reason,
+                    });
+                }
+                Ok(r) => replies.push(r),
+                Err(e) => {
+                    failure.get_or_insert(e);
+                }
+            }
+        }
+        let traffic = owner.net().meter_ref().stats().total();
+        stats.bytes_sent = traffic.bytes_sent;
+        stats.bytes_received = traffic.bytes_received;
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let mut t = owner
+            .into_transport()
+            .into_stream()
+            .expect("a stream transport");
+        if let (Some(a), Some(b)) = (t.take_link(PartyId::Alice), t.take_link(PartyId::Bob)) {
+            self.links = Some((a, b));
+        }
+        for (i, r) in replies.iter().enumerate() {
+            if let Reply::Done { rounds, bytes, .. } = r {
+                stats.party_rounds[i] = *rounds;
+                stats.party_bytes[i] = *bytes;
+            }
+        }
+        Ok([replies[0].clone(), replies[1].clone()])
+    }
+
+    /// Run a request without a body: send it, take both replies.
+    fn simple(&mut self, request: Request) -> Result<([Reply; 2], RequestStats)> {
+        let start = Instant::now();
+        let mut stats = RequestStats {
+            request: request.id(),
+            ..Default::default()
+        };
+        let owner = self.begin(&request)?;
+        let replies = self.finish(owner, &mut stats)?;
+        stats.seconds = start.elapsed().as_secs_f64();
+        Ok((replies, stats))
+    }
+
+    /// The models the parties serve (both must list the same).
+    pub fn models(&mut self) -> Result<Vec<ModelInfo>> {
+        let ([a, b], _) = self.simple(Request::List {
+            request: fresh_id(),
+        })?;
+        let (Reply::Done { models: ma, .. }, Reply::Done { models: mb, .. }) = (a, b) else {
+            return Err(EngineError::Protocol("unexpected reply to a list".into()));
+        };
+        if ma != mb {
+            return Err(EngineError::Protocol(format!(
+                "alice and bob serve different models: {:?} vs {:?}",
+                ma.iter().map(|m| &m.name).collect::<Vec<_>>(),
+                mb.iter().map(|m| &m.name).collect::<Vec<_>>()
+            )));
+        }
+        self.infos = ma.iter().map(|m| (m.name.clone(), m.clone())).collect();
+        Ok(ma)
+    }
+
+    /// Upload `model` under `name` (model owners only): the range analysis runs here first and
+    /// refuses a model that could overflow for inputs within `bounds`; then each layer's shares
+    /// are streamed to the parties, which store them persistently.
+    pub fn upload(
+        &mut self,
+        name: &str,
+        model: &dyn ModelSource,
+        fx: &FixedPoint,
+        bounds: &ModelBounds,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<(ModelPlan, RequestStats)> {
+        if !matches!(self.net.me(), Role::ModelOwner(_)) {
+            return Err(EngineError::Invalid(format!(
+                "only a model owner uploads models, not {}",
+                self.net.me()
+            )));
+        }
+        crate::service::party::check_model_name(name)?;
+        let plan = ModelPlan::of(model, fx, bounds)?;
+        let request = Request::Upload {
+            request: fresh_id(),
+            name: name.to_string(),
+            plan: plan.clone(),
+        };
+        let start = Instant::now();
+        let mut stats = RequestStats {
+            request: request.id(),
+            ..Default::default()
+        };
+        let mut owner = self.begin(&request)?;
+        let total = model.parameter_count();
+        let mut done = 0;
+        let sent = (|| -> Result<()> {
+            for li in 0..plan.layers.len() {
+                plan.send_layer(model, li, fx, &mut |shape, fill| {
+                    owner.send_shares_with(shape, fill)
+                })?;
+                done += plan.layer_parameters(li);
+                on_progress(done.min(total), total);
+            }
+            Ok(())
+        })();
+        if let Err(e) = sent {
+            self.links = None;
+            return Err(e);
+        }
+        self.finish(owner, &mut stats)?;
+        stats.seconds = start.elapsed().as_secs_f64();
+        Ok((plan, stats))
+    }
+
+    /// Classify `data` (rows of the model's input width) with model `name`, in batches of
+    /// `batch` rows; the predictions are revealed to this client only. With `labels`, the
+    /// correct count is kept by the parties for the model owner under the returned request id.
+    pub fn classify(
+        &mut self,
+        name: &str,
+        data: &[f64],
+        labels: Option<&[i64]>,
+        batch: usize,
+    ) -> Result<RemoteClassification> {
+        if !self.infos.contains_key(name) {
+            self.models()?;
+        }
+        let info = self
+            .infos
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::Invalid(format!("no model '{name}' is served")))?;
+        let width: usize = info.input_shape.iter().product();
+        if width == 0 || data.is_empty() || !data.len().is_multiple_of(width) {
+            return Err(EngineError::Invalid(format!(
+                "{} input values are not rows of {width} features (model '{name}' takes {:?})",
+                data.len(),
+                info.input_shape
+            )));
+        }
+        if batch == 0 {
+            return Err(EngineError::Invalid("batch size must be at least 1".into()));
+        }
+        let n = data.len() / width;
+        // The client checks its own rows (and labels) before anything is shared.
+        check_inputs(data, width, info.input_bound)?;
+        if let Some(l) = labels {
+            check_labels(l, n, info.classes)?;
+        }
+        let fx = FixedPoint::new(info.frac_bits)?;
+        let request = Request::Classify {
+            request: fresh_id(),
+            model: name.to_string(),
+            rows: n as u64,
+            batch: batch as u64,
+            labels: labels.is_some(),
+        };
+        let start = Instant::now();
+        let mut stats = RequestStats {
+            request: request.id(),
+            ..Default::default()
+        };
+        let mut owner = self.begin(&request)?;
+        let mut predictions = Vec::with_capacity(n);
+        let ran = (|| -> Result<()> {
+            for lo in (0..n).step_by(batch) {
+                let hi = (lo + batch).min(n);
+                send_batch(
+                    &mut owner,
+                    &fx,
+                    width,
+                    &data[lo * width..hi * width],
+                    labels.map(|l| &l[lo..hi]),
+                )?;
+                predictions.extend(receive_predictions(&mut owner, &fx)?);
+            }
+            Ok(())
+        })();
+        if let Err(e) = ran {
+            self.links = None;
+            return Err(e);
+        }
+        self.finish(owner, &mut stats)?;
+        stats.seconds = start.elapsed().as_secs_f64();
+        Ok(RemoteClassification { predictions, stats })
+    }
+
+    /// Fetch the correct count of classify request `of` (the model's owner only): each party
+    /// sends its share of the count to this owner alone.
+    pub fn score(&mut self, of: u64) -> Result<u64> {
+        let ([a, b], _) = self.simple(Request::Score {
+            request: fresh_id(),
+            of,
+        })?;
+        match (a, b) {
+            (Reply::Done { share: Some(x), .. }, Reply::Done { share: Some(y), .. }) => {
+                let fx_count = x.wrapping_add(y);
+                Ok(fx_count)
+            }
+            _ => Err(EngineError::Protocol(
+                "a party sent no share of the count".into(),
+            )),
+        }
+    }
+
+    /// Delete model `name` (its owner only) on both parties and at the dealer.
+    pub fn delete(&mut self, name: &str) -> Result<()> {
+        self.simple(Request::Delete {
+            request: fresh_id(),
+            name: name.to_string(),
+        })?;
+        self.infos.remove(name);
+        Ok(())
+    }
+}

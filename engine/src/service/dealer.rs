@@ -1,0 +1,427 @@
+//! The dealer as a service: for every request, two fresh seeds (one per compute party) and bob's
+//! corrections, with the same stream assignment and parameter checks as in-process
+//! ([`crate::dealer`]); for every uploaded model, its fixed masks, persisted.
+//!
+//! Each party joins a request on one of its links with a [`DealerJoin`]; the dealer pairs the
+//! two joins by request id (the second must agree with the first on model, kind and fractional
+//! bits) and answers each with its seed. On bob's link it then serves material requests, each
+//! stream once and in order, until bob ends the request ([`DealerEnd`]). For an upload that
+//! both parties completed, bob's end commits the model: the dealer writes the seeds and mask
+//! records of the upload to `DATA_DIR/<name>.dealer` (atomically, checksummed) and draws the
+//! masks again from them when it restarts.
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use crate::dealer::{
+    seed_to_words, text_to_words, Dealer, DealerPolicy, FixedMasks, MaskRecord, StreamSpace,
+    OP_BATCH, STATUS_ERROR, STATUS_OK,
+};
+use crate::deploy::Role;
+use crate::error::{EngineError, Result};
+use crate::service::net::Net;
+use crate::service::store::{RecordReader, RecordWriter};
+use crate::service::wire::{decode, DealerEnd, DealerJoin, JoinKind};
+use crate::transport::{step_code, Link, PartyId, StreamTransport, Transport};
+
+/// Opcode of bob's last message of a request (a [`DealerEnd`] follows).
+pub(crate) const OP_END: u64 = 4;
+/// The step of every message on a dealer link.
+pub(crate) const DEALER_STEP: &str = "dealer";
+const RECORD_KIND: &[u8; 8] = b"dealer\0\0";
+/// Pending joins kept at most (a request whose second party never joins expires).
+const MAX_PENDING: usize = 4096;
+
+/// What the dealer persists for an uploaded model.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ModelRecord {
+    name: String,
+    owner: String,
+    frac_bits: u32,
+    seeds: [[u8; 32]; 2],
+    masks: Vec<MaskRecord>,
+}
+
+struct DealerModel {
+    record: ModelRecord,
+    masks: Arc<RwLock<FixedMasks>>,
+}
+
+/// A request one or both parties joined.
+struct Pending {
+    join: DealerJoin,
+    seeds: [[u8; 32]; 2],
+    masks: Arc<RwLock<FixedMasks>>,
+    joined: [bool; 2],
+    since: Instant,
+}
+
+/// The dealer service (see the module documentation).
+pub struct DealerService {
+    net: Net,
+    dir: PathBuf,
+    models: RwLock<HashMap<String, Arc<DealerModel>>>,
+    pending: Mutex<HashMap<u64, Pending>>,
+    rng: Mutex<ChaCha20Rng>,
+}
+
+fn policy(frac_bits: u32) -> DealerPolicy {
+    DealerPolicy::for_session(frac_bits)
+}
+
+impl DealerService {
+    /// A dealer with its models in `dir` (created if missing); every record there is loaded and
+    /// checked now, and a damaged or foreign one is an error naming the file.
+    pub fn open(net: Net, dir: &Path) -> Result<Arc<DealerService>> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| EngineError::Invalid(format!("{}: {e}", dir.display())))?;
+        let mut models = HashMap::new();
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| EngineError::Invalid(format!("{}: {e}", dir.display())))?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("dealer") {
+                continue;
+            }
+            let mut r = RecordReader::open(&path, RECORD_KIND)?;
+            let record: ModelRecord = serde_json::from_slice(r.bytes()?).map_err(|e| {
+                EngineError::Format(format!("{}: damaged record: {e}", path.display()))
+            })?;
+            r.finish()?;
+            let masks =
+                FixedMasks::regenerate(record.seeds, &record.masks, policy(record.frac_bits))?;
+            tracing::info!(model = %record.name, masks = record.masks.len(), "dealer: loaded model");
+            models.insert(record.name.clone(), Arc::new(DealerModel { record, masks }));
+        }
+        Ok(Arc::new(DealerService {
+            net,
+            dir: dir.to_path_buf(),
+            models: RwLock::new(models),
+            pending: Mutex::new(HashMap::new()),
+            rng: Mutex::new(ChaCha20Rng::from_entropy()),
+        }))
+    }
+
+    /// Names of the models whose masks the dealer holds.
+    pub fn models(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .models
+            .read()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Accept alice's and bob's connections on `listener` until the process ends; each
+    /// connection is served on its own thread.
+    pub fn serve(self: &Arc<Self>, listener: TcpListener) -> Result<()> {
+        tracing::info!(
+            addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            tls = self.net.is_tls(),
+            "dealer: serving"
+        );
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let me = self.clone();
+            std::thread::Builder::new()
+                .name("dealer-conn".into())
+                .spawn(
+                    move || match me.net.accept(stream, &[Role::Alice, Role::Bob]) {
+                        Ok((role, link)) => me.serve_link(role.party_id(), link),
+                        Err(e) => tracing::warn!(error = %e, "dealer: connection refused"),
+                    },
+                )
+                .map_err(|e| EngineError::Invalid(format!("cannot spawn a thread: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Serve one party's link: request after request, until it closes or fails.
+    fn serve_link(&self, party: PartyId, mut link: Link) {
+        let options = self.net.options();
+        loop {
+            let (env, msg) = match link.recv(PartyId::Dealer, party, &options) {
+                Ok(m) => m,
+                Err(EngineError::Disconnected { .. }) => return,
+                Err(e) => {
+                    tracing::warn!(%party, error = %e, "dealer: link dropped");
+                    return;
+                }
+            };
+            let mut net = StreamTransport::new(PartyId::Dealer, options);
+            net.set_request(env.request);
+            net.resume_link(party, link, 0, 1);
+            net.meter().set_step(DEALER_STEP);
+            if env.seq != 0 || env.step != step_code(DEALER_STEP) {
+                tracing::warn!(%party, ?env, "dealer: refused a message that is no join");
+                return;
+            }
+            let started = Instant::now();
+            let served = self.serve_request(party, env.request, &msg, &mut net);
+            match &served {
+                Ok(()) => tracing::info!(
+                    request = env.request,
+                    %party,
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    bytes = net.meter_ref().stats().total().bytes_sent,
+                    "dealer: request served"
+                ),
+                Err(e) => {
+                    tracing::warn!(request = env.request, %party, error = %e, "dealer: request failed")
+                }
+            }
+            match (served, net.take_link(party)) {
+                (Ok(()), Some(l)) => link = l,
+                _ => return,
+            }
+        }
+    }
+
+    fn refuse(net: &mut StreamTransport, party: PartyId, e: &EngineError) -> Result<()> {
+        let mut r = vec![STATUS_ERROR];
+        r.extend(text_to_words(&e.to_string()));
+        net.send(party, r)
+    }
+
+    /// One request on one party's link: the join, then (bob) material until the end.
+    fn serve_request(
+        &self,
+        party: PartyId,
+        request: u64,
+        msg: &[u64],
+        net: &mut StreamTransport,
+    ) -> Result<()> {
+        let joined =
+            decode::<DealerJoin>(msg, "dealer join").and_then(|j| self.join(party, request, j));
+        let (join, seeds, masks) = match joined {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(request, %party, error = %e, "dealer: join refused");
+                Self::refuse(net, party, &e)?;
+                return Ok(());
+            }
+        };
+        if join.kind == JoinKind::Delete {
+            let r = self.delete(&join.model);
+            return match r {
+                Ok(()) => net.send(party, vec![STATUS_OK]),
+                Err(e) => Self::refuse(net, party, &e),
+            };
+        }
+        let mut reply = vec![STATUS_OK];
+        reply.extend(seed_to_words(&seeds[party_index(party)]));
+        net.send(party, reply)?;
+        if party == PartyId::Alice {
+            return Ok(());
+        }
+        let dealer = Dealer::new(seeds, masks.clone(), policy(join.frac_bits));
+        let mut space = StreamSpace::OnDemand { next: 0 };
+        loop {
+            let msg = net.recv(party)?;
+            let reply = match msg.first() {
+                Some(&OP_BATCH) => dealer.serve_batch(&mut space, &msg[1..]),
+                Some(&OP_END) => {
+                    let end = decode::<DealerEnd>(&msg[1..], "dealer end")?;
+                    let r = match end {
+                        DealerEnd::Finish {
+                            commit: true,
+                            owner,
+                        } if join.kind == JoinKind::Upload => {
+                            self.commit(&join, seeds, &masks, owner)
+                        }
+                        DealerEnd::Finish { .. } => Ok(()),
+                    };
+                    return match r {
+                        Ok(()) => net.send(party, vec![STATUS_OK]),
+                        Err(e) => Self::refuse(net, party, &e),
+                    };
+                }
+                _ => Err(EngineError::Protocol("unknown dealer opcode".into())),
+            };
+            let reply = reply.unwrap_or_else(|e| {
+                tracing::warn!(request, error = %e, "dealer refused a request");
+                let mut r = vec![STATUS_ERROR];
+                r.extend(text_to_words(&e.to_string()));
+                r
+            });
+            net.send(party, reply)?;
+        }
+    }
+
+    /// Pair a party's join with the other's (or open the request); returns the join as
+    /// agreed, the request's seeds and the masks its fixed operands use.
+    #[allow(clippy::type_complexity)]
+    fn join(
+        &self,
+        party: PartyId,
+        request: u64,
+        join: DealerJoin,
+    ) -> Result<(DealerJoin, [[u8; 32]; 2], Arc<RwLock<FixedMasks>>)> {
+        let refuse = |m: String| Err(EngineError::Protocol(m));
+        if join.request != request || usize::from(join.party) != party_index(party) {
+            return refuse(format!(
+                "join for request {} as party {} on {party}'s link for request {request}",
+                join.request, join.party
+            ));
+        }
+        let model = self
+            .models
+            .read()
+            .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?
+            .get(&join.model)
+            .cloned();
+        match (&join.kind, &model) {
+            (JoinKind::Upload, Some(_)) => {
+                return refuse(format!("model '{}' already exists", join.model))
+            }
+            (JoinKind::Classify | JoinKind::Delete, None) => {
+                return refuse(format!("no model '{}' here", join.model))
+            }
+            (JoinKind::Classify, Some(m)) if m.record.frac_bits != join.frac_bits => {
+                return refuse(format!(
+                    "model '{}' has {} fractional bits, the join says {}",
+                    join.model, m.record.frac_bits, join.frac_bits
+                ))
+            }
+            _ => {}
+        }
+        if join.kind == JoinKind::Delete {
+            if party != PartyId::Bob {
+                return refuse("only bob deletes a model's masks".into());
+            }
+            return Ok((join, [[0; 32]; 2], Arc::default()));
+        }
+        let mut pending = self
+            .pending
+            .lock()
+            .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?;
+        let expiry = self.net.options().timeout * 20;
+        pending.retain(|_, p| p.since.elapsed() < expiry);
+        let i = party_index(party);
+        if let Some(p) = pending.get_mut(&request) {
+            if p.join.model != join.model
+                || p.join.kind != join.kind
+                || p.join.frac_bits != join.frac_bits
+            {
+                return refuse(format!(
+                    "request {request}: {party} joined for {:?} of '{}' ({} bits), the other party for {:?} of '{}' ({} bits)",
+                    join.kind, join.model, join.frac_bits, p.join.kind, p.join.model, p.join.frac_bits
+                ));
+            }
+            if p.joined[i] {
+                return refuse(format!("{party} already joined request {request}"));
+            }
+            p.joined[i] = true;
+            let out = (join, p.seeds, p.masks.clone());
+            if p.joined == [true, true] {
+                pending.remove(&request);
+            }
+            return Ok(out);
+        }
+        if pending.len() >= MAX_PENDING {
+            return refuse("busy: too many requests waiting for their second party".into());
+        }
+        let mut seeds = [[0u8; 32]; 2];
+        {
+            let mut rng = self
+                .rng
+                .lock()
+                .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?;
+            for s in &mut seeds {
+                rng.fill_bytes(s);
+            }
+        }
+        let masks = match &model {
+            Some(m) => m.masks.clone(),
+            None => Arc::new(RwLock::new(FixedMasks::default())),
+        };
+        let mut joined = [false; 2];
+        joined[i] = true;
+        pending.insert(
+            request,
+            Pending {
+                join: join.clone(),
+                seeds,
+                masks: masks.clone(),
+                joined,
+                since: Instant::now(),
+            },
+        );
+        Ok((join, seeds, masks))
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.dealer"))
+    }
+
+    /// Keep an uploaded model's masks: persist, then serve.
+    fn commit(
+        &self,
+        join: &DealerJoin,
+        seeds: [[u8; 32]; 2],
+        masks: &Arc<RwLock<FixedMasks>>,
+        owner: String,
+    ) -> Result<()> {
+        let records = masks
+            .read()
+            .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?
+            .records()
+            .to_vec();
+        let record = ModelRecord {
+            name: join.model.clone(),
+            owner,
+            frac_bits: join.frac_bits,
+            seeds,
+            masks: records,
+        };
+        let mut models = self
+            .models
+            .write()
+            .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?;
+        if models.contains_key(&join.model) {
+            return Err(EngineError::Protocol(format!(
+                "model '{}' already exists",
+                join.model
+            )));
+        }
+        let mut w = RecordWriter::create(&self.record_path(&join.model), RECORD_KIND)?;
+        w.bytes(&serde_json::to_vec(&record).expect("records serialise"))?;
+        w.commit()?;
+        tracing::info!(model = %join.model, masks = record.masks.len(), "dealer: model committed");
+        models.insert(
+            join.model.clone(),
+            Arc::new(DealerModel {
+                record,
+                masks: masks.clone(),
+            }),
+        );
+        Ok(())
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        let mut models = self
+            .models
+            .write()
+            .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?;
+        if models.remove(name).is_none() {
+            return Err(EngineError::Invalid(format!("no model '{name}' here")));
+        }
+        let path = self.record_path(name);
+        std::fs::remove_file(&path)
+            .map_err(|e| EngineError::Invalid(format!("{}: {e}", path.display())))?;
+        tracing::info!(model = name, "dealer: model deleted");
+        Ok(())
+    }
+}
+
+fn party_index(p: PartyId) -> usize {
+    usize::from(p == PartyId::Bob)
+}

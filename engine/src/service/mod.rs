@@ -1,0 +1,28 @@
+//! Alice, bob and the dealer as services across hosts.
+//!
+//! - [`wire`]: the control messages (requests, replies, joins).
+//! - [`net`]: addresses, mutually authenticated TLS, hellos, pools of idle links.
+//! - [`store`]: atomic, versioned, checksummed records of uploaded models.
+//! - [`party`]: a compute party's service: runs data owners' requests with the other party
+//!   and the dealer.
+//! - [`dealer`]: the dealer's service: a seed per request and party, bob's corrections.
+//! - [`client`]: a data owner's side: upload, classify, score, list, delete.
+//!
+//! # One request, three links
+//! A data owner connects to alice and bob and sends both the same request with a fresh random
+//! id. Each party takes a link to the dealer from its pool and joins the request there (the
+//! dealer draws two fresh seeds for it); alice takes a link to bob and joins him (bob checks
+//! that the request alice got is the one he got). Every message of the request, on every link,
+//! carries `(request, sequence, step)` and is checked on receipt
+//! ([`crate::transport::Envelope`]). A link is reused only after a request that ended in step
+//! on it; after a failure it is dropped, so a failed request cannot shift what the next one
+//! reads. The party's computation is the same code as in-process
+//! ([`crate::nn::ModelPlan::build_layer`] for uploads, the classification batch step of
+//! [`crate::nn::classify`]); only the transport differs.
+
+pub mod client;
+pub mod dealer;
+pub mod net;
+pub mod party;
+pub mod store;
+pub mod wire;

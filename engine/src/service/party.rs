@@ -1,0 +1,1019 @@
+//! A compute party (alice or bob) as a service: it stores uploaded models' shares, and runs data
+//! owners' requests with the other party and the dealer, each request on its own links.
+//!
+//! Alice connects to bob and to the dealer; bob to the dealer; data owners to both. A request
+//! from a data owner is read on the owner's connection and run on that connection's thread;
+//! connections run concurrently, at most `limits.max_requests` requests at once (past that the
+//! owner gets [`Reply::Busy`]). See [`crate::service`] for how a request's links are joined.
+//!
+//! Models are kept in `DATA_DIR/<name>.model`: this party's shares of each weight and bias and
+//! the public masked weights, with the model's plan and owner, written atomically and
+//! checksummed ([`crate::service::store`]); all are loaded (and checked) at start-up.
+
+use std::collections::{HashMap, HashSet};
+use std::net::TcpListener;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use kernels::Backend;
+use serde::{Deserialize, Serialize};
+
+use crate::dealer::{words_to_seed, words_to_text, STATUS_OK};
+use crate::deploy::Role;
+use crate::error::{EngineError, Result};
+use crate::fixed::FixedPoint;
+use crate::nn::classify::{batch_specs, BatchStep};
+use crate::nn::plan::ModelPlan;
+use crate::nn::shared::SharedModel;
+use crate::party::{Party, WeightShares};
+use crate::protocols::matmul::block_rows;
+use crate::service::dealer::{DEALER_STEP, OP_END};
+use crate::service::net::{LinkPool, Net};
+use crate::service::store::{RecordReader, RecordWriter};
+use crate::service::wire::{
+    decode, digest, encode, DealerEnd, DealerJoin, JoinKind, ModelInfo, PeerJoin, Reply, Request,
+    JOIN_STEP, REPLY_STEP, REQUEST_STEP,
+};
+use crate::transport::{step_code, Link, PartyId, StreamTransport, Transport};
+
+const RECORD_KIND: &[u8; 8] = b"party\0\0\0";
+
+/// A model this party serves.
+struct ServedModel {
+    meta: ModelMeta,
+    model: SharedModel,
+    weights: Vec<WeightShares>,
+    fx: FixedPoint,
+}
+
+/// What a model's record holds besides the tensors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct ModelMeta {
+    name: String,
+    owner: String,
+    plan: ModelPlan,
+    /// Store ids of each layer (`[weight, fixed operand, bias]` for layers with parameters).
+    ids: Vec<Vec<u64>>,
+}
+
+impl ModelMeta {
+    fn info(&self) -> ModelInfo {
+        ModelInfo {
+            name: self.name.clone(),
+            owner: self.owner.clone(),
+            input_shape: self.plan.input_shape().to_vec(),
+            classes: self.plan.out_features(),
+            frac_bits: self.plan.frac_bits,
+            input_bound: self.plan.input_bound,
+            parameters: (0..self.plan.layers.len())
+                .map(|l| self.plan.layer_parameters(l))
+                .sum(),
+        }
+    }
+}
+
+/// The correct count of a classify request, kept for the model owner.
+struct Score {
+    owner: String,
+    share: u64,
+}
+
+/// Alice's joins that reached bob, and bob's requests waiting for them.
+#[derive(Default)]
+struct Rendezvous {
+    waiting: HashMap<u64, Sender<(PeerJoin, Link)>>,
+    parked: HashMap<u64, (PeerJoin, Link, Instant)>,
+    refused: HashMap<u64, Instant>,
+}
+
+/// A compute party's service (see the module documentation).
+pub struct PartyService {
+    index: usize,
+    net: Net,
+    backend: Arc<dyn Backend>,
+    dir: PathBuf,
+    models: RwLock<HashMap<String, Arc<ServedModel>>>,
+    scores: Mutex<HashMap<u64, Score>>,
+    seen: Mutex<HashSet<u64>>,
+    active: AtomicUsize,
+    peer_pool: LinkPool,
+    dealer_pool: LinkPool,
+    rendezvous: Mutex<Rendezvous>,
+}
+
+fn poisoned() -> EngineError {
+    EngineError::Protocol("party state poisoned".into())
+}
+
+/// A model name: 1-64 characters of letters, digits, '-', '_' and '.', not starting with '.'.
+pub fn check_model_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(format!(
+            "'{name}' is not a valid model name (1-64 letters, digits, '-', '_' or '.', not \
+             starting with '.')"
+        )))
+    }
+}
+
+/// Decrement the active-request count when a request ends, however it ends.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl PartyService {
+    /// The service of party `index` (0 alice, 1 bob) with its models in `dir` (created if
+    /// missing); every record there is loaded and checked now, and a damaged or foreign one is
+    /// an error naming the file (nothing is loaded half).
+    pub fn open(
+        index: usize,
+        net: Net,
+        backend: Arc<dyn Backend>,
+        dir: &Path,
+    ) -> Result<Arc<PartyService>> {
+        let expected = if index == 0 { Role::Alice } else { Role::Bob };
+        if net.me() != &expected {
+            return Err(EngineError::Invalid(format!(
+                "party {index} must run as {expected}, not {}",
+                net.me()
+            )));
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| EngineError::Invalid(format!("{}: {e}", dir.display())))?;
+        let svc = PartyService {
+            index,
+            net,
+            backend,
+            dir: dir.to_path_buf(),
+            models: RwLock::new(HashMap::new()),
+            scores: Mutex::new(HashMap::new()),
+            seen: Mutex::new(HashSet::new()),
+            active: AtomicUsize::new(0),
+            peer_pool: LinkPool::new(Role::Bob),
+            dealer_pool: LinkPool::new(Role::Dealer),
+            rendezvous: Mutex::new(Rendezvous::default()),
+        };
+        let entries = std::fs::read_dir(dir)
+            .map_err(|e| EngineError::Invalid(format!("{}: {e}", dir.display())))?;
+        let mut loaded = HashMap::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) == Some("model") {
+                let m = svc.load(&path)?;
+                tracing::info!(me = %svc.net.me(), model = %m.meta.name, "loaded model");
+                loaded.insert(m.meta.name.clone(), Arc::new(m));
+            }
+        }
+        *svc.models.write().map_err(|_| poisoned())? = loaded;
+        Ok(Arc::new(svc))
+    }
+
+    fn me(&self) -> PartyId {
+        PartyId::compute(self.index)
+    }
+
+    /// The models served.
+    pub fn models(&self) -> Vec<ModelInfo> {
+        let mut v: Vec<ModelInfo> = self
+            .models
+            .read()
+            .map(|m| m.values().map(|s| s.meta.info()).collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    /// Accept connections on `listener` until the process ends: data owners' (and, on bob,
+    /// alice's), each served on its own thread.
+    pub fn serve(self: &Arc<Self>, listener: TcpListener) -> Result<()> {
+        tracing::info!(
+            me = %self.net.me(),
+            addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            tls = self.net.is_tls(),
+            models = self.models().len(),
+            "serving"
+        );
+        let mut allowed = self.net.deployment().data_owners.clone();
+        if self.index == 1 {
+            allowed.push(Role::Alice);
+        }
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let me = self.clone();
+            let allowed = allowed.clone();
+            std::thread::Builder::new()
+                .name("party-conn".into())
+                .spawn(move || match me.net.accept(stream, &allowed) {
+                    Ok((Role::Alice, link)) => me.serve_peer_link(link),
+                    Ok((role, link)) => me.serve_owner(role, link),
+                    Err(e) => tracing::warn!(error = %e, "connection refused"),
+                })
+                .map_err(|e| EngineError::Invalid(format!("cannot spawn a thread: {e}")))?;
+        }
+        Ok(())
+    }
+
+    // ---- data owners ----
+
+    /// Serve a data owner's connection: request after request, until it closes or fails.
+    fn serve_owner(self: &Arc<Self>, role: Role, mut link: Link) {
+        let owner = role.party_id();
+        let options = self.net.options();
+        loop {
+            let (env, msg) = match link.recv(self.me(), owner, &options) {
+                Ok(m) => m,
+                Err(EngineError::Disconnected { .. }) => return,
+                Err(e) => {
+                    tracing::warn!(me = %self.net.me(), peer = %role, error = %e, "dropped a data owner's link");
+                    return;
+                }
+            };
+            let request = match decode::<Request>(&msg, "request") {
+                Ok(r)
+                    if env.seq == 0
+                        && env.step == step_code(REQUEST_STEP)
+                        && env.request == r.id()
+                        && r.id() != 0 =>
+                {
+                    r
+                }
+                Ok(_) => {
+                    tracing::warn!(me = %self.net.me(), peer = %role, ?env, "refused a request out of step");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(me = %self.net.me(), peer = %role, error = %e, "refused a request");
+                    return;
+                }
+            };
+            let mut net = StreamTransport::new(self.me(), options);
+            net.set_request(request.id());
+            net.resume_link(owner, link, 0, 1);
+            let started = Instant::now();
+            let kind = request.kind();
+            let id = request.id();
+            let (reply, keep) = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.dispatch(&role, &request, &digest(&msg), &mut net)
+            }))
+            .unwrap_or_else(|_| {
+                (
+                    Reply::Failed {
+                        reason: "internal error (panic) in the request".into(),
+                    },
+                    false,
+                )
+            });
+            let stats = net.meter_ref().stats().total();
+            match &reply {
+                Reply::Failed { reason } => tracing::warn!(
+                    me = %self.net.me(), request = id, kind, owner = %role, reason, "request failed"
+                ),
+                Reply::Busy { limit } => tracing::warn!(
+                    me = %self.net.me(), request = id, kind, owner = %role, limit, "busy: request refused"
+                ),
+                Reply::Done { .. } => tracing::info!(
+                    me = %self.net.me(), request = id, kind, owner = %role,
+                    rounds = stats.rounds, bytes = stats.bytes_sent,
+                    ms = started.elapsed().as_secs_f64() * 1e3, "request done"
+                ),
+            }
+            net.meter().set_step(REPLY_STEP);
+            let sent = net.send(owner, encode(&reply));
+            match (sent, keep, net.take_link(owner)) {
+                (Ok(()), true, Some(l)) => link = l,
+                // After a failure the owner's link is out of step (it may still be sending the
+                // rest of the request): read and drop what arrives until the owner, having read
+                // the reply, closes (closing at once would make TCP reset the connection and
+                // discard the reply before the owner reads it); at most one timeout.
+                (Ok(()), false, Some(mut l)) => {
+                    let until = Instant::now() + options.timeout;
+                    while Instant::now() < until && l.recv(self.me(), owner, &options).is_ok() {}
+                    return;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Run a request; returns the reply and whether the owner's link is still in step.
+    fn dispatch(
+        self: &Arc<Self>,
+        role: &Role,
+        request: &Request,
+        digest: &[u8],
+        net: &mut StreamTransport,
+    ) -> (Reply, bool) {
+        let fresh = self
+            .seen
+            .lock()
+            .map(|mut s| {
+                if s.len() > 1_000_000 {
+                    s.clear();
+                }
+                s.insert(request.id())
+            })
+            .unwrap_or(false);
+        if !fresh {
+            return (
+                Reply::Failed {
+                    reason: format!("request id {} was already used", request.id()),
+                },
+                false,
+            );
+        }
+        let light = matches!(
+            request,
+            Request::List { .. } | Request::Score { .. } | Request::Delete { .. }
+        );
+        let limit = self.net.deployment().limits.max_requests;
+        if !light && self.active.fetch_add(1, Ordering::SeqCst) >= limit {
+            self.active.fetch_sub(1, Ordering::SeqCst);
+            self.refuse_peer_join(request.id(), "busy");
+            return (Reply::Busy { limit }, false);
+        }
+        let _slot = (!light).then(|| Slot(&self.active));
+        let r = match request {
+            Request::List { .. } => Ok(self.done(None, net)),
+            Request::Score { of, .. } => self.score(role, *of).map(|s| self.done(Some(s), net)),
+            Request::Delete { name, .. } => {
+                self.delete(role, name, net).map(|()| self.done(None, net))
+            }
+            Request::Upload {
+                request,
+                name,
+                plan,
+            } => self
+                .upload(role, *request, name, plan, digest, net)
+                .map(|()| self.done(None, net)),
+            Request::Classify {
+                request,
+                model,
+                rows,
+                batch,
+                labels,
+            } => self
+                .classify(role, *request, model, *rows, *batch, *labels, digest, net)
+                .map(|()| self.done(None, net)),
+        };
+        match r {
+            Ok(reply) => (reply, true),
+            Err(e) => {
+                if !light {
+                    self.refuse_peer_join(request.id(), "failed");
+                }
+                (
+                    Reply::Failed {
+                        reason: e.to_string(),
+                    },
+                    false,
+                )
+            }
+        }
+    }
+
+    fn done(&self, share: Option<u64>, net: &StreamTransport) -> Reply {
+        let t = net.meter_ref().stats().total();
+        Reply::Done {
+            share,
+            models: self.models(),
+            rounds: t.rounds,
+            bytes: t.bytes_sent,
+        }
+    }
+
+    fn model(&self, name: &str) -> Result<Arc<ServedModel>> {
+        self.models
+            .read()
+            .map_err(|_| poisoned())?
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::Invalid(format!("no model '{name}' is served here")))
+    }
+
+    fn score(&self, role: &Role, of: u64) -> Result<u64> {
+        let mut scores = self.scores.lock().map_err(|_| poisoned())?;
+        let Some(s) = scores.get(&of) else {
+            return Err(EngineError::Invalid(format!(
+                "no correct count is kept for request {of} (unknown, without labels, or already fetched)"
+            )));
+        };
+        if role != &Role::ModelOwner(s.owner.clone()) {
+            return Err(EngineError::Invalid(format!(
+                "the correct count of request {of} is revealed only to its model's owner, not to {role}"
+            )));
+        }
+        Ok(scores.remove(&of).expect("checked").share)
+    }
+
+    fn check_owner(&self, role: &Role, m: &ServedModel) -> Result<()> {
+        if role != &Role::ModelOwner(m.meta.owner.clone()) {
+            return Err(EngineError::Invalid(format!(
+                "model '{}' belongs to model owner '{}'; {role} may not delete it",
+                m.meta.name, m.meta.owner
+            )));
+        }
+        Ok(())
+    }
+
+    fn delete(self: &Arc<Self>, role: &Role, name: &str, net: &mut StreamTransport) -> Result<()> {
+        let m = self.model(name)?;
+        self.check_owner(role, &m)?;
+        if self.index == 1 {
+            // Bob tells the dealer to forget the model's masks.
+            let join = DealerJoin {
+                request: net.request(),
+                party: 1,
+                model: name.to_string(),
+                kind: JoinKind::Delete,
+                frac_bits: m.meta.plan.frac_bits,
+            };
+            let reply = self.dealer_round(net, &join)?;
+            if reply.first() != Some(&STATUS_OK) {
+                return Err(dealer_refused(&reply));
+            }
+            self.release_dealer(net);
+        }
+        self.models.write().map_err(|_| poisoned())?.remove(name);
+        let path = self.record_path(name);
+        std::fs::remove_file(&path)
+            .map_err(|e| EngineError::Invalid(format!("{}: {e}", path.display())))?;
+        tracing::info!(me = %self.net.me(), model = name, "model deleted");
+        Ok(())
+    }
+
+    // ---- joining the peer and the dealer ----
+
+    /// Join request `request` with the other party: alice sends bob her join on a link from
+    /// her pool; bob waits for it and checks that alice received the same request.
+    fn join_peer(&self, request: u64, digest: &[u8], net: &mut StreamTransport) -> Result<()> {
+        net.meter().set_step(JOIN_STEP);
+        if self.index == 1 {
+            let (join, link) = self.await_peer(request)?;
+            net.resume_link(PartyId::Alice, link, 0, 1);
+            let reply = if join.digest == digest {
+                Reply::Done {
+                    share: None,
+                    models: Vec::new(),
+                    rounds: 0,
+                    bytes: 0,
+                }
+            } else {
+                Reply::Failed {
+                    reason: "alice and bob received different requests".into(),
+                }
+            };
+            let ok = matches!(reply, Reply::Done { .. });
+            net.send(PartyId::Alice, encode(&reply))?;
+            if !ok {
+                return Err(EngineError::Protocol(format!(
+                    "request {request}: alice received another request than bob"
+                )));
+            }
+            return Ok(());
+        }
+        let join = encode(&PeerJoin {
+            request,
+            digest: digest.to_vec(),
+        });
+        for attempt in 0..2 {
+            let (link, reused) = self.peer_pool.get(&self.net)?;
+            net.add_link(PartyId::Bob, link);
+            net.send(PartyId::Bob, join.clone())?;
+            match net.recv(PartyId::Bob) {
+                Ok(m) => {
+                    return match decode::<Reply>(&m, "join reply")? {
+                        Reply::Done { .. } => Ok(()),
+                        Reply::Failed { reason } => Err(EngineError::PartyFailed {
+                            party: PartyId::Bob,
+                            detail: reason,
+                        }),
+                        Reply::Busy { .. } => Err(EngineError::PartyFailed {
+                            party: PartyId::Bob,
+                            detail: "busy".into(),
+                        }),
+                    }
+                }
+                // A pooled link may have died while idle (bob restarted): retry once.
+                Err(EngineError::Disconnected { .. }) if reused && attempt == 0 => {
+                    net.take_link(PartyId::Bob);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// Bob: wait (at most the timeout) for alice's join of `request`.
+    fn await_peer(&self, request: u64) -> Result<(PeerJoin, Link)> {
+        let rx = {
+            let mut r = self.rendezvous.lock().map_err(|_| poisoned())?;
+            if let Some((join, link, _)) = r.parked.remove(&request) {
+                return Ok((join, link));
+            }
+            let (tx, rx) = channel();
+            r.waiting.insert(request, tx);
+            rx
+        };
+        let timeout = self.net.options().timeout;
+        let got = rx.recv_timeout(timeout);
+        if let Ok(mut r) = self.rendezvous.lock() {
+            r.waiting.remove(&request);
+        }
+        got.map_err(|_| EngineError::Timeout {
+            me: PartyId::Bob,
+            peer: PartyId::Alice,
+            after: timeout,
+        })
+    }
+
+    /// Bob: alice's join of a request that bob refused or failed gets that answer at once.
+    fn refuse_peer_join(self: &Arc<Self>, request: u64, why: &'static str) {
+        if self.index != 1 {
+            return;
+        }
+        let parked = self.rendezvous.lock().ok().and_then(|mut r| {
+            r.refused.retain(|_, t| t.elapsed().as_secs() < 3600);
+            r.refused.insert(request, Instant::now());
+            r.parked.remove(&request)
+        });
+        if let Some((_, link, _)) = parked {
+            self.answer_refused(request, link, why);
+        }
+    }
+
+    fn answer_refused(self: &Arc<Self>, request: u64, link: Link, why: &str) {
+        let mut net = StreamTransport::new(PartyId::Bob, self.net.options());
+        net.set_request(request);
+        net.resume_link(PartyId::Alice, link, 0, 1);
+        net.meter().set_step(JOIN_STEP);
+        let _ = net.send(
+            PartyId::Alice,
+            encode(&Reply::Failed {
+                reason: format!("bob refused request {request} ({why})"),
+            }),
+        );
+        if let Some(l) = net.take_link(PartyId::Alice) {
+            self.spawn_peer_link(l);
+        }
+    }
+
+    /// Bob: read alice's joins on one link and hand each to the request it names.
+    fn serve_peer_link(self: &Arc<Self>, mut link: Link) {
+        let options = self.net.options();
+        let (env, msg) = match link.recv(PartyId::Bob, PartyId::Alice, &options) {
+            Ok(m) => m,
+            Err(EngineError::Disconnected { .. }) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "bob: dropped a link from alice");
+                return;
+            }
+        };
+        let join = match decode::<PeerJoin>(&msg, "peer join") {
+            Ok(j)
+                if j.request == env.request && env.seq == 0 && env.step == step_code(JOIN_STEP) =>
+            {
+                j
+            }
+            _ => {
+                tracing::warn!(?env, "bob: refused a join out of step from alice");
+                return;
+            }
+        };
+        let request = join.request;
+        let mut r = match self.rendezvous.lock() {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        if r.refused.contains_key(&request) {
+            drop(r);
+            self.answer_refused(request, link, "refused");
+            return;
+        }
+        if let Some(tx) = r.waiting.remove(&request) {
+            let _ = tx.send((join, link));
+            return;
+        }
+        let timeout = options.timeout * 4;
+        r.parked.retain(|_, (_, _, t)| t.elapsed() < timeout);
+        r.parked.insert(request, (join, link, Instant::now()));
+    }
+
+    /// Bob: serve a link from alice again after a request that ended in step on it.
+    fn spawn_peer_link(self: &Arc<Self>, link: Link) {
+        let me = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("party-peer".into())
+            .spawn(move || me.serve_peer_link(link));
+    }
+
+    /// Send a join (or a request on a join's link) to the dealer and return its answer; a
+    /// pooled link that died while idle is replaced once.
+    fn dealer_round(&self, net: &mut StreamTransport, join: &DealerJoin) -> Result<Vec<u64>> {
+        net.meter().set_step(DEALER_STEP);
+        let msg = encode(join);
+        for attempt in 0..2 {
+            let (link, reused) = self.dealer_pool.get(&self.net)?;
+            net.add_link(PartyId::Dealer, link);
+            net.send(PartyId::Dealer, msg.clone())?;
+            match net.recv(PartyId::Dealer) {
+                Ok(r) => return Ok(r),
+                Err(EngineError::Disconnected { .. }) if reused && attempt == 0 => {
+                    net.take_link(PartyId::Dealer);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        unreachable!("the second attempt returns")
+    }
+
+    /// Join `request` at the dealer; returns this party's seed for it.
+    fn join_dealer(
+        &self,
+        net: &mut StreamTransport,
+        model: &str,
+        kind: JoinKind,
+        frac_bits: u32,
+    ) -> Result<[u8; 32]> {
+        let join = DealerJoin {
+            request: net.request(),
+            party: self.index as u8,
+            model: model.to_string(),
+            kind,
+            frac_bits,
+        };
+        let reply = self.dealer_round(net, &join)?;
+        match reply.split_first() {
+            Some((&STATUS_OK, seed)) => words_to_seed(seed),
+            _ => Err(dealer_refused(&reply)),
+        }
+    }
+
+    /// Bob: end the request at the dealer (committing an upload when `commit`).
+    fn end_dealer(&self, net: &mut StreamTransport, commit: bool, owner: &str) -> Result<()> {
+        if self.index != 1 {
+            return Ok(());
+        }
+        net.meter().set_step(DEALER_STEP);
+        let mut msg = vec![OP_END];
+        msg.extend(encode(&DealerEnd::Finish {
+            commit,
+            owner: owner.to_string(),
+        }));
+        net.send(PartyId::Dealer, msg)?;
+        let reply = net.recv(PartyId::Dealer)?;
+        if reply.first() != Some(&STATUS_OK) {
+            return Err(dealer_refused(&reply));
+        }
+        Ok(())
+    }
+
+    fn release_dealer(&self, net: &mut StreamTransport) {
+        if let Some(l) = net.take_link(PartyId::Dealer) {
+            self.dealer_pool.put(l);
+        }
+    }
+
+    /// Return a finished request's peer and dealer links for reuse.
+    fn release(self: &Arc<Self>, net: &mut StreamTransport) {
+        self.release_dealer(net);
+        if let Some(l) = net.take_link(self.other()) {
+            if self.index == 0 {
+                self.peer_pool.put(l);
+            } else {
+                self.spawn_peer_link(l);
+            }
+        }
+    }
+
+    fn other(&self) -> PartyId {
+        PartyId::compute(1 - self.index)
+    }
+
+    /// Run `body` on a party object of this request over `net` (its links, with their
+    /// sequence numbers, are handed back to `net` afterwards, whatever the outcome).
+    fn with_party<R>(
+        &self,
+        net: &mut StreamTransport,
+        fx: FixedPoint,
+        seed: [u8; 32],
+        body: impl FnOnce(&mut Party) -> Result<R>,
+    ) -> Result<R> {
+        let taken = std::mem::replace(net, StreamTransport::new(self.me(), self.net.options()));
+        let mut party =
+            Party::with_seed(self.index, Box::new(taken), self.backend.clone(), fx, seed);
+        let r = body(&mut party);
+        match party.into_transport().into_stream() {
+            Some(back) => *net = back,
+            None => unreachable!("a service party runs over a stream transport"),
+        }
+        r
+    }
+
+    // ---- upload ----
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.model"))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn upload(
+        self: &Arc<Self>,
+        role: &Role,
+        request: u64,
+        name: &str,
+        plan: &ModelPlan,
+        digest: &[u8],
+        net: &mut StreamTransport,
+    ) -> Result<()> {
+        let Role::ModelOwner(owner) = role else {
+            return Err(EngineError::Invalid(format!(
+                "only a model owner uploads models, not {role}"
+            )));
+        };
+        check_model_name(name)?;
+        plan.check()?;
+        if self
+            .models
+            .read()
+            .map_err(|_| poisoned())?
+            .contains_key(name)
+        {
+            return Err(EngineError::Invalid(format!(
+                "model '{name}' already exists (delete it first)"
+            )));
+        }
+        let fx = FixedPoint::new(plan.frac_bits)?;
+        self.join_peer(request, digest, net)?;
+        let seed = self.join_dealer(net, name, JoinKind::Upload, plan.frac_bits)?;
+        let owner_id = role.party_id();
+        let (layers, ids) = self.with_party(net, fx, seed, |p| {
+            let mut layers = Vec::new();
+            let mut ids = Vec::new();
+            for li in 0..plan.layers.len() {
+                let (l, i) = plan.build_layer(p, li, owner_id)?;
+                layers.push(l);
+                ids.push(i);
+            }
+            let weights = ids
+                .iter()
+                .filter(|i| i.len() == 3)
+                .map(|i| p.weight_shares([i[0], i[1], i[2]]))
+                .collect::<Result<Vec<_>>>()?;
+            Ok(((layers, weights), ids))
+        })?;
+        let (layers, weights) = layers;
+        let served = ServedModel {
+            meta: ModelMeta {
+                name: name.to_string(),
+                owner: owner.clone(),
+                plan: plan.clone(),
+                ids,
+            },
+            model: plan.model(layers, &fx),
+            weights,
+            fx,
+        };
+        self.save(&served)?;
+        // Both parties stored their shares: bob commits at the dealer, then tells alice.
+        let committed = self.commit_upload(net, owner);
+        if let Err(e) = committed {
+            let _ = std::fs::remove_file(self.record_path(name));
+            return Err(e);
+        }
+        self.models
+            .write()
+            .map_err(|_| poisoned())?
+            .insert(name.to_string(), Arc::new(served));
+        self.release(net);
+        Ok(())
+    }
+
+    /// After both parties stored an upload: alice tells bob, bob commits at the dealer and
+    /// tells alice the outcome.
+    fn commit_upload(&self, net: &mut StreamTransport, owner: &str) -> Result<()> {
+        net.meter().set_step("commit");
+        if self.index == 0 {
+            net.send(PartyId::Bob, vec![STATUS_OK])?;
+            let r = net.recv(PartyId::Bob)?;
+            return match r.first() {
+                Some(&STATUS_OK) => Ok(()),
+                _ => Err(EngineError::PartyFailed {
+                    party: PartyId::Bob,
+                    detail: format!(
+                        "the upload was not committed: {}",
+                        words_to_text(r.get(1..).unwrap_or(&[]))
+                    ),
+                }),
+            };
+        }
+        let alice = net.recv(PartyId::Alice)?;
+        let r = if alice.first() == Some(&STATUS_OK) {
+            self.end_dealer(net, true, owner)
+        } else {
+            Err(EngineError::PartyFailed {
+                party: PartyId::Alice,
+                detail: "alice did not store the upload".into(),
+            })
+        };
+        net.meter().set_step("commit");
+        let answer = match &r {
+            Ok(()) => vec![STATUS_OK],
+            Err(e) => {
+                let mut v = vec![crate::dealer::STATUS_ERROR];
+                v.extend(crate::dealer::text_to_words(&e.to_string()));
+                v
+            }
+        };
+        net.send(PartyId::Alice, answer)?;
+        r
+    }
+
+    /// Write a model's record (see the module documentation).
+    fn save(&self, m: &ServedModel) -> Result<()> {
+        let mut w = RecordWriter::create(&self.record_path(&m.meta.name), RECORD_KIND)?;
+        w.bytes(&[self.index as u8])?;
+        w.bytes(&serde_json::to_vec(&m.meta).expect("metadata serialises"))?;
+        let be = &self.backend;
+        for ws in &m.weights {
+            for t in [&ws.weight, &ws.public] {
+                let n = t.shape().get(1).copied().unwrap_or(1).max(1);
+                w.words(t.len(), &mut |at, out| {
+                    // Blocks of whole rows (the block size is a multiple of any row up to it).
+                    if at % n == 0 && out.len() % n == 0 {
+                        be.read_rows(t, at / n, out)?;
+                    } else {
+                        let all = be.download(t)?;
+                        out.copy_from_slice(&all[at..at + out.len()]);
+                    }
+                    Ok(())
+                })?;
+            }
+            let bias = be.download(&ws.bias)?;
+            w.words(bias.len(), &mut |at, out| {
+                out.copy_from_slice(&bias[at..at + out.len()]);
+                Ok(())
+            })?;
+        }
+        w.commit()
+    }
+
+    /// Load a model's record, checked whole.
+    fn load(&self, path: &Path) -> Result<ServedModel> {
+        let bad = |why: String| EngineError::Format(format!("{}: {why}", path.display()));
+        let mut r = RecordReader::open(path, RECORD_KIND)?;
+        if r.bytes()? != [self.index as u8] {
+            return Err(bad(format!(
+                "this record belongs to the other party, not {}",
+                self.net.me()
+            )));
+        }
+        let meta: ModelMeta = serde_json::from_slice(r.bytes()?)
+            .map_err(|e| bad(format!("damaged metadata: {e}")))?;
+        meta.plan.check()?;
+        let fx = FixedPoint::new(meta.plan.frac_bits)?;
+        if meta.ids.len() != meta.plan.layers.len() {
+            return Err(bad("layer ids do not match the plan".into()));
+        }
+        let be = &self.backend;
+        let mut layers = Vec::new();
+        let mut weights = Vec::new();
+        for (li, ids) in meta.ids.iter().enumerate() {
+            let input = meta.plan.shapes[li].clone();
+            let layer = meta.plan.layers[li].assemble(input, ids, &fx)?;
+            layers.push(layer);
+            if ids.len() != 3 {
+                continue;
+            }
+            let (k, out_n) = meta.plan.layers[li]
+                .weight_shape()
+                .ok_or_else(|| bad(format!("layer {li} has no parameters but 3 store ids")))?;
+            let operand = |r: &mut RecordReader| -> Result<kernels::Tensor> {
+                let words = r.words()?;
+                if words.len() != k * out_n {
+                    return Err(bad(format!(
+                        "layer {li}: {} weight words, expected {}",
+                        words.len(),
+                        k * out_n
+                    )));
+                }
+                Ok(
+                    be.right_operand_from_rows(k, out_n, block_rows(out_n), &mut |p0, out| {
+                        out.copy_from_slice(&words[p0 * out_n..p0 * out_n + out.len()])
+                    })?,
+                )
+            };
+            let weight = operand(&mut r)?;
+            let public = operand(&mut r)?;
+            let bias = r.words()?;
+            if bias.len() != out_n {
+                return Err(bad(format!(
+                    "layer {li}: {} bias words, expected {out_n}",
+                    bias.len()
+                )));
+            }
+            let bias = be.upload(&[out_n], bias)?;
+            weights.push(WeightShares {
+                ids: [ids[0], ids[1], ids[2]],
+                weight,
+                public,
+                bias,
+            });
+        }
+        r.finish()?;
+        Ok(ServedModel {
+            model: meta.plan.model(layers, &fx),
+            meta,
+            weights,
+            fx,
+        })
+    }
+
+    // ---- classify ----
+
+    #[allow(clippy::too_many_arguments)]
+    fn classify(
+        self: &Arc<Self>,
+        role: &Role,
+        request: u64,
+        name: &str,
+        rows: u64,
+        batch: u64,
+        labels: bool,
+        digest: &[u8],
+        net: &mut StreamTransport,
+    ) -> Result<()> {
+        let m = self.model(name)?;
+        let width = m.model.in_features() as u64;
+        let max_words = self.net.options().max_frame_words;
+        if rows == 0 || batch == 0 {
+            return Err(EngineError::Invalid("no rows, or a batch of 0 rows".into()));
+        }
+        let batch = batch.min(rows);
+        if batch.checked_mul(width).is_none_or(|w| w + 16 > max_words) {
+            return Err(EngineError::Invalid(format!(
+                "a batch of {batch} rows of {width} values exceeds the frame limit of {max_words} words"
+            )));
+        }
+        self.join_peer(request, digest, net)?;
+        let seed = self.join_dealer(net, name, JoinKind::Classify, m.meta.plan.frac_bits)?;
+        let frac = m.fx.frac_bits();
+        let share = self.with_party(net, m.fx, seed, |p| {
+            for w in &m.weights {
+                p.install_weight_shares(w);
+            }
+            let mut acc = None;
+            let mut lo = 0u64;
+            while lo < rows {
+                let rows_here = (rows - lo).min(batch) as usize;
+                let step = BatchStep {
+                    rows: rows_here,
+                    labels,
+                    reveal: true,
+                    acc,
+                };
+                let specs = batch_specs(&m.model, rows_here, labels, frac);
+                acc = step.run(p, &m.model, None, &specs)?.0;
+                lo += rows_here as u64;
+            }
+            match acc {
+                Some(id) => Ok(Some(p.own_words(&p.kept(id)?)?[0])),
+                None => Ok(None),
+            }
+        })?;
+        self.end_dealer(net, false, "")?;
+        if let Some(share) = share {
+            self.scores.lock().map_err(|_| poisoned())?.insert(
+                request,
+                Score {
+                    owner: m.meta.owner.clone(),
+                    share,
+                },
+            );
+        }
+        let _ = role;
+        self.release(net);
+        Ok(())
+    }
+}
+
+fn dealer_refused(reply: &[u64]) -> EngineError {
+    EngineError::PartyFailed {
+        party: PartyId::Dealer,
+        detail: format!("refused: {}", words_to_text(reply.get(1..).unwrap_or(&[]))),
+    }
+}

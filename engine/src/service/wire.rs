@@ -1,0 +1,253 @@
+//! The control messages of the services: what a data owner asks a party, what a party answers,
+//! how alice joins bob for a request and how both join the dealer.
+//!
+//! A control message is JSON (serde) packed into words: `[byte length, bytes packed 8 a word]`.
+//! Decoding checks the length against the words that arrived before reading anything, so a
+//! peer's garbage is an error, never a panic or a large allocation; shares, openings and
+//! material never travel in this form (they are plain word messages of their protocol step).
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+use crate::nn::plan::ModelPlan;
+
+/// The step of a data owner's request message.
+pub const REQUEST_STEP: &str = "request";
+/// The step of a party's reply to a data owner.
+pub const REPLY_STEP: &str = "reply";
+/// The step of alice's join and bob's answer on a peer link.
+pub const JOIN_STEP: &str = "join";
+
+/// What a data owner asks the parties (sent to alice and bob alike).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Store the shares of a model under `name` (the model owner); the owner then sends each
+    /// layer's shares as the plan says.
+    Upload {
+        /// The request id (chosen by the owner, fresh and random).
+        request: u64,
+        /// The model's name.
+        name: String,
+        /// The model's public plan.
+        plan: ModelPlan,
+    },
+    /// Classify `rows` samples with model `model` in batches of `batch` (a client); with
+    /// labels, the correct count is kept for the model owner under the request id.
+    Classify {
+        /// The request id.
+        request: u64,
+        /// The model's name.
+        model: String,
+        /// Samples.
+        rows: u64,
+        /// Samples per batch.
+        batch: u64,
+        /// Whether the client shares labels.
+        labels: bool,
+    },
+    /// Reveal the correct count of classify request `of` to the model owner asking.
+    Score {
+        /// The request id of this request.
+        request: u64,
+        /// The classify request whose count is wanted.
+        of: u64,
+    },
+    /// List the models served.
+    List {
+        /// The request id.
+        request: u64,
+    },
+    /// Delete a model (its owner only).
+    Delete {
+        /// The request id.
+        request: u64,
+        /// The model's name.
+        name: String,
+    },
+}
+
+impl Request {
+    /// The request id.
+    pub fn id(&self) -> u64 {
+        match self {
+            Request::Upload { request, .. }
+            | Request::Classify { request, .. }
+            | Request::Score { request, .. }
+            | Request::List { request }
+            | Request::Delete { request, .. } => *request,
+        }
+    }
+
+    /// A short name for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Upload { .. } => "upload",
+            Request::Classify { .. } => "classify",
+            Request::Score { .. } => "score",
+            Request::List { .. } => "models",
+            Request::Delete { .. } => "delete",
+        }
+    }
+}
+
+/// A model as the parties list it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// Its name.
+    pub name: String,
+    /// The model owner that uploaded it.
+    pub owner: String,
+    /// Per-sample input shape.
+    pub input_shape: Vec<usize>,
+    /// Classes.
+    pub classes: usize,
+    /// Fractional bits.
+    pub frac_bits: u32,
+    /// Declared input bound.
+    pub input_bound: f64,
+    /// Parameters.
+    pub parameters: usize,
+}
+
+/// A party's answer to a request (sent when the request is done or refused).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Done; what the request produced at this party.
+    Done {
+        /// This party's share of the correct count (score requests).
+        share: Option<u64>,
+        /// The models served (list requests).
+        models: Vec<ModelInfo>,
+        /// Rounds this party sent in the request.
+        rounds: u64,
+        /// Bytes this party sent in the request.
+        bytes: u64,
+    },
+    /// Refused or failed; why.
+    Failed {
+        /// The reason, in words.
+        reason: String,
+    },
+    /// Too many requests in progress: try again later.
+    Busy {
+        /// The limit.
+        limit: usize,
+    },
+}
+
+/// What alice sends bob to run a request together over a peer link.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerJoin {
+    /// The request id.
+    pub request: u64,
+    /// SHA-256 of the request as alice received it (bob checks his copy matches).
+    pub digest: Vec<u8>,
+}
+
+/// What a party sends the dealer to get its seed for a request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DealerJoin {
+    /// The request id.
+    pub request: u64,
+    /// 0 for alice, 1 for bob.
+    pub party: u8,
+    /// The model the request uses (for an upload: the model being created).
+    pub model: String,
+    /// What the request does with the model.
+    pub kind: JoinKind,
+    /// The model's fractional bits (the only truncation width the dealer serves).
+    pub frac_bits: u32,
+}
+
+/// What a request does with its model, as the dealer sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JoinKind {
+    /// Creates it: its fixed masks are issued in the request.
+    Upload,
+    /// Uses it: fixed-operand products use its masks.
+    Classify,
+    /// Deletes it (bob only; no seeds).
+    Delete,
+}
+
+/// Bob's last word to the dealer for a request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DealerEnd {
+    /// The request is over; for an upload that succeeded on both parties, keep the model's
+    /// masks (persisted) under its name for its owner.
+    Finish {
+        /// Whether to keep an uploaded model.
+        commit: bool,
+        /// The owner of an uploaded model.
+        owner: String,
+    },
+}
+
+/// Pack a control message into words.
+pub fn encode<T: Serialize>(msg: &T) -> Vec<u64> {
+    let bytes = serde_json::to_vec(msg).expect("control messages serialise");
+    let mut out = Vec::with_capacity(1 + bytes.len().div_ceil(8));
+    out.push(bytes.len() as u64);
+    out.extend(bytes.chunks(8).map(|c| {
+        let mut b = [0u8; 8];
+        b[..c.len()].copy_from_slice(c);
+        u64::from_le_bytes(b)
+    }));
+    out
+}
+
+/// Unpack a control message of type `T` from a peer's words (`what` names it in errors).
+pub fn decode<T: DeserializeOwned>(words: &[u64], what: &str) -> Result<T> {
+    let bad = |why: String| EngineError::Protocol(format!("malformed {what}: {why}"));
+    let [len, body @ ..] = words else {
+        return Err(bad("empty message".into()));
+    };
+    let fits = usize::try_from(*len)
+        .ok()
+        .filter(|&l| l.div_ceil(8) == body.len());
+    let Some(len) = fits else {
+        return Err(bad(format!(
+            "{len} bytes announced, {} words follow",
+            body.len()
+        )));
+    };
+    let bytes: &[u8] = bytemuck::cast_slice(body);
+    let bytes = &bytes[..len];
+    if cfg!(target_endian = "big") {
+        return Err(bad("big-endian hosts are not supported".into()));
+    }
+    serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))
+}
+
+/// SHA-256 of a message's words (alice and bob compare the request they each received).
+pub fn digest(words: &[u64]) -> Vec<u8> {
+    ring::digest::digest(&ring::digest::SHA256, bytemuck::cast_slice(words))
+        .as_ref()
+        .to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_garbage_is_refused() {
+        let r = Request::Classify {
+            request: u64::MAX,
+            model: "m".into(),
+            rows: 7,
+            batch: 3,
+            labels: true,
+        };
+        let w = encode(&r);
+        assert_eq!(decode::<Request>(&w, "request").unwrap(), r);
+        for bad in [vec![], vec![100, 1], vec![u64::MAX], vec![3, 0x00ff_ffff]] {
+            let e = decode::<Request>(&bad, "request").unwrap_err().to_string();
+            assert!(e.contains("malformed request"), "{e}");
+        }
+        // A message of another type is refused too.
+        let e = decode::<PeerJoin>(&w, "peer join").unwrap_err().to_string();
+        assert!(e.contains("malformed peer join"), "{e}");
+    }
+}

@@ -1,0 +1,271 @@
+//! The commands of a deployment across hosts: `dealer`, `party`, `upload`, `classify --remote`,
+//! `score`, `models`, `delete`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use clap::Args;
+use kernels::{backend_from_kind, BackendKind};
+
+use engine::deploy::{Deployment, Role};
+use engine::error::{EngineError, Result};
+use engine::service::client::RemoteOwner;
+use engine::service::dealer::DealerService;
+use engine::service::net::Net;
+use engine::service::party::PartyService;
+
+/// Where the deployment is and how to authenticate.
+#[derive(Args, Debug, Clone)]
+pub struct DeployArgs {
+    /// The deployment file (TOML) naming the services and data owners.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Key directory written by `secure-serving keygen` (default: `keys` beside the config).
+    #[arg(long)]
+    pub keys: Option<PathBuf>,
+    /// Plain TCP without authentication or encryption (loopback benchmarks only; every side of
+    /// the deployment must say so).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+impl DeployArgs {
+    fn deployment(&self) -> Result<Deployment> {
+        Deployment::load(&self.config)
+    }
+
+    fn keys_dir(&self) -> PathBuf {
+        self.keys
+            .clone()
+            .unwrap_or_else(|| self.config.parent().unwrap_or(Path::new(".")).join("keys"))
+    }
+
+    /// The endpoint of `role`.
+    pub fn net(&self, role: Role) -> Result<Net> {
+        let d = self.deployment()?;
+        if self.insecure {
+            tracing::warn!(%role, "--insecure: plain TCP, no authentication, no encryption");
+            Net::new(d, role, None)
+        } else {
+            Net::new(d, role, Some(&self.keys_dir()))
+        }
+    }
+
+    /// The endpoint of data owner `name` (`kind` `model-owner` or `client`), or of the
+    /// deployment's only data owner of that kind when `name` is absent.
+    pub fn owner_net(&self, name: Option<&str>, model_owner: bool) -> Result<Net> {
+        let d = self.deployment()?;
+        let fits = |r: &Role| match r {
+            Role::ModelOwner(n) => model_owner && name.is_none_or(|w| w == n),
+            Role::Client(n) => !model_owner && name.is_none_or(|w| w == n),
+            _ => false,
+        };
+        let found: Vec<&Role> = d.data_owners.iter().filter(|r| fits(r)).collect();
+        let kind = if model_owner { "model owner" } else { "client" };
+        match found[..] {
+            [one] => self.net(one.clone()),
+            [] => Err(EngineError::Invalid(format!(
+                "{}: no {kind}{} in the deployment",
+                self.config.display(),
+                name.map(|n| format!(" named '{n}'")).unwrap_or_default()
+            ))),
+            _ => Err(EngineError::Invalid(format!(
+                "{}: several {kind}s; say which with --as NAME",
+                self.config.display()
+            ))),
+        }
+    }
+}
+
+/// `secure-serving dealer`: serve until killed.
+pub fn dealer(args: &DeployArgs, data_dir: &Path) -> Result<()> {
+    let net = args.net(Role::Dealer)?;
+    let listener = net.listen()?;
+    let svc = DealerService::open(net, data_dir)?;
+    println!(
+        "dealer listening on {} ({} models: {:?})",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        svc.models().len(),
+        svc.models()
+    );
+    svc.serve(listener)
+}
+
+/// `secure-serving party`: serve until killed.
+pub fn party(args: &DeployArgs, role: &str, data_dir: &Path, backend: BackendKind) -> Result<()> {
+    let (index, role) = match role {
+        "alice" => (0, Role::Alice),
+        "bob" => (1, Role::Bob),
+        other => {
+            return Err(EngineError::Invalid(format!(
+                "--role must be alice or bob, not '{other}'"
+            )))
+        }
+    };
+    let net = args.net(role.clone())?;
+    let listener = net.listen()?;
+    let svc = PartyService::open(index, net, backend_from_kind(backend)?, data_dir)?;
+    println!(
+        "{role} listening on {} ({} models)",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        svc.models().len()
+    );
+    Arc::clone(&svc).serve(listener)
+}
+
+/// Connect as a data owner.
+pub fn owner(args: &DeployArgs, name: Option<&str>, model_owner: bool) -> Result<RemoteOwner> {
+    RemoteOwner::new(args.owner_net(name, model_owner)?)
+}
+
+/// `secure-serving upload`: share a model to the deployment under `name`.
+pub fn upload(
+    args: &DeployArgs,
+    as_name: Option<&str>,
+    name: &str,
+    model: &crate::cli::ModelArgs,
+) -> Result<()> {
+    engine::service::party::check_model_name(name)?;
+    let loaded = model.load()?;
+    let mut o = owner(args, as_name, true)?;
+    let (plan, stats) = o.upload(
+        name,
+        loaded.source.as_ref(),
+        &loaded.fixed,
+        &loaded.bounds,
+        &mut |_, _| {},
+    )?;
+    println!("{}", plan.range.summary());
+    println!(
+        "uploaded '{name}' as {}: {} layers, input {:?}, {} classes, {:.2} s, {:.1} MB sent",
+        o.role(),
+        plan.layers.len(),
+        plan.input_shape(),
+        plan.out_features(),
+        stats.seconds,
+        stats.bytes_sent as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// `secure-serving models`: list (or delete one).
+pub fn models(args: &DeployArgs, as_name: Option<&str>, delete: Option<&str>) -> Result<()> {
+    let mut o = match delete {
+        Some(_) => owner(args, as_name, true)?,
+        None => owner(args, as_name, true).or_else(|_| owner(args, as_name, false))?,
+    };
+    if let Some(name) = delete {
+        o.delete(name)?;
+        println!("deleted '{name}' (alice, bob and the dealer)");
+        return Ok(());
+    }
+    let list = o.models()?;
+    if list.is_empty() {
+        println!("no models are served");
+    }
+    for m in list {
+        println!(
+            "{}  owner {}  input {:?}  {} classes  {} parameters  {} fractional bits  |x| <= {}",
+            m.name, m.owner, m.input_shape, m.classes, m.parameters, m.frac_bits, m.input_bound
+        );
+    }
+    Ok(())
+}
+
+/// `secure-serving classify --remote`: the client's side.
+#[allow(clippy::too_many_arguments)]
+pub fn classify(
+    args: &DeployArgs,
+    as_name: Option<&str>,
+    name: &str,
+    input: &str,
+    labels: Option<&str>,
+    batch: usize,
+    output: Option<engine::io::OutputFile>,
+    json: bool,
+) -> Result<()> {
+    let mut o = owner(args, as_name, false)?;
+    let start = std::time::Instant::now();
+    let info = o
+        .models()?
+        .into_iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| EngineError::Invalid(format!("no model '{name}' is served")))?;
+    let (n, data) = engine::io::load_inputs(input, &info.input_shape)?;
+    if n == 0 {
+        return Err(EngineError::Format(format!("{input}: no input rows")));
+    }
+    let labels = match labels {
+        Some(p) => {
+            let l = engine::io::load_labels(p)?;
+            engine::nn::check_labels(&l, n, info.classes)
+                .map_err(|e| EngineError::Format(format!("{p}: {e}")))?;
+            Some(l)
+        }
+        None => None,
+    };
+    let width: usize = info.input_shape.iter().product();
+    engine::nn::range::check_inputs(&data, width, info.input_bound)
+        .map_err(|e| EngineError::Range(format!("{input}: {e}")))?;
+    let r = o.classify(name, &data, labels.as_deref(), batch)?;
+    let path = match output {
+        Some(out) => {
+            let p = out.path().display().to_string();
+            out.commit_predictions(&r.predictions)?;
+            Some(p)
+        }
+        None => None,
+    };
+    let s = &r.stats;
+    if json {
+        let v = serde_json::json!({
+            "request": s.request.to_string(),
+            "model": name,
+            "inputs": n,
+            "predictions_path": path,
+            "predictions": if path.is_none() { Some(&r.predictions) } else { None },
+            "labels": labels.is_some(),
+            "seconds": s.seconds,
+            "seconds_with_setup": start.elapsed().as_secs_f64(),
+            "client_bytes_sent": s.bytes_sent,
+            "client_bytes_received": s.bytes_received,
+            "party_rounds": s.party_rounds,
+            "party_bytes_sent": s.party_bytes,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "classified {n} inputs with '{name}' in {:.3} s (request {})",
+        s.seconds, s.request
+    );
+    println!(
+        "traffic: client sent {:.2} MB, received {:.2} MB; alice {} rounds {:.2} MB, bob {} rounds {:.2} MB",
+        s.bytes_sent as f64 / 1e6,
+        s.bytes_received as f64 / 1e6,
+        s.party_rounds[0],
+        s.party_bytes[0] as f64 / 1e6,
+        s.party_rounds[1],
+        s.party_bytes[1] as f64 / 1e6
+    );
+    match path {
+        Some(p) => println!("predictions written to {p} (revealed to this client only)"),
+        None => println!(
+            "predictions: {:?} (revealed to this client only)",
+            r.predictions
+        ),
+    }
+    if labels.is_some() {
+        println!(
+            "the correct count is kept for the model owner: secure-serving score --request {}",
+            s.request
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,300 @@
+//! End to end across processes: the dealer, alice and bob as `secure-serving` services (each in
+//! its own network namespace where this machine allows, else on loopback), a model owner
+//! uploading, clients classifying; predictions compared bit for bit with the in-process run and
+//! with plaintext; persistence across restarts; deletion.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::cluster::{data, Cluster, Options};
+use engine::io::{load_inputs, load_labels, load_onnx_model};
+use ndarray::{Array1, Array4};
+
+const ROWS: usize = 96;
+
+fn argmax(row: &[f64]) -> i64 {
+    let mut best = 0;
+    for (i, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = i;
+        }
+    }
+    best as i64
+}
+
+/// Write the first `rows` digits (inputs and labels) into the cluster's directory; returns the
+/// plaintext predictions and the labels.
+fn digits(c: &Cluster, rows: usize, name: &str) -> (Vec<i64>, Vec<i64>) {
+    let model = load_onnx_model(&data("digits_cnn.onnx").display().to_string()).unwrap();
+    let (n, x) = load_inputs(&data("digits_test_x.npy").display().to_string(), &[1, 8, 8]).unwrap();
+    let labels = load_labels(&data("digits_test_y.npy").display().to_string()).unwrap();
+    // Repeat the test set to reach `rows`.
+    let x: Vec<f64> = (0..rows)
+        .flat_map(|r| x[(r % n) * 64..(r % n + 1) * 64].to_vec())
+        .collect();
+    let y: Vec<i64> = (0..rows).map(|r| labels[r % n]).collect();
+    let plain: Vec<i64> = model
+        .forward_f64(&x, rows)
+        .unwrap()
+        .chunks(10)
+        .map(argmax)
+        .collect();
+    let x32: Vec<f32> = x.iter().map(|&v| v as f32).collect();
+    ndarray_npy::write_npy(
+        c.path(&format!("{name}_x.npy")),
+        &Array4::from_shape_vec((rows, 1, 8, 8), x32).unwrap(),
+    )
+    .unwrap();
+    ndarray_npy::write_npy(c.path(&format!("{name}_y.npy")), &Array1::from(y.clone())).unwrap();
+    (plain, y)
+}
+
+fn read_preds(c: &Cluster, name: &str) -> Vec<i64> {
+    let a: Array1<i64> = ndarray_npy::read_npy(c.path(name)).unwrap();
+    a.to_vec()
+}
+
+fn json_field(out: &str, key: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v[key].clone()
+}
+
+fn upload(c: &Cluster, name: &str) -> String {
+    let model = data("digits_cnn.onnx").display().to_string();
+    c.owner_ok(&["upload", "--model", &model, "--name", name])
+}
+
+fn classify_remote(c: &Cluster, client: &str, name: &str, set: &str, out: &str) -> String {
+    c.owner_ok(&[
+        "classify",
+        "--remote",
+        name,
+        "--as",
+        client,
+        "--input",
+        &format!("{set}_x.npy"),
+        "--labels",
+        &format!("{set}_y.npy"),
+        "--batch",
+        "16",
+        "--output",
+        out,
+        "--json",
+    ])
+}
+
+#[test]
+fn upload_classify_score_restart_delete() {
+    let mut c = Cluster::start(Options::default());
+    let (plain, labels) = digits(&c, ROWS, "d");
+    let up = upload(&c, "digits");
+    assert!(
+        up.contains("uploaded 'digits' as model owner 'hospital'"),
+        "{up}"
+    );
+    let listed = c.owner_ok(&["models"]);
+    assert!(
+        listed.contains("digits  owner hospital  input [1, 8, 8]  10 classes"),
+        "{listed}"
+    );
+
+    // Two clients at once, each with its own request.
+    let a = c
+        .owner_command(&[
+            "classify",
+            "--remote",
+            "digits",
+            "--as",
+            "clinic",
+            "--input",
+            "d_x.npy",
+            "--labels",
+            "d_y.npy",
+            "--batch",
+            "16",
+            "--output",
+            "p_clinic.npy",
+            "--json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lab = classify_remote(&c, "lab", "digits", "d", "p_lab.npy");
+    let out = a.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let clinic = String::from_utf8_lossy(&out.stdout).into_owned();
+    let remote = read_preds(&c, "p_clinic.npy");
+    assert_eq!(remote, plain, "remote predictions vs plaintext");
+    assert_eq!(read_preds(&c, "p_lab.npy"), plain);
+
+    // The in-process run of the same build gives the same predictions.
+    let model = data("digits_cnn.onnx").display().to_string();
+    let local = c.local_ok(&[
+        "classify",
+        "--model",
+        &model,
+        "--input",
+        "d_x.npy",
+        "--labels",
+        "d_y.npy",
+        "--batch",
+        "16",
+        "--output",
+        "p_local.npy",
+    ]);
+    let _ = local;
+    assert_eq!(
+        read_preds(&c, "p_local.npy"),
+        remote,
+        "remote vs in-process"
+    );
+
+    // The correct count goes to the model owner only, once per request.
+    let correct = plain.iter().zip(&labels).filter(|(p, l)| p == l).count();
+    for out in [&clinic, &lab] {
+        let request = json_field(out, "request").as_str().unwrap().to_string();
+        let e = c.owner(&["score", "--request", &request, "--as", "clinic"]);
+        assert!(!e.status.success(), "a client cannot run score");
+        let s = c.owner_ok(&["score", "--request", &request]);
+        assert!(
+            s.contains(&format!("{correct} correct")),
+            "{s} vs {correct}"
+        );
+        let again = c.owner(&["score", "--request", &request]);
+        let err = String::from_utf8_lossy(&again.stderr);
+        assert!(
+            err.contains("no correct count is kept for request"),
+            "{err}"
+        );
+    }
+    assert!(json_field(&clinic, "party_rounds")[0].as_u64().unwrap() > 0);
+
+    // Restart both parties and the dealer: the model is served again without a new upload.
+    for who in ["alice", "bob", "dealer"] {
+        c.kill(who);
+        c.start_service(who);
+    }
+    classify_remote(&c, "clinic", "digits", "d", "p_after.npy");
+    assert_eq!(read_preds(&c, "p_after.npy"), plain);
+
+    // A second upload under the same name is refused; deletion removes it everywhere.
+    let again = c.owner(&["upload", "--model", &model, "--name", "digits"]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(err.contains("model 'digits' already exists"), "{err}");
+    let e = c.owner(&["models", "--delete", "digits", "--as", "hospital"]);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    assert!(c.owner_ok(&["models"]).contains("no models are served"));
+    let gone = c.owner(&[
+        "classify", "--remote", "digits", "--input", "d_x.npy", "--as", "clinic",
+    ]);
+    let err = String::from_utf8_lossy(&gone.stderr);
+    assert!(err.contains("no model 'digits' is served"), "{err}");
+    // The name is free again.
+    upload(&c, "digits");
+    for who in ["alice", "bob", "dealer"] {
+        assert!(c.alive(who), "{who} died");
+    }
+    let log = c.log("alice");
+    assert!(
+        log.contains("request done") && log.contains("kind=\"classify\""),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_killed_or_stalled_party_is_named_and_the_others_keep_serving() {
+    let mut c = Cluster::start(Options {
+        timeout_secs: 3,
+        ..Default::default()
+    });
+    let (plain, _) = digits(&c, ROWS, "d");
+    // A long request: one row per batch, many batches.
+    let (_, _) = digits(&c, 3000, "long");
+    upload(&c, "digits");
+
+    for (victim, signal) in [("alice", None), ("bob", Some("STOP"))] {
+        let start = Instant::now();
+        let child = c
+            .owner_command(&[
+                "classify",
+                "--remote",
+                "digits",
+                "--as",
+                "clinic",
+                "--input",
+                "long_x.npy",
+                "--batch",
+                "1",
+            ])
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        let hit = Instant::now();
+        match signal {
+            None => c.kill(victim),
+            Some(s) => c.signal(victim, s),
+        }
+        let out = child.wait_with_output().unwrap();
+        let waited = hit.elapsed();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "the request must fail ({:?})",
+            start.elapsed()
+        );
+        assert!(err.contains(victim), "the error names {victim}: {err}");
+        assert!(
+            waited < Duration::from_secs(3 + 5),
+            "error after {waited:?}, timeout 3 s"
+        );
+        eprintln!(
+            "{victim} ({signal:?}): client error after {waited:?}: {}",
+            err.trim()
+        );
+        // The survivors keep running and log the failure; once the victim is back, new
+        // requests succeed.
+        for who in ["alice", "bob", "dealer"] {
+            if who != victim {
+                assert!(c.alive(who), "{who} died");
+            }
+        }
+        match signal {
+            None => c.start_service(victim),
+            Some(_) => c.signal(victim, "CONT"),
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = c.owner(&[
+                "classify", "--remote", "digits", "--as", "lab", "--input", "d_x.npy", "--output",
+                "p.npy",
+            ]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no success after {victim} came back: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(read_preds(&c, "p.npy"), plain);
+    }
+    let other = if c.log("bob").contains("request failed") {
+        "bob"
+    } else {
+        "alice"
+    };
+    assert!(
+        c.log(other).contains("request failed"),
+        "the surviving party logs the failure"
+    );
+}
