@@ -19,6 +19,7 @@ use engine::nn::plain::{Layer, Sequential};
 use engine::nn::range::{calibrate, check_inputs, ModelBounds, DEFAULT_INPUT_BOUND};
 use engine::nn::source::{to_sequential, ModelSource};
 use engine::nn::{check_labels, ClassifyOptions, ClassifyReport, SecureClassifier};
+use engine::service::local::{LocalConfig, LocalDeployment};
 use engine::session::{Session, SessionConfig};
 use engine::transport::{PartyId, TransportKind};
 
@@ -344,34 +345,52 @@ pub fn share_with_progress(
     Ok(shared)
 }
 
-/// Run the tutorial's Linear(1,1) case; returns the report.
+/// Run the tutorial's Linear(1,1) case through the dealer, alice and bob services running
+/// in-process (the same services as across hosts; `transport` picks their links); returns the
+/// report.
 pub fn demo(backend: BackendKind, transport: TransportKind) -> Result<ClassifyReport> {
-    let mut session = Session::new(SessionConfig {
+    let deployment = LocalDeployment::start(LocalConfig {
         backend,
         transport,
         ..Default::default()
     })?;
     println!(
-        "alice, bob and the crypto provider are up ({})",
-        session.backend_description()
+        "alice, bob and the crypto provider are up (in-process services, {transport:?} links)"
     );
     let model = Sequential::new(vec![Layer::linear(1, 1, vec![0.5], vec![0.0])?])?;
+    let mut owner = deployment.model_owner()?;
     let t = Instant::now();
-    let shared = session.share_model(PartyId::ModelOwner, &model)?;
+    let (plan, _) = owner.upload(
+        "linear",
+        &model,
+        &FixedPoint::default(),
+        &ModelBounds::default(),
+        &mut |_, _| {},
+    )?;
     println!(
         "model.fix_precision().share(alice, bob, crypto_provider): {:.2} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
-    println!("{}", shared.range().summary());
-    let mut clf = SecureClassifier::new(&mut session, shared);
-    let report = clf.classify(
-        &[0.0],
-        Some(&[0]),
-        &ClassifyOptions {
-            batch: 1,
-            reveal_predictions: true,
-        },
-    )?;
+    println!("{}", plan.range.summary());
+    let mut client = deployment.client()?;
+    client.connect()?;
+    let r = client.classify("linear", &[0.0], Some(&[0]), 1)?;
+    let correct = owner.score(r.stats.request)?;
+    let traffic = [0, 1].map(|i| engine::transport::StepStats {
+        rounds: r.stats.party_rounds[i],
+        messages: r.stats.party_messages[i],
+        bytes_sent: r.stats.party_bytes[i],
+        ..Default::default()
+    });
+    let report = ClassifyReport {
+        inputs: 1,
+        correct: Some(correct),
+        predictions: Some(r.predictions),
+        seconds: r.stats.seconds,
+        traffic,
+        batches: 1,
+        pooled_batches: 0,
+    };
     print_report(&report);
     println!(
         "Prediction = {:?}, Label = [0]  [prediction revealed to the client only]",

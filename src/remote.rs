@@ -84,10 +84,7 @@ pub fn dealer(args: &DeployArgs, data_dir: &Path) -> Result<()> {
     let svc = DealerService::open(net, data_dir)?;
     println!(
         "dealer listening on {} ({} models: {:?})",
-        listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
+        listener.describe(),
         svc.models().len(),
         svc.models()
     );
@@ -110,10 +107,7 @@ pub fn party(args: &DeployArgs, role: &str, data_dir: &Path, backend: BackendKin
     let svc = PartyService::open(index, net, backend_from_kind(backend)?, data_dir)?;
     println!(
         "{role} listening on {} ({} models)",
-        listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
+        listener.describe(),
         svc.models().len()
     );
     Arc::clone(&svc).serve(listener)

@@ -298,3 +298,54 @@ fn a_killed_or_stalled_party_is_named_and_the_others_keep_serving() {
         "the surviving party logs the failure"
     );
 }
+
+#[test]
+fn damaged_or_foreign_model_files_are_refused_whole() {
+    let mut c = Cluster::start(Options::default());
+    upload(&c, "digits");
+    for who in ["alice", "bob", "dealer"] {
+        c.kill(who);
+    }
+    let root = c.path("");
+    let file = |who: &str| {
+        let ext = if who == "dealer" { "dealer" } else { "model" };
+        root.join(format!("{who}-data/digits.{ext}"))
+    };
+    let good: Vec<Vec<u8>> = ["alice", "bob", "dealer"]
+        .iter()
+        .map(|w| std::fs::read(file(w)).unwrap())
+        .collect();
+    // One flipped bit in the middle of each record.
+    for (i, who) in ["alice", "bob", "dealer"].into_iter().enumerate() {
+        let mut bad = good[i].clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x10;
+        std::fs::write(file(who), &bad).unwrap();
+        let out = c.start_must_fail(who);
+        assert!(
+            out.contains("checksum mismatch") && out.contains("digits."),
+            "{who}: {out}"
+        );
+        // Truncated.
+        std::fs::write(file(who), &good[i][..good[i].len() - 7]).unwrap();
+        let out = c.start_must_fail(who);
+        assert!(out.contains("checksum mismatch"), "{who}: {out}");
+        std::fs::write(file(who), &good[i]).unwrap();
+    }
+    // Bob's record in alice's directory: another party's shares.
+    std::fs::write(file("alice"), &good[1]).unwrap();
+    let out = c.start_must_fail("alice");
+    assert!(out.contains("belongs to the other party"), "{out}");
+    // The dealer's record where a party's belongs: a record of another kind.
+    std::fs::write(file("alice"), &good[2]).unwrap();
+    let out = c.start_must_fail("alice");
+    assert!(
+        out.contains("a record of kind 'dealer', expected 'party'"),
+        "{out}"
+    );
+    std::fs::write(file("alice"), &good[0]).unwrap();
+    for who in ["dealer", "alice", "bob"] {
+        c.start_service(who);
+    }
+    assert!(c.owner_ok(&["models"]).contains("digits"));
+}

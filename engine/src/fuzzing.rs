@@ -3,12 +3,15 @@
 //!
 //! Bytes are split into frames exactly as a stream transport reads them, and every frame is
 //! handed to each message decoder that may see a peer's words: the dealer's request decoder,
-//! material specs, seed messages, error texts and framed tensors. None may panic, hang or
-//! allocate more than the frame limit allows.
+//! material specs, seed messages, error texts and framed tensors, and, after a frame's message
+//! envelope, every control message of the services (hellos, requests, replies, joins). None may
+//! panic, hang or allocate more than the frame limit allows.
 
 use crate::dealer::{decode_material_request, words_to_seed, words_to_text, MaterialSpec};
 use crate::protocols::io::unframe;
+use crate::service::wire::{decode, DealerEnd, DealerJoin, PeerJoin, Reply, Request};
 use crate::transport::frame::decode_frames;
+use crate::transport::Envelope;
 
 /// Frame limit used when fuzzing (2^16 words): small, so runs stay fast.
 pub const FUZZ_MAX_FRAME_WORDS: u64 = 1 << 16;
@@ -26,6 +29,18 @@ pub struct DecodeSummary {
     pub tensors: usize,
     /// Frames that decoded as a dealer seed.
     pub seeds: usize,
+    /// Frames whose words after the message envelope decoded as a service control message.
+    pub control: usize,
+}
+
+/// Whether `words` decode as any control message of the services.
+fn control_message(words: &[u64]) -> bool {
+    decode::<Request>(words, "request").is_ok()
+        | decode::<Reply>(words, "reply").is_ok()
+        | decode::<PeerJoin>(words, "peer join").is_ok()
+        | decode::<DealerJoin>(words, "dealer join").is_ok()
+        | decode::<DealerEnd>(words, "dealer end").is_ok()
+        | decode::<String>(words, "hello").is_ok()
 }
 
 /// Run every wire decoder over `data`. Never panics.
@@ -60,6 +75,9 @@ pub fn decode_untrusted(data: &[u8]) -> DecodeSummary {
         }
         if words_to_seed(f).is_ok() {
             s.seeds += 1;
+        }
+        if Envelope::decode(f).is_some() && control_message(&f[Envelope::WORDS..]) {
+            s.control += 1;
         }
     }
     s

@@ -303,6 +303,27 @@ impl Cluster {
         }
     }
 
+    /// Start a service that must refuse to start; returns its output of this run.
+    pub fn start_must_fail(&mut self, who: &'static str) -> String {
+        let before = self.log(who).len();
+        let mut cmd = self.command(who);
+        match who {
+            "dealer" => cmd.arg("dealer"),
+            role => cmd.args(["party", "--role", role]),
+        };
+        cmd.args(self.common_args());
+        cmd.arg("--data-dir")
+            .arg(self.dir.path().join(format!("{who}-data")));
+        let out = cmd.output().expect("service runs");
+        assert!(!out.status.success(), "{who} started");
+        let _ = before;
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
     /// Kill a service (SIGKILL) and reap it.
     pub fn kill(&mut self, who: &str) {
         if let Some(mut c) = self.procs.remove(who) {

@@ -38,6 +38,8 @@ pub struct RequestStats {
     pub bytes_received: u64,
     /// Rounds each party counted in the request (alice, bob).
     pub party_rounds: [u64; 2],
+    /// Messages each party sent in the request (alice, bob).
+    pub party_messages: [u64; 2],
     /// Bytes each party sent in the request (alice, bob).
     pub party_bytes: [u64; 2],
 }
@@ -159,8 +161,15 @@ impl RemoteOwner {
             self.links = Some((a, b));
         }
         for (i, r) in replies.iter().enumerate() {
-            if let Reply::Done { rounds, bytes, .. } = r {
+            if let Reply::Done {
+                rounds,
+                messages,
+                bytes,
+                ..
+            } = r
+            {
                 stats.party_rounds[i] = *rounds;
+                stats.party_messages[i] = *messages;
                 stats.party_bytes[i] = *bytes;
             }
         }

@@ -11,8 +11,8 @@
 //! masks again from them when it restarts.
 
 use std::collections::HashMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -26,7 +26,7 @@ use crate::dealer::{
 };
 use crate::deploy::Role;
 use crate::error::{EngineError, Result};
-use crate::service::net::Net;
+use crate::service::net::{Listener, Net};
 use crate::service::store::{RecordReader, RecordWriter};
 use crate::service::wire::{decode, DealerEnd, DealerJoin, JoinKind};
 use crate::transport::{step_code, Link, PartyId, StreamTransport, Transport};
@@ -122,14 +122,21 @@ impl DealerService {
 
     /// Accept alice's and bob's connections on `listener` until the process ends; each
     /// connection is served on its own thread.
-    pub fn serve(self: &Arc<Self>, listener: TcpListener) -> Result<()> {
+    pub fn serve(self: &Arc<Self>, listener: Listener) -> Result<()> {
+        self.serve_until(listener, &AtomicBool::new(false))
+    }
+
+    /// [`Self::serve`] until `stop` is set (checked after each accepted connection).
+    pub fn serve_until(self: &Arc<Self>, listener: Listener, stop: &AtomicBool) -> Result<()> {
         tracing::info!(
-            addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            addr = %listener.describe(),
             tls = self.net.is_tls(),
             "dealer: serving"
         );
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
+        while let Some(stream) = listener.accept() {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
             let me = self.clone();
             std::thread::Builder::new()
                 .name("dealer-conn".into())

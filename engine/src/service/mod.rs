@@ -7,6 +7,7 @@
 //!   and the dealer.
 //! - [`dealer`]: the dealer's service: a seed per request and party, bob's corrections.
 //! - [`client`]: a data owner's side: upload, classify, score, list, delete.
+//! - [`local`]: the same services in one process (in-process links, loopback TCP or TLS).
 //!
 //! # One request, three links
 //! A data owner connects to alice and bob and sends both the same request with a fresh random
@@ -22,6 +23,7 @@
 
 pub mod client;
 pub mod dealer;
+pub mod local;
 pub mod net;
 pub mod party;
 pub mod store;

@@ -7,8 +7,10 @@
 //! cannot claim another role); on plain TCP the hello is all there is, which is why plain TCP
 //! needs `--insecure`.
 
+use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
+use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use crate::deploy::keys::read_credentials;
@@ -38,11 +40,85 @@ fn parse_role(text: &str) -> Option<Role> {
     })
 }
 
+/// An in-process network: services listen by role and connections are socket pairs (the same
+/// framed links as across hosts, without TCP). For deployments inside one process.
+#[derive(Default)]
+pub struct MemoryNet {
+    listeners: Mutex<HashMap<Role, Sender<Link>>>,
+}
+
+impl MemoryNet {
+    /// An empty in-process network.
+    pub fn new() -> Arc<MemoryNet> {
+        Arc::new(MemoryNet::default())
+    }
+
+    /// Stop taking connections: every listener's queue closes.
+    pub fn close(&self) {
+        if let Ok(mut l) = self.listeners.lock() {
+            l.clear();
+        }
+    }
+}
+
+/// Where a service takes its connections from.
+pub enum Listener {
+    /// A TCP socket.
+    Tcp(TcpListener),
+    /// An in-process network's queue of connections to this service.
+    Memory(Receiver<Link>),
+}
+
+/// A connection a service has not admitted yet.
+pub enum Incoming {
+    /// A TCP connection (TLS or plain, as the deployment says).
+    Tcp(TcpStream),
+    /// An in-process link.
+    Memory(Link),
+}
+
+impl Listener {
+    /// The next connection (`None` when the listener is closed).
+    pub fn accept(&self) -> Option<Incoming> {
+        match self {
+            Listener::Tcp(l) => loop {
+                match l.accept() {
+                    Ok((s, _)) => return Some(Incoming::Tcp(s)),
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                }
+            },
+            Listener::Memory(rx) => rx.recv().ok().map(Incoming::Memory),
+        }
+    }
+
+    /// Where it listens, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Listener::Memory(_) => "the in-process network".into(),
+        }
+    }
+}
+
+/// How an endpoint authenticates its links.
+enum Security {
+    /// Mutually authenticated TLS.
+    Tls(Arc<TlsEndpoint>),
+    /// Plain TCP (`--insecure`).
+    Plain,
+    /// An in-process network.
+    Memory(Arc<MemoryNet>),
+}
+
 /// One endpoint's view of the deployment: who it is, how it authenticates, its limits.
 pub struct Net {
     deployment: Deployment,
     me: Role,
-    tls: Option<Arc<TlsEndpoint>>,
+    security: Security,
     options: StreamOptions,
 }
 
@@ -56,48 +132,48 @@ impl Net {
                 deployment.name
             )));
         }
-        let tls = match keys {
+        let security = match keys {
             Some(dir) => {
                 let (ca, creds) = read_credentials(dir, &me)?;
-                Some(Arc::new(TlsEndpoint::new(
+                Security::Tls(Arc::new(TlsEndpoint::new(
                     &deployment.name,
                     me.clone(),
                     &ca,
                     Some(&creds),
                 )?))
             }
-            None => None,
+            None => Security::Plain,
         };
+        Ok(Net::with(deployment, me, security))
+    }
+
+    fn with(deployment: Deployment, me: Role, security: Security) -> Net {
         let mut options = StreamOptions::with_timeout(deployment.timeout());
         options.max_frame_words = deployment.max_frame_words();
-        Ok(Net {
+        Net {
             deployment,
             me,
-            tls,
+            security,
             options,
-        })
+        }
     }
 
-    /// A plain-TCP endpoint for tests that play a misbehaving peer (never authenticated).
+    /// A plain-TCP endpoint (never authenticated: loopback benchmarks, and tests that play a
+    /// misbehaving peer).
     pub fn insecure(deployment: Deployment, me: Role) -> Net {
-        let options = StreamOptions::with_timeout(deployment.timeout());
-        Net {
-            deployment,
-            me,
-            tls: None,
-            options,
-        }
+        Net::with(deployment, me, Security::Plain)
     }
 
-    /// An endpoint with an explicit TLS identity (tests of refused certificates).
+    /// An endpoint with an explicit TLS identity (in-process deployments with keys made in
+    /// memory; tests of refused certificates).
     pub fn with_tls(deployment: Deployment, tls: TlsEndpoint) -> Net {
-        let options = StreamOptions::with_timeout(deployment.timeout());
-        Net {
-            me: tls.role().clone(),
-            deployment,
-            tls: Some(Arc::new(tls)),
-            options,
-        }
+        let me = tls.role().clone();
+        Net::with(deployment, me, Security::Tls(Arc::new(tls)))
+    }
+
+    /// An endpoint on an in-process network.
+    pub fn in_memory(deployment: Deployment, me: Role, network: Arc<MemoryNet>) -> Net {
+        Net::with(deployment, me, Security::Memory(network))
     }
 
     /// This endpoint's role.
@@ -117,20 +193,67 @@ impl Net {
 
     /// Whether links are authenticated TLS.
     pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
+        matches!(self.security, Security::Tls(_))
     }
 
-    /// Listen on this service's address (port 0: any free port).
-    pub fn listen(&self) -> Result<TcpListener> {
+    /// Listen on this service's address (or on the in-process network).
+    pub fn listen(&self) -> Result<Listener> {
+        if let Security::Memory(network) = &self.security {
+            let (tx, rx) = channel();
+            network
+                .listeners
+                .lock()
+                .map_err(|_| EngineError::Protocol("in-process network poisoned".into()))?
+                .insert(self.me.clone(), tx);
+            return Ok(Listener::Memory(rx));
+        }
         let addr = self.deployment.address(&self.me).ok_or_else(|| {
             EngineError::Invalid(format!("{} does not listen (not a service)", self.me))
         })?;
         TcpListener::bind(addr)
+            .map(Listener::Tcp)
             .map_err(|e| EngineError::Invalid(format!("{}: cannot listen on {addr}: {e}", self.me)))
+    }
+
+    /// An in-process connection to `peer`: one end goes to its listener, the other is returned.
+    fn connect_memory(&self, network: &MemoryNet, peer: &Role) -> Result<Link> {
+        let lost = |e: String| EngineError::PartyFailed {
+            party: peer.party_id(),
+            detail: format!("cannot connect to {peer}: {e}"),
+        };
+        let tx = network
+            .listeners
+            .lock()
+            .map_err(|_| lost("in-process network poisoned".into()))?
+            .get(peer)
+            .cloned()
+            .ok_or_else(|| lost("not listening".into()))?;
+        let (mine, theirs) =
+            Link::pair(Some(self.options.heartbeat())).map_err(|e| lost(e.to_string()))?;
+        tx.send(theirs).map_err(|_| lost("stopped".into()))?;
+        Ok(mine)
     }
 
     /// Connect to service `peer` (its address from the deployment), authenticate, say hello.
     pub fn connect(&self, peer: &Role) -> Result<Link> {
+        let link = match &self.security {
+            Security::Memory(network) => self.connect_memory(network, peer)?,
+            _ => self.connect_tcp(peer)?,
+        };
+        let hello = Envelope {
+            request: 0,
+            seq: 0,
+            step: step_code(HELLO_STEP),
+        };
+        link.send(hello, encode(&role_text(&self.me)))
+            .map_err(|_| EngineError::PartyFailed {
+                party: peer.party_id(),
+                detail: format!("{peer} closed the connection"),
+            })?;
+        Ok(link)
+    }
+
+    fn connect_tcp(&self, peer: &Role) -> Result<Link> {
         let addr = self
             .deployment
             .address(peer)
@@ -155,40 +278,46 @@ impl Net {
             }
         }
         let stream = stream.ok_or_else(|| lost(last))?;
-        let link = match &self.tls {
-            Some(tls) => tls.connect(stream, peer, self.options.timeout)?,
-            None => Link::tcp(stream, Some(self.options.heartbeat()))
-                .map_err(|e| lost(e.to_string()))?,
-        };
-        let hello = Envelope {
-            request: 0,
-            seq: 0,
-            step: step_code(HELLO_STEP),
-        };
-        link.send(hello, encode(&role_text(&self.me)))
-            .map_err(|_| lost("connection closed".into()))?;
-        Ok(link)
+        match &self.security {
+            Security::Tls(tls) => tls.connect(stream, peer, self.options.timeout),
+            _ => Link::tcp(stream, Some(self.options.heartbeat())).map_err(|e| lost(e.to_string())),
+        }
     }
 
     /// Admit a connection from one of `allowed`: authenticate it and read its hello. Returns
     /// the peer's role and the link.
-    pub fn accept(&self, stream: TcpStream, allowed: &[Role]) -> Result<(Role, Link)> {
+    pub fn accept(&self, incoming: Incoming, allowed: &[Role]) -> Result<(Role, Link)> {
+        let stream = match incoming {
+            Incoming::Memory(link) => return self.admit(link, None, "in-process", allowed),
+            Incoming::Tcp(s) => s,
+        };
         let addr = stream
             .peer_addr()
             .map(|a| a.to_string())
             .unwrap_or_default();
-        let (cert_role, mut link) = match &self.tls {
-            Some(tls) => {
+        let (cert_role, link) = match &self.security {
+            Security::Tls(tls) => {
                 let (r, l) = tls.accept(stream, allowed, self.options.timeout)?;
                 (Some(r), l)
             }
-            None => (
+            _ => (
                 None,
                 Link::tcp(stream, Some(self.options.heartbeat())).map_err(|e| {
                     EngineError::Protocol(format!("{}: connection from {addr}: {e}", self.me))
                 })?,
             ),
         };
+        self.admit(link, cert_role, &addr, allowed)
+    }
+
+    /// Read a new link's hello and check it against the certificate's role and `allowed`.
+    fn admit(
+        &self,
+        mut link: Link,
+        cert_role: Option<Role>,
+        addr: &str,
+        allowed: &[Role],
+    ) -> Result<(Role, Link)> {
         let me = self.me.party_id();
         let unknown = crate::transport::PartyId::Client;
         let (env, msg) = link.recv(me, unknown, &self.options)?;
@@ -241,6 +370,13 @@ impl LinkPool {
             return Ok((l, true));
         }
         Ok((net.connect(&self.peer)?, false))
+    }
+
+    /// Drop every idle link (their peers see the connections close).
+    pub fn clear(&self) {
+        if let Ok(mut v) = self.idle.lock() {
+            v.clear();
+        }
     }
 
     /// Return a link after a request that ended in step on it.

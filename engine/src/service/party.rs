@@ -11,10 +11,9 @@
 //! checksummed ([`crate::service::store`]); all are loaded (and checked) at start-up.
 
 use std::collections::{HashMap, HashSet};
-use std::net::TcpListener;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
@@ -32,7 +31,7 @@ use crate::nn::shared::SharedModel;
 use crate::party::{Party, WeightShares};
 use crate::protocols::matmul::block_rows;
 use crate::service::dealer::{DEALER_STEP, OP_END};
-use crate::service::net::{LinkPool, Net};
+use crate::service::net::{LinkPool, Listener, Net};
 use crate::service::store::{RecordReader, RecordWriter};
 use crate::service::wire::{
     decode, digest, encode, DealerEnd, DealerJoin, JoinKind, ModelInfo, PeerJoin, Reply, Request,
@@ -183,6 +182,12 @@ impl PartyService {
         Ok(Arc::new(svc))
     }
 
+    /// Drop the idle links to the other party and the dealer (when shutting down).
+    pub fn close_idle_links(&self) {
+        self.peer_pool.clear();
+        self.dealer_pool.clear();
+    }
+
     fn me(&self) -> PartyId {
         PartyId::compute(self.index)
     }
@@ -200,10 +205,15 @@ impl PartyService {
 
     /// Accept connections on `listener` until the process ends: data owners' (and, on bob,
     /// alice's), each served on its own thread.
-    pub fn serve(self: &Arc<Self>, listener: TcpListener) -> Result<()> {
+    pub fn serve(self: &Arc<Self>, listener: Listener) -> Result<()> {
+        self.serve_until(listener, &AtomicBool::new(false))
+    }
+
+    /// [`Self::serve`] until `stop` is set (checked after each accepted connection).
+    pub fn serve_until(self: &Arc<Self>, listener: Listener, stop: &AtomicBool) -> Result<()> {
         tracing::info!(
             me = %self.net.me(),
-            addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            addr = %listener.describe(),
             tls = self.net.is_tls(),
             models = self.models().len(),
             "serving"
@@ -212,8 +222,10 @@ impl PartyService {
         if self.index == 1 {
             allowed.push(Role::Alice);
         }
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
+        while let Some(stream) = listener.accept() {
+            if stop.load(Ordering::SeqCst) {
+                break;
+            }
             let me = self.clone();
             let allowed = allowed.clone();
             std::thread::Builder::new()
@@ -392,6 +404,7 @@ impl PartyService {
             share,
             models: self.models(),
             rounds: t.rounds,
+            messages: t.messages,
             bytes: t.bytes_sent,
         }
     }
@@ -470,6 +483,7 @@ impl PartyService {
                     share: None,
                     models: Vec::new(),
                     rounds: 0,
+                    messages: 0,
                     bytes: 0,
                 }
             } else {

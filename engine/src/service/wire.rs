@@ -121,6 +121,8 @@ pub enum Reply {
         models: Vec<ModelInfo>,
         /// Rounds this party sent in the request.
         rounds: u64,
+        /// Messages this party sent in the request.
+        messages: u64,
         /// Bytes this party sent in the request.
         bytes: u64,
     },

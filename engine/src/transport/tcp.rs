@@ -71,3 +71,27 @@ pub fn tcp_mesh_with(
     }
     Ok(out)
 }
+
+impl ReadHalf for std::os::unix::net::UnixStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        std::os::unix::net::UnixStream::set_read_timeout(self, timeout)
+    }
+}
+
+impl WriteHalf for std::os::unix::net::UnixStream {
+    fn close(&mut self) {
+        let _ = self.shutdown(Shutdown::Write);
+    }
+}
+
+impl Link {
+    /// Two links joined by an in-process socket pair (the same framing as TCP, for
+    /// deployments inside one process).
+    pub fn pair(heartbeat: Option<Duration>) -> io::Result<(Link, Link)> {
+        let (a, b) = std::os::unix::net::UnixStream::pair()?;
+        let link = |s: std::os::unix::net::UnixStream| -> io::Result<Link> {
+            Link::new(Box::new(s.try_clone()?), Box::new(s), heartbeat)
+        };
+        Ok((link(a)?, link(b)?))
+    }
+}

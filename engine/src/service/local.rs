@@ -1,0 +1,199 @@
+//! A whole deployment inside one process: the dealer, alice and bob as the same services that
+//! run across hosts ([`DealerService`], [`PartyService`]), each on its own threads, and data
+//! owners as [`RemoteOwner`]s. Only the links differ: in-process socket pairs by default,
+//! loopback TCP, or loopback mutual TLS with keys made in memory.
+//!
+//! ```
+//! use engine::nn::{Layer, ModelBounds, Sequential};
+//! use engine::service::local::{LocalConfig, LocalDeployment};
+//! use engine::FixedPoint;
+//!
+//! let d = LocalDeployment::start(LocalConfig::default()).unwrap();
+//! let model = Sequential::new(vec![Layer::linear(2, 2, vec![1.0, 0.0, 0.0, 1.0], vec![0.0, 0.0]).unwrap()]).unwrap();
+//! let mut owner = d.model_owner().unwrap();
+//! owner.upload("id", &model, &FixedPoint::default(), &ModelBounds::default(), &mut |_, _| {}).unwrap();
+//! let mut client = d.client().unwrap();
+//! let r = client.classify("id", &[0.1, 0.9, 0.8, 0.2], None, 2).unwrap();
+//! assert_eq!(r.predictions, vec![1, 0]);
+//! ```
+
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kernels::{backend_from_kind, BackendKind};
+
+use crate::deploy::config::Limits;
+use crate::deploy::{generate_keys, Deployment, KeySet, Role};
+use crate::error::{EngineError, Result};
+use crate::service::client::RemoteOwner;
+use crate::service::dealer::DealerService;
+use crate::service::net::{Listener, MemoryNet, Net};
+use crate::service::party::PartyService;
+use crate::transport::{TlsEndpoint, TransportKind};
+
+/// How to run a deployment in-process.
+#[derive(Clone, Debug)]
+pub struct LocalConfig {
+    /// Compute backend of both parties.
+    pub backend: BackendKind,
+    /// In-process links (`Channels`), loopback TCP, or loopback mutual TLS.
+    pub transport: TransportKind,
+    /// Read timeout of every link (heartbeats every third of it).
+    pub timeout: Duration,
+    /// Requests a party runs at once.
+    pub max_requests: usize,
+}
+
+impl Default for LocalConfig {
+    fn default() -> Self {
+        LocalConfig {
+            backend: BackendKind::Cpu,
+            transport: TransportKind::Channels,
+            timeout: Duration::from_secs(30),
+            max_requests: 32,
+        }
+    }
+}
+
+const NAME: &str = "in-process";
+
+/// A running in-process deployment (see the module documentation). Dropping it stops the
+/// services once their open connections close.
+pub struct LocalDeployment {
+    deployment: Deployment,
+    transport: TransportKind,
+    network: Arc<MemoryNet>,
+    keys: Option<KeySet>,
+    parties: Vec<Arc<PartyService>>,
+    stop: Arc<AtomicBool>,
+    addresses: Vec<String>,
+    _dirs: tempfile::TempDir,
+}
+
+impl LocalDeployment {
+    /// Start the dealer, alice and bob (models kept in a temporary directory removed on drop).
+    pub fn start(config: LocalConfig) -> Result<LocalDeployment> {
+        let io = |e: std::io::Error| EngineError::Invalid(format!("in-process deployment: {e}"));
+        let tcp = config.transport != TransportKind::Channels;
+        let mut listeners = Vec::new();
+        let mut addresses = Vec::new();
+        for _ in 0..3 {
+            if tcp {
+                let l = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(io)?;
+                addresses.push(l.local_addr().map_err(io)?.to_string());
+                listeners.push(Some(l));
+            } else {
+                addresses.push(format!("in-process.invalid:{}", 3000 + addresses.len()));
+                listeners.push(None);
+            }
+        }
+        let deployment = Deployment {
+            name: NAME.into(),
+            alice: addresses[0].clone(),
+            bob: addresses[1].clone(),
+            dealer: addresses[2].clone(),
+            data_owners: vec![
+                Role::ModelOwner("owner".into()),
+                Role::Client("client".into()),
+            ],
+            limits: Limits {
+                timeout_secs: config.timeout.as_secs().max(1),
+                max_requests: config.max_requests,
+                ..Limits::default()
+            },
+        };
+        let keys = match config.transport {
+            TransportKind::Tls => Some(generate_keys(NAME, &deployment.roles())?),
+            _ => None,
+        };
+        let dirs = tempfile::tempdir().map_err(io)?;
+        let mut d = LocalDeployment {
+            deployment,
+            transport: config.transport,
+            network: MemoryNet::new(),
+            keys,
+            parties: Vec::new(),
+            stop: Arc::new(AtomicBool::new(false)),
+            addresses: if tcp { addresses } else { Vec::new() },
+            _dirs: dirs,
+        };
+        let dir = |who: &str| d._dirs.path().join(who);
+        let mut listeners = listeners.into_iter();
+        let mut listen = |net: &Net| -> Result<Listener> {
+            match listeners.next().flatten() {
+                Some(l) => Ok(Listener::Tcp(l)),
+                None => net.listen(),
+            }
+        };
+        for (index, role) in [Role::Alice, Role::Bob].into_iter().enumerate() {
+            let net = d.net(role)?;
+            let listener = listen(&net)?;
+            let svc = PartyService::open(
+                index,
+                net,
+                backend_from_kind(config.backend)?,
+                &dir(if index == 0 { "alice" } else { "bob" }),
+            )?;
+            d.parties.push(svc.clone());
+            let stop = d.stop.clone();
+            std::thread::Builder::new()
+                .name("party-accept".into())
+                .spawn(move || svc.serve_until(listener, &stop))
+                .map_err(io)?;
+        }
+        let net = d.net(Role::Dealer)?;
+        let listener = listen(&net)?;
+        let dealer = DealerService::open(net, &dir("dealer"))?;
+        let stop = d.stop.clone();
+        std::thread::Builder::new()
+            .name("dealer-accept".into())
+            .spawn(move || dealer.serve_until(listener, &stop))
+            .map_err(io)?;
+        Ok(d)
+    }
+
+    /// The endpoint of `role` in this deployment.
+    fn net(&self, role: Role) -> Result<Net> {
+        let d = self.deployment.clone();
+        Ok(match (&self.keys, self.transport) {
+            (Some(keys), _) => Net::with_tls(
+                d,
+                TlsEndpoint::new(
+                    NAME,
+                    role.clone(),
+                    &keys.ca.cert_pem,
+                    keys.credentials(&role),
+                )?,
+            ),
+            (None, TransportKind::Tcp) => Net::insecure(d, role),
+            _ => Net::in_memory(d, role, self.network.clone()),
+        })
+    }
+
+    /// The model owner's endpoint (it uploads, deletes and receives correct counts).
+    pub fn model_owner(&self) -> Result<RemoteOwner> {
+        RemoteOwner::new(self.net(Role::ModelOwner("owner".into()))?)
+    }
+
+    /// The client's endpoint (it classifies and receives its predictions).
+    pub fn client(&self) -> Result<RemoteOwner> {
+        RemoteOwner::new(self.net(Role::Client("client".into()))?)
+    }
+}
+
+impl Drop for LocalDeployment {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for p in &self.parties {
+            p.close_idle_links();
+        }
+        // Wake the accept loops: the in-process network's queues close, TCP listeners get a
+        // connection that finds the stop flag set.
+        self.network.close();
+        for a in &self.addresses {
+            let _ = TcpStream::connect(a);
+        }
+    }
+}
