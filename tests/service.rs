@@ -349,3 +349,50 @@ fn damaged_or_foreign_model_files_are_refused_whole() {
     }
     assert!(c.owner_ok(&["models"]).contains("digits"));
 }
+
+#[test]
+fn past_the_request_limit_owners_get_busy_at_once() {
+    let c = Cluster::start(Options {
+        max_requests: 1,
+        ..Default::default()
+    });
+    let (plain, _) = digits(&c, ROWS, "d");
+    digits(&c, 1500, "long");
+    upload(&c, "digits");
+    let long = c
+        .owner_command(&[
+            "classify",
+            "--remote",
+            "digits",
+            "--as",
+            "clinic",
+            "--input",
+            "long_x.npy",
+            "--batch",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let start = Instant::now();
+    let busy = c.owner(&[
+        "classify", "--remote", "digits", "--as", "lab", "--input", "d_x.npy",
+    ]);
+    let waited = start.elapsed();
+    let err = String::from_utf8_lossy(&busy.stderr);
+    assert!(!busy.status.success() && err.contains("busy"), "{err}");
+    assert!(waited < Duration::from_secs(5), "busy after {waited:?}");
+    let out = long.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The limit is free again.
+    c.owner_ok(&[
+        "classify", "--remote", "digits", "--as", "lab", "--input", "d_x.npy", "--output", "p.npy",
+    ]);
+    assert_eq!(read_preds(&c, "p.npy"), plain);
+}

@@ -92,7 +92,10 @@ impl DataOwner {
             return Ok(msg);
         }
         if tag == step_code(REPLY_STEP) {
-            if let Ok(Reply::Failed { reason }) = decode::<Reply>(&msg, "reply") {
+            if let Some(reason) = decode::<Reply>(&msg, "reply")
+                .ok()
+                .and_then(|r| r.failure())
+            {
                 return Err(EngineError::PartyFailed {
                     party,
                     detail: reason,

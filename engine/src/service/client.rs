@@ -127,21 +127,12 @@ impl RemoteOwner {
                 .receive_from(party)
                 .and_then(|m| decode::<Reply>(&m, "reply"))
             {
-                Ok(Reply::Busy { limit }) => {
-                    failure.get_or_insert(EngineError::PartyFailed {
-                        party,
-                        detail: format!(
-                            "busy: {limit} requests in progress (the limit); try again later"
-                        ),
-                    });
-                }
-                Ok(Reply::Failed { reason }) => {
-                    failure.get_or_insert(EngineError::PartyFailed {
-                        party,
-                        detail: reason,
-                    });
-                }
-                Ok(r) => replies.push(r),
+                Ok(r) => match r.failure() {
+                    Some(detail) => {
+                        failure.get_or_insert(EngineError::PartyFailed { party, detail });
+                    }
+                    None => replies.push(r),
+                },
                 Err(e) => {
                     failure.get_or_insert(e);
                 }

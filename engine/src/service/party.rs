@@ -37,7 +37,7 @@ use crate::service::wire::{
     decode, digest, encode, DealerEnd, DealerJoin, JoinKind, ModelInfo, PeerJoin, Reply, Request,
     JOIN_STEP, REPLY_STEP, REQUEST_STEP,
 };
-use crate::transport::{step_code, Link, PartyId, StreamTransport, Transport};
+use crate::transport::{step_code, Envelope, Link, PartyId, StreamTransport, Transport};
 
 const RECORD_KIND: &[u8; 8] = b"party\0\0\0";
 
@@ -356,6 +356,7 @@ impl PartyService {
         if !light && self.active.fetch_add(1, Ordering::SeqCst) >= limit {
             self.active.fetch_sub(1, Ordering::SeqCst);
             self.refuse_peer_join(request.id(), "busy");
+            self.cancel_peer(request.id());
             return (Reply::Busy { limit }, false);
         }
         let _slot = (!light).then(|| Slot(&self.active));
@@ -478,7 +479,11 @@ impl PartyService {
         if self.index == 1 {
             let (join, link) = self.await_peer(request)?;
             net.resume_link(PartyId::Alice, link, 0, 1);
-            let reply = if join.digest == digest {
+            let reply = if join.digest.is_empty() {
+                Reply::Failed {
+                    reason: "alice refused the request".into(),
+                }
+            } else if join.digest == digest {
                 Reply::Done {
                     share: None,
                     models: Vec::new(),
@@ -494,9 +499,14 @@ impl PartyService {
             let ok = matches!(reply, Reply::Done { .. });
             net.send(PartyId::Alice, encode(&reply))?;
             if !ok {
-                return Err(EngineError::Protocol(format!(
-                    "request {request}: alice received another request than bob"
-                )));
+                return Err(EngineError::PartyFailed {
+                    party: PartyId::Alice,
+                    detail: if join.digest.is_empty() {
+                        format!("alice refused request {request}")
+                    } else {
+                        format!("request {request}: alice received another request than bob")
+                    },
+                });
             }
             return Ok(());
         }
@@ -530,6 +540,43 @@ impl PartyService {
             }
         }
         unreachable!("the second attempt returns")
+    }
+
+    /// The outcome of a request's checks before the parties join: on a failure, alice tells bob
+    /// at once (so he does not wait for her join); bob's failures answer alice's join
+    /// ([`Self::refuse_peer_join`]).
+    fn checked_or_cancel<T>(self: &Arc<Self>, request: u64, checked: Result<T>) -> Result<T> {
+        if checked.is_err() {
+            self.cancel_peer(request);
+        }
+        checked
+    }
+
+    /// Alice: tell bob she will not run `request` (an empty digest), on a link of its own.
+    fn cancel_peer(self: &Arc<Self>, request: u64) {
+        if self.index != 0 {
+            return;
+        }
+        let me = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("party-cancel".into())
+            .spawn(move || {
+                if let Ok((link, _)) = me.peer_pool.get(&me.net) {
+                    let join = Envelope {
+                        request,
+                        seq: 0,
+                        step: step_code(JOIN_STEP),
+                    };
+                    let _ = link.send(
+                        join,
+                        encode(&PeerJoin {
+                            request,
+                            digest: Vec::new(),
+                        }),
+                    );
+                    // Dropping the link flushes the join and closes it.
+                }
+            });
     }
 
     /// Bob: wait (at most the timeout) for alice's join of `request`.
@@ -754,24 +801,27 @@ impl PartyService {
         digest: &[u8],
         net: &mut StreamTransport,
     ) -> Result<()> {
-        let Role::ModelOwner(owner) = role else {
-            return Err(EngineError::Invalid(format!(
-                "only a model owner uploads models, not {role}"
-            )));
-        };
-        check_model_name(name)?;
-        plan.check()?;
-        if self
-            .models
-            .read()
-            .map_err(|_| poisoned())?
-            .contains_key(name)
-        {
-            return Err(EngineError::Invalid(format!(
-                "model '{name}' already exists (delete it first)"
-            )));
-        }
-        let fx = FixedPoint::new(plan.frac_bits)?;
+        let checked = (|| {
+            let Role::ModelOwner(owner) = role else {
+                return Err(EngineError::Invalid(format!(
+                    "only a model owner uploads models, not {role}"
+                )));
+            };
+            check_model_name(name)?;
+            plan.check()?;
+            if self
+                .models
+                .read()
+                .map_err(|_| poisoned())?
+                .contains_key(name)
+            {
+                return Err(EngineError::Invalid(format!(
+                    "model '{name}' already exists (delete it first)"
+                )));
+            }
+            Ok((owner, FixedPoint::new(plan.frac_bits)?))
+        })();
+        let (owner, fx) = self.checked_or_cancel(request, checked)?;
         self.join_peer(request, digest, net)?;
         let seed = self.join_dealer(net, name, JoinKind::Upload, plan.frac_bits)?;
         let owner_id = role.party_id();
@@ -971,18 +1021,23 @@ impl PartyService {
         digest: &[u8],
         net: &mut StreamTransport,
     ) -> Result<()> {
-        let m = self.model(name)?;
-        let width = m.model.in_features() as u64;
-        let max_words = self.net.options().max_frame_words;
-        if rows == 0 || batch == 0 {
-            return Err(EngineError::Invalid("no rows, or a batch of 0 rows".into()));
-        }
-        let batch = batch.min(rows);
-        if batch.checked_mul(width).is_none_or(|w| w + 16 > max_words) {
-            return Err(EngineError::Invalid(format!(
-                "a batch of {batch} rows of {width} values exceeds the frame limit of {max_words} words"
-            )));
-        }
+        let checked = (|| {
+            let m = self.model(name)?;
+            let width = m.model.in_features() as u64;
+            let max_words = self.net.options().max_frame_words;
+            if rows == 0 || batch == 0 {
+                return Err(EngineError::Invalid("no rows, or a batch of 0 rows".into()));
+            }
+            let batch = batch.min(rows);
+            if batch.checked_mul(width).is_none_or(|w| w + 16 > max_words) {
+                return Err(EngineError::Invalid(format!(
+                    "a batch of {batch} rows of {width} values exceeds the frame limit of \
+                     {max_words} words"
+                )));
+            }
+            Ok((m, batch))
+        })();
+        let (m, batch) = self.checked_or_cancel(request, checked)?;
         self.join_peer(request, digest, net)?;
         let seed = self.join_dealer(net, name, JoinKind::Classify, m.meta.plan.frac_bits)?;
         let frac = m.fx.frac_bits();

@@ -138,6 +138,19 @@ pub enum Reply {
     },
 }
 
+impl Reply {
+    /// Why the request did not run, in words (`None` when it is done).
+    pub fn failure(&self) -> Option<String> {
+        match self {
+            Reply::Done { .. } => None,
+            Reply::Failed { reason } => Some(reason.clone()),
+            Reply::Busy { limit } => Some(format!(
+                "busy: {limit} requests in progress (the limit); try again later"
+            )),
+        }
+    }
+}
+
 /// What alice sends bob to run a request together over a peer link.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PeerJoin {
