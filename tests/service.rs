@@ -259,8 +259,26 @@ fn a_killed_or_stalled_party_is_named_and_the_others_keep_serving() {
             "{victim} ({signal:?}): client error after {waited:?}: {}",
             err.trim()
         );
-        // The survivors keep running and log the failure; once the victim is back, new
-        // requests succeed.
+        // The other party fails the request with an error naming the victim, within the
+        // timeout, and logs it.
+        let survivor = if victim == "alice" { "bob" } else { "alice" };
+        let deadline = Instant::now() + Duration::from_secs(3 + 5);
+        let line = loop {
+            let log = c.log(survivor);
+            if let Some(l) = log.lines().rev().find(|l| l.contains("request failed")) {
+                if l.contains("kind=\"classify\"") {
+                    break l.to_string();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{survivor} logs no failure:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(line.contains(victim), "{survivor}: {line}");
+        eprintln!("{survivor}: {line}");
+        // The survivors keep running; once the victim is back, new requests succeed.
         for who in ["alice", "bob", "dealer"] {
             if who != victim {
                 assert!(c.alive(who), "{who} died");

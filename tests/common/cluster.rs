@@ -164,8 +164,8 @@ impl Cluster {
             let subnet = std::process::id() % 7 * 7 + COUNTER.fetch_add(1, Ordering::SeqCst);
             match make_netns(subnet) {
                 Ok((ns, ips)) => {
-                    for (i, who) in SERVICES.iter().enumerate() {
-                        addrs.insert(who, format!("{}:{}", ips[who], 3000 + i));
+                    for who in SERVICES {
+                        addrs.insert(who, format!("{}:{}", ips[who], free_port()));
                     }
                     eprintln!("cluster: each service and the data owners in their own network namespace ({})", ns.tag);
                     netns = Some(ns);

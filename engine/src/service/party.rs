@@ -79,7 +79,13 @@ impl ModelMeta {
 struct Score {
     owner: String,
     share: u64,
+    since: Instant,
 }
+
+/// Correct counts kept at most this long for their model owner.
+const SCORE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+/// Correct counts kept at most (the oldest are dropped first).
+const MAX_SCORES: usize = 1 << 20;
 
 /// Alice's joins that reached bob, and bob's requests waiting for them.
 #[derive(Default)]
@@ -279,6 +285,7 @@ impl PartyService {
             let started = Instant::now();
             let kind = request.kind();
             let id = request.id();
+            let (model, rows, batch) = request.subject();
             let (reply, keep) = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 self.dispatch(&role, &request, &digest(&msg), &mut net)
             }))
@@ -293,13 +300,13 @@ impl PartyService {
             let stats = net.meter_ref().stats().total();
             match &reply {
                 Reply::Failed { reason } => tracing::warn!(
-                    me = %self.net.me(), request = id, kind, owner = %role, reason, "request failed"
+                    me = %self.net.me(), request = id, kind, model, owner = %role, reason, "request failed"
                 ),
                 Reply::Busy { limit } => tracing::warn!(
                     me = %self.net.me(), request = id, kind, owner = %role, limit, "busy: request refused"
                 ),
                 Reply::Done { .. } => tracing::info!(
-                    me = %self.net.me(), request = id, kind, owner = %role,
+                    me = %self.net.me(), request = id, kind, model, rows, batch, owner = %role,
                     rounds = stats.rounds, bytes = stats.bytes_sent,
                     ms = started.elapsed().as_secs_f64() * 1e3, "request done"
                 ),
@@ -1066,11 +1073,19 @@ impl PartyService {
         })?;
         self.end_dealer(net, false, "")?;
         if let Some(share) = share {
-            self.scores.lock().map_err(|_| poisoned())?.insert(
+            let mut scores = self.scores.lock().map_err(|_| poisoned())?;
+            scores.retain(|_, s| s.since.elapsed() < SCORE_LIFETIME);
+            if scores.len() >= MAX_SCORES {
+                if let Some(oldest) = scores.iter().min_by_key(|(_, s)| s.since).map(|(k, _)| *k) {
+                    scores.remove(&oldest);
+                }
+            }
+            scores.insert(
                 request,
                 Score {
                     owner: m.meta.owner.clone(),
                     share,
+                    since: Instant::now(),
                 },
             );
         }

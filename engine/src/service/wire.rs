@@ -79,6 +79,18 @@ impl Request {
         }
     }
 
+    /// The model a request is about, its rows and batch size (for logs; empty and 0 where
+    /// they do not apply).
+    pub fn subject(&self) -> (&str, u64, u64) {
+        match self {
+            Request::Upload { name, .. } | Request::Delete { name, .. } => (name, 0, 0),
+            Request::Classify {
+                model, rows, batch, ..
+            } => (model, *rows, *batch),
+            Request::Score { .. } | Request::List { .. } => ("", 0, 0),
+        }
+    }
+
     /// A short name for logs.
     pub fn kind(&self) -> &'static str {
         match self {
