@@ -1,6 +1,8 @@
 //! The `secure-serving` application: the command line and the bench command, built on the
 //! [`engine`] library. Applications that embed `engine` do not depend on this crate (nor on clap).
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod bench_cnn;
 pub mod cli;

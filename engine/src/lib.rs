@@ -53,6 +53,8 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod alloc;
 pub mod dealer;
 pub mod deploy;

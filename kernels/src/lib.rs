@@ -5,6 +5,8 @@
 //! [`CpuBackend`] (rayon + AVX-512/AVX2 GEMM) and [`GpuBackend`] (wgpu compute shaders emulating
 //! 64-bit rings with u32 pairs) implement it and must agree bit-for-bit.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod cpu;
 pub mod error;
