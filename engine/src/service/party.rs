@@ -689,30 +689,48 @@ impl PartyService {
             .spawn(move || me.serve_peer_link(link));
     }
 
-    /// Send a join (or a request on a join's link) to the dealer and return its answer; a
-    /// pooled link that died while idle is replaced once.
-    fn dealer_round(&self, net: &mut StreamTransport, join: &DealerJoin) -> Result<Vec<u64>> {
+    /// Send `join` to the dealer on a link from the pool; returns whether the link was reused
+    /// (see [`Self::dealer_answer`]).
+    fn send_join(&self, net: &mut StreamTransport, join: &DealerJoin) -> Result<bool> {
         net.meter().set_step(DEALER_STEP);
-        let msg = encode(join);
-        for attempt in 0..2 {
-            let (link, reused) = self.dealer_pool.get(&self.net)?;
-            net.add_link(PartyId::Dealer, link);
-            net.send(PartyId::Dealer, msg.clone())?;
-            match net.recv(PartyId::Dealer) {
-                Ok(r) => return Ok(r),
-                Err(EngineError::Disconnected { .. }) if reused && attempt == 0 => {
-                    net.take_link(PartyId::Dealer);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        unreachable!("the second attempt returns")
+        let (link, reused) = self.dealer_pool.get(&self.net)?;
+        net.add_link(PartyId::Dealer, link);
+        net.send(PartyId::Dealer, encode(join))?;
+        Ok(reused)
     }
 
-    /// Join `request` at the dealer; returns this party's seed for it.
-    fn join_dealer(
+    /// The dealer's answer to a join sent with [`Self::send_join`]; a pooled link that died
+    /// while idle (the dealer restarted) is replaced by a new connection once.
+    fn dealer_answer(
         &self,
         net: &mut StreamTransport,
+        join: &DealerJoin,
+        reused: bool,
+    ) -> Result<Vec<u64>> {
+        net.meter().set_step(DEALER_STEP);
+        match net.recv(PartyId::Dealer) {
+            Err(EngineError::Disconnected { .. }) if reused => {
+                net.take_link(PartyId::Dealer);
+                net.add_link(PartyId::Dealer, self.net.connect(&Role::Dealer)?);
+                net.send(PartyId::Dealer, encode(join))?;
+                net.recv(PartyId::Dealer)
+            }
+            r => r,
+        }
+    }
+
+    /// Send a join to the dealer and return its answer.
+    fn dealer_round(&self, net: &mut StreamTransport, join: &DealerJoin) -> Result<Vec<u64>> {
+        let reused = self.send_join(net, join)?;
+        self.dealer_answer(net, join, reused)
+    }
+
+    /// Join the current request at the dealer and (while the dealer answers) the other party;
+    /// returns this party's seed for the request.
+    fn join_both(
+        self: &Arc<Self>,
+        net: &mut StreamTransport,
+        digest: &[u8],
         model: &str,
         kind: JoinKind,
         frac_bits: u32,
@@ -724,7 +742,9 @@ impl PartyService {
             kind,
             frac_bits,
         };
-        let reply = self.dealer_round(net, &join)?;
+        let reused = self.send_join(net, &join)?;
+        self.join_peer(join.request, digest, net)?;
+        let reply = self.dealer_answer(net, &join, reused)?;
         match reply.split_first() {
             Some((&STATUS_OK, seed)) => words_to_seed(seed),
             _ => Err(dealer_refused(&reply)),
@@ -759,6 +779,11 @@ impl PartyService {
     /// Return a finished request's peer and dealer links for reuse.
     fn release(self: &Arc<Self>, net: &mut StreamTransport) {
         self.release_dealer(net);
+        self.release_peer(net);
+    }
+
+    /// Return a finished request's link to the other party for reuse.
+    fn release_peer(self: &Arc<Self>, net: &mut StreamTransport) {
         if let Some(l) = net.take_link(self.other()) {
             if self.index == 0 {
                 self.peer_pool.put(l);
@@ -829,8 +854,7 @@ impl PartyService {
             Ok((owner, FixedPoint::new(plan.frac_bits)?))
         })();
         let (owner, fx) = self.checked_or_cancel(request, checked)?;
-        self.join_peer(request, digest, net)?;
-        let seed = self.join_dealer(net, name, JoinKind::Upload, plan.frac_bits)?;
+        let seed = self.join_both(net, digest, name, JoinKind::Upload, plan.frac_bits)?;
         let owner_id = role.party_id();
         let (layers, ids) = self.with_party(net, fx, seed, |p| {
             let mut layers = Vec::new();
@@ -1045,8 +1069,7 @@ impl PartyService {
             Ok((m, batch))
         })();
         let (m, batch) = self.checked_or_cancel(request, checked)?;
-        self.join_peer(request, digest, net)?;
-        let seed = self.join_dealer(net, name, JoinKind::Classify, m.meta.plan.frac_bits)?;
+        let seed = self.join_both(net, digest, name, JoinKind::Classify, m.meta.plan.frac_bits)?;
         let frac = m.fx.frac_bits();
         let share = self.with_party(net, m.fx, seed, |p| {
             for w in &m.weights {
@@ -1071,7 +1094,6 @@ impl PartyService {
                 None => Ok(None),
             }
         })?;
-        self.end_dealer(net, false, "")?;
         if let Some(share) = share {
             let mut scores = self.scores.lock().map_err(|_| poisoned())?;
             scores.retain(|_, s| s.since.elapsed() < SCORE_LIFETIME);
@@ -1090,8 +1112,33 @@ impl PartyService {
             );
         }
         let _ = role;
-        self.release(net);
+        self.release_peer(net);
+        self.end_dealer_later(net);
         Ok(())
+    }
+
+    /// Bob: end a classify request at the dealer after the reply to the owner is out (nothing
+    /// waits for the dealer's acknowledgement; its link returns to the pool once it arrives).
+    /// Alice: return her dealer link.
+    fn end_dealer_later(self: &Arc<Self>, net: &mut StreamTransport) {
+        if self.index == 0 {
+            self.release_dealer(net);
+            return;
+        }
+        let Some((link, sent, received)) = net.take_link_state(PartyId::Dealer) else {
+            return;
+        };
+        let mut t = StreamTransport::new(PartyId::Bob, self.net.options());
+        t.set_request(net.request());
+        t.resume_link(PartyId::Dealer, link, sent, received);
+        let me = self.clone();
+        let _ = std::thread::Builder::new()
+            .name("party-dealer-end".into())
+            .spawn(move || {
+                if me.end_dealer(&mut t, false, "").is_ok() {
+                    me.release_dealer(&mut t);
+                }
+            });
     }
 }
 

@@ -296,6 +296,14 @@ impl StreamTransport {
         self.links.contains_key(&peer)
     }
 
+    /// Take the link to `peer` out with the numbers of messages sent and received on it in the
+    /// current request (to go on with it in another endpoint, see [`Self::resume_link`]).
+    pub fn take_link_state(&mut self, peer: PartyId) -> Option<(Link, u64, u64)> {
+        let sent = self.sent.remove(&peer).unwrap_or(0);
+        let received = self.received.remove(&peer).unwrap_or(0);
+        self.links.remove(&peer).map(|l| (l, sent, received))
+    }
+
     /// Tag every following message with request `id`, and expect it on every message received;
     /// sequence numbers restart at 0 on every link.
     pub fn set_request(&mut self, id: u64) {
