@@ -265,6 +265,30 @@ impl ModelPlan {
                 return bad(format!("shape {s:?} is empty or too large"));
             }
         }
+        for (li, l) in self.layers.iter().enumerate() {
+            let (input, output) = (&self.shapes[li], &self.shapes[li + 1]);
+            let elems = |s: &[usize]| s.iter().product::<usize>();
+            let fits = match l {
+                LayerPlan::Linear {
+                    in_features,
+                    out_features,
+                } => *in_features == elems(input) && *out_features == elems(output),
+                LayerPlan::Conv2d {
+                    in_channels,
+                    out_channels,
+                    ..
+                } => input.first() == Some(in_channels) && output.first() == Some(out_channels),
+                _ => true,
+            };
+            let params_fit = l
+                .weight_shape()
+                .is_none_or(|(k, n)| k.checked_mul(n).is_some_and(|w| w <= 1 << 32));
+            if !fits || !params_fit {
+                return bad(format!(
+                    "layer {li} {l:?} does not fit its shapes {input:?} -> {output:?}"
+                ));
+            }
+        }
         if self.out_features() == 0 || self.frac_bits == 0 || self.frac_bits > 40 {
             return bad("no classes or unusable fractional bits".into());
         }
@@ -379,5 +403,35 @@ impl ModelPlan {
             bounds,
             self.range.clone(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::plain::{Layer, Sequential};
+
+    #[test]
+    fn a_plan_that_does_not_fit_its_shapes_is_refused() {
+        let model = Sequential::new(vec![
+            Layer::linear(3, 2, vec![0.5; 6], vec![0.0; 2]).unwrap(),
+            Layer::ReLU,
+        ])
+        .unwrap();
+        let plan = ModelPlan::of(&model, &FixedPoint::default(), &ModelBounds::default()).unwrap();
+        plan.check().unwrap();
+        let mut bad = plan.clone();
+        bad.layers[0] = LayerPlan::Linear {
+            in_features: 1 << 40,
+            out_features: 1 << 40,
+        };
+        let e = bad.check().unwrap_err().to_string();
+        assert!(
+            e.contains("layer 0") && e.contains("does not fit its shapes"),
+            "{e}"
+        );
+        let mut bad = plan;
+        bad.shapes.pop();
+        assert!(bad.check().is_err());
     }
 }
