@@ -264,8 +264,8 @@ impl Cluster {
         std::fs::read_to_string(self.log_path(who)).unwrap_or_default()
     }
 
-    /// Start (or restart) a service and wait until it listens.
-    pub fn start_service(&mut self, who: &'static str) {
+    /// The command line that runs service `who`.
+    fn service_command(&self, who: &str) -> Command {
         let mut cmd = self.command(who);
         match who {
             "dealer" => cmd.arg("dealer"),
@@ -274,6 +274,12 @@ impl Cluster {
         cmd.args(self.common_args());
         cmd.arg("--data-dir")
             .arg(self.dir.path().join(format!("{who}-data")));
+        cmd
+    }
+
+    /// Start (or restart) a service and wait until it listens.
+    pub fn start_service(&mut self, who: &'static str) {
+        let mut cmd = self.service_command(who);
         let log = File::options()
             .create(true)
             .append(true)
@@ -305,18 +311,8 @@ impl Cluster {
 
     /// Start a service that must refuse to start; returns its output of this run.
     pub fn start_must_fail(&mut self, who: &'static str) -> String {
-        let before = self.log(who).len();
-        let mut cmd = self.command(who);
-        match who {
-            "dealer" => cmd.arg("dealer"),
-            role => cmd.args(["party", "--role", role]),
-        };
-        cmd.args(self.common_args());
-        cmd.arg("--data-dir")
-            .arg(self.dir.path().join(format!("{who}-data")));
-        let out = cmd.output().expect("service runs");
+        let out = self.service_command(who).output().expect("service runs");
         assert!(!out.status.success(), "{who} started");
-        let _ = before;
         format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),

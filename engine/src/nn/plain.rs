@@ -7,7 +7,7 @@ use crate::fixed::FixedPoint;
 use crate::nn::geometry::Window2d;
 
 /// One layer of a plaintext model (PyTorch semantics; images are NCHW).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Layer {
     /// `y = x·Wᵀ + b` with PyTorch's layout: `weight [out, in]`, `bias [out]`.
     Linear {

@@ -52,36 +52,9 @@ pub enum LayerPlan {
         /// Kernel, stride, padding.
         window: Window2d,
     },
-    /// `max(x, 0)`.
-    ReLU,
-    /// Identity at inference.
-    Dropout,
-    /// `[batch, ...] -> [batch, features]`.
-    Flatten,
-    /// Max pooling.
-    MaxPool2d {
-        /// Window.
-        window: Window2d,
-    },
-    /// Average pooling.
-    AvgPool2d {
-        /// Window.
-        window: Window2d,
-        /// Whether padding counts in the divisor.
-        count_include_pad: bool,
-    },
-    /// Adaptive average pooling to a fixed output size.
-    AdaptiveAvgPool2d {
-        /// Output height and width.
-        output: [usize; 2],
-    },
-    /// BatchNorm2d in eval mode as a public per-channel affine map.
-    Affine2d {
-        /// Per-channel scale.
-        scale: Vec<f64>,
-        /// Per-channel shift.
-        shift: Vec<f64>,
-    },
+    /// A layer without secret parameters, as the plaintext layer: activations, dropout,
+    /// flatten, pooling, and batch norm (a public per-channel affine map).
+    Public(Layer),
 }
 
 impl LayerPlan {
@@ -139,20 +112,28 @@ impl LayerPlan {
                 *window,
                 [ids[0], ids[1], ids[2]],
             )?),
-            LayerPlan::ReLU => Arc::new(SharedReLU::new(input)),
-            LayerPlan::Dropout => Arc::new(SharedIdentity::new("Dropout")),
-            LayerPlan::Flatten => Arc::new(SharedFlatten::new(input)),
-            LayerPlan::MaxPool2d { window } => Arc::new(SharedMaxPool2d::new(input, *window)?),
-            LayerPlan::AvgPool2d {
-                window,
-                count_include_pad,
-            } => Arc::new(SharedAvgPool2d::avg(input, *window, *count_include_pad)?),
-            LayerPlan::AdaptiveAvgPool2d { output } => {
-                Arc::new(SharedAvgPool2d::adaptive(input, *output)?)
-            }
-            LayerPlan::Affine2d { scale, shift } => {
-                Arc::new(SharedAffine2d::new(input, scale, shift, fx)?)
-            }
+            LayerPlan::Public(l) => match l {
+                Layer::ReLU => Arc::new(SharedReLU::new(input)),
+                Layer::Dropout => Arc::new(SharedIdentity::new("Dropout")),
+                Layer::Flatten => Arc::new(SharedFlatten::new(input)),
+                Layer::MaxPool2d { window } => Arc::new(SharedMaxPool2d::new(input, *window)?),
+                Layer::AvgPool2d {
+                    window,
+                    count_include_pad,
+                } => Arc::new(SharedAvgPool2d::avg(input, *window, *count_include_pad)?),
+                Layer::AdaptiveAvgPool2d { output } => {
+                    Arc::new(SharedAvgPool2d::adaptive(input, *output)?)
+                }
+                Layer::BatchNorm2d { scale, shift } => {
+                    Arc::new(SharedAffine2d::new(input, scale, shift, fx)?)
+                }
+                Layer::Linear { .. } | Layer::Conv2d { .. } => {
+                    return Err(EngineError::Invalid(format!(
+                        "{} has secret parameters: it cannot be a public layer",
+                        l.name()
+                    )))
+                }
+            },
         })
     }
 }
@@ -192,9 +173,10 @@ impl ModelPlan {
                     in_features,
                     out_features,
                 },
-                LayerShape::ReLU => LayerPlan::ReLU,
-                LayerShape::Dropout => LayerPlan::Dropout,
-                LayerShape::Flatten => LayerPlan::Flatten,
+                LayerShape::ReLU => LayerPlan::Public(Layer::ReLU),
+                LayerShape::Dropout => LayerPlan::Public(Layer::Dropout),
+                LayerShape::Flatten => LayerPlan::Public(Layer::Flatten),
+                // Only parameter-free layers are copied (never a weight).
                 LayerShape::Other => match &*model.layer(li)? {
                     Layer::Linear {
                         in_features,
@@ -214,24 +196,7 @@ impl ModelPlan {
                         out_channels: *out_channels,
                         window: *window,
                     },
-                    Layer::ReLU => LayerPlan::ReLU,
-                    Layer::Dropout => LayerPlan::Dropout,
-                    Layer::Flatten => LayerPlan::Flatten,
-                    Layer::MaxPool2d { window } => LayerPlan::MaxPool2d { window: *window },
-                    Layer::AvgPool2d {
-                        window,
-                        count_include_pad,
-                    } => LayerPlan::AvgPool2d {
-                        window: *window,
-                        count_include_pad: *count_include_pad,
-                    },
-                    Layer::AdaptiveAvgPool2d { output } => {
-                        LayerPlan::AdaptiveAvgPool2d { output: *output }
-                    }
-                    Layer::BatchNorm2d { scale, shift } => LayerPlan::Affine2d {
-                        scale: scale.clone(),
-                        shift: shift.clone(),
-                    },
+                    public => LayerPlan::Public(public.clone()),
                 },
             });
         }
