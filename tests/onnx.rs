@@ -2,6 +2,9 @@
 //! scikit-learn's digits, made by tests/data/make_onnx.py with reference outputs from the model's
 //! definition in numpy; and the refusals (unsupported op, branching graph, truncated file, input shapes).
 
+mod common;
+
+use common::argmax;
 use engine::io::{load_inputs, load_labels, load_onnx_model};
 use engine::nn::plain::Layer;
 use engine::nn::{ClassifyOptions, SecureClassifier};
@@ -11,16 +14,6 @@ use ndarray_npy::read_npy;
 
 fn data(name: &str) -> String {
     format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
-}
-
-fn argmax(row: &[f64]) -> i64 {
-    let mut best = 0;
-    for (j, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = j;
-        }
-    }
-    best as i64
 }
 
 #[test]

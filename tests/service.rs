@@ -7,21 +7,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
+use common::argmax;
 use common::cluster::{data, Cluster, Options};
 use engine::io::{load_inputs, load_labels, load_onnx_model};
 use ndarray::{Array1, Array4};
 
 const ROWS: usize = 96;
-
-fn argmax(row: &[f64]) -> i64 {
-    let mut best = 0;
-    for (i, v) in row.iter().enumerate() {
-        if *v > row[best] {
-            best = i;
-        }
-    }
-    best as i64
-}
 
 /// Write the first `rows` digits (inputs and labels) into the cluster's directory; returns the
 /// plaintext predictions and the labels.
@@ -48,6 +39,25 @@ fn digits(c: &Cluster, rows: usize, name: &str) -> (Vec<i64>, Vec<i64>) {
     .unwrap();
     ndarray_npy::write_npy(c.path(&format!("{name}_y.npy")), &Array1::from(y.clone())).unwrap();
     (plain, y)
+}
+
+/// A long classify request (one row per batch of `long_x.npy`) by client "clinic", running.
+fn spawn_long(c: &Cluster) -> std::process::Child {
+    c.owner_command(&[
+        "classify",
+        "--remote",
+        "digits",
+        "--as",
+        "clinic",
+        "--input",
+        "long_x.npy",
+        "--batch",
+        "1",
+    ])
+    .stderr(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap()
 }
 
 fn read_preds(c: &Cluster, name: &str) -> Vec<i64> {
@@ -220,22 +230,7 @@ fn a_killed_or_stalled_party_is_named_and_the_others_keep_serving() {
 
     for (victim, signal) in [("alice", None), ("bob", Some("STOP"))] {
         let start = Instant::now();
-        let child = c
-            .owner_command(&[
-                "classify",
-                "--remote",
-                "digits",
-                "--as",
-                "clinic",
-                "--input",
-                "long_x.npy",
-                "--batch",
-                "1",
-            ])
-            .stderr(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = spawn_long(&c);
         std::thread::sleep(Duration::from_millis(800));
         let hit = Instant::now();
         match signal {
@@ -377,22 +372,7 @@ fn past_the_request_limit_owners_get_busy_at_once() {
     let (plain, _) = digits(&c, ROWS, "d");
     digits(&c, 1500, "long");
     upload(&c, "digits");
-    let long = c
-        .owner_command(&[
-            "classify",
-            "--remote",
-            "digits",
-            "--as",
-            "clinic",
-            "--input",
-            "long_x.npy",
-            "--batch",
-            "1",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let long = spawn_long(&c);
     std::thread::sleep(Duration::from_millis(500));
     let start = Instant::now();
     let busy = c.owner(&[

@@ -72,3 +72,14 @@ pub fn reveal(s: &mut Session, x: &SharedTensor) -> Vec<u64> {
     s.reveal_ring(PartyId::ModelOwner, x).expect("reveal")
 }
 pub mod cluster;
+
+/// Index of the largest value of a row (the first of equals).
+pub fn argmax(row: &[f64]) -> i64 {
+    let mut best = 0;
+    for (j, v) in row.iter().enumerate() {
+        if *v > row[best] {
+            best = j;
+        }
+    }
+    best as i64
+}
