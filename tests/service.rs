@@ -73,7 +73,9 @@ fn json_field(out: &str, key: &str) -> serde_json::Value {
 
 fn upload(c: &Cluster, name: &str) -> String {
     let model = data("digits_cnn.onnx").display().to_string();
-    c.owner_ok(&["upload", "--model", &model, "--name", name])
+    c.owner_ok(&[
+        "upload", "--model", &model, "--name", name, "--as", "hospital",
+    ])
 }
 
 fn classify_remote(c: &Cluster, client: &str, name: &str, set: &str, out: &str) -> String {
@@ -104,7 +106,7 @@ fn upload_classify_score_restart_delete() {
         up.contains("uploaded 'digits' as model owner 'hospital'"),
         "{up}"
     );
-    let listed = c.owner_ok(&["models"]);
+    let listed = c.owner_ok(&["models", "--as", "hospital"]);
     assert!(
         listed.contains("digits  owner hospital  input [1, 8, 8]  10 classes"),
         "{listed}"
@@ -171,12 +173,19 @@ fn upload_classify_score_restart_delete() {
         let request = json_field(out, "request").as_str().unwrap().to_string();
         let e = c.owner(&["score", "--request", &request, "--as", "clinic"]);
         assert!(!e.status.success(), "a client cannot run score");
-        let s = c.owner_ok(&["score", "--request", &request]);
+        // Another model owner is refused by both parties.
+        let e = c.owner(&["score", "--request", &request, "--as", "pharma"]);
+        let err = String::from_utf8_lossy(&e.stderr);
+        assert!(
+            err.contains("revealed only to its model's owner, not to model owner 'pharma'"),
+            "{err}"
+        );
+        let s = c.owner_ok(&["score", "--request", &request, "--as", "hospital"]);
         assert!(
             s.contains(&format!("{correct} correct")),
             "{s} vs {correct}"
         );
-        let again = c.owner(&["score", "--request", &request]);
+        let again = c.owner(&["score", "--request", &request, "--as", "hospital"]);
         let err = String::from_utf8_lossy(&again.stderr);
         assert!(
             err.contains("no correct count is kept for request"),
@@ -194,12 +203,25 @@ fn upload_classify_score_restart_delete() {
     assert_eq!(read_preds(&c, "p_after.npy"), plain);
 
     // A second upload under the same name is refused; deletion removes it everywhere.
-    let again = c.owner(&["upload", "--model", &model, "--name", "digits"]);
+    let again = c.owner(&[
+        "upload", "--model", &model, "--name", "digits", "--as", "hospital",
+    ]);
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(err.contains("model 'digits' already exists"), "{err}");
+    let e = c.owner(&["models", "--delete", "digits", "--as", "pharma"]);
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(
+        err.contains("belongs to model owner 'hospital'; model owner 'pharma' may not delete it"),
+        "{err}"
+    );
+    assert!(c
+        .owner_ok(&["models", "--as", "hospital"])
+        .contains("digits"));
     let e = c.owner(&["models", "--delete", "digits", "--as", "hospital"]);
     assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
-    assert!(c.owner_ok(&["models"]).contains("no models are served"));
+    assert!(c
+        .owner_ok(&["models", "--as", "hospital"])
+        .contains("no models are served"));
     let gone = c.owner(&[
         "classify", "--remote", "digits", "--input", "d_x.npy", "--as", "clinic",
     ]);
@@ -360,7 +382,9 @@ fn damaged_or_foreign_model_files_are_refused_whole() {
     for who in ["dealer", "alice", "bob"] {
         c.start_service(who);
     }
-    assert!(c.owner_ok(&["models"]).contains("digits"));
+    assert!(c
+        .owner_ok(&["models", "--as", "hospital"])
+        .contains("digits"));
 }
 
 #[test]

@@ -35,7 +35,9 @@ fn loopback(insecure: bool) -> Cluster {
 /// Upload the digits model and write 8 inputs; returns after a classify succeeded.
 fn prepare(c: &Cluster) {
     let model = data("digits_cnn.onnx").display().to_string();
-    c.owner_ok(&["upload", "--model", &model, "--name", "digits"]);
+    c.owner_ok(&[
+        "upload", "--model", &model, "--name", "digits", "--as", "hospital",
+    ]);
     let (n, x) =
         engine::io::load_inputs(&data("digits_test_x.npy").display().to_string(), &[1, 8, 8])
             .unwrap();

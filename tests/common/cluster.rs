@@ -186,6 +186,7 @@ impl Cluster {
             format!(
                 "name = \"e2e\"\n[alice]\naddress = \"{}\"\n[bob]\naddress = \"{}\"\n[dealer]\naddress = \"{}\"\n\
                  [[data_owner]]\nname = \"hospital\"\nrole = \"model-owner\"\n\
+                 [[data_owner]]\nname = \"pharma\"\nrole = \"model-owner\"\n\
                  [[data_owner]]\nname = \"clinic\"\nrole = \"client\"\n\
                  [[data_owner]]\nname = \"lab\"\nrole = \"client\"\n\
                  [limits]\ntimeout_secs = {}\nmax_requests = {}\n",

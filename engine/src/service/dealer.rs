@@ -289,9 +289,7 @@ impl DealerService {
             (JoinKind::Upload, Some(_)) => {
                 return refuse(format!("model '{}' already exists", join.model))
             }
-            (JoinKind::Classify | JoinKind::Delete, None) => {
-                return refuse(format!("no model '{}' here", join.model))
-            }
+            (JoinKind::Classify, None) => return refuse(format!("no model '{}' here", join.model)),
             (JoinKind::Classify, Some(m)) if m.record.frac_bits != join.frac_bits => {
                 return refuse(format!(
                     "model '{}' has {} fractional bits, the join says {}",
@@ -418,12 +416,16 @@ impl DealerService {
             .models
             .write()
             .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?;
-        if models.remove(name).is_none() {
-            return Err(EngineError::Invalid(format!("no model '{name}' here")));
-        }
+        models.remove(name);
         let path = self.record_path(name);
-        std::fs::remove_file(&path)
-            .map_err(|e| EngineError::Invalid(format!("{}: {e}", path.display())))?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            // Already gone (a delete retried after a party crashed in the middle of one).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tracing::warn!(model = name, "dealer: deleting a model it does not hold")
+            }
+            Err(e) => return Err(EngineError::Invalid(format!("{}: {e}", path.display()))),
+        }
         tracing::info!(model = name, "dealer: model deleted");
         Ok(())
     }

@@ -370,9 +370,9 @@ impl PartyService {
         let r = match request {
             Request::List { .. } => Ok(self.done(None, net)),
             Request::Score { of, .. } => self.score(role, *of).map(|s| self.done(Some(s), net)),
-            Request::Delete { name, .. } => {
-                self.delete(role, name, net).map(|()| self.done(None, net))
-            }
+            Request::Delete { name, .. } => self
+                .delete(role, name, digest, net)
+                .map(|()| self.done(None, net)),
             Request::Upload {
                 request,
                 name,
@@ -393,7 +393,7 @@ impl PartyService {
         match r {
             Ok(reply) => (reply, true),
             Err(e) => {
-                if !light {
+                if !matches!(request, Request::List { .. } | Request::Score { .. }) {
                     self.refuse_peer_join(request.id(), "failed");
                 }
                 (
@@ -451,11 +451,23 @@ impl PartyService {
         Ok(())
     }
 
-    fn delete(self: &Arc<Self>, role: &Role, name: &str, net: &mut StreamTransport) -> Result<()> {
-        let m = self.model(name)?;
-        self.check_owner(role, &m)?;
+    /// Delete a model on both parties and at the dealer: the parties join (so both check the
+    /// owner first), bob has the dealer forget the masks and tells alice; only then does each
+    /// party remove its record.
+    fn delete(
+        self: &Arc<Self>,
+        role: &Role,
+        name: &str,
+        digest: &[u8],
+        net: &mut StreamTransport,
+    ) -> Result<()> {
+        let checked = self.model(name).and_then(|m| {
+            self.check_owner(role, &m)?;
+            Ok(m)
+        });
+        let m = self.checked_or_cancel(net.request(), checked)?;
+        self.join_peer(net.request(), digest, net)?;
         if self.index == 1 {
-            // Bob tells the dealer to forget the model's masks.
             let join = DealerJoin {
                 request: net.request(),
                 party: 1,
@@ -463,17 +475,43 @@ impl PartyService {
                 kind: JoinKind::Delete,
                 frac_bits: m.meta.plan.frac_bits,
             };
-            let reply = self.dealer_round(net, &join)?;
-            if reply.first() != Some(&STATUS_OK) {
-                return Err(dealer_refused(&reply));
+            let r = self.dealer_round(net, &join).and_then(|reply| {
+                if reply.first() == Some(&STATUS_OK) {
+                    Ok(())
+                } else {
+                    Err(dealer_refused(&reply))
+                }
+            });
+            net.meter().set_step("commit");
+            let answer = match &r {
+                Ok(()) => vec![STATUS_OK],
+                Err(e) => {
+                    let mut v = vec![crate::dealer::STATUS_ERROR];
+                    v.extend(crate::dealer::text_to_words(&e.to_string()));
+                    v
+                }
+            };
+            net.send(PartyId::Alice, answer)?;
+            r?;
+        } else {
+            net.meter().set_step("commit");
+            let r = net.recv(PartyId::Bob)?;
+            if r.first() != Some(&STATUS_OK) {
+                return Err(EngineError::PartyFailed {
+                    party: PartyId::Bob,
+                    detail: format!(
+                        "the model was not deleted: {}",
+                        words_to_text(r.get(1..).unwrap_or(&[]))
+                    ),
+                });
             }
-            self.release_dealer(net);
         }
         self.models.write().map_err(|_| poisoned())?.remove(name);
         let path = self.record_path(name);
         std::fs::remove_file(&path)
             .map_err(|e| EngineError::Invalid(format!("{}: {e}", path.display())))?;
         tracing::info!(me = %self.net.me(), model = name, "model deleted");
+        self.release(net);
         Ok(())
     }
 
