@@ -15,7 +15,13 @@ fn main() -> engine::Result<()> {
     })?;
     let model = Sequential::new(vec![Layer::linear(1, 1, vec![0.5], vec![0.0])?])?;
     let mut owner = d.model_owner()?;
-    owner.upload("linear", &model, &FixedPoint::default(), &ModelBounds::default(), &mut |_, _| {})?;
+    owner.upload(
+        "linear",
+        &model,
+        &FixedPoint::default(),
+        &ModelBounds::default(),
+        &mut |_, _| {},
+    )?;
     let mut client = d.client()?;
     client.classify("linear", &[0.0], Some(&[0]), 1)?;
     let mut times = Vec::with_capacity(n);

@@ -418,3 +418,71 @@ fn past_the_request_limit_owners_get_busy_at_once() {
     ]);
     assert_eq!(read_preds(&c, "p.npy"), plain);
 }
+
+/// Material made ahead of requests: after a request of a shape, the parties make the next
+/// batches' material in the background; later requests of that shape use it (no dealer round
+/// trip inside the request: fewer rounds) and still answer exactly.
+#[test]
+fn material_made_ahead_is_used_by_later_requests() {
+    use engine::nn::{Layer, ModelBounds, Sequential};
+    use engine::service::local::{LocalConfig, LocalDeployment};
+    let d = LocalDeployment::start(LocalConfig::default()).unwrap();
+    let model = Sequential::new(vec![
+        Layer::linear(
+            3,
+            4,
+            (0..12).map(|i| i as f64 / 10.0 - 0.5).collect(),
+            vec![0.1; 4],
+        )
+        .unwrap(),
+        Layer::ReLU,
+        Layer::linear(
+            4,
+            3,
+            (0..12).map(|i| 0.3 - i as f64 / 20.0).collect(),
+            vec![0.0; 3],
+        )
+        .unwrap(),
+    ])
+    .unwrap();
+    let x = [0.5, -1.0, 2.0, 1.5, 0.25, -0.75];
+    let plain: Vec<i64> = model
+        .forward_f64(&x, 2)
+        .unwrap()
+        .chunks(3)
+        .map(argmax)
+        .collect();
+    let mut owner = d.model_owner().unwrap();
+    owner
+        .upload(
+            "m",
+            &model,
+            &engine::FixedPoint::default(),
+            &ModelBounds::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+    let mut client = d.client().unwrap();
+    let first = client.classify("m", &x, Some(&[0, 1]), 2).unwrap();
+    assert_eq!(first.predictions, plain);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = client.classify("m", &x, Some(&[0, 1]), 2).unwrap();
+        assert_eq!(r.predictions, plain);
+        if r.stats.party_rounds[1] < first.stats.party_rounds[1] {
+            eprintln!(
+                "bob's rounds: {} on demand, {} with material made ahead",
+                first.stats.party_rounds[1], r.stats.party_rounds[1]
+            );
+            let count = owner.score(r.stats.request).unwrap();
+            let want = plain.iter().zip([0, 1]).filter(|(p, l)| **p == *l).count() as u64;
+            assert_eq!(count, want);
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "material made ahead was never used"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

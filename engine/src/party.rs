@@ -51,6 +51,9 @@ pub struct Party {
     backend: Arc<dyn Backend>,
     fixed: FixedPoint,
     dealer_seed: [u8; 32],
+    /// Whether `dealer_seed` was drawn by the dealer for this party object (a service party
+    /// that runs on preprocessed material only has none, and fetches nothing).
+    seeded: bool,
     next_stream: u64,
     queue: VecDeque<Prepared>,
     store: HashMap<u64, Share>,
@@ -201,24 +204,26 @@ impl Party {
     ) -> Result<Party> {
         net.meter().set_step("dealer");
         let seed = words_to_seed(&net.recv(PartyId::Dealer)?)?;
-        Ok(Party::with_seed(index, net, backend, fixed, seed))
+        Ok(Party::with_seed(index, net, backend, fixed, Some(seed)))
     }
 
     /// Set up party `index` with a dealer seed already received (a service joins each request
-    /// at the dealer itself).
+    /// at the dealer itself), or with none: then it runs on material queued with
+    /// [`Party::queue_prepared`] only, and any other material request is an error.
     pub(crate) fn with_seed(
         index: usize,
         net: Box<dyn Transport>,
         backend: Arc<dyn Backend>,
         fixed: FixedPoint,
-        seed: [u8; 32],
+        seed: Option<[u8; 32]>,
     ) -> Party {
         Party {
             index,
             net,
             backend,
             fixed,
-            dealer_seed: seed,
+            dealer_seed: seed.unwrap_or_default(),
+            seeded: seed.is_some(),
             next_stream: 0,
             queue: VecDeque::new(),
             store: HashMap::new(),
@@ -499,7 +504,7 @@ impl Party {
         if specs.is_empty() {
             return Ok(Vec::new());
         }
-        let first = self.reserve_streams(specs.len());
+        let first = self.reserve_streams(specs.len())?;
         let corrections = if self.index == 1 {
             Some(request_corrections(self.net.as_mut(), first, specs)?)
         } else {
@@ -510,16 +515,26 @@ impl Party {
     }
 
     /// Take the next `count` on-demand stream numbers (both parties advance in lock-step).
-    pub(crate) fn reserve_streams(&mut self, count: usize) -> u64 {
+    pub(crate) fn reserve_streams(&mut self, count: usize) -> Result<u64> {
+        if !self.seeded {
+            return Err(EngineError::Protocol(
+                "this request runs on preprocessed material only and has no dealer seed".into(),
+            ));
+        }
         let first = self.next_stream;
         self.next_stream += count as u64;
-        first
+        Ok(first)
+    }
+
+    /// Take the queued material out (a service keeps it for a later request).
+    pub(crate) fn take_prepared(&mut self) -> Vec<Prepared> {
+        self.queue.drain(..).collect()
     }
 
     /// Send bob's request for `specs` (which must have no derived parts, e.g. fixed masks) on
     /// stream numbers reserved now, and return the first; alice only reserves the numbers.
     pub(crate) fn announce(&mut self, specs: &[MaterialSpec]) -> Result<u64> {
-        let first = self.reserve_streams(specs.len());
+        let first = self.reserve_streams(specs.len())?;
         if self.index == 1 {
             request_corrections(self.net.as_mut(), first, specs)?;
         }

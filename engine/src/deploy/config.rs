@@ -22,6 +22,7 @@
 //! timeout_secs = 30             # connect, handshake and read timeout; heartbeats every third
 //! max_frame_mib = 1024
 //! max_requests = 32             # requests a party runs at once ("busy" past it)
+//! pool = 2                      # batches of material made ahead per model and batch shape
 //! ```
 
 use std::collections::BTreeSet;
@@ -65,6 +66,14 @@ pub struct Limits {
     /// Requests a party runs at once; past it a data owner gets a "busy" error (1..=4096).
     #[serde(default = "default_max_requests")]
     pub max_requests: usize,
+    /// Batches of preprocessed material the parties keep ready per model and batch shape,
+    /// made in the background after a request of that shape (0..=64; 0: all on demand).
+    #[serde(default = "default_pool")]
+    pub pool: usize,
+}
+
+fn default_pool() -> usize {
+    2
 }
 
 fn default_max_requests() -> usize {
@@ -85,6 +94,7 @@ impl Default for Limits {
             timeout_secs: default_timeout_secs(),
             max_frame_mib: default_max_frame_mib(),
             max_requests: default_max_requests(),
+            pool: default_pool(),
         }
     }
 }
@@ -236,6 +246,12 @@ impl Deployment {
             return Err(invalid(format!(
                 "limits.max_frame_mib = {} is outside 1..=65536",
                 l.max_frame_mib
+            )));
+        }
+        if l.pool > 64 {
+            return Err(invalid(format!(
+                "limits.pool = {} is outside 0..=64",
+                l.pool
             )));
         }
         if !(1..=4096).contains(&l.max_requests) {

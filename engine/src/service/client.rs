@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::time::Instant;
 
-use rand_core::{RngCore, SeedableRng};
+use rand_core::SeedableRng;
 
 use crate::dealer::MaterialRng;
 use crate::deploy::Role;
@@ -22,7 +22,9 @@ use crate::nn::range::{check_inputs, ModelBounds};
 use crate::nn::source::ModelSource;
 use crate::owner::DataOwner;
 use crate::service::net::Net;
-use crate::service::wire::{decode, encode, ModelInfo, Reply, Request, REPLY_STEP, REQUEST_STEP};
+use crate::service::wire::{
+    decode, encode, fresh_id, ModelInfo, Reply, Request, REPLY_STEP, REQUEST_STEP,
+};
 use crate::transport::{Link, PartyId, StreamTransport, Transport};
 
 /// What a request cost, as the data owner saw it.
@@ -58,15 +60,6 @@ pub struct RemoteOwner {
     net: Net,
     links: Option<(Link, Link)>,
     infos: HashMap<String, ModelInfo>,
-}
-
-fn fresh_id() -> u64 {
-    loop {
-        let id = rand_core::OsRng.next_u64();
-        if id != 0 {
-            return id;
-        }
-    }
 }
 
 impl RemoteOwner {

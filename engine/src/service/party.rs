@@ -10,7 +10,7 @@
 //! the public masked weights, with the model's plan and owner, written atomically and
 //! checksummed ([`crate::service::store`]); all are loaded (and checked) at start-up.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,14 +28,14 @@ use crate::fixed::FixedPoint;
 use crate::nn::classify::{batch_specs, BatchStep};
 use crate::nn::plan::ModelPlan;
 use crate::nn::shared::SharedModel;
-use crate::party::{Party, WeightShares};
+use crate::party::{Party, Prepared, WeightShares};
 use crate::protocols::matmul::block_rows;
 use crate::service::dealer::{DEALER_STEP, OP_END};
 use crate::service::net::{LinkPool, Listener, Net};
 use crate::service::store::{RecordReader, RecordWriter};
 use crate::service::wire::{
-    decode, digest, encode, DealerEnd, DealerJoin, JoinKind, ModelInfo, PeerJoin, Reply, Request,
-    JOIN_STEP, REPLY_STEP, REQUEST_STEP,
+    decode, digest, encode, fresh_id, DealerEnd, DealerJoin, JoinAnswer, JoinKind, ModelInfo,
+    PeerJoin, PrepareJob, Reply, Request, JOIN_STEP, REPLY_STEP, REQUEST_STEP,
 };
 use crate::transport::{step_code, Envelope, Link, PartyId, StreamTransport, Transport};
 
@@ -57,6 +57,9 @@ struct ModelMeta {
     plan: ModelPlan,
     /// Store ids of each layer (`[weight, fixed operand, bias]` for layers with parameters).
     ids: Vec<Vec<u64>>,
+    /// The upload's request id: material made for this model is never used with another
+    /// model uploaded later under the same name.
+    uid: u64,
 }
 
 impl ModelMeta {
@@ -87,6 +90,18 @@ const SCORE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(7 * 2
 /// Correct counts kept at most (the oldest are dropped first).
 const MAX_SCORES: usize = 1 << 20;
 
+/// One batch's dealer material, made by both parties together ahead of a request (each holds
+/// its own half, under the same id).
+struct PreparedEntry {
+    items: Vec<Prepared>,
+    made: Instant,
+}
+
+/// Preprocessed material older than this is dropped unused.
+const PREPARED_LIFETIME: std::time::Duration = std::time::Duration::from_secs(3600);
+/// Bob holds at most this many entries (the oldest are dropped first).
+const MAX_HELD: usize = 1024;
+
 /// Alice's joins that reached bob, and bob's requests waiting for them.
 #[derive(Default)]
 struct Rendezvous {
@@ -108,6 +123,12 @@ pub struct PartyService {
     peer_pool: LinkPool,
     dealer_pool: LinkPool,
     rendezvous: Mutex<Rendezvous>,
+    /// Alice: preprocessed material ready per batch shape, by id.
+    ready: Mutex<HashMap<PrepareJob, VecDeque<(u64, PreparedEntry)>>>,
+    /// Alice: the shapes whose material is being made now.
+    producing: Mutex<HashSet<PrepareJob>>,
+    /// Bob: his halves of preprocessed material, by id.
+    held: Mutex<HashMap<u64, (PrepareJob, PreparedEntry)>>,
 }
 
 fn poisoned() -> EngineError {
@@ -172,6 +193,9 @@ impl PartyService {
             peer_pool: LinkPool::new(Role::Bob),
             dealer_pool: LinkPool::new(Role::Dealer),
             rendezvous: Mutex::new(Rendezvous::default()),
+            ready: Mutex::new(HashMap::new()),
+            producing: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashMap::new()),
         };
         let entries = std::fs::read_dir(dir)
             .map_err(|e| EngineError::Invalid(format!("{}: {e}", dir.display())))?;
@@ -466,7 +490,7 @@ impl PartyService {
             Ok(m)
         });
         let m = self.checked_or_cancel(net.request(), checked)?;
-        self.join_peer(net.request(), digest, net)?;
+        self.join_peer(net.request(), digest, &[], net)?;
         if self.index == 1 {
             let join = DealerJoin {
                 request: net.request(),
@@ -507,6 +531,12 @@ impl PartyService {
             }
         }
         self.models.write().map_err(|_| poisoned())?.remove(name);
+        if let Ok(mut r) = self.ready.lock() {
+            r.retain(|job, _| job.model != name);
+        }
+        if let Ok(mut h) = self.held.lock() {
+            h.retain(|_, (job, _)| job.model != name);
+        }
         let path = self.record_path(name);
         std::fs::remove_file(&path)
             .map_err(|e| EngineError::Invalid(format!("{}: {e}", path.display())))?;
@@ -518,66 +548,85 @@ impl PartyService {
     // ---- joining the peer and the dealer ----
 
     /// Join request `request` with the other party: alice sends bob her join on a link from
-    /// her pool; bob waits for it and checks that alice received the same request.
-    fn join_peer(&self, request: u64, digest: &[u8], net: &mut StreamTransport) -> Result<()> {
+    /// her pool, offering per batch the preprocessed material she holds (`offered`); bob waits
+    /// for it, checks that alice received the same request and takes his halves of the offered
+    /// material. Returns, per batch, the material both hold (bob's halves on bob; on alice only
+    /// the flags, as `None`s where bob lacks his half).
+    fn join_peer(
+        &self,
+        request: u64,
+        digest: &[u8],
+        offered: &[Option<u64>],
+        net: &mut StreamTransport,
+    ) -> Result<(Vec<bool>, Vec<Option<PreparedEntry>>)> {
         net.meter().set_step(JOIN_STEP);
         if self.index == 1 {
             let (join, link) = self.await_peer(request)?;
             net.resume_link(PartyId::Alice, link, 0, 1);
-            let reply = if join.digest.is_empty() {
-                Reply::Failed {
-                    reason: "alice refused the request".into(),
-                }
-            } else if join.digest == digest {
-                Reply::Done {
-                    share: None,
-                    models: Vec::new(),
-                    rounds: 0,
-                    messages: 0,
-                    bytes: 0,
-                }
+            let refused = if join.digest.is_empty() {
+                Some("alice refused the request".to_string())
+            } else if join.digest != digest {
+                Some("alice and bob received different requests".to_string())
             } else {
-                Reply::Failed {
-                    reason: "alice and bob received different requests".into(),
-                }
+                None
             };
-            let ok = matches!(reply, Reply::Done { .. });
-            net.send(PartyId::Alice, encode(&reply))?;
-            if !ok {
+            let held: Vec<Option<PreparedEntry>> = match refused {
+                None => join
+                    .prepared
+                    .iter()
+                    .map(|id| id.and_then(|id| self.take_held(id)))
+                    .collect(),
+                Some(_) => Vec::new(),
+            };
+            let have: Vec<bool> = held.iter().map(Option::is_some).collect();
+            net.send(
+                PartyId::Alice,
+                encode(&JoinAnswer {
+                    refused: refused.clone(),
+                    have: have.clone(),
+                }),
+            )?;
+            if let Some(why) = refused {
                 return Err(EngineError::PartyFailed {
                     party: PartyId::Alice,
-                    detail: if join.digest.is_empty() {
-                        format!("alice refused request {request}")
-                    } else {
-                        format!("request {request}: alice received another request than bob")
-                    },
+                    detail: format!("request {request}: {why}"),
                 });
             }
-            return Ok(());
+            return Ok((have, held));
         }
         let join = encode(&PeerJoin {
             request,
             digest: digest.to_vec(),
+            prepared: offered.to_vec(),
+            prepare: None,
         });
+        let answer = self.peer_round(net, join)?;
+        if let Some(reason) = answer.refused {
+            return Err(EngineError::PartyFailed {
+                party: PartyId::Bob,
+                detail: reason,
+            });
+        }
+        if answer.have.len() != offered.len() {
+            return Err(EngineError::Protocol(format!(
+                "bob answered for {} batches, alice offered {}",
+                answer.have.len(),
+                offered.len()
+            )));
+        }
+        Ok((answer.have, Vec::new()))
+    }
+
+    /// Alice: send a join to bob on a link from her pool and read his answer; a pooled link
+    /// that died while idle (bob restarted) is replaced once.
+    fn peer_round(&self, net: &mut StreamTransport, join: Vec<u64>) -> Result<JoinAnswer> {
+        net.meter().set_step(JOIN_STEP);
         for attempt in 0..2 {
             let (link, reused) = self.peer_pool.get(&self.net)?;
             net.add_link(PartyId::Bob, link);
             net.send(PartyId::Bob, join.clone())?;
             match net.recv(PartyId::Bob) {
-                Ok(m) => {
-                    return match decode::<Reply>(&m, "join reply")? {
-                        Reply::Done { .. } => Ok(()),
-                        Reply::Failed { reason } => Err(EngineError::PartyFailed {
-                            party: PartyId::Bob,
-                            detail: reason,
-                        }),
-                        Reply::Busy { .. } => Err(EngineError::PartyFailed {
-                            party: PartyId::Bob,
-                            detail: "busy".into(),
-                        }),
-                    }
-                }
-                // A pooled link may have died while idle (bob restarted): retry once.
+                Ok(m) => return decode::<JoinAnswer>(&m, "join answer"),
                 Err(EngineError::Disconnected { .. }) if reused && attempt == 0 => {
                     net.take_link(PartyId::Bob);
                 }
@@ -617,6 +666,8 @@ impl PartyService {
                         encode(&PeerJoin {
                             request,
                             digest: Vec::new(),
+                            prepared: Vec::new(),
+                            prepare: None,
                         }),
                     );
                     // Dropping the link flushes the join and closes it.
@@ -669,8 +720,9 @@ impl PartyService {
         net.meter().set_step(JOIN_STEP);
         let _ = net.send(
             PartyId::Alice,
-            encode(&Reply::Failed {
-                reason: format!("bob refused request {request} ({why})"),
+            encode(&JoinAnswer {
+                refused: Some(format!("bob refused request {request} ({why})")),
+                have: Vec::new(),
             }),
         );
         if let Some(l) = net.take_link(PartyId::Alice) {
@@ -700,6 +752,10 @@ impl PartyService {
                 return;
             }
         };
+        if let Some(job) = join.prepare.clone() {
+            self.serve_prepare(join.request, job, link);
+            return;
+        }
         let request = join.request;
         let mut r = match self.rendezvous.lock() {
             Ok(r) => r,
@@ -763,6 +819,20 @@ impl PartyService {
         self.dealer_answer(net, join, reused)
     }
 
+    /// The dealer's answer to a join: this party's seed for the request.
+    fn seed_answer(
+        &self,
+        net: &mut StreamTransport,
+        join: &DealerJoin,
+        reused: bool,
+    ) -> Result<[u8; 32]> {
+        let reply = self.dealer_answer(net, join, reused)?;
+        match reply.split_first() {
+            Some((&STATUS_OK, seed)) => words_to_seed(seed),
+            _ => Err(dealer_refused(&reply)),
+        }
+    }
+
     /// Join the current request at the dealer and (while the dealer answers) the other party;
     /// returns this party's seed for the request.
     fn join_both(
@@ -781,12 +851,8 @@ impl PartyService {
             frac_bits,
         };
         let reused = self.send_join(net, &join)?;
-        self.join_peer(join.request, digest, net)?;
-        let reply = self.dealer_answer(net, &join, reused)?;
-        match reply.split_first() {
-            Some((&STATUS_OK, seed)) => words_to_seed(seed),
-            _ => Err(dealer_refused(&reply)),
-        }
+        self.join_peer(join.request, digest, &[], net)?;
+        self.seed_answer(net, &join, reused)
     }
 
     /// Bob: end the request at the dealer (committing an upload when `commit`).
@@ -841,7 +907,7 @@ impl PartyService {
         &self,
         net: &mut StreamTransport,
         fx: FixedPoint,
-        seed: [u8; 32],
+        seed: Option<[u8; 32]>,
         body: impl FnOnce(&mut Party) -> Result<R>,
     ) -> Result<R> {
         let taken = std::mem::replace(net, StreamTransport::new(self.me(), self.net.options()));
@@ -894,7 +960,7 @@ impl PartyService {
         let (owner, fx) = self.checked_or_cancel(request, checked)?;
         let seed = self.join_both(net, digest, name, JoinKind::Upload, plan.frac_bits)?;
         let owner_id = role.party_id();
-        let (layers, ids) = self.with_party(net, fx, seed, |p| {
+        let (layers, ids) = self.with_party(net, fx, Some(seed), |p| {
             let mut layers = Vec::new();
             let mut ids = Vec::new();
             for li in 0..plan.layers.len() {
@@ -916,6 +982,7 @@ impl PartyService {
                 owner: owner.clone(),
                 plan: plan.clone(),
                 ids,
+                uid: request,
             },
             model: plan.model(layers, &fx),
             weights,
@@ -1107,31 +1174,96 @@ impl PartyService {
             Ok((m, batch))
         })();
         let (m, batch) = self.checked_or_cancel(request, checked)?;
-        let seed = self.join_both(net, digest, name, JoinKind::Classify, m.meta.plan.frac_bits)?;
+        // Batches, and per batch the material made ahead that alice offers.
+        let sizes: Vec<usize> = (0..rows)
+            .step_by(batch as usize)
+            .map(|lo| (rows - lo).min(batch) as usize)
+            .collect();
+        let job = |r: usize| PrepareJob {
+            model: name.to_string(),
+            uid: m.meta.uid,
+            rows: r as u64,
+            labels,
+        };
+        let mut mine: Vec<Option<(u64, PreparedEntry)>> = if self.index == 0 {
+            sizes.iter().map(|&r| self.pop_ready(&job(r))).collect()
+        } else {
+            Vec::new()
+        };
+        let offered: Vec<Option<u64>> = mine.iter().map(|e| e.as_ref().map(|x| x.0)).collect();
+        let dealer_join = DealerJoin {
+            request,
+            party: self.index as u8,
+            model: name.to_string(),
+            kind: JoinKind::Classify,
+            frac_bits: m.meta.plan.frac_bits,
+        };
+        // Alice joins the dealer at once when she lacks material for a batch.
+        let early = if self.index == 0 && offered.iter().any(Option::is_none) {
+            Some(self.send_join(net, &dealer_join)?)
+        } else {
+            None
+        };
+        let (have, bobs) = self.join_peer(request, digest, &offered, net)?;
+        let mut entries: Vec<Option<PreparedEntry>> = if self.index == 0 {
+            mine.iter_mut()
+                .zip(&have)
+                .map(|(e, &h)| e.take().filter(|_| h).map(|x| x.1))
+                .collect()
+        } else {
+            bobs
+        };
+        entries.resize_with(sizes.len(), || None);
+        tracing::debug!(
+            me = %self.net.me(),
+            request,
+            ahead = entries.iter().filter(|e| e.is_some()).count(),
+            batches = sizes.len(),
+            "batches with material made ahead"
+        );
+        let seed = if entries.iter().any(Option::is_none) {
+            let reused = match early {
+                Some(r) => r,
+                None => self.send_join(net, &dealer_join)?,
+            };
+            Some(self.seed_answer(net, &dealer_join, reused)?)
+        } else {
+            None
+        };
         let frac = m.fx.frac_bits();
         let share = self.with_party(net, m.fx, seed, |p| {
             for w in &m.weights {
                 p.install_weight_shares(w);
             }
             let mut acc = None;
-            let mut lo = 0u64;
-            while lo < rows {
-                let rows_here = (rows - lo).min(batch) as usize;
+            for (entry, &rows_here) in entries.iter_mut().zip(&sizes) {
+                let specs = match entry.take() {
+                    Some(e) => {
+                        p.queue_prepared(e.items);
+                        Vec::new()
+                    }
+                    None => batch_specs(&m.model, rows_here, labels, frac),
+                };
                 let step = BatchStep {
                     rows: rows_here,
                     labels,
                     reveal: true,
                     acc,
                 };
-                let specs = batch_specs(&m.model, rows_here, labels, frac);
                 acc = step.run(p, &m.model, None, &specs)?.0;
-                lo += rows_here as u64;
             }
             match acc {
                 Some(id) => Ok(Some(p.own_words(&p.kept(id)?)?[0])),
                 None => Ok(None),
             }
         })?;
+        if self.index == 0 {
+            let mut shapes = sizes.clone();
+            shapes.dedup();
+            for r in shapes {
+                self.refill(job(r));
+            }
+        }
         if let Some(share) = share {
             let mut scores = self.scores.lock().map_err(|_| poisoned())?;
             scores.retain(|_, s| s.since.elapsed() < SCORE_LIFETIME);
@@ -1153,6 +1285,232 @@ impl PartyService {
         self.release_peer(net);
         self.end_dealer_later(net);
         Ok(())
+    }
+
+    // ---- material made ahead of requests ----
+
+    /// Alice: the oldest ready material for `job`, if any (expired entries are dropped).
+    fn pop_ready(&self, job: &PrepareJob) -> Option<(u64, PreparedEntry)> {
+        let mut ready = self.ready.lock().ok()?;
+        let q = ready.get_mut(job)?;
+        while let Some((id, e)) = q.pop_front() {
+            if e.made.elapsed() < PREPARED_LIFETIME {
+                return Some((id, e));
+            }
+        }
+        None
+    }
+
+    /// Bob: take his half of material `id`, if he holds it.
+    fn take_held(&self, id: u64) -> Option<PreparedEntry> {
+        let (_, e) = self.held.lock().ok()?.remove(&id)?;
+        (e.made.elapsed() < PREPARED_LIFETIME).then_some(e)
+    }
+
+    /// Alice: make material for `job` in the background until `limits.pool` entries are
+    /// ready (one producer per shape; nothing when the pool size is 0).
+    fn refill(self: &Arc<Self>, job: PrepareJob) {
+        let target = self.net.deployment().limits.pool;
+        if target == 0
+            || !self
+                .producing
+                .lock()
+                .is_ok_and(|mut p| p.insert(job.clone()))
+        {
+            return;
+        }
+        let me = self.clone();
+        let mine = job.clone();
+        let spawned = std::thread::Builder::new()
+            .name("party-prepare".into())
+            .spawn(move || {
+                let job = mine;
+                loop {
+                    let have = me
+                        .ready
+                        .lock()
+                        .map(|r| r.get(&job).map_or(0, |q| q.len()))
+                        .unwrap_or(usize::MAX);
+                    if have >= target {
+                        break;
+                    }
+                    match me.prepare(&job) {
+                        Ok((id, entry)) => {
+                            if let Ok(mut r) = me.ready.lock() {
+                                r.entry(job.clone()).or_default().push_back((id, entry));
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(model = %job.model, rows = job.rows, error = %e, "could not make material ahead");
+                            break;
+                        }
+                    }
+                }
+                if let Ok(mut p) = me.producing.lock() {
+                    p.remove(&job);
+                }
+            });
+        if spawned.is_err() {
+            if let Ok(mut p) = self.producing.lock() {
+                p.remove(&job);
+            }
+        }
+    }
+
+    /// Alice: make one batch's material for `job` with bob and the dealer (a request of its
+    /// own, whose id names the material).
+    fn prepare(self: &Arc<Self>, job: &PrepareJob) -> Result<(u64, PreparedEntry)> {
+        let m = self.model(&job.model)?;
+        if m.meta.uid != job.uid {
+            return Err(EngineError::Invalid(format!(
+                "model '{}' was replaced",
+                job.model
+            )));
+        }
+        let request = fresh_id();
+        let mut net = StreamTransport::new(self.me(), self.net.options());
+        net.set_request(request);
+        let dealer_join = DealerJoin {
+            request,
+            party: 0,
+            model: job.model.clone(),
+            kind: JoinKind::Classify,
+            frac_bits: m.meta.plan.frac_bits,
+        };
+        let reused = self.send_join(&mut net, &dealer_join)?;
+        let answer = self.peer_round(
+            &mut net,
+            encode(&PeerJoin {
+                request,
+                digest: Vec::new(),
+                prepared: Vec::new(),
+                prepare: Some(job.clone()),
+            }),
+        )?;
+        if let Some(reason) = answer.refused {
+            return Err(EngineError::PartyFailed {
+                party: PartyId::Bob,
+                detail: reason,
+            });
+        }
+        let seed = self.seed_answer(&mut net, &dealer_join, reused)?;
+        let items = self.make_material(&mut net, &m, job, seed)?;
+        // Bob confirms he stored his half.
+        net.meter().set_step("commit");
+        if net.recv(PartyId::Bob)?.first() != Some(&STATUS_OK) {
+            return Err(EngineError::PartyFailed {
+                party: PartyId::Bob,
+                detail: "could not keep the material".into(),
+            });
+        }
+        self.release(&mut net);
+        Ok((
+            request,
+            PreparedEntry {
+                items,
+                made: Instant::now(),
+            },
+        ))
+    }
+
+    /// Both parties: run the preprocessing of one batch of `job` and take the material out.
+    fn make_material(
+        &self,
+        net: &mut StreamTransport,
+        m: &ServedModel,
+        job: &PrepareJob,
+        seed: [u8; 32],
+    ) -> Result<Vec<Prepared>> {
+        let specs = batch_specs(&m.model, job.rows as usize, job.labels, m.fx.frac_bits());
+        self.with_party(net, m.fx, Some(seed), |p| {
+            for w in &m.weights {
+                p.install_weight_shares(w);
+            }
+            p.preprocess(&specs)?;
+            Ok(p.take_prepared())
+        })
+    }
+
+    /// Bob: make material with alice for `job` under id `request`, on the link her join came
+    /// on, and keep his half.
+    fn serve_prepare(self: &Arc<Self>, request: u64, job: PrepareJob, link: Link) {
+        let mut net = StreamTransport::new(PartyId::Bob, self.net.options());
+        net.set_request(request);
+        net.resume_link(PartyId::Alice, link, 0, 1);
+        net.meter().set_step(JOIN_STEP);
+        let model = self.model(&job.model).and_then(|m| {
+            let rows_ok = job.rows >= 1
+                && job
+                    .rows
+                    .checked_mul(m.model.in_features() as u64)
+                    .is_some_and(|w| w + 16 <= self.net.options().max_frame_words);
+            if m.meta.uid == job.uid && rows_ok {
+                Ok(m)
+            } else {
+                Err(EngineError::Invalid(format!(
+                    "no model '{}' of that upload, or no such batch",
+                    job.model
+                )))
+            }
+        });
+        let answer = JoinAnswer {
+            refused: model.as_ref().err().map(|e| e.to_string()),
+            have: Vec::new(),
+        };
+        if net.send(PartyId::Alice, encode(&answer)).is_err() {
+            return;
+        }
+        let Ok(m) = model else {
+            if let Some(l) = net.take_link(PartyId::Alice) {
+                self.spawn_peer_link(l);
+            }
+            return;
+        };
+        let made = (|| -> Result<Vec<Prepared>> {
+            let join = DealerJoin {
+                request,
+                party: 1,
+                model: job.model.clone(),
+                kind: JoinKind::Classify,
+                frac_bits: m.meta.plan.frac_bits,
+            };
+            let seed = {
+                let reused = self.send_join(&mut net, &join)?;
+                self.seed_answer(&mut net, &join, reused)?
+            };
+            let items = self.make_material(&mut net, &m, &job, seed)?;
+            self.end_dealer(&mut net, false, "")?;
+            Ok(items)
+        })();
+        match made {
+            Ok(items) => {
+                if let Ok(mut h) = self.held.lock() {
+                    h.retain(|_, (_, e)| e.made.elapsed() < PREPARED_LIFETIME);
+                    if h.len() >= MAX_HELD {
+                        if let Some(oldest) =
+                            h.iter().min_by_key(|(_, (_, e))| e.made).map(|(k, _)| *k)
+                        {
+                            h.remove(&oldest);
+                        }
+                    }
+                    h.insert(
+                        request,
+                        (
+                            job,
+                            PreparedEntry {
+                                items,
+                                made: Instant::now(),
+                            },
+                        ),
+                    );
+                }
+                net.meter().set_step("commit");
+                if net.send(PartyId::Alice, vec![STATUS_OK]).is_ok() {
+                    self.release(&mut net);
+                }
+            }
+            Err(e) => tracing::warn!(request, error = %e, "bob: could not make material ahead"),
+        }
     }
 
     /// Bob: end a classify request at the dealer after the reply to the owner is out (nothing

@@ -168,8 +168,37 @@ impl Reply {
 pub struct PeerJoin {
     /// The request id.
     pub request: u64,
-    /// SHA-256 of the request as alice received it (bob checks his copy matches).
+    /// SHA-256 of the request as alice received it (bob checks his copy matches); empty when
+    /// alice refuses the request.
     pub digest: Vec<u8>,
+    /// For a classify request: per batch, the id of the preprocessed material alice offers to
+    /// use (both parties made it together earlier), if any.
+    pub prepared: Vec<Option<u64>>,
+    /// Instead of a data owner's request: make preprocessed material together for later
+    /// requests of this shape (the request id is the material's id).
+    pub prepare: Option<PrepareJob>,
+}
+
+/// Material for one batch shape of one model, made ahead of requests.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PrepareJob {
+    /// The model's name.
+    pub model: String,
+    /// The model's upload id (material of a deleted and re-uploaded model is never used).
+    pub uid: u64,
+    /// Rows in the batch.
+    pub rows: u64,
+    /// Whether the batch has labels.
+    pub labels: bool,
+}
+
+/// Bob's answer to alice's join.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JoinAnswer {
+    /// Why bob will not run the request, if he will not.
+    pub refused: Option<String>,
+    /// Per batch, whether bob holds the preprocessed material alice offered.
+    pub have: Vec<bool>,
 }
 
 /// What a party sends the dealer to get its seed for a request.
@@ -245,6 +274,17 @@ pub fn decode<T: DeserializeOwned>(words: &[u64], what: &str) -> Result<T> {
         return Err(bad("big-endian hosts are not supported".into()));
     }
     serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))
+}
+
+/// A fresh random request id (never 0), from the operating system.
+pub fn fresh_id() -> u64 {
+    use rand_core::RngCore;
+    loop {
+        let id = rand_core::OsRng.next_u64();
+        if id != 0 {
+            return id;
+        }
+    }
 }
 
 /// SHA-256 of a message's words (alice and bob compare the request they each received).
