@@ -194,6 +194,36 @@ fn upload_classify_score_restart_delete() {
     }
     assert!(json_field(&clinic, "party_rounds")[0].as_u64().unwrap() > 0);
 
+    // Two uploads of one name at once: one wins, the other is refused, and the winner's
+    // records survive a restart.
+    let model_path = data("digits_cnn.onnx").display().to_string();
+    let twins: Vec<_> = (0..2)
+        .map(|_| {
+            c.owner_command(&[
+                "upload",
+                "--model",
+                &model_path,
+                "--name",
+                "twin",
+                "--as",
+                "hospital",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let ok = twins
+        .into_iter()
+        .map(|t| t.wait_with_output().unwrap().status.success())
+        .filter(|&s| s)
+        .count();
+    assert_eq!(
+        ok, 1,
+        "exactly one of two concurrent uploads of a name succeeds"
+    );
+
     // Restart both parties and the dealer: the model is served again without a new upload.
     for who in ["alice", "bob", "dealer"] {
         c.kill(who);
@@ -201,6 +231,8 @@ fn upload_classify_score_restart_delete() {
     }
     classify_remote(&c, "clinic", "digits", "d", "p_after.npy");
     assert_eq!(read_preds(&c, "p_after.npy"), plain);
+    let listed = c.owner_ok(&["models", "--as", "hospital"]);
+    assert!(listed.contains("twin  owner hospital"), "{listed}");
 
     // A second upload under the same name is refused; deletion removes it everywhere.
     let again = c.owner(&[
@@ -219,9 +251,11 @@ fn upload_classify_score_restart_delete() {
         .contains("digits"));
     let e = c.owner(&["models", "--delete", "digits", "--as", "hospital"]);
     assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
-    assert!(c
-        .owner_ok(&["models", "--as", "hospital"])
-        .contains("no models are served"));
+    let listed = c.owner_ok(&["models", "--as", "hospital"]);
+    assert!(
+        !listed.contains("digits ") && listed.contains("twin "),
+        "{listed}"
+    );
     let gone = c.owner(&[
         "classify", "--remote", "digits", "--input", "d_x.npy", "--as", "clinic",
     ]);

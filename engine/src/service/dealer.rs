@@ -37,7 +37,7 @@ pub(crate) const OP_END: u64 = 4;
 pub(crate) const DEALER_STEP: &str = "dealer";
 const RECORD_KIND: &[u8; 8] = b"dealer\0\0";
 /// Pending joins kept at most (a request whose second party never joins expires).
-const MAX_PENDING: usize = 4096;
+const MAX_PENDING: usize = 1 << 16;
 
 /// What the dealer persists for an uploaded model.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,7 +65,7 @@ struct Pending {
 
 /// The dealer service (see the module documentation).
 pub struct DealerService {
-    net: Net,
+    net: Arc<Net>,
     dir: PathBuf,
     models: RwLock<HashMap<String, Arc<DealerModel>>>,
     pending: Mutex<HashMap<u64, Pending>>,
@@ -101,7 +101,7 @@ impl DealerService {
             models.insert(record.name.clone(), Arc::new(DealerModel { record, masks }));
         }
         Ok(Arc::new(DealerService {
-            net,
+            net: Arc::new(net),
             dir: dir.to_path_buf(),
             models: RwLock::new(models),
             pending: Mutex::new(HashMap::new()),
@@ -138,15 +138,10 @@ impl DealerService {
                 break;
             }
             let me = self.clone();
-            std::thread::Builder::new()
-                .name("dealer-conn".into())
-                .spawn(
-                    move || match me.net.accept(stream, &[Role::Alice, Role::Bob]) {
-                        Ok((role, link)) => me.serve_link(role.party_id(), link),
-                        Err(e) => tracing::warn!(error = %e, "dealer: connection refused"),
-                    },
-                )
-                .map_err(|e| EngineError::Invalid(format!("cannot spawn a thread: {e}")))?;
+            self.net
+                .admit_on_thread(stream, vec![Role::Alice, Role::Bob], move |role, link| {
+                    me.serve_link(role.party_id(), link)
+                });
         }
         Ok(())
     }
@@ -155,7 +150,7 @@ impl DealerService {
     fn serve_link(&self, party: PartyId, mut link: Link) {
         let options = self.net.options();
         loop {
-            let (env, msg) = match link.recv(PartyId::Dealer, party, &options) {
+            let (env, msg) = match link.recv(PartyId::Dealer, party, &self.net.idle_options()) {
                 Ok(m) => m,
                 Err(EngineError::Disconnected { .. }) => return,
                 Err(e) => {
@@ -273,6 +268,7 @@ impl DealerService {
         join: DealerJoin,
     ) -> Result<(DealerJoin, [[u8; 32]; 2], Arc<RwLock<FixedMasks>>)> {
         let refuse = |m: String| Err(EngineError::Protocol(m));
+        crate::service::party::check_model_name(&join.model)?;
         if join.request != request || usize::from(join.party) != party_index(party) {
             return refuse(format!(
                 "join for request {} as party {} on {party}'s link for request {request}",
@@ -286,9 +282,10 @@ impl DealerService {
             .get(&join.model)
             .cloned();
         match (&join.kind, &model) {
-            (JoinKind::Upload, Some(_)) => {
-                return refuse(format!("model '{}' already exists", join.model))
-            }
+            // A record the parties lack (an upload whose commit failed after the dealer kept
+            // it) is replaced by the next upload of the name by the same owner (checked at
+            // commit); the parties refuse an upload of a name they serve before it gets here.
+            (JoinKind::Upload, Some(_)) => {}
             (JoinKind::Classify, None) => return refuse(format!("no model '{}' here", join.model)),
             (JoinKind::Classify, Some(m)) if m.record.frac_bits != join.frac_bits => {
                 return refuse(format!(
@@ -308,7 +305,8 @@ impl DealerService {
             .pending
             .lock()
             .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?;
-        let expiry = self.net.options().timeout * 20;
+        // A party joins at most a timeout after the other (it waits that long for its peer).
+        let expiry = self.net.options().timeout * 2;
         pending.retain(|_, p| p.since.elapsed() < expiry);
         let i = party_index(party);
         if let Some(p) = pending.get_mut(&request) {
@@ -344,9 +342,9 @@ impl DealerService {
                 rng.fill_bytes(s);
             }
         }
-        let masks = match &model {
-            Some(m) => m.masks.clone(),
-            None => Arc::new(RwLock::new(FixedMasks::default())),
+        let masks = match (&model, join.kind) {
+            (Some(m), JoinKind::Classify) => m.masks.clone(),
+            _ => Arc::new(RwLock::new(FixedMasks::default())),
         };
         let mut joined = [false; 2];
         joined[i] = true;
@@ -391,11 +389,14 @@ impl DealerService {
             .models
             .write()
             .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?;
-        if models.contains_key(&join.model) {
-            return Err(EngineError::Protocol(format!(
-                "model '{}' already exists",
-                join.model
-            )));
+        if let Some(old) = models.get(&join.model) {
+            if old.record.owner != record.owner {
+                return Err(EngineError::Protocol(format!(
+                    "model '{}' exists, owned by '{}'",
+                    join.model, old.record.owner
+                )));
+            }
+            tracing::warn!(model = %join.model, "dealer: replacing a record the parties lacked");
         }
         let mut w = RecordWriter::create(&self.record_path(&join.model), RECORD_KIND)?;
         w.bytes(&serde_json::to_vec(&record).expect("records serialise"))?;

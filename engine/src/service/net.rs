@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
@@ -120,7 +121,13 @@ pub struct Net {
     me: Role,
     security: Security,
     options: StreamOptions,
+    /// Connections accepted and not yet authenticated.
+    admitting: Arc<AtomicUsize>,
 }
+
+/// Connections a service authenticates at once; past this, new ones are closed unread (a flood
+/// of unauthenticated connections cannot exhaust threads).
+pub const MAX_ADMITTING: usize = 256;
 
 impl Net {
     /// The endpoint of `me` in `deployment`, with its credentials from `keys` (written by
@@ -157,6 +164,7 @@ impl Net {
             me,
             security,
             options,
+            admitting: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -191,6 +199,15 @@ impl Net {
     /// Timeouts and frame limit of every link.
     pub fn options(&self) -> StreamOptions {
         self.options
+    }
+
+    /// The options of a wait for the next request on an idle link: heartbeats keep it open
+    /// however long it stays idle (only inside a request is a silent peer given up).
+    pub fn idle_options(&self) -> StreamOptions {
+        StreamOptions {
+            max_wait: std::time::Duration::MAX,
+            ..self.options
+        }
     }
 
     /// Whether links are authenticated TLS.
@@ -282,7 +299,42 @@ impl Net {
         let stream = stream.ok_or_else(|| lost(last))?;
         match &self.security {
             Security::Tls(tls) => tls.connect(stream, peer, self.options.timeout),
-            _ => Link::tcp(stream, Some(self.options.heartbeat())).map_err(|e| lost(e.to_string())),
+            _ => stream
+                .set_write_timeout(Some(self.options.max_wait))
+                .and_then(|()| Link::tcp(stream, Some(self.options.heartbeat())))
+                .map_err(|e| lost(e.to_string())),
+        }
+    }
+
+    /// Admit `incoming` from one of `allowed` on a thread of its own and hand the
+    /// authenticated link to `serve` there. At most [`MAX_ADMITTING`] connections are being
+    /// authenticated at once; past that, or when no thread can be made, the connection is
+    /// closed and the refusal logged (the service keeps accepting).
+    pub fn admit_on_thread(
+        self: &Arc<Self>,
+        incoming: Incoming,
+        allowed: Vec<Role>,
+        serve: impl FnOnce(Role, Link) + Send + 'static,
+    ) {
+        if self.admitting.fetch_add(1, Ordering::SeqCst) >= MAX_ADMITTING {
+            self.admitting.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(me = %self.me, "too many connections being authenticated: one closed");
+            return;
+        }
+        let net = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("admit".into())
+            .spawn(move || {
+                let admitted = net.accept(incoming, &allowed);
+                net.admitting.fetch_sub(1, Ordering::SeqCst);
+                match admitted {
+                    Ok((role, link)) => serve(role, link),
+                    Err(e) => tracing::warn!(me = %net.me, error = %e, "connection refused"),
+                }
+            });
+        if let Err(e) = spawned {
+            self.admitting.fetch_sub(1, Ordering::SeqCst);
+            tracing::warn!(me = %self.me, error = %e, "cannot make a thread: connection closed");
         }
     }
 
@@ -304,9 +356,12 @@ impl Net {
             }
             _ => (
                 None,
-                Link::tcp(stream, Some(self.options.heartbeat())).map_err(|e| {
-                    EngineError::Protocol(format!("{}: connection from {addr}: {e}", self.me))
-                })?,
+                stream
+                    .set_write_timeout(Some(self.options.max_wait))
+                    .and_then(|()| Link::tcp(stream, Some(self.options.heartbeat())))
+                    .map_err(|e| {
+                        EngineError::Protocol(format!("{}: connection from {addr}: {e}", self.me))
+                    })?,
             ),
         };
         self.admit(link, cert_role, &addr, allowed)
@@ -322,7 +377,12 @@ impl Net {
     ) -> Result<(Role, Link)> {
         let me = self.me.party_id();
         let unknown = crate::transport::PartyId::Client;
-        let (env, msg) = link.recv(me, unknown, &self.options)?;
+        // The hello must come within one timeout (heartbeats do not extend it).
+        let hello_wait = StreamOptions {
+            max_wait: self.options.timeout,
+            ..self.options
+        };
+        let (env, msg) = link.recv(me, unknown, &hello_wait)?;
         let claimed: String = decode(&msg, "hello")?;
         let role = parse_role(&claimed);
         let expected = Envelope {

@@ -113,16 +113,18 @@ struct Rendezvous {
 /// A compute party's service (see the module documentation).
 pub struct PartyService {
     index: usize,
-    net: Net,
+    net: Arc<Net>,
     backend: Arc<dyn Backend>,
     dir: PathBuf,
     models: RwLock<HashMap<String, Arc<ServedModel>>>,
     scores: Mutex<HashMap<u64, Score>>,
-    seen: Mutex<HashSet<u64>>,
+    seen: Mutex<(HashSet<u64>, VecDeque<u64>)>,
     active: AtomicUsize,
     peer_pool: LinkPool,
     dealer_pool: LinkPool,
     rendezvous: Mutex<Rendezvous>,
+    /// Names an upload or a delete is working on now.
+    claimed: Mutex<HashSet<String>>,
     /// Alice: preprocessed material ready per batch shape, by id.
     ready: Mutex<HashMap<PrepareJob, VecDeque<(u64, PreparedEntry)>>>,
     /// Alice: the shapes whose material is being made now.
@@ -150,6 +152,20 @@ pub fn check_model_name(name: &str) -> Result<()> {
             "'{name}' is not a valid model name (1-64 letters, digits, '-', '_' or '.', not \
              starting with '.')"
         )))
+    }
+}
+
+/// A model name reserved by an upload or a delete in progress (released on drop).
+struct NameClaim<'a> {
+    names: &'a Mutex<HashSet<String>>,
+    name: String,
+}
+
+impl Drop for NameClaim<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut n) = self.names.lock() {
+            n.remove(&self.name);
+        }
     }
 }
 
@@ -183,16 +199,17 @@ impl PartyService {
             .map_err(|e| EngineError::Invalid(format!("{}: {e}", dir.display())))?;
         let svc = PartyService {
             index,
-            net,
+            net: Arc::new(net),
             backend,
             dir: dir.to_path_buf(),
             models: RwLock::new(HashMap::new()),
             scores: Mutex::new(HashMap::new()),
-            seen: Mutex::new(HashSet::new()),
+            seen: Mutex::new((HashSet::new(), VecDeque::new())),
             active: AtomicUsize::new(0),
             peer_pool: LinkPool::new(Role::Bob),
             dealer_pool: LinkPool::new(Role::Dealer),
             rendezvous: Mutex::new(Rendezvous::default()),
+            claimed: Mutex::new(HashSet::new()),
             ready: Mutex::new(HashMap::new()),
             producing: Mutex::new(HashSet::new()),
             held: Mutex::new(HashMap::new()),
@@ -257,15 +274,11 @@ impl PartyService {
                 break;
             }
             let me = self.clone();
-            let allowed = allowed.clone();
-            std::thread::Builder::new()
-                .name("party-conn".into())
-                .spawn(move || match me.net.accept(stream, &allowed) {
-                    Ok((Role::Alice, link)) => me.serve_peer_link(link),
-                    Ok((role, link)) => me.serve_owner(role, link),
-                    Err(e) => tracing::warn!(error = %e, "connection refused"),
-                })
-                .map_err(|e| EngineError::Invalid(format!("cannot spawn a thread: {e}")))?;
+            self.net
+                .admit_on_thread(stream, allowed.clone(), move |role, link| match role {
+                    Role::Alice => me.serve_peer_link(link),
+                    role => me.serve_owner(role, link),
+                });
         }
         Ok(())
     }
@@ -277,7 +290,7 @@ impl PartyService {
         let owner = role.party_id();
         let options = self.net.options();
         loop {
-            let (env, msg) = match link.recv(self.me(), owner, &options) {
+            let (env, msg) = match link.recv(self.me(), owner, &self.net.idle_options()) {
                 Ok(m) => m,
                 Err(EngineError::Disconnected { .. }) => return,
                 Err(e) => {
@@ -361,14 +374,22 @@ impl PartyService {
         digest: &[u8],
         net: &mut StreamTransport,
     ) -> (Reply, bool) {
+        // Ids of the last 2^20 requests are remembered (the oldest forgotten first).
         let fresh = self
             .seen
             .lock()
-            .map(|mut s| {
-                if s.len() > 1_000_000 {
-                    s.clear();
+            .map(|mut guard| {
+                let (set, order) = &mut *guard;
+                if !set.insert(request.id()) {
+                    return false;
                 }
-                s.insert(request.id())
+                order.push_back(request.id());
+                if order.len() > 1 << 20 {
+                    if let Some(old) = order.pop_front() {
+                        set.remove(&old);
+                    }
+                }
+                true
             })
             .unwrap_or(false);
         if !fresh {
@@ -441,6 +462,24 @@ impl PartyService {
         }
     }
 
+    /// Reserve `name` for an upload or a delete (refused while another one works on it).
+    fn claim_name(&self, name: &str) -> Result<NameClaim<'_>> {
+        if !self
+            .claimed
+            .lock()
+            .map_err(|_| poisoned())?
+            .insert(name.to_string())
+        {
+            return Err(EngineError::Invalid(format!(
+                "model '{name}' is being uploaded or deleted by another request"
+            )));
+        }
+        Ok(NameClaim {
+            names: &self.claimed,
+            name: name.to_string(),
+        })
+    }
+
     fn model(&self, name: &str) -> Result<Arc<ServedModel>> {
         self.models
             .read()
@@ -487,9 +526,9 @@ impl PartyService {
     ) -> Result<()> {
         let checked = self.model(name).and_then(|m| {
             self.check_owner(role, &m)?;
-            Ok(m)
+            Ok((m, self.claim_name(name)?))
         });
-        let m = self.checked_or_cancel(net.request(), checked)?;
+        let (m, _claim) = self.checked_or_cancel(net.request(), checked)?;
         self.join_peer(net.request(), digest, &[], net)?;
         if self.index == 1 {
             let join = DealerJoin {
@@ -621,19 +660,23 @@ impl PartyService {
     /// that died while idle (bob restarted) is replaced once.
     fn peer_round(&self, net: &mut StreamTransport, join: Vec<u64>) -> Result<JoinAnswer> {
         net.meter().set_step(JOIN_STEP);
-        for attempt in 0..2 {
-            let (link, reused) = self.peer_pool.get(&self.net)?;
-            net.add_link(PartyId::Bob, link);
-            net.send(PartyId::Bob, join.clone())?;
-            match net.recv(PartyId::Bob) {
+        let (link, mut reused) = self.peer_pool.get(&self.net)?;
+        net.add_link(PartyId::Bob, link);
+        loop {
+            let r = net
+                .send(PartyId::Bob, join.clone())
+                .and_then(|()| net.recv(PartyId::Bob));
+            match r {
                 Ok(m) => return decode::<JoinAnswer>(&m, "join answer"),
-                Err(EngineError::Disconnected { .. }) if reused && attempt == 0 => {
+                // A pooled link may have died while idle (bob restarted): use a new one.
+                Err(EngineError::Disconnected { .. }) if reused => {
                     net.take_link(PartyId::Bob);
+                    net.add_link(PartyId::Bob, self.net.connect(&Role::Bob)?);
+                    reused = false;
                 }
                 Err(e) => return Err(e),
             }
         }
-        unreachable!("the second attempt returns")
     }
 
     /// The outcome of a request's checks before the parties join: on a failure, alice tells bob
@@ -733,7 +776,7 @@ impl PartyService {
     /// Bob: read alice's joins on one link and hand each to the request it names.
     fn serve_peer_link(self: &Arc<Self>, mut link: Link) {
         let options = self.net.options();
-        let (env, msg) = match link.recv(PartyId::Bob, PartyId::Alice, &options) {
+        let (env, msg) = match link.recv(PartyId::Bob, PartyId::Alice, &self.net.idle_options()) {
             Ok(m) => m,
             Err(EngineError::Disconnected { .. }) => return,
             Err(e) => {
@@ -783,14 +826,22 @@ impl PartyService {
             .spawn(move || me.serve_peer_link(link));
     }
 
-    /// Send `join` to the dealer on a link from the pool; returns whether the link was reused
-    /// (see [`Self::dealer_answer`]).
+    /// Send `join` to the dealer on a link from the pool (a pooled link found closed is
+    /// replaced by a new connection); returns whether the link was reused (see
+    /// [`Self::dealer_answer`]).
     fn send_join(&self, net: &mut StreamTransport, join: &DealerJoin) -> Result<bool> {
         net.meter().set_step(DEALER_STEP);
         let (link, reused) = self.dealer_pool.get(&self.net)?;
         net.add_link(PartyId::Dealer, link);
-        net.send(PartyId::Dealer, encode(join))?;
-        Ok(reused)
+        match net.send(PartyId::Dealer, encode(join)) {
+            Err(EngineError::Disconnected { .. }) if reused => {
+                net.take_link(PartyId::Dealer);
+                net.add_link(PartyId::Dealer, self.net.connect(&Role::Dealer)?);
+                net.send(PartyId::Dealer, encode(join))?;
+                Ok(false)
+            }
+            r => r.map(|()| reused),
+        }
     }
 
     /// The dealer's answer to a join sent with [`Self::send_join`]; a pooled link that died
@@ -850,7 +901,8 @@ impl PartyService {
             kind,
             frac_bits,
         };
-        let reused = self.send_join(net, &join)?;
+        let sent = self.send_join(net, &join);
+        let reused = self.checked_or_cancel(join.request, sent)?;
         self.join_peer(join.request, digest, &[], net)?;
         self.seed_answer(net, &join, reused)
     }
@@ -945,6 +997,7 @@ impl PartyService {
             };
             check_model_name(name)?;
             plan.check()?;
+            let claim = self.claim_name(name)?;
             if self
                 .models
                 .read()
@@ -955,9 +1008,9 @@ impl PartyService {
                     "model '{name}' already exists (delete it first)"
                 )));
             }
-            Ok((owner, FixedPoint::new(plan.frac_bits)?))
+            Ok((owner, FixedPoint::new(plan.frac_bits)?, claim))
         })();
-        let (owner, fx) = self.checked_or_cancel(request, checked)?;
+        let (owner, fx, _claim) = self.checked_or_cancel(request, checked)?;
         let seed = self.join_both(net, digest, name, JoinKind::Upload, plan.frac_bits)?;
         let owner_id = role.party_id();
         let (layers, ids) = self.with_party(net, fx, Some(seed), |p| {
@@ -988,11 +1041,16 @@ impl PartyService {
             weights,
             fx,
         };
-        self.save(&served)?;
+        // The record is written under a name of this request's own and takes the model's name
+        // only once the upload is committed everywhere.
+        let pending = self.dir.join(format!("{name}.{request}.pending"));
+        self.save(&served, &pending)?;
         // Both parties stored their shares: bob commits at the dealer, then tells alice.
-        let committed = self.commit_upload(net, owner);
+        let committed = self
+            .commit_upload(net, owner)
+            .and_then(|()| crate::service::store::rename_record(&pending, &self.record_path(name)));
         if let Err(e) = committed {
-            let _ = std::fs::remove_file(self.record_path(name));
+            let _ = std::fs::remove_file(&pending);
             return Err(e);
         }
         self.models
@@ -1039,32 +1097,28 @@ impl PartyService {
                 v
             }
         };
-        net.send(PartyId::Alice, answer)?;
+        // Once the dealer kept the model, bob keeps it too, even if alice is gone by now.
+        let _ = net.send(PartyId::Alice, answer);
         r
     }
 
     /// Write a model's record (see the module documentation).
-    fn save(&self, m: &ServedModel) -> Result<()> {
-        let mut w = RecordWriter::create(&self.record_path(&m.meta.name), RECORD_KIND)?;
+    fn save(&self, m: &ServedModel, path: &Path) -> Result<()> {
+        let mut w = RecordWriter::create(path, RECORD_KIND)?;
         w.bytes(&[self.index as u8])?;
         w.bytes(&serde_json::to_vec(&m.meta).expect("metadata serialises"))?;
         let be = &self.backend;
         for ws in &m.weights {
             for t in [&ws.weight, &ws.public] {
+                // Blocks of whole rows, about 1 MiB each.
                 let n = t.shape().get(1).copied().unwrap_or(1).max(1);
-                w.words(t.len(), &mut |at, out| {
-                    // Blocks of whole rows (the block size is a multiple of any row up to it).
-                    if at % n == 0 && out.len() % n == 0 {
-                        be.read_rows(t, at / n, out)?;
-                    } else {
-                        let all = be.download(t)?;
-                        out.copy_from_slice(&all[at..at + out.len()]);
-                    }
-                    Ok(())
+                let rows = ((1 << 17) / n).max(1);
+                w.words(t.len(), rows * n, &mut |at, out| {
+                    Ok(be.read_rows(t, at / n, out)?)
                 })?;
             }
             let bias = be.download(&ws.bias)?;
-            w.words(bias.len(), &mut |at, out| {
+            w.words(bias.len(), bias.len(), &mut |at, out| {
                 out.copy_from_slice(&bias[at..at + out.len()]);
                 Ok(())
             })?;
@@ -1200,7 +1254,8 @@ impl PartyService {
         };
         // Alice joins the dealer at once when she lacks material for a batch.
         let early = if self.index == 0 && offered.iter().any(Option::is_none) {
-            Some(self.send_join(net, &dealer_join)?)
+            let sent = self.send_join(net, &dealer_join);
+            Some(self.checked_or_cancel(request, sent)?)
         } else {
             None
         };
@@ -1272,14 +1327,12 @@ impl PartyService {
                     scores.remove(&oldest);
                 }
             }
-            scores.insert(
-                request,
-                Score {
-                    owner: m.meta.owner.clone(),
-                    share,
-                    since: Instant::now(),
-                },
-            );
+            // A count is never overwritten (a replayed request id cannot change it).
+            scores.entry(request).or_insert(Score {
+                owner: m.meta.owner.clone(),
+                share,
+                since: Instant::now(),
+            });
         }
         let _ = role;
         self.release_peer(net);

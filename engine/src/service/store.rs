@@ -75,15 +75,16 @@ impl RecordWriter {
         self.pad(b.len() as u64)
     }
 
-    /// Append a section of `len` words, produced block by block by `fill(first, block)`
-    /// (so a large tensor is never copied whole).
+    /// Append a section of `len` words, produced in blocks of `block` words (the last may be
+    /// shorter) by `fill(first, block)`, so a large tensor is never copied whole.
     pub fn words(
         &mut self,
         len: usize,
+        block: usize,
         fill: &mut dyn FnMut(usize, &mut [u64]) -> Result<()>,
     ) -> Result<()> {
         self.raw(&(8 * len as u64).to_le_bytes())?;
-        let mut block = vec![0u64; len.min(1 << 17)];
+        let mut block = vec![0u64; len.min(block.max(1))];
         let mut at = 0;
         while at < len {
             let n = (len - at).min(block.len());
@@ -123,6 +124,23 @@ impl RecordWriter {
         }
         Ok(())
     }
+}
+
+/// Give a committed record its final name (atomically, replacing any file there), and make the
+/// rename durable.
+pub fn rename_record(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| io_err(to, "rename a record to", e))?;
+    if let Some(dir) = to.parent() {
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
+    Ok(())
 }
 
 /// Reads one record, checked whole before any section is returned.
@@ -233,7 +251,7 @@ mod tests {
     fn write(path: &Path) {
         let mut w = RecordWriter::create(path, b"test\0\0\0\0").unwrap();
         w.bytes(b"hello").unwrap();
-        w.words(300_000, &mut |at, out| {
+        w.words(300_000, 1 << 17, &mut |at, out| {
             for (i, o) in out.iter_mut().enumerate() {
                 *o = (at + i) as u64 * 3;
             }

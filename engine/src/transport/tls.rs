@@ -207,14 +207,23 @@ impl TlsEndpoint {
     ) -> io::Result<(Connection, TcpStream)> {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
+        let started = std::time::Instant::now();
         while conn.is_handshaking() {
+            // Every read waits at most `timeout`; the whole handshake at most twice that (a
+            // peer that sends a byte now and then cannot hold a connection).
+            if started.elapsed() > timeout * 2 {
+                return Err(io::Error::new(ErrorKind::TimedOut, "handshake too slow"));
+            }
             conn.complete_io(&mut stream)?;
         }
         // Flush what the handshake left queued (the client's Finished).
         while conn.wants_write() {
             conn.write_tls(&mut stream)?;
         }
-        stream.set_write_timeout(None)?;
+        // A peer that stops reading fails a write after ten timeouts (at least 5 minutes), so
+        // its writer thread and queue are not kept forever; a peer that is only computing
+        // for a while is not taken for dead.
+        stream.set_write_timeout(Some((timeout * 10).max(Duration::from_secs(300))))?;
         stream.set_nodelay(true)?;
         Ok((conn, stream))
     }
