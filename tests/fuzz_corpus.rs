@@ -57,9 +57,9 @@ fn seed_corpus_decodes_as_written() {
             "oversized.bin" | "truncated.bin" => expect(0, true, 0, 0, 0),
             "empty_frames.bin" => expect(3, false, 0, 0, 0),
             // Service control messages behind their envelopes: a hello and a classify request;
-            // a dealer join; a reply; a peer join.
+            // a dealer join; a reply; a peer join (with material offered and a job); bob's answer.
             "hello_request.bin" => control(2, 2),
-            "dealer_join.bin" | "reply.bin" | "peer_join.bin" => control(1, 1),
+            "dealer_join.bin" | "reply.bin" | "peer_join.bin" | "join_answer.bin" => control(1, 1),
             other => panic!("unexpected corpus file {other}: add its expectation"),
         };
         assert_eq!(s, want, "{name}");

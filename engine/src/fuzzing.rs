@@ -9,7 +9,7 @@
 
 use crate::dealer::{decode_material_request, words_to_seed, words_to_text, MaterialSpec};
 use crate::protocols::io::unframe;
-use crate::service::wire::{decode, DealerEnd, DealerJoin, PeerJoin, Reply, Request};
+use crate::service::wire::{decode, DealerEnd, DealerJoin, JoinAnswer, PeerJoin, Reply, Request};
 use crate::transport::frame::decode_frames;
 use crate::transport::Envelope;
 
@@ -38,6 +38,7 @@ fn control_message(words: &[u64]) -> bool {
     decode::<Request>(words, "request").is_ok()
         | decode::<Reply>(words, "reply").is_ok()
         | decode::<PeerJoin>(words, "peer join").is_ok()
+        | decode::<JoinAnswer>(words, "join answer").is_ok()
         | decode::<DealerJoin>(words, "dealer join").is_ok()
         | decode::<DealerEnd>(words, "dealer end").is_ok()
         | decode::<String>(words, "hello").is_ok()
