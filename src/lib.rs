@@ -3,5 +3,6 @@
 
 pub mod bench;
 pub mod bench_cnn;
+pub mod bench_service;
 pub mod cli;
 pub mod remote;
