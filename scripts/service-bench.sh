@@ -54,6 +54,10 @@ cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   PIDS=()
+  # Anything still running inside a namespace made here (ours only) goes too.
+  for n in "${NAMESPACES[@]}"; do
+    for p in $(ip netns pids "$n" 2>/dev/null); do kill "$p" 2>/dev/null || true; done
+  done
   for n in "${NAMESPACES[@]}"; do ip netns del "$n" 2>/dev/null || true; done
   NAMESPACES=()
   for i in 0 1 2 3; do ip link del "${TAG}v$i" 2>/dev/null || true; done
@@ -174,6 +178,8 @@ make_namespaces() {
   done
 }
 in_ns() { local i=$1; shift; ip netns exec "${TAG}$i" "$@"; }
+# Background processes are started with `ip netns exec` directly (not through a function), so
+# that $! is the process itself (ip execs timeout, which forwards a TERM to its child).
 
 # shape <profile>: sets METHOD (none, netem or proxy) and HALF_US
 shape() {
@@ -246,13 +252,13 @@ start_deployment() {
     addrs[i]=${real[$i]}
     deployment "$d/${ROLES[$i]}.toml" "${addrs[@]}"
     if [[ $METHOD == proxy ]]; then
-      in_ns "$i" timeout "$RUN_LIMIT" "$PROXY" --delay-us "$HALF_US" --seconds "$RUN_LIMIT" \
+      ip netns exec "${TAG}$i" timeout "$RUN_LIMIT" "$PROXY" --delay-us "$HALF_US" --seconds "$RUN_LIMIT" \
         "${seen[$i]}=${real[$i]}" >"$d/proxy-${ROLES[$i]}.log" 2>&1 &
       PIDS+=($!)
     fi
     local cmd=(dealer --data-dir "$d/dealer-data")
     [[ $i == 0 ]] || cmd=(party --role "${ROLES[$i]}" --data-dir "$d/${ROLES[$i]}-data")
-    in_ns "$i" timeout "$RUN_LIMIT" "$BIN" "${cmd[@]}" --config "$d/${ROLES[$i]}.toml" --keys "$d/keys" \
+    ip netns exec "${TAG}$i" timeout "$RUN_LIMIT" "$BIN" "${cmd[@]}" --config "$d/${ROLES[$i]}.toml" --keys "$d/keys" \
       >"$d/${ROLES[$i]}.log" 2>&1 &
     PIDS+=($!)
     wait_listening "$d/${ROLES[$i]}.log"
