@@ -273,6 +273,13 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Load generator against a running deployment: concurrent clients classify in a loop;
+    /// reports latency percentiles, throughput, traffic, errors and wrong answers.
+    BenchService {
+        /// Options.
+        #[command(flatten)]
+        args: crate::bench_service::BenchServiceArgs,
+    },
     /// Benchmarks: GEMM vs MAC peak, secure matmul vs GEMM, comparisons, VGG16 head.
     Bench {
         /// Compute backend.
@@ -594,6 +601,7 @@ pub fn run(cli: Cli) -> Result<()> {
             as_name,
             delete,
         } => crate::remote::models(&deploy, as_name.as_deref(), delete.as_deref()),
+        Command::BenchService { args } => crate::bench_service::run(&args).map(|_| ()),
     }
 }
 

@@ -5,5 +5,6 @@
 
 pub mod bench;
 pub mod bench_cnn;
+pub mod bench_service;
 pub mod cli;
 pub mod remote;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::test_rng;
 use engine::nn::plain::vgg16_head;
 use engine::nn::{ClassifyOptions, SecureClassifier};
-use engine::transport::{tcp_mesh, Transport};
+use engine::transport::{tcp_mesh, tcp_mesh_with, StreamOptions, Transport};
 use engine::{PartyId, Session, SessionConfig, TransportKind};
 use rand::Rng;
 
@@ -41,14 +41,23 @@ fn tcp_exchanges_large_messages_both_ways_at_once() {
 
 #[test]
 fn tcp_reports_stalls_and_closed_peers() {
-    let mut mesh = tcp_mesh(&[PartyId::Alice, PartyId::Bob], Duration::from_millis(200)).unwrap();
+    // Links send heartbeats, so a peer that is alive but sends nothing is caught by `max_wait`
+    // (a silent link, without heartbeats, by `timeout`).
+    let options = StreamOptions {
+        max_wait: Duration::from_millis(500),
+        ..StreamOptions::with_timeout(Duration::from_millis(200))
+    };
+    let mut mesh = tcp_mesh_with(&[PartyId::Alice, PartyId::Bob], options).unwrap();
     let mut alice = mesh.remove(&PartyId::Alice).unwrap();
     let e = alice.recv(PartyId::Bob).unwrap_err();
     assert!(
         e.to_string()
-            .contains("alice timed out after 200ms waiting for bob"),
+            .contains("alice: bob is alive but sent nothing for 500ms"),
         "{e}"
     );
+    // The failed link is dropped; a peer that closes its end is reported as closed.
+    let mut mesh = tcp_mesh(&[PartyId::Alice, PartyId::Bob], Duration::from_millis(200)).unwrap();
+    let mut alice = mesh.remove(&PartyId::Alice).unwrap();
     drop(mesh);
     let e = alice.recv(PartyId::Bob).unwrap_err();
     assert!(
