@@ -157,8 +157,6 @@ impl Net {
     fn with(deployment: Deployment, me: Role, security: Security) -> Net {
         let mut options = StreamOptions::with_timeout(deployment.timeout());
         options.max_frame_words = deployment.max_frame_words();
-        // A peer that keeps sending heartbeats but no message for this long is stuck.
-        options.max_wait = (deployment.timeout() * 10).max(std::time::Duration::from_secs(300));
         Net {
             deployment,
             me,

@@ -45,7 +45,9 @@ impl StreamOptions {
         StreamOptions {
             timeout,
             max_frame_words: DEFAULT_MAX_FRAME_WORDS,
-            max_wait: Duration::from_secs(3600).max(timeout),
+            // A peer whose heartbeats arrive but whose message does not is stuck: given up
+            // after ten timeouts (at least 5 minutes).
+            max_wait: (timeout * 10).max(Duration::from_secs(300)),
         }
     }
 
