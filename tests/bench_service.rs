@@ -24,7 +24,9 @@ fn bench_service_counts_every_request_and_checks_every_answer() {
         ..Default::default()
     });
     let model = data("digits_cnn.onnx").display().to_string();
-    c.owner_ok(&["upload", "--model", &model, "--name", "digits"]);
+    c.owner_ok(&[
+        "upload", "--model", &model, "--name", "digits", "--as", "hospital",
+    ]);
     let (_, x) = load_inputs(&data("digits_test_x.npy").display().to_string(), &[1, 8, 8]).unwrap();
     let x32: Vec<f32> = x[..ROWS * 64].iter().map(|&v| v as f32).collect();
     ndarray_npy::write_npy(
