@@ -545,29 +545,10 @@ impl PartyService {
                     Err(dealer_refused(&reply))
                 }
             });
-            net.meter().set_step("commit");
-            let answer = match &r {
-                Ok(()) => vec![STATUS_OK],
-                Err(e) => {
-                    let mut v = vec![crate::dealer::STATUS_ERROR];
-                    v.extend(crate::dealer::text_to_words(&e.to_string()));
-                    v
-                }
-            };
-            net.send(PartyId::Alice, answer)?;
+            let _ = self.tell_alice(net, &r);
             r?;
         } else {
-            net.meter().set_step("commit");
-            let r = net.recv(PartyId::Bob)?;
-            if r.first() != Some(&STATUS_OK) {
-                return Err(EngineError::PartyFailed {
-                    party: PartyId::Bob,
-                    detail: format!(
-                        "the model was not deleted: {}",
-                        words_to_text(r.get(1..).unwrap_or(&[]))
-                    ),
-                });
-            }
+            self.hear_bob(net, "the model was not deleted")?;
         }
         self.models.write().map_err(|_| poisoned())?.remove(name);
         if let Ok(mut r) = self.ready.lock() {
@@ -1067,17 +1048,7 @@ impl PartyService {
         net.meter().set_step("commit");
         if self.index == 0 {
             net.send(PartyId::Bob, vec![STATUS_OK])?;
-            let r = net.recv(PartyId::Bob)?;
-            return match r.first() {
-                Some(&STATUS_OK) => Ok(()),
-                _ => Err(EngineError::PartyFailed {
-                    party: PartyId::Bob,
-                    detail: format!(
-                        "the upload was not committed: {}",
-                        words_to_text(r.get(1..).unwrap_or(&[]))
-                    ),
-                }),
-            };
+            return self.hear_bob(net, "the upload was not committed");
         }
         let alice = net.recv(PartyId::Alice)?;
         let r = if alice.first() == Some(&STATUS_OK) {
@@ -1088,8 +1059,15 @@ impl PartyService {
                 detail: "alice did not store the upload".into(),
             })
         };
+        // Once the dealer kept the model, bob keeps it too, even if alice is gone by now.
+        let _ = self.tell_alice(net, &r);
+        r
+    }
+
+    /// Bob: tell alice the outcome of a step both must agree on (a commit, a delete).
+    fn tell_alice(&self, net: &mut StreamTransport, outcome: &Result<()>) -> Result<()> {
         net.meter().set_step("commit");
-        let answer = match &r {
+        let answer = match outcome {
             Ok(()) => vec![STATUS_OK],
             Err(e) => {
                 let mut v = vec![crate::dealer::STATUS_ERROR];
@@ -1097,9 +1075,20 @@ impl PartyService {
                 v
             }
         };
-        // Once the dealer kept the model, bob keeps it too, even if alice is gone by now.
-        let _ = net.send(PartyId::Alice, answer);
-        r
+        net.send(PartyId::Alice, answer)
+    }
+
+    /// Alice: bob's outcome of a step both must agree on; a failure says `what` and bob's reason.
+    fn hear_bob(&self, net: &mut StreamTransport, what: &str) -> Result<()> {
+        net.meter().set_step("commit");
+        let r = net.recv(PartyId::Bob)?;
+        match r.first() {
+            Some(&STATUS_OK) => Ok(()),
+            _ => Err(EngineError::PartyFailed {
+                party: PartyId::Bob,
+                detail: format!("{what}: {}", words_to_text(r.get(1..).unwrap_or(&[]))),
+            }),
+        }
     }
 
     /// Write a model's record (see the module documentation).
@@ -1449,13 +1438,7 @@ impl PartyService {
         let seed = self.seed_answer(&mut net, &dealer_join, reused)?;
         let items = self.make_material(&mut net, &m, job, seed)?;
         // Bob confirms he stored his half.
-        net.meter().set_step("commit");
-        if net.recv(PartyId::Bob)?.first() != Some(&STATUS_OK) {
-            return Err(EngineError::PartyFailed {
-                party: PartyId::Bob,
-                detail: "could not keep the material".into(),
-            });
-        }
+        self.hear_bob(&mut net, "the material was not kept")?;
         self.release(&mut net);
         Ok((
             request,
@@ -1557,8 +1540,7 @@ impl PartyService {
                         ),
                     );
                 }
-                net.meter().set_step("commit");
-                if net.send(PartyId::Alice, vec![STATUS_OK]).is_ok() {
+                if self.tell_alice(&mut net, &Ok(())).is_ok() {
                     self.release(&mut net);
                 }
             }
