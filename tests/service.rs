@@ -43,7 +43,7 @@ fn digits(c: &Cluster, rows: usize, name: &str) -> (Vec<i64>, Vec<i64>) {
 
 /// A long classify request (one row per batch of `long_x.npy`) by client "clinic", running.
 fn spawn_long(c: &Cluster) -> std::process::Child {
-    c.owner_command(&[
+    c.owner_spawn(&[
         "classify",
         "--remote",
         "digits",
@@ -54,10 +54,6 @@ fn spawn_long(c: &Cluster) -> std::process::Child {
         "--batch",
         "1",
     ])
-    .stderr(std::process::Stdio::piped())
-    .stdout(std::process::Stdio::piped())
-    .spawn()
-    .unwrap()
 }
 
 fn read_preds(c: &Cluster, name: &str) -> Vec<i64> {
@@ -113,26 +109,22 @@ fn upload_classify_score_restart_delete() {
     );
 
     // Two clients at once, each with its own request.
-    let a = c
-        .owner_command(&[
-            "classify",
-            "--remote",
-            "digits",
-            "--as",
-            "clinic",
-            "--input",
-            "d_x.npy",
-            "--labels",
-            "d_y.npy",
-            "--batch",
-            "16",
-            "--output",
-            "p_clinic.npy",
-            "--json",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let a = c.owner_spawn(&[
+        "classify",
+        "--remote",
+        "digits",
+        "--as",
+        "clinic",
+        "--input",
+        "d_x.npy",
+        "--labels",
+        "d_y.npy",
+        "--batch",
+        "16",
+        "--output",
+        "p_clinic.npy",
+        "--json",
+    ]);
     let lab = classify_remote(&c, "lab", "digits", "d", "p_lab.npy");
     let out = a.wait_with_output().unwrap();
     assert!(
@@ -199,7 +191,7 @@ fn upload_classify_score_restart_delete() {
     let model_path = data("digits_cnn.onnx").display().to_string();
     let twins: Vec<_> = (0..2)
         .map(|_| {
-            c.owner_command(&[
+            c.owner_spawn(&[
                 "upload",
                 "--model",
                 &model_path,
@@ -208,10 +200,6 @@ fn upload_classify_score_restart_delete() {
                 "--as",
                 "hospital",
             ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap()
         })
         .collect();
     let ok = twins

@@ -350,6 +350,15 @@ impl Cluster {
         cmd
     }
 
+    /// Start a data owner's command with its output captured (for commands run concurrently).
+    pub fn owner_spawn(&self, args: &[&str]) -> std::process::Child {
+        self.owner_command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("command starts")
+    }
+
     /// Run a data owner's command to completion.
     pub fn owner(&self, args: &[&str]) -> Output {
         self.owner_command(args).output().expect("command runs")

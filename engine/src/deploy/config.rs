@@ -236,29 +236,19 @@ impl Deployment {
             data_owners.push(role);
         }
         let l = raw.limits;
-        if !(1..=300).contains(&l.timeout_secs) {
-            return Err(invalid(format!(
-                "limits.timeout_secs = {} is outside 1..=300",
-                l.timeout_secs
-            )));
-        }
-        if !(1..=65536).contains(&l.max_frame_mib) {
-            return Err(invalid(format!(
-                "limits.max_frame_mib = {} is outside 1..=65536",
-                l.max_frame_mib
-            )));
-        }
-        if l.pool > 64 {
-            return Err(invalid(format!(
-                "limits.pool = {} is outside 0..=64",
-                l.pool
-            )));
-        }
-        if !(1..=4096).contains(&l.max_requests) {
-            return Err(invalid(format!(
-                "limits.max_requests = {} is outside 1..=4096",
-                l.max_requests
-            )));
+        for (field, value, range) in [
+            ("timeout_secs", l.timeout_secs, 1..=300),
+            ("max_frame_mib", l.max_frame_mib, 1..=65536),
+            ("pool", l.pool as u64, 0..=64),
+            ("max_requests", l.max_requests as u64, 1..=4096),
+        ] {
+            if !range.contains(&value) {
+                return Err(invalid(format!(
+                    "limits.{field} = {value} is outside {}..={}",
+                    range.start(),
+                    range.end()
+                )));
+            }
         }
         Ok(Deployment {
             name: raw.name,

@@ -432,7 +432,7 @@ impl PartyService {
                 batch,
                 labels,
             } => self
-                .classify(role, *request, model, *rows, *batch, *labels, digest, net)
+                .classify(*request, model, *rows, *batch, *labels, digest, net)
                 .map(|()| self.done(None, net)),
         };
         match r {
@@ -1191,7 +1191,6 @@ impl PartyService {
     #[allow(clippy::too_many_arguments)]
     fn classify(
         self: &Arc<Self>,
-        role: &Role,
         request: u64,
         name: &str,
         rows: u64,
@@ -1323,7 +1322,6 @@ impl PartyService {
                 since: Instant::now(),
             });
         }
-        let _ = role;
         self.release_peer(net);
         self.end_dealer_later(net);
         Ok(())
