@@ -508,3 +508,61 @@ fn material_made_ahead_is_used_by_later_requests() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Uploads and deletes of one name racing each other: alice alone orders them, so each round
+/// exactly one of several concurrent uploads wins (never none because each party let a different
+/// one claim the name), the others are refused with a reason, and the winner serves.
+#[test]
+fn concurrent_uploads_of_one_name_exactly_one_wins() {
+    use engine::nn::{Layer, ModelBounds, Sequential};
+    use engine::service::local::{LocalConfig, LocalDeployment};
+    use std::sync::{Arc, Barrier};
+    let d = LocalDeployment::start(LocalConfig::default()).unwrap();
+    let model = Sequential::new(vec![Layer::linear(
+        2,
+        2,
+        vec![1.0, 0.0, 0.0, 1.0],
+        vec![0.0, 0.0],
+    )
+    .unwrap()])
+    .unwrap();
+    const RACERS: usize = 6;
+    for round in 0..8 {
+        let barrier = Arc::new(Barrier::new(RACERS));
+        let outcomes: Vec<Result<(), String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..RACERS)
+                .map(|_| {
+                    let mut owner = d.model_owner().unwrap();
+                    owner.connect().unwrap();
+                    let (barrier, model) = (barrier.clone(), &model);
+                    s.spawn(move || {
+                        barrier.wait();
+                        owner
+                            .upload(
+                                "twin",
+                                model,
+                                &engine::FixedPoint::default(),
+                                &ModelBounds::default(),
+                                &mut |_, _| {},
+                            )
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won = outcomes.iter().filter(|o| o.is_ok()).count();
+        assert_eq!(won, 1, "round {round}: {outcomes:?}");
+        for e in outcomes.iter().filter_map(|o| o.as_ref().err()) {
+            assert!(
+                e.contains("being uploaded or deleted") || e.contains("already exists"),
+                "round {round}: {e}"
+            );
+        }
+        let mut client = d.client().unwrap();
+        let r = client.classify("twin", &[0.1, 0.9], None, 1).unwrap();
+        assert_eq!(r.predictions, vec![1]);
+        d.model_owner().unwrap().delete("twin").unwrap();
+    }
+}

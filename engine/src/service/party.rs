@@ -169,6 +169,16 @@ impl Drop for NameClaim<'_> {
     }
 }
 
+/// What a party learns when alice and bob join for a request.
+struct Joined<'a> {
+    /// Per offered batch: whether both parties hold material made ahead for it.
+    have: Vec<bool>,
+    /// Bob: his material made ahead for the batches alice offered.
+    held: Vec<Option<PreparedEntry>>,
+    /// Bob: his claim on the model name (see [`PartyService::join_peer`]).
+    claim: Option<NameClaim<'a>>,
+}
+
 /// Decrement the active-request count when a request ends, however it ends.
 struct Slot<'a>(&'a AtomicUsize);
 
@@ -462,6 +472,16 @@ impl PartyService {
         }
     }
 
+    /// Alice: reserve `name` before she joins bob (bob claims at the join, see
+    /// [`Self::join_peer`]).
+    fn claim_first(&self, name: &str) -> Result<Option<NameClaim<'_>>> {
+        if self.index == 0 {
+            self.claim_name(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
     /// Reserve `name` for an upload or a delete (refused while another one works on it).
     fn claim_name(&self, name: &str) -> Result<NameClaim<'_>> {
         if !self
@@ -526,10 +546,12 @@ impl PartyService {
     ) -> Result<()> {
         let checked = self.model(name).and_then(|m| {
             self.check_owner(role, &m)?;
-            Ok((m, self.claim_name(name)?))
+            Ok((m, self.claim_first(name)?))
         });
         let (m, _claim) = self.checked_or_cancel(net.request(), checked)?;
-        self.join_peer(net.request(), digest, &[], net)?;
+        let _bobs_claim = self
+            .join_peer(net.request(), digest, &[], Some(name), net)?
+            .claim;
         if self.index == 1 {
             let join = DealerJoin {
                 request: net.request(),
@@ -572,23 +594,35 @@ impl PartyService {
     /// for it, checks that alice received the same request and takes his halves of the offered
     /// material. Returns, per batch, the material both hold (bob's halves on bob; on alice only
     /// the flags, as `None`s where bob lacks his half).
+    ///
+    /// `claim` names the model an upload or delete works on: alice claimed it before her join,
+    /// bob claims it only once her join arrived, so alice alone orders requests on one name
+    /// (two concurrent uploads cannot each take one party's claim and both fail).
     fn join_peer(
         &self,
         request: u64,
         digest: &[u8],
         offered: &[Option<u64>],
+        claim: Option<&str>,
         net: &mut StreamTransport,
-    ) -> Result<(Vec<bool>, Vec<Option<PreparedEntry>>)> {
+    ) -> Result<Joined<'_>> {
         net.meter().set_step(JOIN_STEP);
         if self.index == 1 {
             let (join, link) = self.await_peer(request)?;
             net.resume_link(PartyId::Alice, link, 0, 1);
+            let mut claimed = None;
             let refused = if join.digest.is_empty() {
                 Some("alice refused the request".to_string())
             } else if join.digest != digest {
                 Some("alice and bob received different requests".to_string())
             } else {
-                None
+                match claim.map(|name| self.claim_name(name)).transpose() {
+                    Ok(c) => {
+                        claimed = c;
+                        None
+                    }
+                    Err(e) => Some(e.to_string()),
+                }
             };
             let held: Vec<Option<PreparedEntry>> = match refused {
                 None => join
@@ -612,7 +646,11 @@ impl PartyService {
                     detail: format!("request {request}: {why}"),
                 });
             }
-            return Ok((have, held));
+            return Ok(Joined {
+                have,
+                held,
+                claim: claimed,
+            });
         }
         let join = encode(&PeerJoin {
             request,
@@ -634,7 +672,11 @@ impl PartyService {
                 offered.len()
             )));
         }
-        Ok((answer.have, Vec::new()))
+        Ok(Joined {
+            have: answer.have,
+            held: Vec::new(),
+            claim: None,
+        })
     }
 
     /// Alice: send a join to bob on a link from her pool and read his answer; a pooled link
@@ -874,7 +916,7 @@ impl PartyService {
         model: &str,
         kind: JoinKind,
         frac_bits: u32,
-    ) -> Result<[u8; 32]> {
+    ) -> Result<([u8; 32], Option<NameClaim<'_>>)> {
         let join = DealerJoin {
             request: net.request(),
             party: self.index as u8,
@@ -884,8 +926,10 @@ impl PartyService {
         };
         let sent = self.send_join(net, &join);
         let reused = self.checked_or_cancel(join.request, sent)?;
-        self.join_peer(join.request, digest, &[], net)?;
-        self.seed_answer(net, &join, reused)
+        let claim = self
+            .join_peer(join.request, digest, &[], Some(model), net)?
+            .claim;
+        Ok((self.seed_answer(net, &join, reused)?, claim))
     }
 
     /// Bob: end the request at the dealer (committing an upload when `commit`).
@@ -978,7 +1022,7 @@ impl PartyService {
             };
             check_model_name(name)?;
             plan.check()?;
-            let claim = self.claim_name(name)?;
+            let claim = self.claim_first(name)?;
             if self
                 .models
                 .read()
@@ -992,7 +1036,8 @@ impl PartyService {
             Ok((owner, FixedPoint::new(plan.frac_bits)?, claim))
         })();
         let (owner, fx, _claim) = self.checked_or_cancel(request, checked)?;
-        let seed = self.join_both(net, digest, name, JoinKind::Upload, plan.frac_bits)?;
+        let (seed, _bobs_claim) =
+            self.join_both(net, digest, name, JoinKind::Upload, plan.frac_bits)?;
         let owner_id = role.party_id();
         let (layers, ids) = self.with_party(net, fx, Some(seed), |p| {
             let mut layers = Vec::new();
@@ -1247,7 +1292,9 @@ impl PartyService {
         } else {
             None
         };
-        let (have, bobs) = self.join_peer(request, digest, &offered, net)?;
+        let Joined {
+            have, held: bobs, ..
+        } = self.join_peer(request, digest, &offered, None, net)?;
         let mut entries: Vec<Option<PreparedEntry>> = if self.index == 0 {
             mine.iter_mut()
                 .zip(&have)
