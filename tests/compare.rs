@@ -282,3 +282,116 @@ fn a_partys_transcript_is_independent_of_the_compared_values() {
     // The statistic does detect a dependence: the secrets themselves differ wildly.
     assert!(byte_chi2(&ring(&secrets[0]), &ring(&secrets[1])) > 1000.0);
 }
+
+/// `eq_index` (one-round equality of small integers by table lookup) against plaintext, for
+/// ranges from one class to the largest lookup domain and one past it (the comparison
+/// fallback), odd lengths, and values at both ends of the range.
+#[test]
+fn eq_index_is_exact_for_every_pair_in_range() {
+    use engine::protocols::compare::eq_index_bits;
+    let mut rng = test_rng("eq_index_exact");
+    let mut s = session();
+    assert_eq!(eq_index_bits(1, F), Some(1));
+    assert_eq!(eq_index_bits(10, F), Some(5));
+    assert_eq!(eq_index_bits(2048, F), Some(12));
+    assert_eq!(eq_index_bits(2049, F), None);
+    assert_eq!(
+        eq_index_bits(10, 60),
+        None,
+        "no room above 60 fractional bits"
+    );
+    for range in [1usize, 2, 3, 7, 10, 1000, 2048, 2049] {
+        for n in [1usize, 7, 65] {
+            let top = range as i64 - 1;
+            let pick = |rng: &mut rand_chacha::ChaCha20Rng, i: usize| match i % 4 {
+                0 => 0,
+                1 => top,
+                _ => rng.gen_range(0..=top),
+            };
+            let xs: Vec<i64> = (0..n).map(|i| pick(&mut rng, i)).collect();
+            // Every third pair equal, the rest drawn (equal by chance for small ranges).
+            let ys: Vec<i64> = (0..n)
+                .map(|i| {
+                    if i % 3 == 0 {
+                        xs[i]
+                    } else {
+                        pick(&mut rng, i + 1)
+                    }
+                })
+                .collect();
+            let enc = |v: &[i64]| -> Vec<u64> { v.iter().map(|&c| (c as u64) << F).collect() };
+            let x = s.share_ring(PartyId::Client, &[n], &enc(&xs)).unwrap();
+            let y = s.share_ring(PartyId::ModelOwner, &[n], &enc(&ys)).unwrap();
+            let eq = apply2(&mut s, &x, &y, &[n], move |p, x, y| {
+                p.eq_index(&x, &y, range)
+            });
+            let got = reveal(&mut s, &eq);
+            for i in 0..n {
+                assert_eq!(
+                    got[i],
+                    (xs[i] == ys[i]) as u64,
+                    "range {range}, n {n}: {} vs {} at {i}",
+                    xs[i],
+                    ys[i]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn eq_index_takes_one_round_and_eight_bytes_per_element() {
+    use engine::protocols::compare::eq_index_specs;
+    let mut s = session();
+    for n in [1usize, 7, 1000] {
+        let x = s.share(PartyId::Client, &[n], &vec![3.0; n]).unwrap();
+        let y = s.share(PartyId::ModelOwner, &[n], &vec![4.0; n]).unwrap();
+        let (ix, iy) = (x.id(), y.id());
+        let [t, _] = s
+            .run(move |p| {
+                let (x, y) = (p.kept(ix)?, p.kept(iy)?);
+                p.preprocess(&eq_index_specs(n, 10, F))?;
+                let t0 = p.traffic();
+                p.eq_index(&x, &y, 10)?;
+                Ok(p.traffic().since(&t0).online())
+            })
+            .unwrap();
+        assert_eq!(t.rounds, 1);
+        assert_eq!(t.bytes_sent, 8 * n as u64);
+    }
+}
+
+#[test]
+fn eq_index_transcript_is_independent_of_the_compared_values() {
+    let mut s = session();
+    let n = 4096;
+    let classes = 1000usize;
+    let secrets: [Vec<u64>; 2] = [
+        vec![0; n],
+        (0..n).map(|i| ((i % classes) as u64) << F).collect(),
+    ];
+    let mut transcripts = Vec::new();
+    for secret in &secrets {
+        let x = s.share_ring(PartyId::Client, &[n], secret).unwrap();
+        let y = s
+            .share_ring(PartyId::ModelOwner, &[n], &vec![0; n])
+            .unwrap();
+        let (ix, iy) = (x.id(), y.id());
+        let [a, _] = s
+            .run(move |p| {
+                let (x, y) = (p.kept(ix)?, p.kept(iy)?);
+                p.record_transcript();
+                p.eq_index(&x, &y, classes)?;
+                Ok(p.take_transcript().concat())
+            })
+            .unwrap();
+        transcripts.push(a);
+    }
+    // The opened words are uniform mod 2^11: compare their low two bytes' histograms.
+    let low = |t: &[u64]| -> Vec<u64> { t.iter().map(|w| w & 0x7ff).collect() };
+    let (t0, t1) = (low(&transcripts[0]), low(&transcripts[1]));
+    assert_eq!(t0.len(), n);
+    let chi = byte_chi2(&t0, &t1);
+    assert!(chi < 380.0, "transcripts distinguishable: chi2 = {chi}");
+    assert!(byte_chi2(&secrets[0], &secrets[1]) > 1000.0);
+}

@@ -171,7 +171,7 @@ fn a_gpu_classification_moves_only_opened_values_to_the_host() {
             let m = batch.min(n - lo);
             let mut specs = model.material_specs(m, frac);
             specs.extend(engine::protocols::compare::tree_max_specs(m, classes, true));
-            specs.extend(engine::protocols::compare::eq_specs(m));
+            specs.extend(engine::protocols::compare::eq_index_specs(m, classes, frac));
             for spec in specs {
                 let shapes = spec.parts();
                 for w in &shapes.derived {
@@ -205,6 +205,8 @@ fn a_gpu_classification_moves_only_opened_values_to_the_host() {
             };
             let reveal = traffic.step("reveal");
             let share = traffic.step("share");
+            // eq's opened words become a gather index on the host, never uploaded.
+            let eq = traffic.step("eq");
             // Reveals: the predictions [m] of each batch and the final count [1], each framed
             // with a 2-word header; shares received: x [m, input] (3 words) and y [m] (2 words).
             assert_eq!(reveal.messages, batches + 1);
@@ -212,8 +214,9 @@ fn a_gpu_classification_moves_only_opened_values_to_the_host() {
             let want = kernels::TransferStats {
                 downloads: peer.messages + reveal.messages,
                 download_bytes: peer.bytes_sent + reveal.bytes_sent - 16 * reveal.messages,
-                uploads: peer.messages + 2 * batches + bob * parts,
-                upload_bytes: peer.bytes_received + share.bytes_received - 40 * batches
+                uploads: peer.messages - eq.messages + 2 * batches + bob * parts,
+                upload_bytes: peer.bytes_received - eq.bytes_received + share.bytes_received
+                    - 40 * batches
                     + bob * 8 * words,
             };
             if party == 1 {
@@ -223,10 +226,11 @@ fn a_gpu_classification_moves_only_opened_values_to_the_host() {
                 assert_eq!(8 * words + 16 * batches, dealer.bytes_received);
             }
             assert_eq!(moved, want, "party {party} on {}", s.backend_description());
-            // By hand: per batch 3 linear layers x 2 openings, 2 ReLUs and eq x 8 rounds,
-            // argmax over 7 classes 3 levels x 8 rounds; one reveal per batch plus the count.
-            assert_eq!(peer.messages, batches * (6 + 16 + 24 + 8));
-            assert_eq!(moved.downloads, batches * 55 + 1);
+            // By hand: per batch 3 linear layers x 2 openings, 2 ReLUs x 8 rounds, argmax over
+            // 7 classes 3 levels x 8 rounds, eq 1 round; one reveal per batch plus the count.
+            assert_eq!(eq.messages, batches);
+            assert_eq!(peer.messages, batches * (6 + 16 + 24 + 1));
+            assert_eq!(moved.downloads, batches * 48 + 1);
         }
     }
 }

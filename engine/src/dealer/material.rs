@@ -69,6 +69,16 @@ pub enum MaterialSpec {
         /// Number of payload vectors to multiply by the bit.
         payloads: usize,
     },
+    /// Per element a random `r` in `Z_2^bits` (shared arithmetically mod `2^bits`: each party's
+    /// random word, low `bits` bits) and arithmetic shares of the one-hot row `[j == r]` for
+    /// `j < 2^bits` (the equality-by-lookup material of small integers).
+    OneHot {
+        /// Elements.
+        n: usize,
+        /// Bits of the domain (`2^bits` table entries per element), at most
+        /// [`MaterialSpec::MAX_ONE_HOT_BITS`].
+        bits: u32,
+    },
 }
 
 /// Sizes (in u64 words) of a spec's random parts and derived parts.
@@ -96,8 +106,12 @@ const TAG_FIXED_TRIPLE: u64 = 4;
 const TAG_TRUNC: u64 = 5;
 const TAG_AND: u64 = 6;
 const TAG_SELECT: u64 = 7;
+const TAG_ONE_HOT: u64 = 8;
 
 impl MaterialSpec {
+    /// Largest domain of [`MaterialSpec::OneHot`]: tables of 4096 words per element.
+    pub const MAX_ONE_HOT_BITS: u32 = 12;
+
     /// Word sizes of the random and derived parts.
     pub fn parts(&self) -> PartShapes {
         use MaterialSpec::*;
@@ -111,6 +125,7 @@ impl MaterialSpec {
             BitSelect { n, payloads } => {
                 (vec![n.div_ceil(64), payloads * n], vec![n, payloads * n])
             }
+            OneHot { n, bits } => (vec![n], vec![n << bits]),
         };
         PartShapes { random, derived }
     }
@@ -135,6 +150,10 @@ impl MaterialSpec {
                 let pn = mul(payloads, n);
                 sum(&[Some(n.div_ceil(64) as u64), pn, Some(n as u64), pn])
             }
+            OneHot { n, bits } if (1..=Self::MAX_ONE_HOT_BITS).contains(&bits) => {
+                sum(&[Some(n as u64), mul(n, 1 << bits)])
+            }
+            OneHot { .. } => None,
         }
     }
 
@@ -160,6 +179,7 @@ impl MaterialSpec {
             Trunc { n, bits } => out.extend([TAG_TRUNC, w(n), bits as u64, 0, 0]),
             AndTriple { n } => out.extend([TAG_AND, w(n), 0, 0, 0]),
             BitSelect { n, payloads } => out.extend([TAG_SELECT, w(n), w(payloads), 0, 0]),
+            OneHot { n, bits } => out.extend([TAG_ONE_HOT, w(n), bits as u64, 0, 0]),
         }
     }
 
@@ -202,6 +222,19 @@ impl MaterialSpec {
             TAG_SELECT => BitSelect {
                 n: u(w[1]),
                 payloads: u(w[2]),
+            },
+            TAG_ONE_HOT => OneHot {
+                n: u(w[1]),
+                bits: match u32::try_from(w[2]) {
+                    Ok(b) if (1..=Self::MAX_ONE_HOT_BITS).contains(&b) => b,
+                    _ => {
+                        return Err(EngineError::Protocol(format!(
+                            "one-hot domain of {} bits out of range (1..={})",
+                            w[2],
+                            Self::MAX_ONE_HOT_BITS
+                        )))
+                    }
+                },
             },
             t => return Err(EngineError::Protocol(format!("unknown material tag {t}"))),
         })

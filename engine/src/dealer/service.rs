@@ -429,6 +429,15 @@ impl Dealer {
                     .collect();
                 vec![bit, c]
             }
+            MaterialSpec::OneHot { n, bits } => {
+                let mask = (1u64 << bits) - 1;
+                let r = add(&p0[0], &p1[0]);
+                let mut table = vec![0u64; n << bits];
+                for (e, &r) in r.iter().enumerate() {
+                    table[(e << bits) + (r & mask) as usize] = 1;
+                }
+                vec![table]
+            }
         };
         let mut out = Vec::with_capacity(spec.parts().derived.iter().sum());
         for (i, v) in values.iter_mut().enumerate() {
@@ -729,6 +738,39 @@ mod tests {
             let r = a[0][i].wrapping_add(b[0][i]);
             assert_eq!(a[1][i].wrapping_add(b[1][i]), r >> bits);
             assert_eq!(a[2][i].wrapping_add(b[2][i]), r >> 63);
+        }
+    }
+
+    #[test]
+    fn one_hot_rows_mark_the_shared_mask_and_wide_domains_are_refused() {
+        let mut h = Harness::new(16);
+        let (n, bits) = (7, 4);
+        let spec = MaterialSpec::OneHot { n, bits };
+        let ok = h.ask(0, &[spec]).unwrap();
+        let a = expand_party_share(&spec, 0, &mut material_stream(h.alice_seed, 0), None).unwrap();
+        let b = expand_party_share(
+            &spec,
+            1,
+            &mut material_stream(h.bob_seed, 0),
+            Some(&ok[1..]),
+        )
+        .unwrap();
+        for e in 0..n {
+            let r = (a[0][e].wrapping_add(b[0][e]) & 15) as usize;
+            for j in 0..16 {
+                let t = a[1][e * 16 + j].wrapping_add(b[1][e * 16 + j]);
+                assert_eq!(t, (j == r) as u64, "element {e}, entry {j}, mask {r}");
+            }
+        }
+        for bad in [0u64, 13, 1 << 32] {
+            let mut req = vec![OP_BATCH, 1, 1];
+            MaterialSpec::OneHot { n: 1, bits: 1 }.encode(&mut req);
+            req[5] = bad;
+            let e = h.raw(req).unwrap_err();
+            assert!(
+                e.contains(&format!("one-hot domain of {bad} bits out of range")),
+                "{e}"
+            );
         }
     }
 

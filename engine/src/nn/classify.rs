@@ -14,7 +14,7 @@ use crate::nn::shared::SharedModel;
 use crate::owner::DataOwner;
 use crate::party::Party;
 use crate::pool::MaterialPool;
-use crate::protocols::compare::{eq_specs, tree_max_specs};
+use crate::protocols::compare::{eq_index_specs, tree_max_specs};
 use crate::session::Session;
 use crate::transport::{PartyId, StepStats};
 
@@ -118,7 +118,7 @@ impl BatchStep {
         }
         let mut acc = self.acc;
         if let Some(y) = y {
-            let correct = p.eq(&pred, &y)?;
+            let correct = p.eq_index(&pred, &y, model.out_features())?;
             let count = p.sum_all(&correct)?;
             let total = match self.acc {
                 Some(id) => {
@@ -144,7 +144,7 @@ pub(crate) fn batch_specs(
     let mut specs = model.material_specs(m, frac_bits);
     specs.extend(tree_max_specs(m, model.out_features(), true));
     if labels {
-        specs.extend(eq_specs(m));
+        specs.extend(eq_index_specs(m, model.out_features(), frac_bits));
     }
     specs
 }

@@ -34,6 +34,9 @@
 //! and one upload of the peer's words are the only host transfers.
 
 mod circuit;
+mod eq_index;
+
+pub use eq_index::{eq_index_bits, eq_index_specs};
 
 use kernels::{BeaverKind, BinaryOp, ScalarOp, Tensor};
 
