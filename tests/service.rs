@@ -212,6 +212,25 @@ fn upload_classify_score_restart_delete() {
         "exactly one of two concurrent uploads of a name succeeds"
     );
 
+    // A correct count not fetched yet: both parties persist their shares of it (off the
+    // request's path, so wait until the records are there) and answer for it after a restart.
+    let pending = classify_remote(&c, "clinic", "digits", "d", "p_pending.npy");
+    let pending = json_field(&pending, "request")
+        .as_str()
+        .unwrap()
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !["alice", "bob"]
+        .iter()
+        .all(|p| c.path(&format!("{p}-data/scores/{pending}.score")).exists())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the correct count was never persisted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
     // Restart both parties and the dealer: the model is served again without a new upload.
     for who in ["alice", "bob", "dealer"] {
         c.kill(who);
@@ -219,6 +238,11 @@ fn upload_classify_score_restart_delete() {
     }
     classify_remote(&c, "clinic", "digits", "d", "p_after.npy");
     assert_eq!(read_preds(&c, "p_after.npy"), plain);
+    let s = c.owner_ok(&["score", "--request", &pending, "--as", "hospital"]);
+    assert!(
+        s.contains(&format!("{correct} correct")),
+        "{s} vs {correct}"
+    );
     let listed = c.owner_ok(&["models", "--as", "hospital"]);
     assert!(listed.contains("twin  owner hospital"), "{listed}");
 

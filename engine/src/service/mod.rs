@@ -3,6 +3,7 @@
 //! - [`wire`]: the control messages (requests, replies, joins).
 //! - [`net`]: addresses, mutually authenticated TLS, hellos, pools of idle links.
 //! - [`store`]: atomic, versioned, checksummed records of uploaded models.
+//! - [`scores`]: correct counts kept (and persisted) until their model owner fetches them.
 //! - [`party`]: a compute party's service: runs data owners' requests with the other party
 //!   and the dealer.
 //! - [`dealer`]: the dealer's service: a seed per request and party, bob's corrections.
@@ -26,5 +27,6 @@ pub mod dealer;
 pub mod local;
 pub mod net;
 pub mod party;
+pub mod scores;
 pub mod store;
 pub mod wire;

@@ -8,7 +8,8 @@
 //!
 //! Models are kept in `DATA_DIR/<name>.model`: this party's shares of each weight and bias and
 //! the public masked weights, with the model's plan and owner, written atomically and
-//! checksummed ([`crate::service::store`]); all are loaded (and checked) at start-up.
+//! checksummed ([`crate::service::store`]); all are loaded (and checked) at start-up. Correct
+//! counts awaiting their model owner are kept in `DATA_DIR/scores` ([`crate::service::scores`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::panic::AssertUnwindSafe;
@@ -32,6 +33,7 @@ use crate::party::{Party, Prepared, WeightShares};
 use crate::protocols::matmul::block_rows;
 use crate::service::dealer::{DEALER_STEP, OP_END};
 use crate::service::net::{LinkPool, Listener, Net};
+use crate::service::scores::ScoreBook;
 use crate::service::store::{RecordReader, RecordWriter};
 use crate::service::wire::{
     decode, digest, encode, fresh_id, DealerEnd, DealerJoin, JoinAnswer, JoinKind, ModelInfo,
@@ -78,18 +80,6 @@ impl ModelMeta {
     }
 }
 
-/// The correct count of a classify request, kept for the model owner.
-struct Score {
-    owner: String,
-    share: u64,
-    since: Instant,
-}
-
-/// Correct counts kept at most this long for their model owner.
-const SCORE_LIFETIME: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
-/// Correct counts kept at most (the oldest are dropped first).
-const MAX_SCORES: usize = 1 << 20;
-
 /// One batch's dealer material, made by both parties together ahead of a request (each holds
 /// its own half, under the same id).
 struct PreparedEntry {
@@ -117,7 +107,7 @@ pub struct PartyService {
     backend: Arc<dyn Backend>,
     dir: PathBuf,
     models: RwLock<HashMap<String, Arc<ServedModel>>>,
-    scores: Mutex<HashMap<u64, Score>>,
+    scores: ScoreBook,
     seen: Mutex<(HashSet<u64>, VecDeque<u64>)>,
     active: AtomicUsize,
     peer_pool: LinkPool,
@@ -213,7 +203,7 @@ impl PartyService {
             backend,
             dir: dir.to_path_buf(),
             models: RwLock::new(HashMap::new()),
-            scores: Mutex::new(HashMap::new()),
+            scores: ScoreBook::open(dir, index)?,
             seen: Mutex::new((HashSet::new(), VecDeque::new())),
             active: AtomicUsize::new(0),
             peer_pool: LinkPool::new(Role::Bob),
@@ -273,6 +263,7 @@ impl PartyService {
             addr = %listener.describe(),
             tls = self.net.is_tls(),
             models = self.models().len(),
+            correct_counts_kept = self.scores.len(),
             "serving"
         );
         let mut allowed = self.net.deployment().data_owners.clone();
@@ -424,7 +415,9 @@ impl PartyService {
         let _slot = (!light).then(|| Slot(&self.active));
         let r = match request {
             Request::List { .. } => Ok(self.done(None, net)),
-            Request::Score { of, .. } => self.score(role, *of).map(|s| self.done(Some(s), net)),
+            Request::Score { of, .. } => {
+                self.scores.take(role, *of).map(|s| self.done(Some(s), net))
+            }
             Request::Delete { name, .. } => self
                 .delete(role, name, digest, net)
                 .map(|()| self.done(None, net)),
@@ -507,21 +500,6 @@ impl PartyService {
             .get(name)
             .cloned()
             .ok_or_else(|| EngineError::Invalid(format!("no model '{name}' is served here")))
-    }
-
-    fn score(&self, role: &Role, of: u64) -> Result<u64> {
-        let mut scores = self.scores.lock().map_err(|_| poisoned())?;
-        let Some(s) = scores.get(&of) else {
-            return Err(EngineError::Invalid(format!(
-                "no correct count is kept for request {of} (unknown, without labels, or already fetched)"
-            )));
-        };
-        if role != &Role::ModelOwner(s.owner.clone()) {
-            return Err(EngineError::Invalid(format!(
-                "the correct count of request {of} is revealed only to its model's owner, not to {role}"
-            )));
-        }
-        Ok(scores.remove(&of).expect("checked").share)
     }
 
     fn check_owner(&self, role: &Role, m: &ServedModel) -> Result<()> {
@@ -908,7 +886,8 @@ impl PartyService {
     }
 
     /// Join the current request at the dealer and (while the dealer answers) the other party;
-    /// returns this party's seed for the request.
+    /// returns this party's seed for the request and, for bob, his claim on `model` (taken at
+    /// alice's join, see [`Self::join_peer`]).
     fn join_both(
         self: &Arc<Self>,
         net: &mut StreamTransport,
@@ -1355,19 +1334,7 @@ impl PartyService {
             }
         }
         if let Some(share) = share {
-            let mut scores = self.scores.lock().map_err(|_| poisoned())?;
-            scores.retain(|_, s| s.since.elapsed() < SCORE_LIFETIME);
-            if scores.len() >= MAX_SCORES {
-                if let Some(oldest) = scores.iter().min_by_key(|(_, s)| s.since).map(|(k, _)| *k) {
-                    scores.remove(&oldest);
-                }
-            }
-            // A count is never overwritten (a replayed request id cannot change it).
-            scores.entry(request).or_insert(Score {
-                owner: m.meta.owner.clone(),
-                share,
-                since: Instant::now(),
-            });
+            self.scores.keep(request, &m.meta.owner, share)?;
         }
         self.release_peer(net);
         self.end_dealer_later(net);

@@ -1,0 +1,326 @@
+//! Correct counts awaiting their model owner: a party's shares of each labelled classify
+//! request's count, kept under the request id until the model owner fetches it (then
+//! forgotten), for at most [`SCORE_LIFETIME`], at most [`MAX_SCORES`] at once (the oldest go
+//! first).
+//!
+//! Each count is also a record `DATA_DIR/scores/<request>.score` ([`crate::service::store`]:
+//! atomic, checksummed), so a restarted party still answers for it. Records are written and
+//! removed by one background thread in the order the counts change, after the request has
+//! answered (a durable write costs two `fsync`s, ~0.7 ms, which stays off the request's
+//! latency); a party killed within that moment loses that one count, which the model owner then
+//! sees as "no correct count is kept". All records are loaded and checked at start-up.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{channel, Sender};
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use crate::deploy::Role;
+use crate::error::{EngineError, Result};
+use crate::service::store::{RecordReader, RecordWriter};
+
+/// Correct counts are kept at most this long for their model owner.
+pub const SCORE_LIFETIME: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Correct counts kept at most (the oldest are dropped first).
+pub const MAX_SCORES: usize = 1 << 20;
+
+const SCORE_KIND: &[u8; 8] = b"score\0\0\0";
+
+/// One kept count: whose it is, this party's share, when it was made.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Score {
+    request: u64,
+    owner: String,
+    /// Seconds since the Unix epoch.
+    since: u64,
+    #[serde(skip)]
+    share: u64,
+}
+
+enum Change {
+    Keep(Score),
+    Forget(u64),
+}
+
+/// The correct counts one party keeps (see the module documentation).
+pub(crate) struct ScoreBook {
+    kept: Mutex<HashMap<u64, Score>>,
+    changes: Mutex<Sender<Change>>,
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn poisoned() -> EngineError {
+    EngineError::Protocol("score book poisoned by a panicked request".into())
+}
+
+impl ScoreBook {
+    /// Party `index`'s counts under `data_dir/scores` (created if missing): every record is
+    /// loaded and checked now (a damaged or foreign one is an error naming the file); expired
+    /// ones are removed.
+    pub(crate) fn open(data_dir: &Path, index: usize) -> Result<ScoreBook> {
+        let dir = data_dir.join("scores");
+        let io = |e: std::io::Error| EngineError::Invalid(format!("{}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let mut kept = HashMap::new();
+        let mut expired = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io)?.flatten() {
+            let path = entry.path();
+            if path.extension().and_then(|e| e.to_str()) != Some("score") {
+                continue;
+            }
+            let s = load(&path, index)?;
+            if Duration::from_secs(now().saturating_sub(s.since)) >= SCORE_LIFETIME {
+                expired.push(s.request);
+            } else {
+                kept.insert(s.request, s);
+            }
+        }
+        let (tx, rx) = channel::<Change>();
+        let writer_dir = dir.clone();
+        std::thread::Builder::new()
+            .name("party-scores".into())
+            .spawn(move || {
+                for change in rx {
+                    let r = match change {
+                        Change::Keep(s) => save(&writer_dir, index, &s),
+                        Change::Forget(request) => {
+                            match std::fs::remove_file(path_of(&writer_dir, request)) {
+                                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                                    Err(EngineError::Invalid(format!("cannot remove a score: {e}")))
+                                }
+                                _ => Ok(()),
+                            }
+                        }
+                    };
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "correct count not persisted");
+                    }
+                }
+            })
+            .map_err(|e| EngineError::Invalid(format!("cannot start the score writer: {e}")))?;
+        for request in expired {
+            let _ = tx.send(Change::Forget(request));
+        }
+        Ok(ScoreBook {
+            kept: Mutex::new(kept),
+            changes: Mutex::new(tx),
+        })
+    }
+
+    /// Counts kept now.
+    pub(crate) fn len(&self) -> usize {
+        self.kept.lock().map(|k| k.len()).unwrap_or(0)
+    }
+
+    fn change(&self, c: Change) {
+        if let Ok(tx) = self.changes.lock() {
+            let _ = tx.send(c);
+        }
+    }
+
+    /// Keep this party's `share` of request `request`'s count for model owner `owner`. A
+    /// count is never overwritten (a replayed request id cannot change it).
+    pub(crate) fn keep(&self, request: u64, owner: &str, share: u64) -> Result<()> {
+        let mut kept = self.kept.lock().map_err(|_| poisoned())?;
+        let t = now();
+        let mut gone: Vec<u64> = kept
+            .values()
+            .filter(|s| Duration::from_secs(t.saturating_sub(s.since)) >= SCORE_LIFETIME)
+            .map(|s| s.request)
+            .collect();
+        if kept.len() - gone.len() >= MAX_SCORES {
+            if let Some(oldest) = kept
+                .values()
+                .filter(|s| !gone.contains(&s.request))
+                .min_by_key(|s| (s.since, s.request))
+            {
+                gone.push(oldest.request);
+            }
+        }
+        for g in gone {
+            kept.remove(&g);
+            self.change(Change::Forget(g));
+        }
+        if let std::collections::hash_map::Entry::Vacant(v) = kept.entry(request) {
+            let s = Score {
+                request,
+                owner: owner.to_string(),
+                since: t,
+                share,
+            };
+            self.change(Change::Keep(s.clone()));
+            v.insert(s);
+        }
+        Ok(())
+    }
+
+    /// Hand out (and forget) this party's share of request `of`'s count to `role`, which must
+    /// be the owner of the request's model.
+    pub(crate) fn take(&self, role: &Role, of: u64) -> Result<u64> {
+        let mut kept = self.kept.lock().map_err(|_| poisoned())?;
+        let Some(s) = kept.get(&of) else {
+            return Err(EngineError::Invalid(format!(
+                "no correct count is kept for request {of} (unknown, without labels, or already fetched)"
+            )));
+        };
+        if role != &Role::ModelOwner(s.owner.clone()) {
+            return Err(EngineError::Invalid(format!(
+                "the correct count of request {of} is revealed only to its model's owner, not to {role}"
+            )));
+        }
+        let share = kept.remove(&of).expect("checked").share;
+        self.change(Change::Forget(of));
+        Ok(share)
+    }
+}
+
+fn path_of(dir: &Path, request: u64) -> PathBuf {
+    dir.join(format!("{request}.score"))
+}
+
+fn save(dir: &Path, index: usize, s: &Score) -> Result<()> {
+    let mut w = RecordWriter::create(&path_of(dir, s.request), SCORE_KIND)?;
+    w.bytes(&[index as u8])?;
+    w.bytes(&serde_json::to_vec(s).expect("a score serialises"))?;
+    w.words(1, 1, &mut |_, out| {
+        out[0] = s.share;
+        Ok(())
+    })?;
+    w.commit()
+}
+
+fn load(path: &Path, index: usize) -> Result<Score> {
+    let bad = |why: String| EngineError::Format(format!("{}: {why}", path.display()));
+    let mut r = RecordReader::open(path, SCORE_KIND)?;
+    if r.bytes()? != [index as u8] {
+        return Err(bad("this correct count belongs to the other party".into()));
+    }
+    let mut s: Score = serde_json::from_slice(r.bytes()?)
+        .map_err(|e| bad(format!("malformed correct count: {e}")))?;
+    let share = r.words()?;
+    if share.len() != 1 {
+        return Err(bad(format!("{} words for one share", share.len())));
+    }
+    s.share = share[0];
+    r.finish()?;
+    if path != path_of(path.parent().unwrap_or(Path::new(".")), s.request) {
+        return Err(bad(format!(
+            "holds the count of request {}, not the one its name says",
+            s.request
+        )));
+    }
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn owner(name: &str) -> Role {
+        Role::ModelOwner(name.to_string())
+    }
+
+    /// Wait (bounded) until the writer thread has caught up with `want` records on disk.
+    fn records_settle(dir: &Path, want: usize) {
+        for _ in 0..500 {
+            let n = std::fs::read_dir(dir.join("scores"))
+                .unwrap()
+                .flatten()
+                .filter(|e| e.path().extension().and_then(|x| x.to_str()) == Some("score"))
+                .count();
+            if n == want {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the score records never settled at {want}");
+    }
+
+    #[test]
+    fn counts_survive_a_restart_and_are_handed_out_once_to_their_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = ScoreBook::open(dir.path(), 1).unwrap();
+        book.keep(7, "hospital", 42).unwrap();
+        book.keep(7, "hospital", 99).unwrap(); // a replay does not overwrite
+        book.keep(8, "pharma", u64::MAX).unwrap();
+        let e = book.take(&owner("pharma"), 7).unwrap_err().to_string();
+        assert!(e.contains("revealed only to its model's owner"), "{e}");
+        records_settle(dir.path(), 2);
+        drop(book);
+
+        let book = ScoreBook::open(dir.path(), 1).unwrap();
+        assert_eq!(book.len(), 2);
+        assert_eq!(book.take(&owner("hospital"), 7).unwrap(), 42);
+        let e = book.take(&owner("hospital"), 7).unwrap_err().to_string();
+        assert!(e.contains("no correct count is kept for request 7"), "{e}");
+        records_settle(dir.path(), 1);
+        drop(book);
+
+        let book = ScoreBook::open(dir.path(), 1).unwrap();
+        assert_eq!(book.take(&owner("pharma"), 8).unwrap(), u64::MAX);
+    }
+
+    #[test]
+    fn damaged_foreign_and_misnamed_count_records_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = ScoreBook::open(dir.path(), 0).unwrap();
+        book.keep(5, "hospital", 3).unwrap();
+        records_settle(dir.path(), 1);
+        drop(book);
+        let path = dir.path().join("scores/5.score");
+        let good = std::fs::read(&path).unwrap();
+
+        // The other party's record.
+        let e = ScoreBook::open(dir.path(), 1).err().unwrap().to_string();
+        assert!(e.contains("5.score") && e.contains("other party"), "{e}");
+        // Under another request's name.
+        std::fs::rename(&path, dir.path().join("scores/6.score")).unwrap();
+        let e = ScoreBook::open(dir.path(), 0).err().unwrap().to_string();
+        assert!(
+            e.contains("6.score") && e.contains("not the one its name says"),
+            "{e}"
+        );
+        std::fs::remove_file(dir.path().join("scores/6.score")).unwrap();
+        // One flipped byte, then a truncation.
+        let mut bad = good.clone();
+        bad[40] ^= 1;
+        std::fs::write(&path, &bad).unwrap();
+        let e = ScoreBook::open(dir.path(), 0).err().unwrap().to_string();
+        assert!(
+            e.contains("5.score") && e.contains("checksum mismatch"),
+            "{e}"
+        );
+        std::fs::write(&path, &good[..good.len() - 9]).unwrap();
+        let e = ScoreBook::open(dir.path(), 0).err().unwrap().to_string();
+        assert!(e.contains("5.score"), "{e}");
+        // Restored, it loads.
+        std::fs::write(&path, &good).unwrap();
+        let book = ScoreBook::open(dir.path(), 0).unwrap();
+        assert_eq!(book.take(&owner("hospital"), 5).unwrap(), 3);
+    }
+
+    #[test]
+    fn expired_counts_are_dropped_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("scores")).unwrap();
+        let old = Score {
+            request: 9,
+            owner: "hospital".into(),
+            since: now() - SCORE_LIFETIME.as_secs() - 1,
+            share: 1,
+        };
+        save(&dir.path().join("scores"), 0, &old).unwrap();
+        let book = ScoreBook::open(dir.path(), 0).unwrap();
+        assert_eq!(book.len(), 0);
+        records_settle(dir.path(), 0);
+    }
+}
