@@ -46,9 +46,10 @@ fn seed_corpus_decodes_as_written() {
             ..Default::default()
         };
         let want = match name.as_str() {
-            "material_request.bin" | "fixed_request.bin" | "select_and.bin" => {
-                expect(1, false, 1, 0, 0)
-            }
+            "material_request.bin"
+            | "fixed_request.bin"
+            | "select_and.bin"
+            | "one_hot_request.bin" => expect(1, false, 1, 0, 0),
             // [1, 2, 3, 4] is also a well-formed tensor: rank 1, shape [2], values [3, 4].
             "seed.bin" => expect(1, false, 0, 1, 1),
             // A [2, 3] tensor and a scalar ([0, 7]: rank 0, one value).
