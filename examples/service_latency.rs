@@ -1,7 +1,7 @@
 //! Latency of the tutorial's Linear(1,1) request through the in-process services:
 //! `cargo run --release --example service_latency -- [channels|tcp|tls] [REQUESTS]`.
 
-use engine::nn::{Layer, ModelBounds, Sequential};
+use engine::nn::{ModelBounds, Sequential};
 use engine::service::local::{LocalConfig, LocalDeployment};
 use engine::{FixedPoint, TransportKind};
 
@@ -13,7 +13,7 @@ fn main() -> engine::Result<()> {
         transport,
         ..Default::default()
     })?;
-    let model = Sequential::new(vec![Layer::linear(1, 1, vec![0.5], vec![0.0])?])?;
+    let model = Sequential::tutorial_linear();
     let mut owner = d.model_owner()?;
     owner.upload(
         "linear",

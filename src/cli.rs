@@ -15,7 +15,7 @@ use engine::io::{
     load_inputs, load_labels, load_onnx_model, load_safetensors_model_with, ModelFile, OutputFile,
     UnusedTensors,
 };
-use engine::nn::plain::{Layer, Sequential};
+use engine::nn::plain::Sequential;
 use engine::nn::range::{calibrate, check_inputs, ModelBounds, DEFAULT_INPUT_BOUND};
 use engine::nn::source::{to_sequential, ModelSource};
 use engine::nn::{check_labels, ClassifyOptions, ClassifyReport, SecureClassifier};
@@ -364,7 +364,7 @@ pub fn demo(backend: BackendKind, transport: TransportKind) -> Result<ClassifyRe
     println!(
         "alice, bob and the crypto provider are up (in-process services, {transport:?} links)"
     );
-    let model = Sequential::new(vec![Layer::linear(1, 1, vec![0.5], vec![0.0])?])?;
+    let model = Sequential::tutorial_linear();
     let mut owner = deployment.model_owner()?;
     let t = Instant::now();
     let (plan, _) = owner.upload(

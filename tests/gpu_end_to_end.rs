@@ -5,7 +5,7 @@
 mod common;
 
 use common::test_rng;
-use engine::nn::plain::{vgg16_head, Layer, Sequential};
+use engine::nn::plain::{vgg16_head, Sequential};
 use engine::nn::{ClassifyOptions, SecureClassifier};
 use engine::{BackendKind, PartyId, Session, SessionConfig};
 use rand::Rng;
@@ -108,8 +108,7 @@ fn linear_1x1_tutorial_and_a_small_head_classify_identically_on_gpu() {
         return;
     };
     let mut cpu = cpu_session(seed);
-    let tutorial =
-        Sequential::new(vec![Layer::linear(1, 1, vec![0.5], vec![0.0]).unwrap()]).unwrap();
+    let tutorial = Sequential::tutorial_linear();
     let head = vgg16_head(64, 32, 7, &mut rng);
     let data: Vec<f64> = (0..20 * 64).map(|_| rng.gen_range(0.0..1.0)).collect();
     let labels: Vec<i64> = (0..20).map(|_| rng.gen_range(0..7)).collect();

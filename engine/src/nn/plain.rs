@@ -432,6 +432,15 @@ impl Sequential {
         Self::with_input(layers, input)
     }
 
+    /// The tutorial's model: `Linear(1, 1)` with weight 0.5 and bias 0 (its one input 0.0 with
+    /// label 0 is classified as class 0), as `demo` runs it.
+    pub fn tutorial_linear() -> Sequential {
+        Sequential::new(vec![
+            Layer::linear(1, 1, vec![0.5], vec![0.0]).expect("a valid 1x1 layer")
+        ])
+        .expect("a valid model")
+    }
+
     /// Build from layers and the shape of one input sample, checking every layer's shape.
     pub fn with_input(layers: Vec<Layer>, input: Vec<usize>) -> Result<Sequential> {
         let model = Sequential { layers, input };
