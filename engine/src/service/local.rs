@@ -187,7 +187,7 @@ impl Drop for LocalDeployment {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         for p in &self.parties {
-            p.close_idle_links();
+            p.shut_down();
         }
         // Wake the accept loops: the in-process network's queues close, TCP listeners get a
         // connection that finds the stop flag set.

@@ -115,6 +115,8 @@ pub struct PartyService {
     rendezvous: Mutex<Rendezvous>,
     /// Names an upload or a delete is working on now.
     claimed: Mutex<HashSet<String>>,
+    /// Set by [`Self::shut_down`].
+    stopping: AtomicBool,
     /// Alice: preprocessed material ready per batch shape, by id.
     ready: Mutex<HashMap<PrepareJob, VecDeque<(u64, PreparedEntry)>>>,
     /// Alice: the shapes whose material is being made now.
@@ -210,6 +212,7 @@ impl PartyService {
             dealer_pool: LinkPool::new(Role::Dealer),
             rendezvous: Mutex::new(Rendezvous::default()),
             claimed: Mutex::new(HashSet::new()),
+            stopping: AtomicBool::new(false),
             ready: Mutex::new(HashMap::new()),
             producing: Mutex::new(HashSet::new()),
             held: Mutex::new(HashMap::new()),
@@ -229,8 +232,10 @@ impl PartyService {
         Ok(Arc::new(svc))
     }
 
-    /// Drop the idle links to the other party and the dealer (when shutting down).
-    pub fn close_idle_links(&self) {
+    /// Shutting down: stop making material ahead (a producer ends quietly after its current
+    /// batch) and drop the idle links to the other party and the dealer.
+    pub fn shut_down(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
         self.peer_pool.clear();
         self.dealer_pool.clear();
     }
@@ -1385,7 +1390,7 @@ impl PartyService {
                         .lock()
                         .map(|r| r.get(&job).map_or(0, |q| q.len()))
                         .unwrap_or(usize::MAX);
-                    if have >= target {
+                    if have >= target || me.stopping.load(Ordering::SeqCst) {
                         break;
                     }
                     match me.prepare(&job) {
@@ -1393,6 +1398,10 @@ impl PartyService {
                             if let Ok(mut r) = me.ready.lock() {
                                 r.entry(job.clone()).or_default().push_back((id, entry));
                             }
+                        }
+                        Err(e) if me.stopping.load(Ordering::SeqCst) => {
+                            tracing::debug!(model = %job.model, error = %e, "material ahead stopped by the shutdown");
+                            break;
                         }
                         Err(e) => {
                             tracing::warn!(model = %job.model, rows = job.rows, error = %e, "could not make material ahead");

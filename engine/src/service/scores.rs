@@ -101,8 +101,14 @@ impl ScoreBook {
                             }
                         }
                     };
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "correct count not persisted");
+                    match r {
+                        Ok(()) => {}
+                        // The data directory was removed under a running party (an in-process
+                        // deployment's temporary directory at its end): nothing left to keep.
+                        Err(e) if !writer_dir.is_dir() => {
+                            tracing::debug!(error = %e, "score directory gone")
+                        }
+                        Err(e) => tracing::warn!(error = %e, "correct count not persisted"),
                     }
                 }
             })
