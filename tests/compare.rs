@@ -285,55 +285,69 @@ fn a_partys_transcript_is_independent_of_the_compared_values() {
 
 /// `eq_index` (one-round equality of small integers by table lookup) against plaintext, for
 /// ranges from one class to the largest lookup domain and one past it (the comparison
-/// fallback), odd lengths, and values at both ends of the range.
+/// fallback), odd lengths, values at both ends of the range, and the smallest, default and
+/// largest fixed-point scales.
 #[test]
 fn eq_index_is_exact_for_every_pair_in_range() {
-    use engine::protocols::compare::eq_index_bits;
+    use engine::protocols::compare::{eq_index_bits, MAX_EQ_INDEX_TABLE_WORDS};
+    use engine::{FixedPoint, Session, SessionConfig};
     let mut rng = test_rng("eq_index_exact");
-    let mut s = session();
-    assert_eq!(eq_index_bits(1, F), Some(1));
-    assert_eq!(eq_index_bits(10, F), Some(5));
-    assert_eq!(eq_index_bits(2048, F), Some(12));
-    assert_eq!(eq_index_bits(2049, F), None);
+    assert_eq!(eq_index_bits(1, 1, F), Some(1));
+    assert_eq!(eq_index_bits(7, 10, F), Some(4));
+    assert_eq!(eq_index_bits(7, 16, F), Some(4));
+    assert_eq!(eq_index_bits(7, 17, F), Some(5));
+    assert_eq!(eq_index_bits(7, 4096, F), Some(12));
+    assert_eq!(eq_index_bits(7, 4097, F), None, "past the largest domain");
+    assert_eq!(eq_index_bits(MAX_EQ_INDEX_TABLE_WORDS / 16, 10, F), Some(4));
     assert_eq!(
-        eq_index_bits(10, 60),
+        eq_index_bits(MAX_EQ_INDEX_TABLE_WORDS / 16 + 1, 10, F),
         None,
-        "no room above 60 fractional bits"
+        "past the table budget"
     );
-    for range in [1usize, 2, 3, 7, 10, 1000, 2048, 2049] {
-        for n in [1usize, 7, 65] {
-            let top = range as i64 - 1;
-            let pick = |rng: &mut rand_chacha::ChaCha20Rng, i: usize| match i % 4 {
-                0 => 0,
-                1 => top,
-                _ => rng.gen_range(0..=top),
-            };
-            let xs: Vec<i64> = (0..n).map(|i| pick(&mut rng, i)).collect();
-            // Every third pair equal, the rest drawn (equal by chance for small ranges).
-            let ys: Vec<i64> = (0..n)
-                .map(|i| {
-                    if i % 3 == 0 {
-                        xs[i]
-                    } else {
-                        pick(&mut rng, i + 1)
-                    }
-                })
-                .collect();
-            let enc = |v: &[i64]| -> Vec<u64> { v.iter().map(|&c| (c as u64) << F).collect() };
-            let x = s.share_ring(PartyId::Client, &[n], &enc(&xs)).unwrap();
-            let y = s.share_ring(PartyId::ModelOwner, &[n], &enc(&ys)).unwrap();
-            let eq = apply2(&mut s, &x, &y, &[n], move |p, x, y| {
-                p.eq_index(&x, &y, range)
-            });
-            let got = reveal(&mut s, &eq);
-            for i in 0..n {
-                assert_eq!(
-                    got[i],
-                    (xs[i] == ys[i]) as u64,
-                    "range {range}, n {n}: {} vs {} at {i}",
-                    xs[i],
-                    ys[i]
-                );
+    assert_eq!(eq_index_bits(usize::MAX, 10, F), None);
+    for frac_bits in [1u32, F, 24] {
+        let mut s = Session::new(SessionConfig {
+            fixed: FixedPoint::new(frac_bits).unwrap(),
+            ..Default::default()
+        })
+        .unwrap();
+        for range in [1usize, 2, 3, 7, 10, 1000, 4096, 4097] {
+            for n in [1usize, 7, 65] {
+                let top = range as i64 - 1;
+                let pick = |rng: &mut rand_chacha::ChaCha20Rng, i: usize| match i % 4 {
+                    0 => 0,
+                    1 => top,
+                    _ => rng.gen_range(0..=top),
+                };
+                let xs: Vec<i64> = (0..n).map(|i| pick(&mut rng, i)).collect();
+                // Every third pair equal, the rest drawn (equal by chance for small ranges).
+                let ys: Vec<i64> = (0..n)
+                    .map(|i| {
+                        if i % 3 == 0 {
+                            xs[i]
+                        } else {
+                            pick(&mut rng, i + 1)
+                        }
+                    })
+                    .collect();
+                let enc = |v: &[i64]| -> Vec<u64> {
+                    v.iter().map(|&c| (c as u64) << frac_bits).collect()
+                };
+                let x = s.share_ring(PartyId::Client, &[n], &enc(&xs)).unwrap();
+                let y = s.share_ring(PartyId::ModelOwner, &[n], &enc(&ys)).unwrap();
+                let eq = apply2(&mut s, &x, &y, &[n], move |p, x, y| {
+                    p.eq_index(&x, &y, range)
+                });
+                let got = reveal(&mut s, &eq);
+                for i in 0..n {
+                    assert_eq!(
+                        got[i],
+                        (xs[i] == ys[i]) as u64,
+                        "f {frac_bits}, range {range}, n {n}: {} vs {} at {i}",
+                        xs[i],
+                        ys[i]
+                    );
+                }
             }
         }
     }

@@ -204,7 +204,7 @@ fn a_gpu_classification_moves_only_opened_values_to_the_host() {
             };
             let reveal = traffic.step("reveal");
             let share = traffic.step("share");
-            // eq's opened words become a gather index on the host, never uploaded.
+            // eq's opened words become the gather index (not a counted data upload).
             let eq = traffic.step("eq");
             // Reveals: the predictions [m] of each batch and the final count [1], each framed
             // with a 2-word header; shares received: x [m, input] (3 words) and y [m] (2 words).

@@ -174,7 +174,7 @@ fn upload_classify_score_restart_delete() {
         );
         let s = c.owner_ok(&["score", "--request", &request, "--as", "hospital"]);
         assert!(
-            s.contains(&format!("{correct} correct")),
+            s.contains(&format!("request {request}: {correct} correct ")),
             "{s} vs {correct}"
         );
         let again = c.owner(&["score", "--request", &request, "--as", "hospital"]);
@@ -240,9 +240,16 @@ fn upload_classify_score_restart_delete() {
     assert_eq!(read_preds(&c, "p_after.npy"), plain);
     let s = c.owner_ok(&["score", "--request", &pending, "--as", "hospital"]);
     assert!(
-        s.contains(&format!("{correct} correct")),
+        s.contains(&format!("request {pending}: {correct} correct ")),
         "{s} vs {correct}"
     );
+    // Fetched: both parties forget it, on disk too.
+    let record = |p: &str| c.path(&format!("{p}-data/scores/{pending}.score"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ["alice", "bob"].iter().any(|p| record(p).exists()) {
+        assert!(Instant::now() < deadline, "a fetched count's record stayed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let listed = c.owner_ok(&["models", "--as", "hospital"]);
     assert!(listed.contains("twin  owner hospital"), "{listed}");
 

@@ -161,6 +161,14 @@ impl Drop for NameClaim<'_> {
     }
 }
 
+/// A model name an upload or a delete works on, and what must be served under it.
+#[derive(Clone, Copy)]
+struct NameUse<'n> {
+    name: &'n str,
+    /// `None`: nothing (an upload); `Some(uid)`: the model of that upload (a delete).
+    serving: Option<u64>,
+}
+
 /// What a party learns when alice and bob join for a request.
 struct Joined<'a> {
     /// Per offered batch: whether both parties hold material made ahead for it.
@@ -470,32 +478,60 @@ impl PartyService {
         }
     }
 
-    /// Alice: reserve `name` before she joins bob (bob claims at the join, see
-    /// [`Self::join_peer`]).
-    fn claim_first(&self, name: &str) -> Result<Option<NameClaim<'_>>> {
+    /// Alice: reserve the name before she joins bob; bob only checks it now and claims it at
+    /// her join (see [`Self::join_peer`]).
+    fn claim_first(&self, u: NameUse<'_>) -> Result<Option<NameClaim<'_>>> {
         if self.index == 0 {
-            self.claim_name(name).map(Some)
+            self.claim_name(u).map(Some)
         } else {
-            Ok(None)
+            self.check_use(u).map(|()| None)
         }
     }
 
-    /// Reserve `name` for an upload or a delete (refused while another one works on it).
-    fn claim_name(&self, name: &str) -> Result<NameClaim<'_>> {
+    /// Reserve a name for an upload or a delete (refused while another one works on it), and
+    /// check that what is served under it is what the request expects.
+    fn claim_name(&self, u: NameUse<'_>) -> Result<NameClaim<'_>> {
         if !self
             .claimed
             .lock()
             .map_err(|_| poisoned())?
-            .insert(name.to_string())
+            .insert(u.name.to_string())
         {
             return Err(EngineError::Invalid(format!(
-                "model '{name}' is being uploaded or deleted by another request"
+                "model '{}' is being uploaded or deleted by another request",
+                u.name
             )));
         }
-        Ok(NameClaim {
+        let claim = NameClaim {
             names: &self.claimed,
-            name: name.to_string(),
-        })
+            name: u.name.to_string(),
+        };
+        self.check_use(u)?;
+        Ok(claim)
+    }
+
+    /// Is what is served under `u.name` what the request expects?
+    fn check_use(&self, u: NameUse<'_>) -> Result<()> {
+        let served = self
+            .models
+            .read()
+            .map_err(|_| poisoned())?
+            .get(u.name)
+            .map(|m| m.meta.uid);
+        let name = u.name;
+        match (served, u.serving) {
+            (None, None) => Ok(()),
+            (Some(a), Some(b)) if a == b => Ok(()),
+            (Some(_), None) => Err(EngineError::Invalid(format!(
+                "model '{name}' already exists (delete it first)"
+            ))),
+            (None, Some(_)) => Err(EngineError::Invalid(format!(
+                "no model '{name}' is served here"
+            ))),
+            (Some(_), Some(_)) => Err(EngineError::Invalid(format!(
+                "model '{name}' was replaced while this request waited"
+            ))),
+        }
     }
 
     fn model(&self, name: &str) -> Result<Arc<ServedModel>> {
@@ -529,11 +565,15 @@ impl PartyService {
     ) -> Result<()> {
         let checked = self.model(name).and_then(|m| {
             self.check_owner(role, &m)?;
-            Ok((m, self.claim_first(name)?))
+            let u = NameUse {
+                name,
+                serving: Some(m.meta.uid),
+            };
+            Ok((m, u, self.claim_first(u)?))
         });
-        let (m, _claim) = self.checked_or_cancel(net.request(), checked)?;
+        let (m, u, _claim) = self.checked_or_cancel(net.request(), checked)?;
         let _bobs_claim = self
-            .join_peer(net.request(), digest, &[], Some(name), net)?
+            .join_peer(net.request(), digest, &[], Some(u), net)?
             .claim;
         if self.index == 1 {
             let join = DealerJoin {
@@ -579,14 +619,15 @@ impl PartyService {
     /// the flags, as `None`s where bob lacks his half).
     ///
     /// `claim` names the model an upload or delete works on: alice claimed it before her join,
-    /// bob claims it only once her join arrived, so alice alone orders requests on one name
-    /// (two concurrent uploads cannot each take one party's claim and both fail).
+    /// bob claims it (and checks again what is served under it) only once her join arrived, so
+    /// alice alone orders requests on one name (two concurrent uploads cannot each take one
+    /// party's claim and both fail).
     fn join_peer(
         &self,
         request: u64,
         digest: &[u8],
         offered: &[Option<u64>],
-        claim: Option<&str>,
+        claim: Option<NameUse<'_>>,
         net: &mut StreamTransport,
     ) -> Result<Joined<'_>> {
         net.meter().set_step(JOIN_STEP);
@@ -599,7 +640,7 @@ impl PartyService {
             } else if join.digest != digest {
                 Some("alice and bob received different requests".to_string())
             } else {
-                match claim.map(|name| self.claim_name(name)).transpose() {
+                match claim.map(|u| self.claim_name(u)).transpose() {
                     Ok(c) => {
                         claimed = c;
                         None
@@ -897,21 +938,21 @@ impl PartyService {
         self: &Arc<Self>,
         net: &mut StreamTransport,
         digest: &[u8],
-        model: &str,
+        u: NameUse<'_>,
         kind: JoinKind,
         frac_bits: u32,
     ) -> Result<([u8; 32], Option<NameClaim<'_>>)> {
         let join = DealerJoin {
             request: net.request(),
             party: self.index as u8,
-            model: model.to_string(),
+            model: u.name.to_string(),
             kind,
             frac_bits,
         };
         let sent = self.send_join(net, &join);
         let reused = self.checked_or_cancel(join.request, sent)?;
         let claim = self
-            .join_peer(join.request, digest, &[], Some(model), net)?
+            .join_peer(join.request, digest, &[], Some(u), net)?
             .claim;
         Ok((self.seed_answer(net, &join, reused)?, claim))
     }
@@ -998,6 +1039,10 @@ impl PartyService {
         digest: &[u8],
         net: &mut StreamTransport,
     ) -> Result<()> {
+        let u = NameUse {
+            name,
+            serving: None,
+        };
         let checked = (|| {
             let Role::ModelOwner(owner) = role else {
                 return Err(EngineError::Invalid(format!(
@@ -1006,22 +1051,12 @@ impl PartyService {
             };
             check_model_name(name)?;
             plan.check()?;
-            let claim = self.claim_first(name)?;
-            if self
-                .models
-                .read()
-                .map_err(|_| poisoned())?
-                .contains_key(name)
-            {
-                return Err(EngineError::Invalid(format!(
-                    "model '{name}' already exists (delete it first)"
-                )));
-            }
+            let claim = self.claim_first(u)?;
             Ok((owner, FixedPoint::new(plan.frac_bits)?, claim))
         })();
         let (owner, fx, _claim) = self.checked_or_cancel(request, checked)?;
         let (seed, _bobs_claim) =
-            self.join_both(net, digest, name, JoinKind::Upload, plan.frac_bits)?;
+            self.join_both(net, digest, u, JoinKind::Upload, plan.frac_bits)?;
         let owner_id = role.party_id();
         let (layers, ids) = self.with_party(net, fx, Some(seed), |p| {
             let mut layers = Vec::new();

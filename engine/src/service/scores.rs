@@ -8,10 +8,15 @@
 //! removed by one background thread in the order the counts change, after the request has
 //! answered (a durable write costs two `fsync`s, ~0.7 ms, which stays off the request's
 //! latency); a party killed within that moment loses that one count, which the model owner then
-//! sees as "no correct count is kept". All records are loaded and checked at start-up.
+//! sees as "no correct count is kept". All records are loaded and checked at start-up; a
+//! damaged, foreign or misnamed one is refused (logged with the file and the reason) and moved
+//! aside to `<file>.bad`, since one lost count must not keep a party from serving. Ages are
+//! wall-clock times (they must survive restarts), so a clock set far forward or back expires
+//! counts early or late.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -49,6 +54,8 @@ enum Change {
 pub(crate) struct ScoreBook {
     kept: Mutex<HashMap<u64, Score>>,
     changes: Mutex<Sender<Change>>,
+    /// Set once the writer is found gone (logged once).
+    writer_lost: AtomicBool,
 }
 
 fn now() -> u64 {
@@ -64,8 +71,8 @@ fn poisoned() -> EngineError {
 
 impl ScoreBook {
     /// Party `index`'s counts under `data_dir/scores` (created if missing): every record is
-    /// loaded and checked now (a damaged or foreign one is an error naming the file); expired
-    /// ones are removed.
+    /// loaded and checked now (a damaged, foreign or misnamed one is logged and moved aside);
+    /// expired ones and unfinished writes of an earlier run are removed.
     pub(crate) fn open(data_dir: &Path, index: usize) -> Result<ScoreBook> {
         let dir = data_dir.join("scores");
         let io = |e: std::io::Error| EngineError::Invalid(format!("{}: {e}", dir.display()));
@@ -74,10 +81,27 @@ impl ScoreBook {
         let mut expired = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(io)?.flatten() {
             let path = entry.path();
+            let name = entry.file_name();
+            if name
+                .to_string_lossy()
+                .starts_with(RecordWriter::TEMP_PREFIX)
+            {
+                // A write cut short by a crash (never renamed to its record's name).
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
             if path.extension().and_then(|e| e.to_str()) != Some("score") {
                 continue;
             }
-            let s = load(&path, index)?;
+            let s = match load(&path, index) {
+                Ok(s) => s,
+                Err(e) => {
+                    let aside = path.with_extension("score.bad");
+                    let moved = std::fs::rename(&path, &aside);
+                    tracing::error!(error = %e, moved_to = %aside.display(), moved = moved.is_ok(), "correct count refused");
+                    continue;
+                }
+            };
             if Duration::from_secs(now().saturating_sub(s.since)) >= SCORE_LIFETIME {
                 expired.push(s.request);
             } else {
@@ -119,6 +143,7 @@ impl ScoreBook {
         Ok(ScoreBook {
             kept: Mutex::new(kept),
             changes: Mutex::new(tx),
+            writer_lost: AtomicBool::new(false),
         })
     }
 
@@ -128,8 +153,9 @@ impl ScoreBook {
     }
 
     fn change(&self, c: Change) {
-        if let Ok(tx) = self.changes.lock() {
-            let _ = tx.send(c);
+        let sent = self.changes.lock().is_ok_and(|tx| tx.send(c).is_ok());
+        if !sent && !self.writer_lost.swap(true, Ordering::SeqCst) {
+            tracing::error!("the score writer is gone: correct counts are no longer persisted");
         }
     }
 
@@ -276,41 +302,42 @@ mod tests {
     }
 
     #[test]
-    fn damaged_foreign_and_misnamed_count_records_are_refused_by_name() {
+    fn damaged_foreign_and_misnamed_count_records_are_refused_and_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
         let book = ScoreBook::open(dir.path(), 0).unwrap();
         book.keep(5, "hospital", 3).unwrap();
         records_settle(dir.path(), 1);
         drop(book);
-        let path = dir.path().join("scores/5.score");
+        let scores = dir.path().join("scores");
+        let path = scores.join("5.score");
         let good = std::fs::read(&path).unwrap();
-
-        // The other party's record.
-        let e = ScoreBook::open(dir.path(), 1).err().unwrap().to_string();
-        assert!(e.contains("5.score") && e.contains("other party"), "{e}");
-        // Under another request's name.
-        std::fs::rename(&path, dir.path().join("scores/6.score")).unwrap();
-        let e = ScoreBook::open(dir.path(), 0).err().unwrap().to_string();
-        assert!(
-            e.contains("6.score") && e.contains("not the one its name says"),
-            "{e}"
-        );
-        std::fs::remove_file(dir.path().join("scores/6.score")).unwrap();
-        // One flipped byte, then a truncation.
+        let refused = |file: &str, bytes: &[u8], party: usize| {
+            std::fs::write(scores.join(file), bytes).unwrap();
+            let book = ScoreBook::open(dir.path(), party).unwrap();
+            assert_eq!(book.len(), 0, "{file} loaded");
+            assert!(!scores.join(file).exists(), "{file} left in place");
+            let aside = scores.join(format!("{file}.bad"));
+            assert_eq!(
+                std::fs::read(&aside).unwrap(),
+                bytes,
+                "{file} not kept aside"
+            );
+            std::fs::remove_file(aside).unwrap();
+        };
+        std::fs::remove_file(&path).unwrap();
+        // The other party's record; under another request's name; a flipped byte; truncated.
+        refused("5.score", &good, 1);
+        refused("6.score", &good, 0);
         let mut bad = good.clone();
         bad[40] ^= 1;
-        std::fs::write(&path, &bad).unwrap();
-        let e = ScoreBook::open(dir.path(), 0).err().unwrap().to_string();
-        assert!(
-            e.contains("5.score") && e.contains("checksum mismatch"),
-            "{e}"
-        );
-        std::fs::write(&path, &good[..good.len() - 9]).unwrap();
-        let e = ScoreBook::open(dir.path(), 0).err().unwrap().to_string();
-        assert!(e.contains("5.score"), "{e}");
-        // Restored, it loads.
+        refused("5.score", &bad, 0);
+        refused("5.score", &good[..good.len() - 9], 0);
+        // An unfinished write of an earlier run is removed; the intact record loads.
+        let temp = scores.join(format!("{}crash", RecordWriter::TEMP_PREFIX));
+        std::fs::write(&temp, b"half").unwrap();
         std::fs::write(&path, &good).unwrap();
         let book = ScoreBook::open(dir.path(), 0).unwrap();
+        assert!(!temp.exists());
         assert_eq!(book.take(&owner("hospital"), 5).unwrap(), 3);
     }
 

@@ -35,6 +35,9 @@ pub struct RecordWriter {
 }
 
 impl RecordWriter {
+    /// File names of records being written start with this (in the record's directory).
+    pub const TEMP_PREFIX: &'static str = ".record-";
+
     /// Start a record of `kind` that will replace `path` on [`RecordWriter::commit`].
     pub fn create(path: &Path, kind: &[u8; 8]) -> Result<RecordWriter> {
         let dir = path
@@ -42,7 +45,7 @@ impl RecordWriter {
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         let tmp = tempfile::Builder::new()
-            .prefix(".record-")
+            .prefix(Self::TEMP_PREFIX)
             .tempfile_in(dir)
             .map_err(|e| io_err(dir, "create a file in", e))?;
         let mut w = RecordWriter {

@@ -16,36 +16,46 @@
 //!    `z = e + r mod 2^bits`, uniform and independent of `e` (1 round).
 //! 3. `[e == 0] = [z == r] = T[z]`: each party picks its share of entry `z` of its row.
 //!
-//! **Exactness.** With `2^bits ≥ 2·range`, the residues mod `2^bits` of `(-range, range)` are
-//! distinct, so `e ≡ 0 (mod 2^bits)` exactly when `x == y`: the result is exact for every
-//! input that meets the precondition. Inputs outside it give a wrong 0/1 (the caller checks
+//! **Exactness.** With `2^bits ≥ range`, the only multiple of `2^bits` in `(-range, range)` is
+//! 0, so `e ≡ 0 (mod 2^bits)` exactly when `x == y`: the result is exact for every input that
+//! meets the precondition. Inputs outside it give a wrong 0/1 (the caller checks
 //! its inputs: labels are checked by [`crate::nn::check_labels`], argmax indices lie in range by
 //! construction).
 //!
 //! **Cost** per element and party: 1 round and 8 bytes sent (against 8 rounds and ~95 bytes for
-//! [`Party::eq`]); the dealer sends bob `2^bits` words per element. Domains above
-//! [`MaterialSpec::MAX_ONE_HOT_BITS`] bits (or wider than `64 - f`) fall back to [`Party::eq`].
+//! [`Party::eq`]); the dealer sends bob `2^bits` words per element (16 for 10 classes, 1024
+//! for ImageNet's 1000). Domains above [`MaterialSpec::MAX_ONE_HOT_BITS`] bits (4096 classes),
+//! wider than `64 - f`, or tables above [`MAX_EQ_INDEX_TABLE_WORDS`] fall back to
+//! [`Party::eq`].
 
 use kernels::{BinaryOp, ScalarOp, Tensor};
 
 use crate::dealer::MaterialSpec;
-use crate::error::{shape_err, EngineError, Result};
+use crate::error::{shape_err, Result};
 use crate::party::Party;
 use crate::share::Share;
 
-/// Bits of the lookup domain for differences in `(-range, range)` at `frac_bits` fractional
-/// bits, or `None` where the one-round lookup does not apply (the comparison-based
-/// [`Party::eq`] is used instead). The one decision both the material list and the protocol
-/// follow.
-pub fn eq_index_bits(range: usize, frac_bits: u32) -> Option<u32> {
-    let span = range.checked_mul(2)?.max(2).checked_next_power_of_two()?;
-    let bits = span.trailing_zeros();
-    (bits <= MaterialSpec::MAX_ONE_HOT_BITS && bits + frac_bits <= 64).then_some(bits)
+/// Most table words one [`Party::eq_index`] takes from the dealer (`n · 2^bits`, 32 MiB per
+/// party); larger lookups fall back to [`Party::eq`].
+pub const MAX_EQ_INDEX_TABLE_WORDS: usize = 1 << 22;
+
+/// Bits of the lookup domain for `n` differences in `(-range, range)` at `frac_bits`
+/// fractional bits, or `None` where the one-round lookup does not apply (the comparison-based
+/// [`Party::eq`] is used instead): a domain above [`MaterialSpec::MAX_ONE_HOT_BITS`] bits or
+/// `64 - frac_bits` bits, or tables above [`MAX_EQ_INDEX_TABLE_WORDS`]. The one decision both
+/// the material list and the protocol follow.
+pub fn eq_index_bits(n: usize, range: usize, frac_bits: u32) -> Option<u32> {
+    let bits = range.max(2).checked_next_power_of_two()?.trailing_zeros();
+    let fits = bits <= MaterialSpec::MAX_ONE_HOT_BITS
+        && bits + frac_bits <= 64
+        && n.checked_shl(bits)
+            .is_some_and(|w| w >> bits == n && w <= MAX_EQ_INDEX_TABLE_WORDS);
+    fits.then_some(bits)
 }
 
 /// Material specs, in consumption order, of [`Party::eq_index`] on `n` elements.
 pub fn eq_index_specs(n: usize, range: usize, frac_bits: u32) -> Vec<MaterialSpec> {
-    match eq_index_bits(range, frac_bits) {
+    match eq_index_bits(n, range, frac_bits) {
         Some(bits) => vec![MaterialSpec::OneHot { n, bits }],
         None => super::eq_specs(n),
     }
@@ -64,10 +74,10 @@ impl Party {
             ));
         }
         let f = self.fixed_point().frac_bits();
-        let Some(bits) = eq_index_bits(range, f) else {
+        let n = x.len();
+        let Some(bits) = eq_index_bits(n, range, f) else {
             return self.eq(x, y);
         };
-        let n = x.len();
         let prev = self.set_step("eq");
         let be = self.backend_arc();
         let parts = self.material(MaterialSpec::OneHot { n, bits })?;
@@ -92,13 +102,10 @@ impl Party {
             .enumerate()
             .map(|(e, (&a, &b))| {
                 let z = a.wrapping_add(b) & mask;
-                u32::try_from((e << bits) as u64 + z).map_err(|_| {
-                    EngineError::Invalid(format!(
-                        "eq_index: {n} elements of {bits}-bit tables exceed u32 indexing"
-                    ))
-                })
+                // Below MAX_EQ_INDEX_TABLE_WORDS (checked by eq_index_bits): fits u32.
+                ((e << bits) as u64 + z) as u32
             })
-            .collect::<Result<_>>()?;
+            .collect();
         let picked = be.gather(&parts[1], &index, x.shape())?;
         self.set_step(prev);
         Ok(Share::new(picked))

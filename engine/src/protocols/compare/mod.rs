@@ -36,7 +36,7 @@
 mod circuit;
 mod eq_index;
 
-pub use eq_index::{eq_index_bits, eq_index_specs};
+pub use eq_index::{eq_index_bits, eq_index_specs, MAX_EQ_INDEX_TABLE_WORDS};
 
 use kernels::{BeaverKind, BinaryOp, ScalarOp, Tensor};
 
