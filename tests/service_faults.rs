@@ -10,7 +10,7 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::cluster::{data, Cluster, Options};
 use engine::dealer::{words_to_text, MaterialSpec, OP_BATCH, STATUS_ERROR, STATUS_OK};
@@ -309,4 +309,29 @@ fn the_dealer_refuses_material_out_of_order_twice_or_with_altered_parameters() {
         "{why}"
     );
     assert!(c.log("dealer").contains("dealer refused a request"));
+
+    // Bob gone mid-request (his link closed) and alice never joined: the dealer forgets the
+    // half-joined request at once, so a join of its id opens a new one well before the two
+    // timeouts (6 s here) after which the request would expire anyway.
+    drop(t);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let mut b = StreamTransport::new(PartyId::Bob, bob.options());
+        b.set_request(request);
+        b.add_link(PartyId::Dealer, bob.connect(&Role::Dealer).unwrap());
+        b.meter().set_step("dealer");
+        b.send(PartyId::Dealer, encode(&join)).unwrap();
+        let r = b.recv(PartyId::Dealer).unwrap();
+        if r[0] == STATUS_OK {
+            assert_eq!(r.len(), 5, "status and a fresh seed");
+            assert_ne!(r, seed, "a new request draws new seeds");
+            break;
+        }
+        assert!(words_to_text(&r[1..]).contains("bob already joined request 99"));
+        assert!(
+            Instant::now() < deadline,
+            "the half-joined request was never forgotten"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

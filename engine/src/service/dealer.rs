@@ -36,7 +36,8 @@ pub(crate) const OP_END: u64 = 4;
 /// The step of every message on a dealer link.
 pub(crate) const DEALER_STEP: &str = "dealer";
 const RECORD_KIND: &[u8; 8] = b"dealer\0\0";
-/// Pending joins kept at most (a request whose second party never joins expires).
+/// Pending joins kept at most (a request whose second party never joins is forgotten when
+/// bob's part of it ends, or else after two timeouts).
 const MAX_PENDING: usize = 1 << 16;
 
 /// What the dealer persists for an uploaded model.
@@ -224,6 +225,20 @@ impl DealerService {
         if party == PartyId::Alice {
             return Ok(());
         }
+        let served = self.serve_bob(&join, seeds, &masks, net);
+        self.forget_half_joined(request, party);
+        served
+    }
+
+    /// Bob's request after his join: material until he ends it.
+    fn serve_bob(
+        &self,
+        join: &DealerJoin,
+        seeds: [[u8; 32]; 2],
+        masks: &Arc<RwLock<FixedMasks>>,
+        net: &mut StreamTransport,
+    ) -> Result<()> {
+        let (party, request) = (PartyId::Bob, join.request);
         let dealer = Dealer::new(seeds, masks.clone(), policy(join.frac_bits));
         let mut space = StreamSpace::OnDemand { next: 0 };
         loop {
@@ -237,7 +252,7 @@ impl DealerService {
                             commit: true,
                             owner,
                         } if join.kind == JoinKind::Upload => {
-                            self.commit(&join, seeds, &masks, owner)
+                            self.commit(join, seeds, masks, owner)
                         }
                         DealerEnd::Finish { .. } => Ok(()),
                     };
@@ -255,6 +270,20 @@ impl DealerService {
                 r
             });
             net.send(party, reply)?;
+        }
+    }
+
+    /// Once bob's part of a request ended (however it ended), a join alice never sent will not
+    /// come: forget the half-joined request now rather than after two timeouts.
+    fn forget_half_joined(&self, request: u64, party: PartyId) {
+        if let Ok(mut pending) = self.pending.lock() {
+            let i = party_index(party);
+            if pending
+                .get(&request)
+                .is_some_and(|p| p.joined[i] && !p.joined[1 - i])
+            {
+                pending.remove(&request);
+            }
         }
     }
 
