@@ -185,15 +185,20 @@ impl LocalDeployment {
 
 impl Drop for LocalDeployment {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        // The parties first: from now on a failure of their background work is the shutdown's.
         for p in &self.parties {
             p.shut_down();
         }
+        self.stop.store(true, Ordering::SeqCst);
         // Wake the accept loops: the in-process network's queues close, TCP listeners get a
         // connection that finds the stop flag set.
         self.network.close();
         for a in &self.addresses {
             let _ = TcpStream::connect(a);
+        }
+        // No material made ahead may still run on the backend once the deployment is gone.
+        for p in &self.parties {
+            p.wait_background(Duration::from_secs(10));
         }
     }
 }

@@ -117,6 +117,8 @@ pub struct PartyService {
     claimed: Mutex<HashSet<String>>,
     /// Set by [`Self::shut_down`].
     stopping: AtomicBool,
+    /// Material being made ahead right now (alice's producers, bob's side of each batch).
+    background: AtomicUsize,
     /// Alice: preprocessed material ready per batch shape, by id.
     ready: Mutex<HashMap<PrepareJob, VecDeque<(u64, PreparedEntry)>>>,
     /// Alice: the shapes whose material is being made now.
@@ -179,7 +181,8 @@ struct Joined<'a> {
     claim: Option<NameClaim<'a>>,
 }
 
-/// Decrement the active-request count when a request ends, however it ends.
+/// Decrement a count of work in progress (requests, material made ahead) when the work ends,
+/// however it ends.
 struct Slot<'a>(&'a AtomicUsize);
 
 impl Drop for Slot<'_> {
@@ -221,6 +224,7 @@ impl PartyService {
             rendezvous: Mutex::new(Rendezvous::default()),
             claimed: Mutex::new(HashSet::new()),
             stopping: AtomicBool::new(false),
+            background: AtomicUsize::new(0),
             ready: Mutex::new(HashMap::new()),
             producing: Mutex::new(HashSet::new()),
             held: Mutex::new(HashMap::new()),
@@ -241,11 +245,26 @@ impl PartyService {
     }
 
     /// Shutting down: stop making material ahead (a producer ends quietly after its current
-    /// batch) and drop the idle links to the other party and the dealer.
+    /// batch), persist the correct counts kept so far (later ones stay in memory), and drop the
+    /// idle links to the other party and the dealer.
     pub fn shut_down(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        self.scores.close();
         self.peer_pool.clear();
         self.dealer_pool.clear();
+    }
+
+    /// After [`Self::shut_down`]: wait (at most `limit`) until no material is being made ahead,
+    /// so no background work still runs on the backend when the process exits.
+    pub fn wait_background(&self, limit: std::time::Duration) {
+        let start = Instant::now();
+        while self.background.load(Ordering::SeqCst) > 0 {
+            if start.elapsed() > limit {
+                tracing::warn!(me = %self.net.me(), "material ahead still being made at the shutdown");
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 
     fn me(&self) -> PartyId {
@@ -1415,9 +1434,11 @@ impl PartyService {
         }
         let me = self.clone();
         let mine = job.clone();
+        self.background.fetch_add(1, Ordering::SeqCst);
         let spawned = std::thread::Builder::new()
             .name("party-prepare".into())
             .spawn(move || {
+                let _busy = Slot(&me.background);
                 let job = mine;
                 loop {
                     let have = me
@@ -1449,6 +1470,7 @@ impl PartyService {
                 }
             });
         if spawned.is_err() {
+            self.background.fetch_sub(1, Ordering::SeqCst);
             if let Ok(mut p) = self.producing.lock() {
                 p.remove(&job);
             }
@@ -1526,6 +1548,8 @@ impl PartyService {
     /// Bob: make material with alice for `job` under id `request`, on the link her join came
     /// on, and keep his half.
     fn serve_prepare(self: &Arc<Self>, request: u64, job: PrepareJob, link: Link) {
+        self.background.fetch_add(1, Ordering::SeqCst);
+        let _busy = Slot(&self.background);
         let mut net = StreamTransport::new(PartyId::Bob, self.net.options());
         net.set_request(request);
         net.resume_link(PartyId::Alice, link, 0, 1);
@@ -1599,6 +1623,9 @@ impl PartyService {
                 if self.tell_alice(&mut net, &Ok(())).is_ok() {
                     self.release(&mut net);
                 }
+            }
+            Err(e) if self.stopping.load(Ordering::SeqCst) => {
+                tracing::debug!(request, error = %e, "bob: material ahead stopped by the shutdown")
             }
             Err(e) => tracing::warn!(request, error = %e, "bob: could not make material ahead"),
         }

@@ -48,6 +48,8 @@ struct Score {
 enum Change {
     Keep(Score),
     Forget(u64),
+    /// Answer once every change before it is on disk.
+    Flush(Sender<()>),
 }
 
 /// The correct counts one party keeps (see the module documentation).
@@ -56,6 +58,8 @@ pub(crate) struct ScoreBook {
     changes: Mutex<Sender<Change>>,
     /// Set once the writer is found gone (logged once).
     writer_lost: AtomicBool,
+    /// Set by [`ScoreBook::close`]: later changes stay in memory.
+    closed: AtomicBool,
 }
 
 fn now() -> u64 {
@@ -115,6 +119,10 @@ impl ScoreBook {
             .spawn(move || {
                 for change in rx {
                     let r = match change {
+                        Change::Flush(done) => {
+                            let _ = done.send(());
+                            Ok(())
+                        }
                         Change::Keep(s) => save(&writer_dir, index, &s),
                         Change::Forget(request) => {
                             match std::fs::remove_file(path_of(&writer_dir, request)) {
@@ -125,14 +133,8 @@ impl ScoreBook {
                             }
                         }
                     };
-                    match r {
-                        Ok(()) => {}
-                        // The data directory was removed under a running party (an in-process
-                        // deployment's temporary directory at its end): nothing left to keep.
-                        Err(e) if !writer_dir.is_dir() => {
-                            tracing::debug!(error = %e, "score directory gone")
-                        }
-                        Err(e) => tracing::warn!(error = %e, "correct count not persisted"),
+                    if let Err(e) = r {
+                        tracing::warn!(error = %e, "correct count not persisted");
                     }
                 }
             })
@@ -144,6 +146,7 @@ impl ScoreBook {
             kept: Mutex::new(kept),
             changes: Mutex::new(tx),
             writer_lost: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -152,7 +155,22 @@ impl ScoreBook {
         self.kept.lock().map(|k| k.len()).unwrap_or(0)
     }
 
+    /// Shutting down: wait (at most 10 s) until every change so far is on disk, then keep
+    /// later ones in memory only (so nothing is written while the data directory may be going
+    /// away, as an in-process deployment's temporary one does).
+    pub(crate) fn close(&self) {
+        let (tx, rx) = channel();
+        self.change(Change::Flush(tx));
+        self.closed.store(true, Ordering::SeqCst);
+        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            tracing::warn!("correct counts not all persisted before the shutdown");
+        }
+    }
+
     fn change(&self, c: Change) {
+        if self.closed.load(Ordering::SeqCst) {
+            return;
+        }
         let sent = self.changes.lock().is_ok_and(|tx| tx.send(c).is_ok());
         if !sent && !self.writer_lost.swap(true, Ordering::SeqCst) {
             tracing::error!("the score writer is gone: correct counts are no longer persisted");
@@ -339,6 +357,26 @@ mod tests {
         let book = ScoreBook::open(dir.path(), 0).unwrap();
         assert!(!temp.exists());
         assert_eq!(book.take(&owner("hospital"), 5).unwrap(), 3);
+    }
+
+    #[test]
+    fn close_persists_what_was_kept_and_writes_nothing_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let book = ScoreBook::open(dir.path(), 0).unwrap();
+        book.keep(1, "hospital", 10).unwrap();
+        book.close();
+        assert!(
+            dir.path().join("scores/1.score").exists(),
+            "not flushed by close"
+        );
+        book.keep(2, "hospital", 20).unwrap();
+        assert_eq!(
+            book.take(&owner("hospital"), 2).unwrap(),
+            20,
+            "kept in memory"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!dir.path().join("scores/2.score").exists());
     }
 
     #[test]
