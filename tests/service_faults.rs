@@ -218,17 +218,26 @@ fn certificates_from_another_ca_none_or_for_another_role_are_refused() {
     still_serving(&c);
 }
 
+/// Join `join`'s request at the dealer as `net`'s party on a new link; returns the link's
+/// transport and the dealer's answer.
+fn join_dealer(net: &Net, join: &DealerJoin) -> (StreamTransport, Vec<u64>) {
+    let me = net.me().party_id();
+    let mut t = StreamTransport::new(me, net.options());
+    t.set_request(join.request);
+    t.add_link(PartyId::Dealer, net.connect(&Role::Dealer).unwrap());
+    t.meter().set_step("dealer");
+    t.send(PartyId::Dealer, encode(join)).unwrap();
+    let answer = t.recv(PartyId::Dealer).unwrap();
+    (t, answer)
+}
+
 #[test]
 fn the_dealer_refuses_material_out_of_order_twice_or_with_altered_parameters() {
     let c = loopback(false);
     let d = Deployment::load(&c.config).unwrap();
     // Play bob, with bob's own certificate.
     let bob = Net::new(d.clone(), Role::Bob, Some(&c.keys())).unwrap();
-    let mut t = StreamTransport::new(PartyId::Bob, bob.options());
     let request = 99;
-    t.set_request(request);
-    t.add_link(PartyId::Dealer, bob.connect(&Role::Dealer).unwrap());
-    t.meter().set_step("dealer");
     let join = DealerJoin {
         request,
         party: 1,
@@ -236,8 +245,7 @@ fn the_dealer_refuses_material_out_of_order_twice_or_with_altered_parameters() {
         kind: JoinKind::Upload,
         frac_bits: 16,
     };
-    t.send(PartyId::Dealer, encode(&join)).unwrap();
-    let seed = t.recv(PartyId::Dealer).unwrap();
+    let (mut t, seed) = join_dealer(&bob, &join);
     assert_eq!(seed[0], STATUS_OK);
     assert_eq!(seed.len(), 5, "status and a 4-word seed");
     let mut ask = |first: u64, specs: &[MaterialSpec]| -> Result<Vec<u64>, String> {
@@ -279,29 +287,18 @@ fn the_dealer_refuses_material_out_of_order_twice_or_with_altered_parameters() {
     );
 
     // A second join as bob for the same request, and alice joining it for another model.
-    let mut again = StreamTransport::new(PartyId::Bob, bob.options());
-    again.set_request(request);
-    again.add_link(PartyId::Dealer, bob.connect(&Role::Dealer).unwrap());
-    again.meter().set_step("dealer");
-    again.send(PartyId::Dealer, encode(&join)).unwrap();
-    let r = again.recv(PartyId::Dealer).unwrap();
+    let (_again, r) = join_dealer(&bob, &join);
     assert_eq!(r[0], STATUS_ERROR);
     assert!(words_to_text(&r[1..]).contains("bob already joined request 99"));
     let alice = Net::new(d, Role::Alice, Some(&c.keys())).unwrap();
-    let mut a = StreamTransport::new(PartyId::Alice, alice.options());
-    a.set_request(request);
-    a.add_link(PartyId::Dealer, alice.connect(&Role::Dealer).unwrap());
-    a.meter().set_step("dealer");
-    a.send(
-        PartyId::Dealer,
-        encode(&DealerJoin {
+    let (_a, r) = join_dealer(
+        &alice,
+        &DealerJoin {
             party: 0,
             model: "other".into(),
             ..join.clone()
-        }),
-    )
-    .unwrap();
-    let r = a.recv(PartyId::Dealer).unwrap();
+        },
+    );
     assert_eq!(r[0], STATUS_ERROR);
     let why = words_to_text(&r[1..]);
     assert!(
@@ -316,12 +313,7 @@ fn the_dealer_refuses_material_out_of_order_twice_or_with_altered_parameters() {
     drop(t);
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
-        let mut b = StreamTransport::new(PartyId::Bob, bob.options());
-        b.set_request(request);
-        b.add_link(PartyId::Dealer, bob.connect(&Role::Dealer).unwrap());
-        b.meter().set_step("dealer");
-        b.send(PartyId::Dealer, encode(&join)).unwrap();
-        let r = b.recv(PartyId::Dealer).unwrap();
+        let (_b, r) = join_dealer(&bob, &join);
         if r[0] == STATUS_OK {
             assert_eq!(r.len(), 5, "status and a fresh seed");
             assert_ne!(r, seed, "a new request draws new seeds");
