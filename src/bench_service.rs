@@ -251,12 +251,7 @@ pub fn run(args: &BenchServiceArgs) -> Result<BenchServiceReport> {
         None => None,
     };
     let labels = match &args.labels {
-        Some(p) => {
-            let l = engine::io::load_labels(p)?;
-            engine::nn::check_labels(&l, rows, info.classes)
-                .map_err(|e| EngineError::Format(format!("{p}: {e}")))?;
-            Some(l)
-        }
+        Some(p) => Some(crate::cli::load_checked_labels(p, rows, info.classes)?),
         None => None,
     };
     let data = Arc::new(data);

@@ -406,6 +406,14 @@ pub fn demo(backend: BackendKind, transport: TransportKind) -> Result<ClassifyRe
     Ok(report)
 }
 
+/// Load a labels file for `rows` input rows of a model with `classes` classes: one label per
+/// row, each in `0..classes`, or an error naming the file.
+pub fn load_checked_labels(path: &str, rows: usize, classes: usize) -> Result<Vec<i64>> {
+    let l = load_labels(path)?;
+    check_labels(&l, rows, classes).map_err(|e| EngineError::Format(format!("{path}: {e}")))?;
+    Ok(l)
+}
+
 /// Keep GPU drivers from printing noise on stderr in successful runs: without a desktop session
 /// (`XDG_RUNTIME_DIR` unset), Mesa's implicit device-select Vulkan layer tries to reach a Wayland
 /// display and complains on every run. It only reorders adapters for a display, which this
@@ -519,14 +527,11 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             let labels = match labels {
                 Some(p) => {
-                    let l = load_labels(&p)?;
                     let classes = plain
                         .shapes()?
                         .last()
                         .map_or(0, |s| s.iter().product::<usize>());
-                    check_labels(&l, n, classes)
-                        .map_err(|e| EngineError::Format(format!("{p}: {e}")))?;
-                    Some(l)
+                    Some(load_checked_labels(&p, n, classes)?)
                 }
                 None => None,
             };

@@ -196,12 +196,7 @@ pub fn classify(
         return Err(EngineError::Format(format!("{input}: no input rows")));
     }
     let labels = match labels {
-        Some(p) => {
-            let l = engine::io::load_labels(p)?;
-            engine::nn::check_labels(&l, n, info.classes)
-                .map_err(|e| EngineError::Format(format!("{p}: {e}")))?;
-            Some(l)
-        }
+        Some(p) => Some(crate::cli::load_checked_labels(p, n, info.classes)?),
         None => None,
     };
     let width: usize = info.input_shape.iter().product();
