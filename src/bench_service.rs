@@ -37,6 +37,9 @@ pub struct BenchServiceArgs {
     /// parties keep each request's correct count for the model owner.
     #[arg(long)]
     pub labels: Option<String>,
+    /// Classify only the first N rows of --input (and of --labels and --expect).
+    #[arg(long)]
+    pub rows: Option<usize>,
     /// Rows per batch inside a request.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -80,10 +83,63 @@ struct Counters {
     busy: AtomicU64,
 }
 
+/// Wrong answers described at most per run (the count covers them all).
+const MAX_MISMATCH_DETAILS: usize = 100;
+
+/// One wrong prediction: the request, the row, what was expected and what was answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mismatch {
+    /// The classify request's id (as the parties logged it).
+    pub request: u64,
+    /// The input row.
+    pub row: usize,
+    /// The expected class.
+    pub expected: i64,
+    /// The class answered.
+    pub answer: i64,
+}
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "request {}: row {} expected class {}, answered {}",
+            self.request, self.row, self.expected, self.answer
+        )
+    }
+}
+
+/// The rows of one answer that differ from the expected predictions.
+fn mismatches_of(request: u64, expected: &[i64], answer: &[i64]) -> Vec<Mismatch> {
+    let mut out: Vec<Mismatch> = expected
+        .iter()
+        .zip(answer)
+        .enumerate()
+        .filter(|(_, (e, a))| e != a)
+        .map(|(row, (&expected, &answer))| Mismatch {
+            request,
+            row,
+            expected,
+            answer,
+        })
+        .collect();
+    // A different number of predictions: every missing or extra row is a mismatch too.
+    for row in answer.len().min(expected.len())..answer.len().max(expected.len()) {
+        out.push(Mismatch {
+            request,
+            row,
+            expected: expected.get(row).copied().unwrap_or(-1),
+            answer: answer.get(row).copied().unwrap_or(-1),
+        });
+    }
+    out
+}
+
 /// One client's measurements.
 #[derive(Default)]
 struct ClientLog {
     latencies: Vec<f64>,
+    wrong: Vec<Mismatch>,
     first: Option<RequestStats>,
     client_bytes: u64,
     first_error: Option<String>,
@@ -110,6 +166,8 @@ pub struct BenchServiceReport {
     pub answered: u64,
     /// Answers that differ from `--expect`.
     pub mismatches: u64,
+    /// The wrong rows of those answers (at most [`MAX_MISMATCH_DETAILS`]).
+    pub mismatch_details: Vec<Mismatch>,
     /// Requests that failed, other than "busy".
     pub errors: u64,
     /// Requests refused as busy.
@@ -157,6 +215,12 @@ impl BenchServiceReport {
             "started": self.started,
             "answered": self.answered,
             "mismatches": self.mismatches,
+            "mismatch_details": self.mismatch_details.iter().map(|m| serde_json::json!({
+                "request": m.request,
+                "row": m.row,
+                "expected": m.expected,
+                "answer": m.answer,
+            })).collect::<Vec<_>>(),
             "errors": self.errors,
             "busy": self.busy,
             "lost": self.lost,
@@ -227,31 +291,48 @@ pub fn run(args: &BenchServiceArgs) -> Result<BenchServiceReport> {
         .find(|m| m.name == args.model)
         .ok_or_else(|| EngineError::Invalid(format!("no model '{}' is served", args.model)))?;
     drop(probe);
-    let (rows, data) = engine::io::load_inputs(&args.input, &info.input_shape)?;
-    if rows == 0 {
+    let (file_rows, mut data) = engine::io::load_inputs(&args.input, &info.input_shape)?;
+    if file_rows == 0 {
         return Err(EngineError::Format(format!(
             "{}: no input rows",
             args.input
         )));
     }
     let width: usize = info.input_shape.iter().product();
+    let rows = match args.rows {
+        Some(0) => return Err(EngineError::Invalid("--rows must be at least 1".into())),
+        Some(r) if r > file_rows => {
+            return Err(EngineError::Invalid(format!(
+                "--rows {r}: {} holds only {file_rows} rows",
+                args.input
+            )))
+        }
+        Some(r) => r,
+        None => file_rows,
+    };
+    data.truncate(rows * width);
     engine::nn::range::check_inputs(&data, width, info.input_bound)
         .map_err(|e| EngineError::Range(format!("{}: {e}", args.input)))?;
     let expect = match &args.expect {
         Some(p) => {
-            let e = engine::io::load_labels(p)?;
-            if e.len() != rows {
+            let mut e = engine::io::load_labels(p)?;
+            if e.len() != file_rows {
                 return Err(EngineError::Format(format!(
-                    "{p}: {} expected predictions for {rows} input rows",
+                    "{p}: {} expected predictions for {file_rows} input rows",
                     e.len()
                 )));
             }
+            e.truncate(rows);
             Some(e)
         }
         None => None,
     };
     let labels = match &args.labels {
-        Some(p) => Some(crate::cli::load_checked_labels(p, rows, info.classes)?),
+        Some(p) => {
+            let mut l = crate::cli::load_checked_labels(p, file_rows, info.classes)?;
+            l.truncate(rows);
+            Some(l)
+        }
         None => None,
     };
     let data = Arc::new(data);
@@ -310,6 +391,11 @@ pub fn run(args: &BenchServiceArgs) -> Result<BenchServiceReport> {
                         if let Some(e) = expect.as_ref() {
                             if &r.predictions != e {
                                 counters.mismatches.fetch_add(1, Ordering::SeqCst);
+                                let wrong = mismatches_of(r.stats.request, e, &r.predictions);
+                                for m in &wrong {
+                                    eprintln!("bench-service: wrong answer: {m}");
+                                }
+                                log.wrong.extend(wrong);
                             }
                         }
                         log.client_bytes += r.stats.bytes_sent + r.stats.bytes_received;
@@ -339,10 +425,12 @@ pub fn run(args: &BenchServiceArgs) -> Result<BenchServiceReport> {
     let mut first_error = None;
     let mut client_bytes = 0u64;
     let mut failed_clients = 0u64;
+    let mut mismatch_details = Vec::new();
     for t in threads {
         match t.join() {
             Ok(Ok(log)) => {
                 latencies.extend(log.latencies);
+                mismatch_details.extend(log.wrong);
                 client_bytes += log.client_bytes;
                 if first.is_none() {
                     first = log.first;
@@ -384,6 +472,10 @@ pub fn run(args: &BenchServiceArgs) -> Result<BenchServiceReport> {
         started,
         answered,
         mismatches: c.mismatches.load(Ordering::SeqCst),
+        mismatch_details: {
+            mismatch_details.truncate(MAX_MISMATCH_DETAILS);
+            mismatch_details
+        },
         errors: errors + failed_clients,
         busy,
         lost: started.saturating_sub(answered + errors + busy),
@@ -453,6 +545,9 @@ fn print_report(r: &BenchServiceReport, json: bool, checked: bool) {
     if let Some(e) = &r.first_error {
         println!("first error: {e}");
     }
+    for m in &r.mismatch_details {
+        println!("wrong answer: {m}");
+    }
     println!(
         "latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  max {:.3}  mean {:.3}",
         r.p50_ms, r.p90_ms, r.p99_ms, r.max_ms, r.mean_ms
@@ -475,7 +570,34 @@ fn print_report(r: &BenchServiceReport, json: bool, checked: bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::quantile;
+    use super::{mismatches_of, quantile, Mismatch};
+
+    #[test]
+    fn a_mismatch_names_its_request_row_expected_class_and_answer() {
+        let m = mismatches_of(9, &[1, 2, 3], &[1, 5, 3, 4]);
+        assert_eq!(
+            m,
+            vec![
+                Mismatch {
+                    request: 9,
+                    row: 1,
+                    expected: 2,
+                    answer: 5
+                },
+                Mismatch {
+                    request: 9,
+                    row: 3,
+                    expected: -1,
+                    answer: 4
+                }
+            ]
+        );
+        assert_eq!(
+            m[0].to_string(),
+            "request 9: row 1 expected class 2, answered 5"
+        );
+        assert!(mismatches_of(1, &[0, 7], &[0, 7]).is_empty());
+    }
 
     #[test]
     fn nearest_rank_quantiles() {

@@ -4,6 +4,7 @@
 mod common;
 
 use common::{apply, apply2, reveal, session, test_rng};
+use engine::party::CHECK_WORDS_PER_MESSAGE;
 use engine::protocols::compare::compare_specs;
 use engine::PartyId;
 use rand::Rng;
@@ -206,10 +207,15 @@ fn rounds_and_bytes_per_comparison_are_fixed() {
                 Ok((t1.since(&t0).online(), t3.since(&t2).online()))
             })
             .unwrap();
+        // Each of the 8 messages also carries the material check word.
+        let check = 8 * 8 * CHECK_WORDS_PER_MESSAGE;
         assert_eq!(ltz.rounds, 8);
-        assert_eq!(ltz.bytes_sent, compare_bytes(n as u64));
+        assert_eq!(ltz.bytes_sent, compare_bytes(n as u64) + check);
         assert_eq!(relu.rounds, 8);
-        assert_eq!(relu.bytes_sent, compare_bytes(n as u64) + 8 * n as u64);
+        assert_eq!(
+            relu.bytes_sent,
+            compare_bytes(n as u64) + 8 * n as u64 + check
+        );
     }
     // Argmax over 10 classes: ceil(log2 10) = 4 tournament levels of 8 rounds.
     let x = s
@@ -371,7 +377,7 @@ fn eq_index_takes_one_round_and_eight_bytes_per_element() {
             })
             .unwrap();
         assert_eq!(t.rounds, 1);
-        assert_eq!(t.bytes_sent, 8 * n as u64);
+        assert_eq!(t.bytes_sent, 8 * (n as u64 + CHECK_WORDS_PER_MESSAGE));
     }
 }
 

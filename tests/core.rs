@@ -256,9 +256,13 @@ fn fixed_operand_is_opened_once_and_reused() {
         for i in 0..m * n {
             assert!(trunc_ok(got[i], want[i], F));
         }
-        // Online traffic: E = X - a (m*k words) and the truncation opening (m*n words).
+        // Online traffic: E = X - a (m*k words) and the truncation opening (m*n words), each
+        // message with its material check word.
         let online = traffic.online();
-        assert_eq!(online.bytes_sent, 8 * (*m * k + *m * n) as u64);
+        assert_eq!(
+            online.bytes_sent,
+            8 * ((*m * k + *m * n) as u64 + 2 * engine::party::CHECK_WORDS_PER_MESSAGE)
+        );
         assert_eq!(online.rounds, 2);
     }
 }

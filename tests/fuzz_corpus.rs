@@ -50,7 +50,8 @@ fn seed_corpus_decodes_as_written() {
             | "fixed_request.bin"
             | "select_and.bin"
             | "one_hot_request.bin" => expect(1, false, 1, 0, 0),
-            // [1, 2, 3, 4] is also a well-formed tensor: rank 1, shape [2], values [3, 4].
+            // A seed grant (4 seed words and the material tag); [1, 3, 7, 8, 9] is also a
+            // well-formed tensor: rank 1, shape [3], values [7, 8, 9].
             "seed.bin" => expect(1, false, 0, 1, 1),
             // A [2, 3] tensor and a scalar ([0, 7]: rank 0, one value).
             "tensor.bin" => expect(2, false, 0, 2, 0),

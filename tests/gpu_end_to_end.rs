@@ -210,11 +210,17 @@ fn a_gpu_classification_moves_only_opened_values_to_the_host() {
             // with a 2-word header; shares received: x [m, input] (3 words) and y [m] (2 words).
             assert_eq!(reveal.messages, batches + 1);
             let bob = party as u64;
+            // Every message to the peer carries a material check word that is not data.
+            let check = 8 * engine::party::CHECK_WORDS_PER_MESSAGE;
             let want = kernels::TransferStats {
                 downloads: peer.messages + reveal.messages,
-                download_bytes: peer.bytes_sent + reveal.bytes_sent - 16 * reveal.messages,
+                download_bytes: peer.bytes_sent - check * peer.messages + reveal.bytes_sent
+                    - 16 * reveal.messages,
                 uploads: peer.messages - eq.messages + 2 * batches + bob * parts,
-                upload_bytes: peer.bytes_received - eq.bytes_received + share.bytes_received
+                upload_bytes: peer.bytes_received
+                    - check * peer.messages
+                    - (eq.bytes_received - check * eq.messages)
+                    + share.bytes_received
                     - 40 * batches
                     + bob * 8 * words,
             };

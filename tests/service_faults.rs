@@ -247,7 +247,7 @@ fn the_dealer_refuses_material_out_of_order_twice_or_with_altered_parameters() {
     };
     let (mut t, seed) = join_dealer(&bob, &join);
     assert_eq!(seed[0], STATUS_OK);
-    assert_eq!(seed.len(), 5, "status and a 4-word seed");
+    assert_eq!(seed.len(), 6, "status, a 4-word seed and the material tag");
     let mut ask = |first: u64, specs: &[MaterialSpec]| -> Result<Vec<u64>, String> {
         let mut req = vec![OP_BATCH, first, specs.len() as u64];
         for s in specs {
@@ -308,22 +308,43 @@ fn the_dealer_refuses_material_out_of_order_twice_or_with_altered_parameters() {
     assert!(c.log("dealer").contains("dealer refused a request"));
 
     // Bob gone mid-request (his link closed) and alice never joined: the dealer forgets the
-    // half-joined request at once, so a join of its id opens a new one well before the two
-    // timeouts (6 s here) after which the request would expire anyway.
+    // half-joined request at once (no two timeouts of state), and a later join of its id, by
+    // either party, is refused: its seeds were issued once and a fresh pair would not match
+    // the material bob already made (issue 21: a late alice got new seeds, and a wrong answer).
     drop(t);
     let deadline = Instant::now() + Duration::from_secs(2);
     loop {
         let (_b, r) = join_dealer(&bob, &join);
-        if r[0] == STATUS_OK {
-            assert_eq!(r.len(), 5, "status and a fresh seed");
-            assert_ne!(r, seed, "a new request draws new seeds");
+        assert_eq!(r[0], STATUS_ERROR, "a rejoin must never get fresh seeds");
+        let why = words_to_text(&r[1..]);
+        if why.contains("ended at the dealer") {
             break;
         }
-        assert!(words_to_text(&r[1..]).contains("bob already joined request 99"));
+        assert!(why.contains("bob already joined request 99"), "{why}");
         assert!(
             Instant::now() < deadline,
-            "the half-joined request was never forgotten"
+            "the half-joined request was never ended"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    let (_a, r) = join_dealer(
+        &alice,
+        &DealerJoin {
+            party: 0,
+            ..join.clone()
+        },
+    );
+    assert_eq!(r[0], STATUS_ERROR, "alice's late join is refused");
+    assert!(words_to_text(&r[1..]).contains("ended at the dealer"));
+    // A new request id is served as usual.
+    let (_b, r) = join_dealer(
+        &bob,
+        &DealerJoin {
+            request: 100,
+            ..join.clone()
+        },
+    );
+    assert_eq!(r[0], STATUS_OK, "{}", words_to_text(&r[1..]));
+    assert_eq!(r.len(), 6, "status, a fresh seed and its tag");
+    assert_ne!(r, seed, "a new request draws new seeds");
 }

@@ -65,6 +65,15 @@ pub enum EngineError {
     /// A message did not have the expected form.
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// Alice and bob are out of step: they hold different material, or a protocol step met
+    /// material made for another. The request is stopped; no answer is given.
+    #[error("out of step at '{step}': {detail}")]
+    OutOfStep {
+        /// The protocol step that noticed.
+        step: &'static str,
+        /// What differed.
+        detail: String,
+    },
     /// A party thread failed or panicked.
     #[error("party {party} failed: {detail}")]
     PartyFailed {

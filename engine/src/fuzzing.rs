@@ -7,7 +7,7 @@
 //! envelope, every control message of the services (hellos, requests, replies, joins). None may
 //! panic, hang or allocate more than the frame limit allows.
 
-use crate::dealer::{decode_material_request, words_to_seed, words_to_text, MaterialSpec};
+use crate::dealer::{decode_material_request, words_to_text, MaterialSpec, SeedGrant};
 use crate::protocols::io::unframe;
 use crate::service::wire::{decode, DealerEnd, DealerJoin, JoinAnswer, PeerJoin, Reply, Request};
 use crate::transport::frame::decode_frames;
@@ -74,7 +74,7 @@ pub fn decode_untrusted(data: &[u8]) -> DecodeSummary {
         if unframe(f).is_ok() {
             s.tensors += 1;
         }
-        if words_to_seed(f).is_ok() {
+        if SeedGrant::from_words(f).is_ok() {
             s.seeds += 1;
         }
         if Envelope::decode(f).is_some() && control_message(&f[Envelope::WORDS..]) {

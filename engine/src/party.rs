@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex, Weak};
 use kernels::{Backend, BinaryOp, Storage, Tensor};
 
 use crate::dealer::{
-    expand_with, material_stream, words_to_seed, words_to_text, MaterialSpec, OP_BATCH, STATUS_OK,
+    expand_with, fold_identity, material_identity, material_stream, words_to_text, MaterialSpec,
+    SeedGrant, OP_BATCH, STATUS_OK,
 };
 use crate::error::{shape_err, EngineError, Result};
 use crate::fixed::FixedPoint;
@@ -31,10 +32,16 @@ pub struct WeightShares {
     pub bias: Tensor,
 }
 
+/// Words every message between alice and bob carries besides its payload: the fingerprint of
+/// the material the sender consumed so far (see [`Party::exchange`]).
+pub const CHECK_WORDS_PER_MESSAGE: u64 = 1;
+
 /// Material fetched ahead of use, in the order the protocols will consume it.
 pub(crate) struct Prepared {
     pub(crate) spec: MaterialSpec,
     pub(crate) parts: Vec<Tensor>,
+    /// Its identity ([`material_identity`] of its grant's tag, stream and spec).
+    pub(crate) identity: u64,
 }
 
 impl Prepared {
@@ -50,11 +57,14 @@ pub struct Party {
     net: Box<dyn Transport>,
     backend: Arc<dyn Backend>,
     fixed: FixedPoint,
-    dealer_seed: [u8; 32],
-    /// Whether `dealer_seed` was drawn by the dealer for this party object (a service party
-    /// that runs on preprocessed material only has none, and fetches nothing).
-    seeded: bool,
+    /// This party's seed and the material tag, from the dealer (a service party that runs on
+    /// preprocessed material only has none, and fetches nothing).
+    grant: Option<SeedGrant>,
     next_stream: u64,
+    /// The fingerprint of every piece of material this party has consumed, in order
+    /// ([`fold_identity`]); sent with every message to the peer and checked against the
+    /// peer's (see [`Party::exchange`]).
+    consumed: u64,
     queue: VecDeque<Prepared>,
     store: HashMap<u64, Share>,
     /// The public masked value `F = W - b` of each fixed operand, by id.
@@ -111,6 +121,8 @@ pub(crate) fn request_corrections(
 pub(crate) struct MaterialMaker {
     pub(crate) index: usize,
     pub(crate) seed: [u8; 32],
+    /// The material tag of the grant the seed came with.
+    pub(crate) tag: u64,
     pub(crate) backend: Arc<dyn Backend>,
 }
 
@@ -151,7 +163,11 @@ impl MaterialMaker {
                 |c| Ok(be.upload(&[c.len()], c)?),
             )?;
             let parts = self.prepare(spec, parts, fixed_public)?;
-            out.push(Prepared { spec: *spec, parts });
+            out.push(Prepared {
+                spec: *spec,
+                parts,
+                identity: material_identity(self.tag, stream, spec),
+            });
         }
         Ok(out)
     }
@@ -203,8 +219,8 @@ impl Party {
         fixed: FixedPoint,
     ) -> Result<Party> {
         net.meter().set_step("dealer");
-        let seed = words_to_seed(&net.recv(PartyId::Dealer)?)?;
-        Ok(Party::with_seed(index, net, backend, fixed, Some(seed)))
+        let grant = SeedGrant::from_words(&net.recv(PartyId::Dealer)?)?;
+        Ok(Party::with_seed(index, net, backend, fixed, Some(grant)))
     }
 
     /// Set up party `index` with a dealer seed already received (a service joins each request
@@ -215,16 +231,16 @@ impl Party {
         net: Box<dyn Transport>,
         backend: Arc<dyn Backend>,
         fixed: FixedPoint,
-        seed: Option<[u8; 32]>,
+        grant: Option<SeedGrant>,
     ) -> Party {
         Party {
             index,
             net,
             backend,
             fixed,
-            dealer_seed: seed.unwrap_or_default(),
-            seeded: seed.is_some(),
+            grant,
             next_stream: 0,
+            consumed: 0,
             queue: VecDeque::new(),
             store: HashMap::new(),
             fixed_public: HashMap::new(),
@@ -282,9 +298,14 @@ impl Party {
 
     /// A material maker for this party (its seed and backend).
     pub(crate) fn maker(&self) -> MaterialMaker {
+        let grant = self.grant.unwrap_or(SeedGrant {
+            seed: [0; 32],
+            tag: 0,
+        });
         MaterialMaker {
             index: self.index,
-            seed: self.dealer_seed,
+            seed: grant.seed,
+            tag: grant.tag,
             backend: self.backend.clone(),
         }
     }
@@ -398,21 +419,48 @@ impl Party {
     // ---- communication with the peer ----
 
     /// Send `payload` to the peer and receive the peer's message: one round.
-    pub(crate) fn exchange(&mut self, step: &'static str, payload: Vec<u64>) -> Result<Vec<u64>> {
+    ///
+    /// **Material check.** Every message to the peer carries one more word: the fingerprint of
+    /// all material this party has consumed so far. The peer's must equal ours before anything
+    /// it sent is used: material whose halves were made for different requests, entries,
+    /// streams or shapes (a bug that would otherwise give a plausible wrong answer) stops the
+    /// request here, at the first opening that uses it. The fingerprint depends on public
+    /// values only (the grant's tag, stream numbers, specs), never on a secret, so it tells the
+    /// peer nothing it does not know. No extra round; 8 bytes per message.
+    pub(crate) fn exchange(
+        &mut self,
+        step: &'static str,
+        mut payload: Vec<u64>,
+    ) -> Result<Vec<u64>> {
         let prev = self.set_step(step);
         let peer = self.peer();
         let expected = payload.len();
+        payload.push(self.consumed);
         self.net.send(peer, payload)?;
-        let got = self.net.recv(peer)?;
+        let mut got = self.net.recv(peer)?;
         self.set_step(prev);
+        if got.len() != expected + 1 {
+            return Err(EngineError::Protocol(format!(
+                "{step}: peer sent {} words, expected {}",
+                got.len(),
+                expected + 1
+            )));
+        }
+        let theirs = got.pop().expect("one word at least");
+        if theirs != self.consumed {
+            return Err(EngineError::OutOfStep {
+                step,
+                detail: format!(
+                    "{} and {} hold different preprocessed material (fingerprints {:016x} and \
+                     {theirs:016x}); the request was stopped before using it",
+                    self.id(),
+                    peer,
+                    self.consumed
+                ),
+            });
+        }
         if let Some(t) = self.transcript.as_mut() {
             t.push(got.clone());
-        }
-        if got.len() != expected {
-            return Err(EngineError::Protocol(format!(
-                "{step}: peer sent {} words, expected {expected}",
-                got.len()
-            )));
         }
         Ok(got)
     }
@@ -488,16 +536,26 @@ impl Party {
     /// The next backend-resident material item: from the queue if preprocessed, else fetched
     /// on demand.
     pub(crate) fn material(&mut self, spec: MaterialSpec) -> Result<Vec<Tensor>> {
-        if let Some(front) = self.queue.pop_front() {
-            if front.spec != spec {
-                return Err(EngineError::Protocol(format!(
-                    "preprocessed material out of order: queued {:?}, protocol needs {spec:?}",
-                    front.spec
-                )));
+        let item = match self.queue.pop_front() {
+            Some(front) if front.spec != spec => {
+                return Err(EngineError::OutOfStep {
+                    step: self.net.meter_ref().current_step(),
+                    detail: format!(
+                        "preprocessed material out of order: queued {:?}, protocol needs {spec:?}",
+                        front.spec
+                    ),
+                })
             }
-            return Ok(front.parts);
-        }
-        Ok(self.fetch(&[spec])?.pop().expect("one item fetched").parts)
+            Some(front) => front,
+            None => self.fetch(&[spec])?.pop().expect("one item fetched"),
+        };
+        self.consumed = fold_identity(self.consumed, item.identity);
+        Ok(item.parts)
+    }
+
+    /// The fingerprint of the material consumed so far (see [`Party::exchange`]).
+    pub fn material_fingerprint(&self) -> u64 {
+        self.consumed
     }
 
     fn fetch(&mut self, specs: &[MaterialSpec]) -> Result<Vec<Prepared>> {
@@ -516,7 +574,7 @@ impl Party {
 
     /// Take the next `count` on-demand stream numbers (both parties advance in lock-step).
     pub(crate) fn reserve_streams(&mut self, count: usize) -> Result<u64> {
-        if !self.seeded {
+        if self.grant.is_none() {
             return Err(EngineError::Protocol(
                 "this request runs on preprocessed material only and has no dealer seed".into(),
             ));
@@ -538,12 +596,17 @@ impl Party {
         if self.index == 1 {
             request_corrections(self.net.as_mut(), first, specs)?;
         }
+        let tag = self.grant.map_or(0, |g| g.tag);
+        for (i, spec) in specs.iter().enumerate() {
+            let id = material_identity(tag, first + i as u64, spec);
+            self.consumed = fold_identity(self.consumed, id);
+        }
         Ok(first)
     }
 
     /// This party's material stream number `stream`.
     pub(crate) fn stream(&self, stream: u64) -> crate::dealer::MaterialRng {
-        material_stream(self.dealer_seed, stream)
+        material_stream(self.grant.map_or([0; 32], |g| g.seed), stream)
     }
 
     /// Check that fixed operand `id` is registered and was registered with the weight share `w`

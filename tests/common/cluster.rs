@@ -32,6 +32,8 @@ pub struct Options {
     pub max_requests: usize,
     /// Try network namespaces (falls back to loopback when they cannot be made).
     pub netns: bool,
+    /// `RUST_LOG` of the services (their default level when `None`).
+    pub log_filter: Option<String>,
 }
 
 impl Default for Options {
@@ -41,6 +43,7 @@ impl Default for Options {
             timeout_secs: 10,
             max_requests: 32,
             netns: true,
+            log_filter: None,
         }
     }
 }
@@ -273,6 +276,9 @@ impl Cluster {
             role => cmd.args(["party", "--role", role]),
         };
         cmd.args(self.common_args());
+        if let Some(f) = &self.options.log_filter {
+            cmd.env("RUST_LOG", f);
+        }
         cmd.arg("--data-dir")
             .arg(self.dir.path().join(format!("{who}-data")));
         cmd

@@ -19,10 +19,9 @@ pub use material::{
     PartShapes,
 };
 pub use service::{
-    decode_material_request, run_dealer, words_to_text, DealerPolicy, DealerRng, MaskRecord,
-    OP_BATCH, STATUS_ERROR, STATUS_OK,
+    decode_material_request, fold_identity, material_identity, run_dealer, words_to_text,
+    DealerPolicy, DealerRng, MaskRecord, SeedGrant, OP_BATCH, STATUS_ERROR, STATUS_OK,
 };
 pub(crate) use service::{
-    material_stream, seed_to_words, text_to_words, words_to_seed, Dealer, FixedMasks, StreamSpace,
-    OP_FORGET_FIXED, OP_SHUTDOWN,
+    material_stream, text_to_words, Dealer, FixedMasks, StreamSpace, OP_FORGET_FIXED, OP_SHUTDOWN,
 };

@@ -84,8 +84,8 @@ pub(crate) fn material_stream(seed: [u8; 32], stream: u64) -> MaterialRng {
     kernels::cpu::prg::chacha12_at(&seed, stream, 0)
 }
 
-/// Seeds for alice and bob, sent once.
-pub(crate) fn party_seeds(source: DealerRng) -> [[u8; 32]; 2] {
+/// Seeds for alice and bob and the material tag of their request, drawn once.
+pub(crate) fn party_seeds(source: DealerRng) -> ([[u8; 32]; 2], u64) {
     let mut base = match source {
         DealerRng::Os => ChaCha20Rng::from_entropy(),
         DealerRng::TestSeed(s) => ChaCha20Rng::seed_from_u64(s ^ 0xD3A1_E5ED),
@@ -94,29 +94,79 @@ pub(crate) fn party_seeds(source: DealerRng) -> [[u8; 32]; 2] {
     for s in &mut seeds {
         base.fill_bytes(s);
     }
-    seeds
+    (seeds, base.next_u64())
 }
 
-/// Pack a 32-byte seed into 4 words for sending.
-pub(crate) fn seed_to_words(seed: &[u8; 32]) -> Vec<u64> {
-    seed.chunks(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
-        .collect()
+/// What the dealer gives a party for one request: the party's own seed, and the request's
+/// material tag, random and the same for both parties. Every piece of material a party expands
+/// carries an identity derived from the tag (see [`material_identity`]), which the parties
+/// compare on every message they exchange: material from two different grants can never be
+/// combined silently.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SeedGrant {
+    /// The party's seed.
+    pub seed: [u8; 32],
+    /// The request's material tag (public, shared by both parties).
+    pub tag: u64,
 }
 
-/// Unpack a seed message.
-pub(crate) fn words_to_seed(words: &[u64]) -> Result<[u8; 32]> {
-    if words.len() != 4 {
-        return Err(EngineError::Protocol(format!(
-            "dealer seed message has {} words, expected 4",
-            words.len()
-        )));
+impl SeedGrant {
+    /// Words of a grant on the wire.
+    pub const WORDS: usize = 5;
+
+    /// The grant as words: the seed packed into 4 words, then the tag.
+    pub fn to_words(&self) -> Vec<u64> {
+        let mut w: Vec<u64> = self
+            .seed
+            .chunks(8)
+            .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
+            .collect();
+        w.push(self.tag);
+        w
     }
-    let mut seed = [0u8; 32];
-    for (i, w) in words.iter().enumerate() {
-        seed[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+
+    /// Unpack a grant sent with [`SeedGrant::to_words`].
+    pub fn from_words(words: &[u64]) -> Result<SeedGrant> {
+        if words.len() != Self::WORDS {
+            return Err(EngineError::Protocol(format!(
+                "dealer seed message has {} words, expected {}",
+                words.len(),
+                Self::WORDS
+            )));
+        }
+        let mut seed = [0u8; 32];
+        for (i, w) in words[..4].iter().enumerate() {
+            seed[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        Ok(SeedGrant {
+            seed,
+            tag: words[4],
+        })
     }
-    Ok(seed)
+}
+
+/// The identity of one piece of material: its grant's tag, its stream and its spec (kind,
+/// shapes, fixed operand), mixed into one word. Alice and bob compute it from public values
+/// only; equal identities mean the two halves were made for each other.
+pub fn material_identity(tag: u64, stream: u64, spec: &MaterialSpec) -> u64 {
+    let mut words = vec![tag, stream];
+    spec.encode(&mut words);
+    words
+        .iter()
+        .fold(0x243F_6A88_85A3_08D3, |h, &w| mix_word(h ^ w))
+}
+
+/// Fold `next` into a running fingerprint (order matters).
+pub fn fold_identity(running: u64, next: u64) -> u64 {
+    mix_word(running.rotate_left(17) ^ next)
+}
+
+/// SplitMix64's finaliser: every input bit affects every output bit.
+fn mix_word(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// What the dealer agrees to serve.
@@ -536,10 +586,15 @@ pub fn run_dealer(
     policy: DealerPolicy,
 ) -> Result<()> {
     crate::memory::set_thread_role(crate::memory::Role::Dealer);
-    let seeds = party_seeds(source);
+    let (seeds, tag) = party_seeds(source);
     net.meter().set_step("dealer");
-    net.send(PartyId::Alice, seed_to_words(&seeds[0]))?;
-    net.send(PartyId::Bob, seed_to_words(&seeds[1]))?;
+    for (i, party) in [PartyId::Alice, PartyId::Bob].into_iter().enumerate() {
+        let grant = SeedGrant {
+            seed: seeds[i],
+            tag,
+        };
+        net.send(party, grant.to_words())?;
+    }
     let dealer = Dealer::new(seeds, Arc::new(RwLock::new(FixedMasks::default())), policy);
     let pool_thread = match pool_net {
         Some(mut pn) => {
@@ -657,8 +712,10 @@ mod tests {
                     policy,
                 )
             });
-            let alice_seed = words_to_seed(&alice.recv(PartyId::Dealer).unwrap()).unwrap();
-            let bob_seed = words_to_seed(&bob.recv(PartyId::Dealer).unwrap()).unwrap();
+            let alice_grant = SeedGrant::from_words(&alice.recv(PartyId::Dealer).unwrap()).unwrap();
+            let bob_grant = SeedGrant::from_words(&bob.recv(PartyId::Dealer).unwrap()).unwrap();
+            assert_eq!(alice_grant.tag, bob_grant.tag, "one tag for both parties");
+            let (alice_seed, bob_seed) = (alice_grant.seed, bob_grant.seed);
             Harness {
                 alice_seed,
                 bob_seed,

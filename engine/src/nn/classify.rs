@@ -65,10 +65,42 @@ pub(crate) fn send_batch(
     Ok(())
 }
 
-/// The client's side of a batch's predictions: reconstruct the class indices revealed to it.
-pub(crate) fn receive_predictions(client: &mut DataOwner, fx: &FixedPoint) -> Result<Vec<i64>> {
+/// The client's side of a batch's predictions: reconstruct the class indices revealed to it,
+/// `rows` of them, each in `0..classes` at the fixed-point scale exactly. Anything else can only
+/// come from parties out of step, and is an error, never an answer.
+pub(crate) fn receive_predictions(
+    client: &mut DataOwner,
+    fx: &FixedPoint,
+    rows: usize,
+    classes: usize,
+) -> Result<Vec<i64>> {
     let (_, ring) = client.receive_reveal()?;
-    Ok(ring.iter().map(|&v| (v as i64) >> fx.frac_bits()).collect())
+    if ring.len() != rows {
+        return Err(crate::EngineError::OutOfStep {
+            step: "reveal",
+            detail: format!("{} predictions revealed for {rows} rows", ring.len()),
+        });
+    }
+    let f = fx.frac_bits();
+    ring.iter()
+        .enumerate()
+        .map(|(row, &v)| {
+            let class = (v as i64) >> f;
+            let exact = v & ((1u64 << f) - 1) == 0;
+            if exact && (0..classes as i64).contains(&class) {
+                Ok(class)
+            } else {
+                Err(crate::EngineError::OutOfStep {
+                    step: "reveal",
+                    detail: format!(
+                        "the prediction revealed for row {row} is not a class index in \
+                         0..{classes} (ring value {v:#x}): the parties are out of step, the \
+                         answer was discarded"
+                    ),
+                })
+            }
+        })
+        .collect()
 }
 
 /// A party's side of one batch of a classification, the same in-process and across hosts.
@@ -367,6 +399,8 @@ impl<'s> SecureClassifier<'s> {
                 preds.extend(receive_predictions(
                     self.session.owner_mut(PartyId::Client)?,
                     &fx,
+                    m,
+                    self.model.out_features(),
                 )?);
             }
             on_progress(hi, n);

@@ -303,7 +303,7 @@ impl RemoteOwner {
                     &data[lo * width..hi * width],
                     labels.map(|l| &l[lo..hi]),
                 )?;
-                predictions.extend(receive_predictions(&mut owner, &fx)?);
+                predictions.extend(receive_predictions(&mut owner, &fx, hi - lo, info.classes)?);
             }
             Ok(())
         })();

@@ -10,22 +10,23 @@
 //! records of the upload to `DATA_DIR/<name>.dealer` (atomically, checksummed) and draws the
 //! masks again from them when it restarts.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::dealer::{
-    seed_to_words, text_to_words, Dealer, DealerPolicy, FixedMasks, MaskRecord, StreamSpace,
-    OP_BATCH, STATUS_ERROR, STATUS_OK,
+    text_to_words, Dealer, DealerPolicy, FixedMasks, MaskRecord, SeedGrant, StreamSpace, OP_BATCH,
+    STATUS_ERROR, STATUS_OK,
 };
 use crate::deploy::Role;
 use crate::error::{EngineError, Result};
+use crate::service::hooks::{HookPoint, Hooks};
 use crate::service::net::{Listener, Net};
 use crate::service::store::{RecordReader, RecordWriter};
 use crate::service::wire::{decode, DealerEnd, DealerJoin, JoinKind};
@@ -55,10 +56,46 @@ struct DealerModel {
     masks: Arc<RwLock<FixedMasks>>,
 }
 
+/// Requests whose seeds were issued and must never be issued again: paired (both joined),
+/// ended by bob before alice joined, or expired half-joined. A late or replayed join of one is
+/// refused instead of getting fresh seeds that the other party never had, which would make the
+/// two halves of the request's material unrelated (a silently wrong answer). Kept for four
+/// timeouts, at most [`MAX_CLOSED`] (the oldest forgotten first).
+#[derive(Default)]
+struct Closed {
+    ids: HashMap<u64, Instant>,
+    order: VecDeque<u64>,
+}
+
+/// Closed requests remembered at most.
+const MAX_CLOSED: usize = 1 << 20;
+
+impl Closed {
+    fn insert(&mut self, request: u64, keep: Duration) {
+        while let Some(&old) = self.order.front() {
+            let stale = self.ids.get(&old).is_none_or(|t| t.elapsed() > keep);
+            if !stale && self.order.len() < MAX_CLOSED {
+                break;
+            }
+            self.order.pop_front();
+            self.ids.remove(&old);
+        }
+        if self.ids.insert(request, Instant::now()).is_none() {
+            self.order.push_back(request);
+        }
+    }
+
+    fn contains(&self, request: u64) -> bool {
+        self.ids.contains_key(&request)
+    }
+}
+
 /// A request one or both parties joined.
 struct Pending {
     join: DealerJoin,
     seeds: [[u8; 32]; 2],
+    /// The request's material tag (both parties get it with their seed).
+    tag: u64,
     masks: Arc<RwLock<FixedMasks>>,
     joined: [bool; 2],
     since: Instant,
@@ -70,7 +107,10 @@ pub struct DealerService {
     dir: PathBuf,
     models: RwLock<HashMap<String, Arc<DealerModel>>>,
     pending: Mutex<HashMap<u64, Pending>>,
+    closed: Mutex<Closed>,
     rng: Mutex<ChaCha20Rng>,
+    /// Where tests hold the dealer's workers.
+    pub(crate) hooks: Hooks,
 }
 
 fn policy(frac_bits: u32) -> DealerPolicy {
@@ -106,7 +146,9 @@ impl DealerService {
             dir: dir.to_path_buf(),
             models: RwLock::new(models),
             pending: Mutex::new(HashMap::new()),
+            closed: Mutex::new(Closed::default()),
             rng: Mutex::new(ChaCha20Rng::from_entropy()),
+            hooks: Hooks::default(),
         }))
     }
 
@@ -202,9 +244,13 @@ impl DealerService {
         msg: &[u64],
         net: &mut StreamTransport,
     ) -> Result<()> {
+        self.hooks.at(HookPoint::DealerJoin {
+            request,
+            party: party_index(party),
+        });
         let joined =
             decode::<DealerJoin>(msg, "dealer join").and_then(|j| self.join(party, request, j));
-        let (join, seeds, masks) = match joined {
+        let (join, seeds, tag, masks) = match joined {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(request, %party, error = %e, "dealer: join refused");
@@ -220,13 +266,18 @@ impl DealerService {
             };
         }
         let mut reply = vec![STATUS_OK];
-        reply.extend(seed_to_words(&seeds[party_index(party)]));
+        let grant = SeedGrant {
+            seed: seeds[party_index(party)],
+            tag,
+        };
+        reply.extend(grant.to_words());
         net.send(party, reply)?;
         if party == PartyId::Alice {
             return Ok(());
         }
         let served = self.serve_bob(&join, seeds, &masks, net);
         self.forget_half_joined(request, party);
+        self.hooks.at(HookPoint::DealerEnded { request });
         served
     }
 
@@ -283,7 +334,16 @@ impl DealerService {
                 .is_some_and(|p| p.joined[i] && !p.joined[1 - i])
             {
                 pending.remove(&request);
+                // A join of the other party still in flight is refused, never given new seeds.
+                self.close(request);
             }
+        }
+    }
+
+    /// Remember that `request`'s seeds were issued for good (see [`Closed`]).
+    fn close(&self, request: u64) {
+        if let Ok(mut c) = self.closed.lock() {
+            c.insert(request, self.net.options().timeout * 4);
         }
     }
 
@@ -295,7 +355,7 @@ impl DealerService {
         party: PartyId,
         request: u64,
         join: DealerJoin,
-    ) -> Result<(DealerJoin, [[u8; 32]; 2], Arc<RwLock<FixedMasks>>)> {
+    ) -> Result<(DealerJoin, [[u8; 32]; 2], u64, Arc<RwLock<FixedMasks>>)> {
         let refuse = |m: String| Err(EngineError::Protocol(m));
         crate::service::party::check_model_name(&join.model)?;
         if join.request != request || usize::from(join.party) != party_index(party) {
@@ -328,7 +388,7 @@ impl DealerService {
             if party != PartyId::Bob {
                 return refuse("only bob deletes a model's masks".into());
             }
-            return Ok((join, [[0; 32]; 2], Arc::default()));
+            return Ok((join, [[0; 32]; 2], 0, Arc::default()));
         }
         let mut pending = self
             .pending
@@ -336,7 +396,19 @@ impl DealerService {
             .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?;
         // A party joins at most a timeout after the other (it waits that long for its peer).
         let expiry = self.net.options().timeout * 2;
-        pending.retain(|_, p| p.since.elapsed() < expiry);
+        pending.retain(|&id, p| {
+            let live = p.since.elapsed() < expiry;
+            if !live {
+                self.close(id);
+            }
+            live
+        });
+        if self.closed.lock().map_or(true, |c| c.contains(request)) {
+            return refuse(format!(
+                "request {request} was already joined by both parties or ended at the dealer \
+                 (a request's seeds are issued once)"
+            ));
+        }
         let i = party_index(party);
         if let Some(p) = pending.get_mut(&request) {
             if p.join.model != join.model
@@ -352,9 +424,10 @@ impl DealerService {
                 return refuse(format!("{party} already joined request {request}"));
             }
             p.joined[i] = true;
-            let out = (join, p.seeds, p.masks.clone());
+            let out = (join, p.seeds, p.tag, p.masks.clone());
             if p.joined == [true, true] {
                 pending.remove(&request);
+                self.close(request);
             }
             return Ok(out);
         }
@@ -362,7 +435,7 @@ impl DealerService {
             return refuse("busy: too many requests waiting for their second party".into());
         }
         let mut seeds = [[0u8; 32]; 2];
-        {
+        let tag = {
             let mut rng = self
                 .rng
                 .lock()
@@ -370,7 +443,8 @@ impl DealerService {
             for s in &mut seeds {
                 rng.fill_bytes(s);
             }
-        }
+            rng.next_u64()
+        };
         let masks = match (&model, join.kind) {
             (Some(m), JoinKind::Classify) => m.masks.clone(),
             _ => Arc::new(RwLock::new(FixedMasks::default())),
@@ -382,12 +456,13 @@ impl DealerService {
             Pending {
                 join: join.clone(),
                 seeds,
+                tag,
                 masks: masks.clone(),
                 joined,
                 since: Instant::now(),
             },
         );
-        Ok((join, seeds, masks))
+        Ok((join, seeds, tag, masks))
     }
 
     fn record_path(&self, name: &str) -> PathBuf {

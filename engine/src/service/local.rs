@@ -67,6 +67,7 @@ pub struct LocalDeployment {
     network: Arc<MemoryNet>,
     keys: Option<KeySet>,
     parties: Vec<Arc<PartyService>>,
+    dealer: Option<Arc<DealerService>>,
     stop: Arc<AtomicBool>,
     addresses: Vec<String>,
     _dirs: tempfile::TempDir,
@@ -115,6 +116,7 @@ impl LocalDeployment {
             network: MemoryNet::new(),
             keys,
             parties: Vec::new(),
+            dealer: None,
             stop: Arc::new(AtomicBool::new(false)),
             addresses: if tcp { addresses } else { Vec::new() },
             _dirs: dirs,
@@ -146,6 +148,7 @@ impl LocalDeployment {
         let net = d.net(Role::Dealer)?;
         let listener = listen(&net)?;
         let dealer = DealerService::open(net, &dir("dealer"))?;
+        d.dealer = Some(dealer.clone());
         let stop = d.stop.clone();
         std::thread::Builder::new()
             .name("dealer-accept".into())
@@ -170,6 +173,18 @@ impl LocalDeployment {
             (None, TransportKind::Tcp) => Net::insecure(d, role),
             _ => Net::in_memory(d, role, self.network.clone()),
         })
+    }
+
+    /// The party services (alice, bob), for tests that hold their workers.
+    #[cfg(test)]
+    pub(crate) fn parties(&self) -> &[Arc<PartyService>] {
+        &self.parties
+    }
+
+    /// The dealer service, for tests that hold its workers.
+    #[cfg(test)]
+    pub(crate) fn dealer(&self) -> &Arc<DealerService> {
+        self.dealer.as_ref().expect("started")
     }
 
     /// The model owner's endpoint (it uploads, deletes and receives correct counts).

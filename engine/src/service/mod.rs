@@ -24,9 +24,13 @@
 
 pub mod client;
 pub mod dealer;
+pub(crate) mod hooks;
 pub mod local;
 pub mod net;
 pub mod party;
 pub mod scores;
 pub mod store;
 pub mod wire;
+
+#[cfg(test)]
+mod tests;

@@ -22,7 +22,7 @@ use std::time::Instant;
 use kernels::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::dealer::{words_to_seed, words_to_text, STATUS_OK};
+use crate::dealer::{words_to_text, SeedGrant, STATUS_OK};
 use crate::deploy::Role;
 use crate::error::{EngineError, Result};
 use crate::fixed::FixedPoint;
@@ -269,6 +269,32 @@ impl PartyService {
 
     fn me(&self) -> PartyId {
         PartyId::compute(self.index)
+    }
+
+    /// Alice: batches of material ready ahead, over all shapes (for tests).
+    #[cfg(test)]
+    pub(crate) fn ready_batches(&self) -> usize {
+        self.ready
+            .lock()
+            .map(|r| r.values().map(VecDeque::len).sum())
+            .unwrap_or(0)
+    }
+
+    /// Bob: swap the material of two entries he holds (a test injecting mismatched material);
+    /// whether he held two.
+    #[cfg(test)]
+    pub(crate) fn swap_two_held(&self) -> bool {
+        let Ok(mut h) = self.held.lock() else {
+            return false;
+        };
+        let ids: Vec<u64> = h.keys().copied().take(2).collect();
+        let [a, b] = ids[..] else {
+            return false;
+        };
+        let ea = std::mem::take(&mut h.get_mut(&a).expect("held").1.items);
+        let eb = std::mem::replace(&mut h.get_mut(&b).expect("held").1.items, ea);
+        h.get_mut(&a).expect("held").1.items = eb;
+        true
     }
 
     /// The models served.
@@ -942,10 +968,10 @@ impl PartyService {
         net: &mut StreamTransport,
         join: &DealerJoin,
         reused: bool,
-    ) -> Result<[u8; 32]> {
+    ) -> Result<SeedGrant> {
         let reply = self.dealer_answer(net, join, reused)?;
         match reply.split_first() {
-            Some((&STATUS_OK, seed)) => words_to_seed(seed),
+            Some((&STATUS_OK, grant)) => SeedGrant::from_words(grant),
             _ => Err(dealer_refused(&reply)),
         }
     }
@@ -960,7 +986,7 @@ impl PartyService {
         u: NameUse<'_>,
         kind: JoinKind,
         frac_bits: u32,
-    ) -> Result<([u8; 32], Option<NameClaim<'_>>)> {
+    ) -> Result<(SeedGrant, Option<NameClaim<'_>>)> {
         let join = DealerJoin {
             request: net.request(),
             party: self.index as u8,
@@ -1028,7 +1054,7 @@ impl PartyService {
         &self,
         net: &mut StreamTransport,
         fx: FixedPoint,
-        seed: Option<[u8; 32]>,
+        seed: Option<SeedGrant>,
         body: impl FnOnce(&mut Party) -> Result<R>,
     ) -> Result<R> {
         let taken = std::mem::replace(net, StreamTransport::new(self.me(), self.net.options()));
@@ -1497,7 +1523,14 @@ impl PartyService {
             kind: JoinKind::Classify,
             frac_bits: m.meta.plan.frac_bits,
         };
-        let reused = self.send_join(&mut net, &dealer_join)?;
+        // Alice's join must be paired at the dealer before bob can hear of the material: bob
+        // makes his half without a word from alice and may end his part at the dealer before
+        // a join of hers still in flight arrives, which the dealer would then refuse (it
+        // never issues a request's seeds twice). So her seed first, then bob.
+        let seed = {
+            let reused = self.send_join(&mut net, &dealer_join)?;
+            self.seed_answer(&mut net, &dealer_join, reused)?
+        };
         let answer = self.peer_round(
             &mut net,
             encode(&PeerJoin {
@@ -1513,7 +1546,6 @@ impl PartyService {
                 detail: reason,
             });
         }
-        let seed = self.seed_answer(&mut net, &dealer_join, reused)?;
         let items = self.make_material(&mut net, &m, job, seed)?;
         // Bob confirms he stored his half.
         self.hear_bob(&mut net, "the material was not kept")?;
@@ -1533,7 +1565,7 @@ impl PartyService {
         net: &mut StreamTransport,
         m: &ServedModel,
         job: &PrepareJob,
-        seed: [u8; 32],
+        seed: SeedGrant,
     ) -> Result<Vec<Prepared>> {
         let specs = batch_specs(&m.model, job.rows as usize, job.labels, m.fx.frac_bits());
         self.with_party(net, m.fx, Some(seed), |p| {
