@@ -125,7 +125,7 @@ pub fn upload(
     name: &str,
     model: &crate::cli::ModelArgs,
 ) -> Result<()> {
-    engine::service::party::check_model_name(name)?;
+    engine::wire::control::check_model_name(name)?;
     let loaded = model.load()?;
     let mut o = owner(args, as_name, true)?;
     let (plan, stats) = o.upload(

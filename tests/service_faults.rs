@@ -13,13 +13,14 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::cluster::{data, Cluster, Options};
-use engine::dealer::{words_to_text, MaterialSpec, OP_BATCH, STATUS_ERROR, STATUS_OK};
+use engine::dealer::MaterialSpec;
 use engine::deploy::keys::read_credentials;
 use engine::deploy::{Deployment, Role};
 use engine::service::client::RemoteOwner;
 use engine::service::net::Net;
-use engine::service::wire::{encode, DealerJoin, JoinKind, Request};
 use engine::transport::{step_code, PartyId, StreamTransport, TlsEndpoint, Transport};
+use engine::wire::control::{encode, DealerJoin, JoinKind, Request};
+use engine::wire::dealer::{words_to_text, OP_BATCH, STATUS_ERROR, STATUS_OK};
 use ndarray::{Array1, Array4};
 
 fn loopback(insecure: bool) -> Cluster {

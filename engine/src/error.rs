@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::transport::PartyId;
+use crate::roles::PartyId;
 
 /// Result alias for the engine.
 pub type Result<T> = std::result::Result<T, EngineError>;

@@ -7,11 +7,12 @@
 //! envelope, every control message of the services (hellos, requests, replies, joins). None may
 //! panic, hang or allocate more than the frame limit allows.
 
-use crate::dealer::{decode_material_request, words_to_text, MaterialSpec, SeedGrant};
-use crate::protocols::io::unframe;
-use crate::service::wire::{decode, DealerEnd, DealerJoin, JoinAnswer, PeerJoin, Reply, Request};
-use crate::transport::frame::decode_frames;
+use crate::dealer::MaterialSpec;
 use crate::transport::Envelope;
+use crate::wire::control::{decode, DealerEnd, DealerJoin, JoinAnswer, PeerJoin, Reply, Request};
+use crate::wire::dealer::{decode_material_request, words_to_text, SeedGrant};
+use crate::wire::frame::decode_frames;
+use crate::wire::tensor::unpack;
 
 /// Frame limit used when fuzzing (2^16 words): small, so runs stay fast.
 pub const FUZZ_MAX_FRAME_WORDS: u64 = 1 << 16;
@@ -71,7 +72,7 @@ pub fn decode_untrusted(data: &[u8]) -> DecodeSummary {
         for chunk in f.chunks(MaterialSpec::ENCODED_WORDS) {
             let _ = MaterialSpec::decode(chunk).map(|spec| spec.checked_words());
         }
-        if unframe(f).is_ok() {
+        if unpack(f).is_ok() {
             s.tensors += 1;
         }
         if SeedGrant::from_words(f).is_ok() {

@@ -1,5 +1,6 @@
 //! Secure Serving engine: two-party secure inference over Z_2^64 with a dealer.
 //!
+//! - [`roles`]: who takes part (party ids, certificate roles).
 //! - [`fixed`]: fixed-point encoding of reals into the ring.
 //! - [`share`]: a party's additive share of a tensor (`!Send`: it never leaves its party's thread).
 //! - [`transport`]: how parties talk (in-process channels, TCP, mutually authenticated TLS),
@@ -11,6 +12,8 @@
 //!   receive reveals through it.
 //! - [`protocols`]: share/reveal, add, mul, matmul (incl. fixed operands), truncation, comparison.
 //! - [`pool`]: preprocessed material produced ahead, in the background, per model and batch shape.
+//! - [`wire`]: everything that crosses a link: frames, envelopes, tensors, dealer and control
+//!   messages.
 //! - [`memory`]: per-role accounting of large buffers (alice, bob, dealer, owner).
 //!
 //! # Example
@@ -68,10 +71,12 @@ mod owner;
 pub mod party;
 pub mod pool;
 pub mod protocols;
+pub mod roles;
 pub mod service;
 pub mod session;
 pub mod share;
 pub mod transport;
+pub mod wire;
 
 pub use error::{EngineError, Result};
 pub use fixed::FixedPoint;

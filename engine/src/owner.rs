@@ -7,9 +7,9 @@ use rayon::prelude::*;
 use crate::dealer::{fill_words, MaterialRng};
 use crate::error::{EngineError, Result};
 use crate::memory::{Role, RoleScope};
-use crate::protocols::io::{frame, unframe};
-use crate::service::wire::{decode, Reply, REPLY_STEP};
 use crate::transport::{step_code, PartyId, Transport};
+use crate::wire::control::{decode, Reply, REPLY_STEP};
+use crate::wire::tensor::{pack, unpack};
 
 /// A data owner endpoint (model owner or client): splits its plaintext into shares and
 /// reconstructs values revealed to it. It is the only place where two shares meet.
@@ -48,7 +48,7 @@ impl DataOwner {
         let len: usize = shape.iter().product();
         let framed = || {
             let mut v = kernels::cpu::zeroed_words(header + len);
-            v[..header].copy_from_slice(&frame(shape, &[]));
+            v[..header].copy_from_slice(&pack(shape, &[]));
             v
         };
         let mut to_alice = framed();
@@ -70,8 +70,8 @@ impl DataOwner {
         self.net.meter().set_step("reveal");
         let m0 = self.receive_from(PartyId::Alice)?;
         let m1 = self.receive_from(PartyId::Bob)?;
-        let (s0, v0) = unframe(&m0)?;
-        let (s1, v1) = unframe(&m1)?;
+        let (s0, v0) = unpack(&m0)?;
+        let (s1, v1) = unpack(&m1)?;
         if s0 != s1 {
             return Err(EngineError::Protocol(format!(
                 "revealed shares disagree on shape: {s0:?} vs {s1:?}"

@@ -5,15 +5,13 @@ use std::sync::{Arc, Mutex, Weak};
 
 use kernels::{Backend, BinaryOp, Storage, Tensor};
 
-use crate::dealer::{
-    expand_with, fold_identity, material_identity, material_stream, words_to_text, MaterialSpec,
-    SeedGrant, OP_BATCH, STATUS_OK,
-};
+use crate::dealer::{expand_with, fold_identity, material_identity, material_stream, MaterialSpec};
 use crate::error::{shape_err, EngineError, Result};
 use crate::fixed::FixedPoint;
 use crate::protocols::truncate::TRUNC_OFFSET_BITS;
 use crate::share::Share;
 use crate::transport::{PartyId, TrafficStats, Transport};
+use crate::wire::dealer::{encode_material_request, words_to_text, SeedGrant, STATUS_OK};
 
 /// One layer's weight as a party holds it between requests: its share of the weight (product
 /// layout), the public masked value `F = W - b` of the weight as a fixed operand, and its share
@@ -90,10 +88,7 @@ pub(crate) fn request_corrections(
     first: u64,
     specs: &[MaterialSpec],
 ) -> Result<Vec<u64>> {
-    let mut req = vec![OP_BATCH, first, specs.len() as u64];
-    for s in specs {
-        s.encode(&mut req);
-    }
+    let req = encode_material_request(first, specs);
     let prev = net.meter().set_step("dealer");
     net.send(PartyId::Dealer, req)?;
     let reply = net.recv(PartyId::Dealer);

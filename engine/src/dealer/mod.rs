@@ -19,9 +19,8 @@ pub use material::{
     PartShapes,
 };
 pub use service::{
-    decode_material_request, fold_identity, material_identity, run_dealer, words_to_text,
-    DealerPolicy, DealerRng, MaskRecord, SeedGrant, OP_BATCH, STATUS_ERROR, STATUS_OK,
+    fold_identity, material_identity, run_dealer, DealerPolicy, DealerRng, MaskRecord,
 };
 pub(crate) use service::{
-    material_stream, text_to_words, Dealer, FixedMasks, StreamSpace, OP_FORGET_FIXED, OP_SHUTDOWN,
+    material_stream, Dealer, FixedMasks, StreamSpace, OP_FORGET_FIXED, OP_SHUTDOWN,
 };

@@ -37,37 +37,14 @@ use super::material::{
 use crate::error::{EngineError, Result};
 use crate::pool::{pool_stream, split_pool_stream, POOL_STREAMS_PER_POOL, POOL_STREAM_BIT};
 use crate::transport::{PartyId, Transport};
+use crate::wire::dealer::{
+    decode_material_request, text_to_words, SeedGrant, OP_BATCH, STATUS_ERROR, STATUS_OK,
+};
 
-/// Request opcode: a batch of material specs.
-pub const OP_BATCH: u64 = 1;
 /// Request opcode: stop serving.
 pub(crate) const OP_SHUTDOWN: u64 = 2;
 /// Request opcode: forget the fixed masks whose ids follow (their model was deleted).
 pub(crate) const OP_FORGET_FIXED: u64 = 3;
-/// Response status word: request served, corrections follow.
-pub const STATUS_OK: u64 = 0;
-/// Response status word: request refused, a UTF-8 reason follows (packed 8 bytes a word).
-pub const STATUS_ERROR: u64 = 1;
-
-/// Pack text into words (for error replies).
-pub(crate) fn text_to_words(text: &str) -> Vec<u64> {
-    text.as_bytes()
-        .chunks(8)
-        .map(|c| {
-            let mut b = [0u8; 8];
-            b[..c.len()].copy_from_slice(c);
-            u64::from_le_bytes(b)
-        })
-        .collect()
-}
-
-/// Unpack text packed by [`text_to_words`].
-pub fn words_to_text(words: &[u64]) -> String {
-    let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    String::from_utf8_lossy(&bytes)
-        .trim_end_matches('\0')
-        .to_string()
-}
 
 /// Where the dealer's seeds come from.
 #[derive(Clone, Copy, Debug)]
@@ -95,54 +72,6 @@ pub(crate) fn party_seeds(source: DealerRng) -> ([[u8; 32]; 2], u64) {
         base.fill_bytes(s);
     }
     (seeds, base.next_u64())
-}
-
-/// What the dealer gives a party for one request: the party's own seed, and the request's
-/// material tag, random and the same for both parties. Every piece of material a party expands
-/// carries an identity derived from the tag (see [`material_identity`]), which the parties
-/// compare on every message they exchange: material from two different grants can never be
-/// combined silently.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SeedGrant {
-    /// The party's seed.
-    pub seed: [u8; 32],
-    /// The request's material tag (public, shared by both parties).
-    pub tag: u64,
-}
-
-impl SeedGrant {
-    /// Words of a grant on the wire.
-    pub const WORDS: usize = 5;
-
-    /// The grant as words: the seed packed into 4 words, then the tag.
-    pub fn to_words(&self) -> Vec<u64> {
-        let mut w: Vec<u64> = self
-            .seed
-            .chunks(8)
-            .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
-            .collect();
-        w.push(self.tag);
-        w
-    }
-
-    /// Unpack a grant sent with [`SeedGrant::to_words`].
-    pub fn from_words(words: &[u64]) -> Result<SeedGrant> {
-        if words.len() != Self::WORDS {
-            return Err(EngineError::Protocol(format!(
-                "dealer seed message has {} words, expected {}",
-                words.len(),
-                Self::WORDS
-            )));
-        }
-        let mut seed = [0u8; 32];
-        for (i, w) in words[..4].iter().enumerate() {
-            seed[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
-        }
-        Ok(SeedGrant {
-            seed,
-            tag: words[4],
-        })
-    }
 }
 
 /// The identity of one piece of material: its grant's tag, its stream and its spec (kind,
@@ -189,28 +118,6 @@ impl DealerPolicy {
             max_request_words: Self::DEFAULT_MAX_REQUEST_WORDS,
         }
     }
-}
-
-/// Decode the body of a material request (after the opcode): bob's expected first stream and
-/// the specs. Checks the framing only; the dealer validates the parameters before serving.
-pub fn decode_material_request(words: &[u64]) -> Result<(u64, Vec<MaterialSpec>)> {
-    let [first, count, body @ ..] = words else {
-        return Err(EngineError::Protocol("short material request".into()));
-    };
-    let expected = (*count)
-        .checked_mul(MaterialSpec::ENCODED_WORDS as u64)
-        .filter(|&n| n == body.len() as u64);
-    if expected.is_none() {
-        return Err(EngineError::Protocol(format!(
-            "malformed material request: {count} specs announced, {} words follow",
-            body.len()
-        )));
-    }
-    let specs = body
-        .chunks(MaterialSpec::ENCODED_WORDS)
-        .map(MaterialSpec::decode)
-        .collect::<Result<Vec<_>>>()?;
-    Ok((*first, specs))
 }
 
 /// Where a fixed mask came from: enough to draw it again from the seeds of the request that
@@ -676,6 +583,7 @@ mod tests {
 
     use super::*;
     use crate::transport::channel_mesh;
+    use crate::wire::dealer::words_to_text;
 
     /// A dealer on its own thread, with raw endpoints for alice and a (deviating) bob.
     struct Harness {

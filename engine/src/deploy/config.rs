@@ -33,7 +33,7 @@ use serde::Deserialize;
 
 use super::Role;
 use crate::error::{EngineError, Result};
-use crate::transport::frame::DEFAULT_MAX_FRAME_WORDS;
+use crate::wire::frame::DEFAULT_MAX_FRAME_WORDS;
 
 /// A service's place in the deployment file.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

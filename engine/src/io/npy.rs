@@ -7,9 +7,6 @@
 
 use std::io::Read;
 
-use ndarray::Array1;
-use ndarray_npy::WriteNpyExt;
-
 use crate::error::{EngineError, Result};
 use crate::io::output::OutputFile;
 
@@ -311,11 +308,4 @@ pub fn load_labels(path: &str) -> Result<Vec<i64>> {
 /// Write predicted class indices as int64 `[N]`, atomically (see [`OutputFile`]).
 pub fn write_predictions(path: &str, preds: &[i64]) -> Result<()> {
     OutputFile::create(path)?.commit_predictions(preds)
-}
-
-/// Encode predictions as an int64 `.npy` into `w`.
-pub(crate) fn encode_predictions(w: impl std::io::Write, preds: &[i64]) -> std::io::Result<()> {
-    Array1::from(preds.to_vec())
-        .write_npy(w)
-        .map_err(std::io::Error::other)
 }

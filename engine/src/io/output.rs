@@ -105,6 +105,14 @@ impl OutputFile {
 
     /// Commit predicted class indices as an int64 `.npy` `[N]`.
     pub fn commit_predictions(self, preds: &[i64]) -> Result<()> {
-        self.commit(|w| crate::io::npy::encode_predictions(w, preds))
+        self.commit(|w| encode_predictions(w, preds))
     }
+}
+
+/// Encode predictions as an int64 `.npy` into `w`.
+fn encode_predictions(w: impl std::io::Write, preds: &[i64]) -> std::io::Result<()> {
+    use ndarray_npy::WriteNpyExt;
+    ndarray::Array1::from(preds.to_vec())
+        .write_npy(w)
+        .map_err(std::io::Error::other)
 }

@@ -5,13 +5,14 @@ use crate::party::Party;
 use crate::protocols::matmul::block_rows;
 use crate::share::Share;
 use crate::transport::PartyId;
+use crate::wire::tensor::{pack, unpack};
 
 impl Party {
     /// Receive this party's share of a tensor from `owner` (who split it and sent one share to
     /// each compute party). The message carries the shape, checked against `shape`.
     pub fn receive_share(&mut self, owner: PartyId, shape: &[usize]) -> Result<Share> {
         let msg = self.recv_from("share", owner)?;
-        let (got, data) = unframe(&msg)?;
+        let (got, data) = unpack(&msg)?;
         if got != shape {
             return Err(shape_err(
                 "receive_share",
@@ -26,7 +27,7 @@ impl Party {
     /// from the owner's message, so the share is held once.
     pub fn receive_operand_share(&mut self, owner: PartyId, shape: &[usize]) -> Result<Share> {
         let msg = self.recv_from("share", owner)?;
-        let (got, data) = unframe(&msg)?;
+        let (got, data) = unpack(&msg)?;
         let (k, n) = match (got.as_slice(), shape) {
             ([k, n], [k2, n2]) if (k, n) == (k2, n2) => (*k, *n),
             _ => {
@@ -50,38 +51,7 @@ impl Party {
                 "reveal recipient must be a data owner, not {recipient}"
             )));
         }
-        let msg = frame(x.shape(), &self.backend().download(x.tensor())?);
+        let msg = pack(x.shape(), &self.backend().download(x.tensor())?);
         self.send_to("reveal", recipient, msg)
     }
-}
-
-/// Frame a tensor for sending: `[rank, dims..., values...]`.
-pub(crate) fn frame(shape: &[usize], values: &[u64]) -> Vec<u64> {
-    let mut msg = Vec::with_capacity(1 + shape.len() + values.len());
-    msg.push(shape.len() as u64);
-    msg.extend(shape.iter().map(|&d| d as u64));
-    msg.extend_from_slice(values);
-    msg
-}
-
-/// Parse a framed tensor.
-pub(crate) fn unframe(msg: &[u64]) -> Result<(Vec<usize>, &[u64])> {
-    let rank = *msg
-        .first()
-        .ok_or_else(|| EngineError::Protocol("empty message".into()))? as usize;
-    if rank >= msg.len() {
-        return Err(EngineError::Protocol(
-            "message shorter than its header".into(),
-        ));
-    }
-    let shape: Vec<usize> = msg[1..1 + rank].iter().map(|&d| d as usize).collect();
-    let data = &msg[1 + rank..];
-    let elements = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    if elements != Some(data.len()) {
-        return Err(EngineError::Protocol(format!(
-            "message holds {} values for shape {shape:?}",
-            data.len()
-        )));
-    }
-    Ok((shape, data))
 }

@@ -22,10 +22,10 @@ use crate::nn::range::{check_inputs, ModelBounds};
 use crate::nn::source::ModelSource;
 use crate::owner::DataOwner;
 use crate::service::net::Net;
-use crate::service::wire::{
+use crate::transport::{Link, PartyId, StreamTransport, Transport};
+use crate::wire::control::{
     decode, encode, fresh_id, ModelInfo, Reply, Request, REPLY_STEP, REQUEST_STEP,
 };
-use crate::transport::{Link, PartyId, StreamTransport, Transport};
 
 /// What a request cost, as the data owner saw it.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -209,7 +209,7 @@ impl RemoteOwner {
                 self.net.me()
             )));
         }
-        crate::service::party::check_model_name(name)?;
+        crate::wire::control::check_model_name(name)?;
         let plan = ModelPlan::of(model, fx, bounds)?;
         let request = Request::Upload {
             request: fresh_id(),

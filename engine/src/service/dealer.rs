@@ -20,22 +20,18 @@ use rand_chacha::ChaCha20Rng;
 use rand_core::{RngCore, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::dealer::{
-    text_to_words, Dealer, DealerPolicy, FixedMasks, MaskRecord, SeedGrant, StreamSpace, OP_BATCH,
-    STATUS_ERROR, STATUS_OK,
-};
+use crate::dealer::{Dealer, DealerPolicy, FixedMasks, MaskRecord, StreamSpace};
 use crate::deploy::Role;
 use crate::error::{EngineError, Result};
 use crate::service::hooks::{HookPoint, Hooks};
 use crate::service::net::{Listener, Net};
 use crate::service::store::{RecordReader, RecordWriter};
-use crate::service::wire::{decode, DealerEnd, DealerJoin, JoinKind};
 use crate::transport::{step_code, Link, PartyId, StreamTransport, Transport};
+use crate::wire::control::{decode, DealerEnd, DealerJoin, JoinKind};
+use crate::wire::dealer::{
+    text_to_words, SeedGrant, DEALER_STEP, OP_BATCH, OP_END, STATUS_ERROR, STATUS_OK,
+};
 
-/// Opcode of bob's last message of a request (a [`DealerEnd`] follows).
-pub(crate) const OP_END: u64 = 4;
-/// The step of every message on a dealer link.
-pub(crate) const DEALER_STEP: &str = "dealer";
 const RECORD_KIND: &[u8; 8] = b"dealer\0\0";
 /// Pending joins kept at most (a request whose second party never joins is forgotten when
 /// bob's part of it ends, or else after two timeouts).
@@ -357,7 +353,7 @@ impl DealerService {
         join: DealerJoin,
     ) -> Result<(DealerJoin, [[u8; 32]; 2], u64, Arc<RwLock<FixedMasks>>)> {
         let refuse = |m: String| Err(EngineError::Protocol(m));
-        crate::service::party::check_model_name(&join.model)?;
+        crate::wire::control::check_model_name(&join.model)?;
         if join.request != request || usize::from(join.party) != party_index(party) {
             return refuse(format!(
                 "join for request {} as party {} on {party}'s link for request {request}",

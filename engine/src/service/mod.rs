@@ -1,6 +1,5 @@
 //! Alice, bob and the dealer as services across hosts.
 //!
-//! - [`wire`]: the control messages (requests, replies, joins).
 //! - [`net`]: addresses, mutually authenticated TLS, hellos, pools of idle links.
 //! - [`store`]: atomic, versioned, checksummed records of uploaded models.
 //! - [`scores`]: correct counts kept (and persisted) until their model owner fetches them.
@@ -30,7 +29,6 @@ pub mod net;
 pub mod party;
 pub mod scores;
 pub mod store;
-pub mod wire;
 
 #[cfg(test)]
 mod tests;

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use crate::deploy::keys::read_credentials;
 use crate::deploy::{Deployment, Role};
 use crate::error::{EngineError, Result};
-use crate::service::wire::{decode, encode};
 use crate::transport::{step_code, Envelope, Link, StreamOptions, TlsEndpoint};
+use crate::wire::control::{decode, encode};
 
 /// The step of a connection's hello.
 pub const HELLO_STEP: &str = "hello";

@@ -22,7 +22,6 @@ use std::time::Instant;
 use kernels::Backend;
 use serde::{Deserialize, Serialize};
 
-use crate::dealer::{words_to_text, SeedGrant, STATUS_OK};
 use crate::deploy::Role;
 use crate::error::{EngineError, Result};
 use crate::fixed::FixedPoint;
@@ -31,15 +30,17 @@ use crate::nn::plan::ModelPlan;
 use crate::nn::shared::SharedModel;
 use crate::party::{Party, Prepared, WeightShares};
 use crate::protocols::matmul::block_rows;
-use crate::service::dealer::{DEALER_STEP, OP_END};
 use crate::service::net::{LinkPool, Listener, Net};
 use crate::service::scores::ScoreBook;
 use crate::service::store::{RecordReader, RecordWriter};
-use crate::service::wire::{
-    decode, digest, encode, fresh_id, DealerEnd, DealerJoin, JoinAnswer, JoinKind, ModelInfo,
-    PeerJoin, PrepareJob, Reply, Request, JOIN_STEP, REPLY_STEP, REQUEST_STEP,
-};
 use crate::transport::{step_code, Envelope, Link, PartyId, StreamTransport, Transport};
+use crate::wire::control::{
+    check_model_name, decode, digest, encode, fresh_id, DealerEnd, DealerJoin, JoinAnswer,
+    JoinKind, ModelInfo, PeerJoin, PrepareJob, Reply, Request, JOIN_STEP, REPLY_STEP, REQUEST_STEP,
+};
+use crate::wire::dealer::{
+    text_to_words, words_to_text, SeedGrant, DEALER_STEP, OP_END, STATUS_ERROR, STATUS_OK,
+};
 
 const RECORD_KIND: &[u8; 8] = b"party\0\0\0";
 
@@ -129,24 +130,6 @@ pub struct PartyService {
 
 fn poisoned() -> EngineError {
     EngineError::Protocol("party state poisoned".into())
-}
-
-/// A model name: 1-64 characters of letters, digits, '-', '_' and '.', not starting with '.'.
-pub fn check_model_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(EngineError::Invalid(format!(
-            "'{name}' is not a valid model name (1-64 letters, digits, '-', '_' or '.', not \
-             starting with '.')"
-        )))
-    }
 }
 
 /// A model name reserved by an upload or a delete in progress (released on drop).
@@ -1179,8 +1162,8 @@ impl PartyService {
         let answer = match outcome {
             Ok(()) => vec![STATUS_OK],
             Err(e) => {
-                let mut v = vec![crate::dealer::STATUS_ERROR];
-                v.extend(crate::dealer::text_to_words(&e.to_string()));
+                let mut v = vec![STATUS_ERROR];
+                v.extend(text_to_words(&e.to_string()));
                 v
             }
         };

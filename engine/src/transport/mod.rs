@@ -5,73 +5,21 @@
 //! received (consecutive sends without waiting belong to one round).
 
 mod channel;
-pub mod frame;
 mod meter;
 mod stream;
 mod tcp;
 pub mod tls;
 
+pub use crate::wire::envelope::{step_code, Envelope};
 pub use channel::{channel_mesh, ChannelTransport};
 pub use meter::{Meter, StepStats, TrafficStats};
-pub use stream::{step_code, Envelope, Link, StreamOptions, StreamTransport};
+pub use stream::{Link, StreamOptions, StreamTransport};
 pub use tcp::{tcp_mesh, tcp_mesh_with, TcpTransport};
 pub use tls::{tls_mesh, TlsEndpoint};
 
-use std::fmt;
+pub use crate::roles::PartyId;
 
 use crate::error::Result;
-
-/// Who is talking.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum PartyId {
-    /// Compute party 0.
-    Alice,
-    /// Compute party 1.
-    Bob,
-    /// The crypto provider: hands out correlated randomness, never sees data.
-    Dealer,
-    /// The server: owns the model.
-    ModelOwner,
-    /// The client: owns the data.
-    Client,
-}
-
-impl PartyId {
-    /// The compute party with index 0 or 1.
-    pub fn compute(index: usize) -> PartyId {
-        if index == 0 {
-            PartyId::Alice
-        } else {
-            PartyId::Bob
-        }
-    }
-
-    /// Whether this is a data owner (model owner or client) rather than a service.
-    pub fn is_data_owner(&self) -> bool {
-        matches!(self, PartyId::ModelOwner | PartyId::Client)
-    }
-
-    /// All endpoints of an in-process session.
-    pub const ALL: [PartyId; 5] = [
-        PartyId::Alice,
-        PartyId::Bob,
-        PartyId::Dealer,
-        PartyId::ModelOwner,
-        PartyId::Client,
-    ];
-}
-
-impl fmt::Display for PartyId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PartyId::Alice => "alice",
-            PartyId::Bob => "bob",
-            PartyId::Dealer => "dealer",
-            PartyId::ModelOwner => "model owner",
-            PartyId::Client => "client",
-        })
-    }
-}
 
 /// How the endpoints of a session are connected.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

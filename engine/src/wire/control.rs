@@ -276,6 +276,24 @@ pub fn decode<T: DeserializeOwned>(words: &[u64], what: &str) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))
 }
 
+/// A model name: 1-64 characters of letters, digits, '-', '_' and '.', not starting with '.'.
+pub fn check_model_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(EngineError::Invalid(format!(
+            "'{name}' is not a valid model name (1-64 letters, digits, '-', '_' or '.', not \
+             starting with '.')"
+        )))
+    }
+}
+
 /// A fresh random request id (never 0), from the operating system.
 pub fn fresh_id() -> u64 {
     use rand_core::RngCore;
