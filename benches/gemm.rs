@@ -3,7 +3,7 @@
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use engine::dealer::MaterialSpec;
-use engine::{Backend, PartyId, Session, SessionConfig};
+use engine::{Backend, FixedPoint, LocalConfig, LocalDeployment, PartyId};
 use kernels::CpuBackend;
 use rand::{Rng, SeedableRng};
 
@@ -37,7 +37,10 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("u64_gemm_{m}x{k}x{n}"), |bench| {
             bench.iter(|| be.matmul(&a, &b, None).unwrap())
         });
-        let mut s = Session::new(SessionConfig::default()).unwrap();
+        let mut s = LocalDeployment::start(LocalConfig::default())
+            .unwrap()
+            .computation(FixedPoint::default())
+            .unwrap();
         let small = |rng: &mut rand_chacha::ChaCha20Rng, len: usize| -> Vec<u64> {
             (0..len)
                 .map(|_| rng.gen_range(-(1i64 << 14)..(1i64 << 14)) as u64)

@@ -4,8 +4,8 @@
 //! `cargo run --release --example digits_cnn -- [inputs]`
 
 use engine::io::{load_inputs, load_labels, load_onnx_model};
-use engine::nn::{ClassifyOptions, SecureClassifier};
-use engine::{PartyId, Session, SessionConfig};
+use engine::service::classifier::{ClassifyOptions, SecureClassifier};
+use engine::{FixedPoint, LocalConfig, LocalDeployment};
 
 fn main() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data");
@@ -40,20 +40,13 @@ fn main() {
         .zip(labels)
         .filter(|(p, l)| p == l)
         .count();
-    let mut s = Session::new(SessionConfig::default()).expect("session");
-    let shared = s.share_model(PartyId::ModelOwner, &model).expect("share");
-    let mut clf = SecureClassifier::new(&mut s, shared);
+    let d = LocalDeployment::start(LocalConfig::default()).expect("in-process services");
+    let mut clf = SecureClassifier::upload(&d, &model, &FixedPoint::default(), &Default::default())
+        .expect("upload");
     let r = clf
-        .classify(
-            x,
-            Some(labels),
-            &ClassifyOptions {
-                batch: 128,
-                reveal_predictions: true,
-            },
-        )
+        .classify(x, Some(labels), &ClassifyOptions { batch: 128 })
         .expect("classify");
-    let preds = r.predictions.expect("revealed");
+    let preds = r.predictions;
     let agree = preds
         .iter()
         .zip(&plain_pred)

@@ -7,7 +7,7 @@
 //!
 //! `cargo run --release --example embed`
 
-use engine::{PartyId, Session, SessionConfig};
+use engine::{FixedPoint, LocalConfig, LocalDeployment, PartyId};
 use rand::{Rng, SeedableRng};
 
 fn main() {
@@ -34,8 +34,10 @@ fn run() -> engine::Result<()> {
     };
     let (x, y) = (grid(m * k), grid(k * n));
 
-    let mut session = Session::new(SessionConfig::default())?;
-    let fx = session.config().fixed;
+    // Alice, bob and the dealer as services in this process; a computation on them.
+    let deployment = LocalDeployment::start(LocalConfig::default())?;
+    let mut session = deployment.computation(FixedPoint::default())?;
+    let fx = session.fixed_point();
     let xs = session.share(PartyId::Client, &[m, k], &x)?;
     let ys = session.share(PartyId::Client, &[k, n], &y)?;
     let (xid, yid) = (xs.id(), ys.id());

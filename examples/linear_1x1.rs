@@ -3,7 +3,7 @@
 //! accuracy is revealed to the model owner.
 
 fn main() {
-    match secure_serving::cli::demo(engine::BackendKind::Cpu, engine::TransportKind::Channels) {
+    match secure_serving::local::demo(engine::BackendKind::Cpu, engine::TransportKind::Channels) {
         Ok(r) => assert_eq!(
             r.correct,
             Some(1),

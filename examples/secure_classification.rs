@@ -6,8 +6,8 @@
 //! logits and predictions (its own outputs) to compare with plaintext evaluation.
 
 use engine::nn::plain::{Layer, Sequential};
-use engine::nn::{ClassifyOptions, SecureClassifier};
-use engine::{PartyId, Session, SessionConfig};
+use engine::service::classifier::{ClassifyOptions, SecureClassifier};
+use engine::{FixedPoint, LocalConfig, LocalDeployment, PartyId};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
@@ -110,23 +110,19 @@ fn main() {
         .collect();
     let plain_correct = plain_pred.iter().zip(&yte).filter(|(p, y)| p == y).count();
 
-    let mut session = Session::new(SessionConfig::default()).expect("session");
-    let shared = session
+    let d = LocalDeployment::start(LocalConfig::default()).expect("in-process services");
+    let mut clf = SecureClassifier::upload(&d, &model, &FixedPoint::default(), &Default::default())
+        .expect("upload");
+    let report = clf
+        .classify(&xte, Some(&yte), &ClassifyOptions { batch: 16 })
+        .expect("encrypted classification");
+    // The logits themselves, revealed to the client in a custom computation (for comparing).
+    let mut c = d.computation(FixedPoint::default()).expect("computation");
+    let shared = c
         .share_model(PartyId::ModelOwner, &model)
         .expect("share model");
-    let mut clf = SecureClassifier::new(&mut session, shared);
-    let report = clf
-        .classify(
-            &xte,
-            Some(&yte),
-            &ClassifyOptions {
-                batch: 16,
-                reveal_predictions: true,
-            },
-        )
-        .expect("encrypted classification");
-    let enc_logits = clf.logits_for_client(&xte, 64).expect("logits");
-    let preds = report.predictions.clone().expect("predictions");
+    let enc_logits = c.logits_for_client(&shared, &xte, 64).expect("logits");
+    let preds = report.predictions.clone();
     let agree = preds
         .iter()
         .zip(&plain_pred)

@@ -3,14 +3,15 @@
 //! peak memory of each role.
 //!
 //! The model owner streams the model from a safetensors file (written first, with random f32
-//! weights) through a memory map; classify takes each full batch's preprocessing from a
-//! background pool.
+//! weights) through a memory map to in-process services; classify makes each batch's
+//! preprocessing while the previous batch runs online.
 //!
 //! `cargo run --release --example vgg16_head -- [input hidden classes inputs batch]`
 
 use engine::io::ModelFile;
-use engine::nn::{ClassifyOptions, ModelSource, SecureClassifier};
-use engine::{PartyId, Session, SessionConfig};
+use engine::nn::ModelSource;
+use engine::service::classifier::ClassifyOptions;
+use engine::{FixedPoint, LocalConfig, LocalDeployment, PartyId};
 use rand::{Rng, SeedableRng};
 
 #[global_allocator]
@@ -36,7 +37,7 @@ fn main() {
     let path = std::env::temp_dir().join(format!("vgg16-head-{}.safetensors", std::process::id()));
     secure_serving::bench::write_random_head(&path, input, hidden, classes, &mut rng)
         .expect("write the model file");
-    let mut session = Session::new(SessionConfig::default()).expect("session");
+    let deployment = LocalDeployment::start(LocalConfig::default()).expect("in-process services");
     engine::memory::reset_peaks();
     let t = std::time::Instant::now();
     let file =
@@ -45,12 +46,13 @@ fn main() {
         "VGG16 head {input}-{hidden}-{hidden}-{classes}: {} parameters",
         file.parameter_count()
     );
-    let shared = secure_serving::cli::share_with_progress(
-        &mut session,
+    let mut clf = secure_serving::local::upload_with_progress(
+        &deployment,
         &file,
+        &FixedPoint::default(),
         &engine::nn::range::ModelBounds::default(),
     )
-    .expect("share");
+    .expect("upload");
     println!(
         "model loaded (mmap), encoded, shared, masked and prepacked in {:.2} s",
         t.elapsed().as_secs_f64()
@@ -64,19 +66,11 @@ fn main() {
     let labels: Vec<i64> = (0..inputs)
         .map(|_| rng.gen_range(0..classes as i64))
         .collect();
-    let mut clf = SecureClassifier::new(&mut session, shared);
     let r = clf
-        .classify(
-            &data,
-            Some(&labels),
-            &ClassifyOptions {
-                batch,
-                reveal_predictions: false,
-            },
-        )
+        .classify(&data, Some(&labels), &ClassifyOptions { batch })
         .expect("classify");
     println!(
-        "{} inputs in {:.2} s: {:.1} inputs/s (preprocessing included; {} of {} batches from the pool); correct (random labels): {}",
+        "{} inputs in {:.2} s: {:.1} inputs/s (preprocessing included; {} of {} batches on material made ahead); correct (random labels): {}",
         r.inputs,
         r.seconds,
         r.inputs as f64 / r.seconds,
@@ -93,7 +87,7 @@ fn main() {
         );
     }
     drop(clf);
-    secure_serving::bench::print_memory(share_bytes, [0, 0]);
+    secure_serving::bench::print_memory(share_bytes);
     if let Some(rss) = engine::memory::process_peak_rss_bytes() {
         println!(
             "process peak resident memory (VmHWM, everything incl. the example's own data): {:.2} GB",

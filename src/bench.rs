@@ -16,9 +16,9 @@ use engine::nn::plain::{vgg16_head, Sequential};
 use engine::nn::range::ModelBounds;
 use engine::nn::shared::SharedModel;
 use engine::nn::{LayerShape, ModelSource};
-use engine::pool::MaterialPool;
 use engine::protocols::compare::compare_specs;
-use engine::session::{Session, SessionConfig};
+use engine::service::classifier::{ClassifyOptions, SecureClassifier};
+use engine::service::computation::{agreed_id, Computation};
 use engine::transport::{PartyId, StepStats};
 use kernels::TransferStats;
 
@@ -130,10 +130,7 @@ fn secure_matmul_times(
     rng: &mut ChaCha20Rng,
     reps: usize,
 ) -> Result<(f64, f64)> {
-    let mut s = Session::new(SessionConfig {
-        backend: kind,
-        ..Default::default()
-    })?;
+    let mut s = crate::bench_cnn::computation(kind)?;
     let w = s.share_ring(PartyId::ModelOwner, &[k, n], &small_values(rng, k * n))?;
     let x = s.share_ring(PartyId::Client, &[m, k], &small_values(rng, m * k))?;
     let (wid, xid) = (w.id(), x.id());
@@ -141,7 +138,7 @@ fn secure_matmul_times(
         let w = p.kept(wid)?;
         Ok(p.fix_operand(&w)?.id())
     })?;
-    let fid = engine::session::agreed_id(fa, fb)?;
+    let fid = agreed_id(fa, fb)?;
     let (mut best_online, mut best_total) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..reps {
         let t0 = Instant::now();
@@ -215,10 +212,7 @@ fn gpu_vs_cpu_table(quick: bool, rng: &mut ChaCha20Rng) -> Result<()> {
 }
 
 fn comparison_table(kind: BackendKind, quick: bool) -> Result<()> {
-    let mut s = Session::new(SessionConfig {
-        backend: kind,
-        ..Default::default()
-    })?;
+    let mut s = crate::bench_cnn::computation(kind)?;
     println!("| op | batch | elements | rounds | bytes sent per party | bytes / element | online ms | online us / element | with preprocessing ms |");
     println!("|---|---|---|---|---|---|---|---|---|");
     let batches: &[usize] = if quick { &[1, 64] } else { &[1, 64, 1024] };
@@ -333,7 +327,7 @@ pub fn write_random_head(
 }
 
 /// Print the per-role peak memory table (counting allocator; see `engine::memory`).
-pub fn print_memory(share_bytes: u64, pool_bytes: [u64; 2]) {
+pub fn print_memory(share_bytes: u64) {
     let Some(r) = memory::report() else {
         println!("(per-role memory: the counting allocator is not installed in this program)");
         return;
@@ -359,26 +353,6 @@ pub fn print_memory(share_bytes: u64, pool_bytes: [u64; 2]) {
         row(role.name(), b.peak, b.at_reset);
     }
     row("all roles together", r.total_peak, r.total_at_reset);
-    println!(
-        "pool material held ready: alice {:.1} MB, bob {:.1} MB (counted in their roles)",
-        pool_bytes[0] as f64 / 1e6,
-        pool_bytes[1] as f64 / 1e6
-    );
-}
-
-/// Wait until both parties hold a ready pool entry (at most `limit`).
-pub fn wait_for_pool(s: &mut Session, pool: &MaterialPool, limit: Duration) -> Result<bool> {
-    let t = Instant::now();
-    loop {
-        let [a, b] = s.pool_status(pool)?;
-        if a.ready && b.ready {
-            return Ok(true);
-        }
-        if t.elapsed() > limit {
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()> {
@@ -392,17 +366,14 @@ fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()>
         std::process::id()
     ));
     write_random_head(&path, input, hidden, classes, rng)?;
-    let mut s = Session::new(SessionConfig {
-        backend: kind,
-        ..Default::default()
-    })?;
-    let fx = s.config().fixed;
+    let mut s = crate::bench_cnn::computation(kind)?;
+    let fx = s.fixed_point();
     let be = backend_from_kind(kind)?;
     memory::reset_peaks();
     let t_share = Instant::now();
     let file = ModelFile::open(path.to_str().expect("utf-8 temp path"), "vgg16-head", "")?;
     let shared: SharedModel =
-        crate::cli::share_with_progress(&mut s, &file, &ModelBounds::default())?;
+        s.share_model_with(PartyId::ModelOwner, &file, &ModelBounds::default())?;
     let share_secs = t_share.elapsed().as_secs_f64();
     let share_bytes = 8 * file.parameter_count() as u64;
     let load_peaks = memory::report();
@@ -413,34 +384,27 @@ fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()>
     let run = secure_head_batch(&mut s, &shared, input, batch, 3, rng)?;
     let (best_on, best_total, st, dealer_bytes) =
         (run.online, run.total, run.traffic, run.dealer_bytes);
-    let x = s.share(PartyId::Client, &[batch, input], &xs)?;
-    let xid = x.id();
-    // Requests served from a warm pool: wait until both parties hold an entry, then time the
-    // whole request (the pool check, a one-word exchange, and the online phase).
-    let pool = s.open_pool(shared.material_specs(batch, fx.frac_bits()), 2)?;
+    let run_peaks = memory::report();
+    // Whole classify requests through the services (share, forward, argmax, reveal): the
+    // first makes its material in the request; the next ones find it made ahead.
+    let deployment = s.deployment().clone();
+    drop(s);
+    let mut clf = SecureClassifier::upload(&deployment, &file, &fx, &ModelBounds::default())?;
+    let opts = ClassifyOptions { batch };
+    let t0 = Instant::now();
+    let cold = clf.classify(&xs, None, &opts)?;
+    let cold_secs = t0.elapsed().as_secs_f64();
     let mut warm = Vec::new();
-    let mut pool_bytes = [0u64; 2];
     for _ in 0..3 {
-        if !wait_for_pool(&mut s, &pool, Duration::from_secs(120))? {
-            break;
-        }
-        let st = s.pool_status(&pool)?;
-        pool_bytes = [st[0].bytes_ready, st[1].bytes_ready];
-        let (m3, p3) = (shared.clone(), pool.clone());
+        // Material for the next request is made in the background after each one.
+        std::thread::sleep(Duration::from_secs_f64(cold_secs.min(60.0)));
         let t0 = Instant::now();
-        let [used, _] = s.run(move |p| {
-            let used = p.preprocess_pooled(&p3)?;
-            let x = p.kept(xid)?;
-            m3.forward(p, &x)?;
-            Ok(used)
-        })?;
-        let dt = t0.elapsed().as_secs_f64();
-        if used {
-            warm.push(dt);
+        let r = clf.classify(&xs, None, &opts)?;
+        if r.pooled_batches == r.batches {
+            warm.push(t0.elapsed().as_secs_f64());
         }
     }
-    let run_peaks = memory::report();
-    s.close_pool(&pool)?;
+    let _ = cold;
     // The plaintext baseline: the same products on ring values, weights encoded from the file.
     let mut weights = Vec::new();
     for (li, l) in file.layer_shapes().iter().enumerate() {
@@ -493,7 +457,13 @@ fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()>
         warm.iter().max_by(|a, b| a.total_cmp(b)),
     ) {
         println!(
-            "| secure request, warm pool ({} requests) | {:.1} (max {:.1}) | {:.0} | {:.2}x ({:.2}x the online-only time) |",
+            "| secure classify request, material made in it | {:.1} | {:.0} | {:.2}x |",
+            cold_secs * 1e3,
+            batch as f64 / cold_secs,
+            cold_secs / t_plain
+        );
+        println!(
+            "| secure classify request, material made ahead ({} requests) | {:.1} (max {:.1}) | {:.0} | {:.2}x ({:.2}x the online-only time) |",
             warm.len(),
             best * 1e3,
             worst * 1e3,
@@ -502,7 +472,7 @@ fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()>
             best / best_on
         );
     } else {
-        println!("| secure request, warm pool | (the pool did not fill) | | |");
+        println!("| secure classify request, material made ahead | (not ready in time) | | |");
     }
     println!(
         "online traffic per party per batch: {:.1} MB sent, {} rounds",
@@ -524,7 +494,7 @@ fn vgg_head(kind: BackendKind, quick: bool, rng: &mut ChaCha20Rng) -> Result<()>
         );
     }
     if run_peaks.is_some() {
-        print_memory(share_bytes, pool_bytes);
+        print_memory(share_bytes);
     }
     Ok(())
 }
@@ -549,10 +519,7 @@ fn secure_head_runs(
     reps: usize,
     rng: &mut ChaCha20Rng,
 ) -> Result<Vec<HeadRun>> {
-    let mut s = Session::new(SessionConfig {
-        backend: kind,
-        ..Default::default()
-    })?;
+    let mut s = crate::bench_cnn::computation(kind)?;
     let shared: SharedModel = s.share_model(PartyId::ModelOwner, model)?;
     batches
         .iter()
@@ -562,7 +529,7 @@ fn secure_head_runs(
 
 /// `reps` batches of `batch` rows through a shared head; the best times.
 fn secure_head_batch(
-    s: &mut Session,
+    s: &mut Computation,
     shared: &SharedModel,
     input: usize,
     batch: usize,

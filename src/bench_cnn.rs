@@ -12,8 +12,10 @@ use rand_chacha::ChaCha20Rng;
 use engine::error::Result;
 use engine::nn::geometry::{im2col_index, max_pool_index, nhwc_to_nchw_index};
 use engine::nn::plain::{transposed, vgg16, Layer, Sequential};
-use engine::session::{Session, SessionConfig};
+use engine::service::computation::Computation;
+use engine::service::local::{LocalConfig, LocalDeployment};
 use engine::transport::{PartyId, StepStats};
+use engine::FixedPoint;
 
 /// Plaintext u64 forward of the same lowering on the same backend (im2col + GEMM + shift),
 /// the baseline for the online time. Returns the output tensor.
@@ -105,6 +107,16 @@ fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// A custom computation on fresh in-process services on `kind`, at the default precision.
+pub fn computation(kind: BackendKind) -> Result<Computation> {
+    LocalDeployment::start(LocalConfig {
+        backend: kind,
+        timeout: std::time::Duration::from_secs(300),
+        ..Default::default()
+    })?
+    .computation(FixedPoint::default())
+}
+
 /// One VGG16 configuration at one batch size.
 pub fn vgg16_run(
     kind: BackendKind,
@@ -118,11 +130,8 @@ pub fn vgg16_run(
     let model = vgg16(size, avgpool, hidden, classes, rng)?;
     let macs = model.macs_per_sample();
     let be = backend_from_kind(kind)?;
-    let mut s = Session::new(SessionConfig {
-        backend: kind,
-        ..Default::default()
-    })?;
-    let fx = s.config().fixed;
+    let mut s = computation(kind)?;
+    let fx = s.fixed_point();
     let f = fx.frac_bits();
     let shapes = model.shapes()?;
     let mut params = Vec::new();

@@ -251,7 +251,7 @@ fn quantile(v: &[f64], q: f64) -> f64 {
 }
 
 fn is_busy(e: &EngineError) -> bool {
-    matches!(e, EngineError::PartyFailed { detail, .. } if detail.starts_with("busy:"))
+    e.kind() == engine::error::ErrorKind::Busy
 }
 
 impl BenchServiceArgs {
@@ -329,7 +329,7 @@ pub fn run(args: &BenchServiceArgs) -> Result<BenchServiceReport> {
     };
     let labels = match &args.labels {
         Some(p) => {
-            let mut l = crate::cli::load_checked_labels(p, file_rows, info.classes)?;
+            let mut l = crate::options::load_checked_labels(p, file_rows, info.classes)?;
             l.truncate(rows);
             Some(l)
         }

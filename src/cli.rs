@@ -2,26 +2,16 @@
 //! a deployment across hosts (`dealer`, `party`, `upload`, `score`, `models`; see [`crate::remote`]).
 
 use std::path::PathBuf;
-use std::time::Instant;
 
-use clap::{Args, Parser, Subcommand};
-use indicatif::{ProgressBar, ProgressStyle};
+use clap::{Parser, Subcommand};
 use kernels::BackendKind;
 
 use engine::deploy::{write_keys, Deployment};
 use engine::error::{EngineError, Result};
-use engine::fixed::FixedPoint;
-use engine::io::{
-    load_inputs, load_labels, load_onnx_model, load_safetensors_model_with, ModelFile, OutputFile,
-    UnusedTensors,
-};
-use engine::nn::plain::Sequential;
-use engine::nn::range::{calibrate, check_inputs, ModelBounds, DEFAULT_INPUT_BOUND};
-use engine::nn::source::{to_sequential, ModelSource};
-use engine::nn::{check_labels, ClassifyOptions, ClassifyReport, SecureClassifier};
-use engine::service::local::{LocalConfig, LocalDeployment};
-use engine::session::{Session, SessionConfig};
-use engine::transport::{PartyId, TransportKind};
+use engine::io::OutputFile;
+use engine::transport::TransportKind;
+
+use crate::options::ModelArgs;
 
 /// Secure two-party inference with a dealer (alice, bob, crypto provider), in-process.
 #[derive(Parser, Debug)]
@@ -30,111 +20,6 @@ pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// A model file and how the model owner encodes and bounds it.
-#[derive(Args, Debug, Clone)]
-pub struct ModelArgs {
-    /// The model: an ONNX file (`.onnx`, exported with `torch.onnx.export`), or a
-    /// safetensors state dict (needs `--arch`).
-    #[arg(long)]
-    pub model: Option<String>,
-    /// For safetensors: layer list in PyTorch order (e.g. `linear,relu,dropout,linear`),
-    /// or a preset: `vgg16-head`, `vgg16` (torchvision's whole VGG16, 3x224x224 inputs).
-    #[arg(long)]
-    pub arch: Option<String>,
-    /// Tensor-name prefix (e.g. `classifier.`).
-    #[arg(long, default_value = "")]
-    pub prefix: String,
-    /// Fixed-point fractional bits.
-    #[arg(long, default_value_t = 16)]
-    pub frac_bits: u32,
-    /// The input bound the model accepts: every feature must satisfy |x| <= this (the client
-    /// checks its rows; the model owner's range analysis proves no overflow within it).
-    #[arg(long, default_value_t = DEFAULT_INPUT_BOUND, value_parser = positive_number)]
-    pub input_bound: f64,
-    /// Calibrate hidden-layer bounds on this `.npy` (the model owner's representative data)
-    /// and check them inside the secure computation instead of worst-case bounds.
-    #[arg(long)]
-    pub calibrate: Option<String>,
-    /// Factor applied to the calibrated maxima.
-    #[arg(long, default_value_t = 2.0)]
-    pub calibration_margin: f64,
-    /// Accept a model file with tensors (under --prefix) that --arch does not use.
-    #[arg(long)]
-    pub allow_unused_tensors: bool,
-}
-
-/// A model owner's model, ready to share.
-pub struct LoadedModel {
-    /// The model, read (or mapped) from its file.
-    pub source: Box<dyn ModelSource>,
-    /// The declared bounds (calibrated when asked).
-    pub bounds: ModelBounds,
-    /// The encoding.
-    pub fixed: FixedPoint,
-}
-
-impl ModelArgs {
-    /// Check the options, read the model and (when asked) calibrate its bounds. `inputs`: the
-    /// client's input file, if it is the same process (checked against the bound here).
-    pub fn load(&self) -> Result<LoadedModel> {
-        let model = self.model.as_deref().ok_or_else(|| {
-            EngineError::Invalid("--model is required (an .onnx or .safetensors file)".into())
-        })?;
-        let fixed = FixedPoint::new(self.frac_bits)?;
-        let unused = if self.allow_unused_tensors {
-            UnusedTensors::Allow
-        } else {
-            UnusedTensors::Refuse
-        };
-        let source: Box<dyn ModelSource> = if model.ends_with(".onnx") {
-            if self.arch.is_some() {
-                return Err(EngineError::Invalid(
-                    "--arch applies to safetensors models; an ONNX file carries its graph".into(),
-                ));
-            }
-            Box::new(load_onnx_model(model)?)
-        } else {
-            let arch = self.arch.as_deref().ok_or_else(|| {
-                EngineError::Invalid(format!(
-                    "{model}: a safetensors model needs --arch (e.g. vgg16-head, vgg16 or linear,relu,linear)"
-                ))
-            })?;
-            if arch.trim().eq_ignore_ascii_case("vgg16") {
-                Box::new(load_safetensors_model_with(
-                    model,
-                    arch,
-                    &self.prefix,
-                    unused,
-                )?)
-            } else {
-                // Streamed from the memory-mapped file, tensor by tensor, when shared.
-                Box::new(ModelFile::open_with(model, arch, &self.prefix, unused)?)
-            }
-        };
-        let input_shape = source.input_shape();
-        let width: usize = input_shape.iter().product();
-        let bounds = match &self.calibrate {
-            Some(path) => {
-                let (rows, cal) = load_inputs(path, &input_shape)?;
-                check_inputs(&cal, width, self.input_bound)
-                    .map_err(|e| EngineError::Range(format!("{path}: {e}")))?;
-                // Calibration runs the plaintext model: the owner reads it whole here.
-                let whole = to_sequential(source.as_ref())?;
-                ModelBounds {
-                    input_bound: self.input_bound,
-                    calibrated: Some(calibrate(&whole, &cal, rows, self.calibration_margin)?),
-                }
-            }
-            None => ModelBounds::worst_case(self.input_bound),
-        };
-        Ok(LoadedModel {
-            source,
-            bounds,
-            fixed,
-        })
-    }
 }
 
 /// Subcommands.
@@ -166,7 +51,7 @@ pub enum Command {
         transport: TransportKind,
         /// Batches of preprocessed material each party keeps ready in the background (0: all
         /// material on demand, inside each request).
-        #[arg(long, default_value_t = engine::nn::classify::DEFAULT_POOL_ENTRIES)]
+        #[arg(long, default_value_t = engine::deploy::config::Limits::default().pool)]
         pool: usize,
         /// Classify with model NAME served by the deployment given with --config.
         #[arg(long, requires = "config")]
@@ -299,121 +184,6 @@ pub enum Command {
     },
 }
 
-fn print_report(r: &ClassifyReport) {
-    if let (Some(c), Some(acc)) = (r.correct, r.accuracy()) {
-        println!(
-            "Test set: Accuracy: {c}/{} ({:.0}%)  [revealed to the model owner only]",
-            r.inputs,
-            100.0 * acc
-        );
-    }
-    println!(
-        "time: {:.3} ms for {} inputs in {} batches ({:.1} inputs/s)",
-        r.seconds * 1e3,
-        r.inputs,
-        r.batches,
-        r.inputs as f64 / r.seconds
-    );
-    for (i, t) in r.traffic.iter().enumerate() {
-        println!(
-            "{}: sent {:.3} MB in {} rounds ({} messages)",
-            PartyId::compute(i),
-            t.bytes_sent as f64 / 1e6,
-            t.rounds,
-            t.messages
-        );
-    }
-}
-
-/// Share a model from its file, with a progress bar when that takes more than a second.
-pub fn share_with_progress(
-    session: &mut Session,
-    model: &dyn ModelSource,
-    bounds: &ModelBounds,
-) -> Result<engine::nn::SharedModel> {
-    let start = Instant::now();
-    let bar = ProgressBar::with_draw_target(
-        Some(model.parameter_count() as u64),
-        indicatif::ProgressDrawTarget::hidden(),
-    );
-    bar.set_style(
-        ProgressStyle::with_template("sharing the model {bar:40} {percent}% eta {eta}")
-            .expect("valid template"),
-    );
-    let shared =
-        session.share_model_observed(PartyId::ModelOwner, model, bounds, &mut |done, _| {
-            // Shown only once loading has taken a second (the first layers tell how long it takes).
-            if start.elapsed().as_secs_f64() > 1.0 && bar.is_hidden() {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::stderr());
-            }
-            bar.set_position(done as u64);
-        })?;
-    bar.finish_and_clear();
-    Ok(shared)
-}
-
-/// Run the tutorial's Linear(1,1) case through the dealer, alice and bob services running
-/// in-process (the same services as across hosts; `transport` picks their links); returns the
-/// report.
-pub fn demo(backend: BackendKind, transport: TransportKind) -> Result<ClassifyReport> {
-    let deployment = LocalDeployment::start(LocalConfig {
-        backend,
-        transport,
-        ..Default::default()
-    })?;
-    println!(
-        "alice, bob and the crypto provider are up (in-process services, {transport:?} links)"
-    );
-    let model = Sequential::tutorial_linear();
-    let mut owner = deployment.model_owner()?;
-    let t = Instant::now();
-    let (plan, _) = owner.upload(
-        "linear",
-        &model,
-        &FixedPoint::default(),
-        &ModelBounds::default(),
-        &mut |_, _| {},
-    )?;
-    println!(
-        "model.fix_precision().share(alice, bob, crypto_provider): {:.2} ms",
-        t.elapsed().as_secs_f64() * 1e3
-    );
-    println!("{}", plan.range.summary());
-    let mut client = deployment.client()?;
-    client.connect()?;
-    let r = client.classify("linear", &[0.0], Some(&[0]), 1)?;
-    let correct = owner.score(r.stats.request)?;
-    let traffic = [0, 1].map(|i| engine::transport::StepStats {
-        rounds: r.stats.party_rounds[i],
-        messages: r.stats.party_messages[i],
-        bytes_sent: r.stats.party_bytes[i],
-        ..Default::default()
-    });
-    let report = ClassifyReport {
-        inputs: 1,
-        correct: Some(correct),
-        predictions: Some(r.predictions),
-        seconds: r.stats.seconds,
-        traffic,
-        batches: 1,
-        pooled_batches: 0,
-    };
-    print_report(&report);
-    println!(
-        "Prediction = {:?}, Label = [0]  [prediction revealed to the client only]",
-        report.predictions.as_deref().unwrap_or(&[])
-    );
-    Ok(report)
-}
-
-/// Load a labels file for `rows` input rows of a model with `classes` classes: one label per
-/// row, each in `0..classes`, or an error naming the file.
-pub fn load_checked_labels(path: &str, rows: usize, classes: usize) -> Result<Vec<i64>> {
-    let l = load_labels(path)?;
-    check_labels(&l, rows, classes).map_err(|e| EngineError::Format(format!("{path}: {e}")))?;
-    Ok(l)
-}
-
 /// Keep GPU drivers from printing noise on stderr in successful runs: without a desktop session
 /// (`XDG_RUNTIME_DIR` unset), Mesa's implicit device-select Vulkan layer tries to reach a Wayland
 /// display and complains on every run. It only reorders adapters for a display, which this
@@ -430,7 +200,7 @@ pub fn quiet_gpu_driver() {
 /// Run the CLI.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Demo { backend, transport } => demo(backend, transport).map(|_| ()),
+        Command::Demo { backend, transport } => crate::local::demo(backend, transport).map(|_| ()),
         Command::Bench {
             backend,
             quick,
@@ -518,62 +288,16 @@ pub fn run(cli: Cli) -> Result<()> {
                     json,
                 );
             }
-            let loaded = model.load()?;
-            let plain = loaded.source;
-            let input_shape = plain.input_shape();
-            let (n, data) = load_inputs(&input, &input_shape)?;
-            if n == 0 {
-                return Err(EngineError::Format(format!("{input}: no input rows")));
-            }
-            let labels = match labels {
-                Some(p) => {
-                    let classes = plain
-                        .shapes()?
-                        .last()
-                        .map_or(0, |s| s.iter().product::<usize>());
-                    Some(load_checked_labels(&p, n, classes)?)
-                }
-                None => None,
-            };
-            // The client checks its own rows against the bound the model declares.
-            let width: usize = input_shape.iter().product();
-            check_inputs(&data, width, loaded.bounds.input_bound)
-                .map_err(|e| EngineError::Range(format!("{input}: {e}")))?;
-            let mut session = Session::new(SessionConfig {
-                backend,
-                fixed: loaded.fixed,
-                transport,
-                ..Default::default()
-            })?;
-            let shared = share_with_progress(&mut session, plain.as_ref(), &loaded.bounds)?;
-            println!("{}", shared.range().summary());
-            let mut clf = SecureClassifier::new(&mut session, shared);
-            clf.set_pool(pool)?;
-            let bar = ProgressBar::new(n as u64);
-            bar.set_style(
-                ProgressStyle::with_template("{bar:40} {pos}/{len} inputs {per_sec} eta {eta}")
-                    .expect("valid template"),
-            );
-            if n <= batch {
-                bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-            }
-            let report = clf.classify_observed(
-                &data,
+            crate::local::classify(
+                &model,
+                &input,
                 labels.as_deref(),
-                &ClassifyOptions {
-                    batch,
-                    reveal_predictions: out.is_some(),
-                },
-                &mut |done, _| bar.set_position(done as u64),
-            )?;
-            bar.finish_and_clear();
-            print_report(&report);
-            if let (Some(out), Some(preds)) = (out, report.predictions.as_ref()) {
-                let path = out.path().display().to_string();
-                out.commit_predictions(preds)?;
-                println!("predictions written to {path} (revealed to the client only)");
-            }
-            Ok(())
+                batch,
+                backend,
+                transport,
+                pool,
+                out,
+            )
         }
         Command::Dealer { deploy, data_dir } => crate::remote::dealer(&deploy, &data_dir),
         Command::Party {
@@ -607,15 +331,6 @@ pub fn run(cli: Cli) -> Result<()> {
             delete,
         } => crate::remote::models(&deploy, as_name.as_deref(), delete.as_deref()),
         Command::BenchService { args } => crate::bench_service::run(&args).map(|_| ()),
-    }
-}
-
-/// A finite number above zero (for bounds; refused while parsing, before any file is read).
-fn positive_number(text: &str) -> std::result::Result<f64, String> {
-    match text.parse::<f64>() {
-        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
-        Ok(v) => Err(format!("must be a positive number, got {v}")),
-        Err(e) => Err(e.to_string()),
     }
 }
 

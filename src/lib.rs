@@ -7,4 +7,6 @@ pub mod bench;
 pub mod bench_cnn;
 pub mod bench_service;
 pub mod cli;
+pub mod local;
+pub mod options;
 pub mod remote;

@@ -123,7 +123,7 @@ pub fn upload(
     args: &DeployArgs,
     as_name: Option<&str>,
     name: &str,
-    model: &crate::cli::ModelArgs,
+    model: &crate::options::ModelArgs,
 ) -> Result<()> {
     engine::wire::control::check_model_name(name)?;
     let loaded = model.load()?;
@@ -196,7 +196,7 @@ pub fn classify(
         return Err(EngineError::Format(format!("{input}: no input rows")));
     }
     let labels = match labels {
-        Some(p) => Some(crate::cli::load_checked_labels(p, n, info.classes)?),
+        Some(p) => Some(crate::options::load_checked_labels(p, n, info.classes)?),
         None => None,
     };
     let width: usize = info.input_shape.iter().product();

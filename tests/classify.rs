@@ -7,8 +7,8 @@ use std::process::Command;
 use common::test_rng;
 use engine::io::{load_features, load_labels, load_safetensors_model};
 use engine::nn::plain::{vgg16_head, Layer, Sequential};
-use engine::nn::{ClassifyOptions, SecureClassifier};
-use engine::{PartyId, Session, SessionConfig};
+use engine::service::classifier::{ClassifyOptions, SecureClassifier};
+use engine::PartyId;
 use ndarray::{Array1, Array2};
 use rand::Rng;
 use safetensors::tensor::{serialize_to_file, Dtype, TensorView};
@@ -71,10 +71,20 @@ fn every_layer_and_the_tutorial_flow_match_plaintext() {
                 }
             })
             .collect();
-        let mut s = Session::new(SessionConfig::default()).unwrap();
+        let mut s = common::computation(
+            engine::LocalConfig::default(),
+            engine::FixedPoint::default(),
+        )
+        .unwrap();
         let shared = s.share_model(PartyId::ModelOwner, &model).unwrap();
-        let mut clf = SecureClassifier::new(&mut s, shared);
-        let logits = clf.logits_for_client(&x, 16).unwrap();
+        let logits = s.logits_for_client(&shared, &x, 16).unwrap();
+        let mut clf = SecureClassifier::upload(
+            s.deployment(),
+            &model,
+            &engine::FixedPoint::default(),
+            &Default::default(),
+        )
+        .unwrap();
         // Error bound: inputs and weights are rounded to 2^-17, each truncation adds < 2^-16;
         // with these widths and |w| <= 1/sqrt(in) the accumulated error stays far below 1e-3.
         let max_err = logits
@@ -84,14 +94,7 @@ fn every_layer_and_the_tutorial_flow_match_plaintext() {
             .fold(0.0, f64::max);
         assert!(max_err < 1e-3, "dims {dims:?}: max logit error {max_err}");
         let r = clf
-            .classify(
-                &x,
-                Some(&labels),
-                &ClassifyOptions {
-                    batch: 8,
-                    reveal_predictions: true,
-                },
-            )
+            .classify(&x, Some(&labels), &ClassifyOptions { batch: 8 })
             .unwrap();
         // Bad classification inputs are refused before anything is shared.
         let opts = ClassifyOptions::default();
@@ -127,7 +130,7 @@ fn every_layer_and_the_tutorial_flow_match_plaintext() {
             "{e}"
         );
         // Predictions can only differ where plaintext logits are within the error bound.
-        let preds = r.predictions.clone().unwrap();
+        let preds = r.predictions.clone();
         for i in 0..n {
             if preds[i] != plain_pred[i] {
                 let row = &plain[i * classes..(i + 1) * classes];
@@ -155,7 +158,11 @@ fn vgg_head_traffic_grows_with_activations_not_weights() {
     let mut rng = test_rng("vgg_traffic");
     let (input, hidden, classes, batch) = (512usize, 128usize, 7usize, 4usize);
     let model = vgg16_head(input, hidden, classes, &mut rng);
-    let mut s = Session::new(SessionConfig::default()).unwrap();
+    let mut s = common::computation(
+        engine::LocalConfig::default(),
+        engine::FixedPoint::default(),
+    )
+    .unwrap();
     let shared = s.share_model(PartyId::ModelOwner, &model).unwrap();
     let x: Vec<f64> = (0..batch * input)
         .map(|_| rng.gen_range(0.0..1.0))
@@ -432,7 +439,11 @@ fn model_import_round_trips_and_reports_bad_files() {
     );
     // Weights outside the fixed-point range are refused when sharing.
     let huge = Sequential::new(vec![Layer::linear(1, 1, vec![1e9], vec![0.0]).unwrap()]).unwrap();
-    let mut s = Session::new(SessionConfig::default()).unwrap();
+    let mut s = common::computation(
+        engine::LocalConfig::default(),
+        engine::FixedPoint::default(),
+    )
+    .unwrap();
     let e = s
         .share_model(PartyId::ModelOwner, &huge)
         .unwrap_err()

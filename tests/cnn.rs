@@ -13,22 +13,27 @@ use std::sync::Arc;
 use common::test_rng;
 use engine::nn::geometry::Window2d;
 use engine::nn::plain::{Layer, Sequential};
-use engine::nn::shared::{
-    SharedAffine2d, SharedAvgPool2d, SharedConv2d, SharedLayer, SharedMaxPool2d,
-};
-use engine::{BackendKind, FixedPoint, PartyId, Session, SessionConfig};
+use engine::nn::shared::{SharedAffine2d, SharedAvgPool2d, SharedLayer, SharedMaxPool2d};
+use engine::{BackendKind, Computation, FixedPoint, PartyId};
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
 
 const F: u32 = 16;
 
 /// CPU, and the GPU where an adapter exists (a skip line otherwise; CI=true requires it).
-fn sessions() -> Vec<Session> {
-    let mut v = vec![Session::new(SessionConfig::default()).unwrap()];
-    match Session::new(SessionConfig {
-        backend: BackendKind::Gpu,
-        ..Default::default()
-    }) {
+fn sessions() -> Vec<Computation> {
+    let mut v = vec![common::computation(
+        engine::LocalConfig::default(),
+        engine::FixedPoint::default(),
+    )
+    .unwrap()];
+    match common::computation(
+        engine::LocalConfig {
+            backend: BackendKind::Gpu,
+            ..Default::default()
+        },
+        engine::FixedPoint::default(),
+    ) {
         Ok(s) => v.push(s),
         Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
             eprintln!("SKIP gpu cnn layers: {e}")
@@ -55,7 +60,12 @@ fn ring_inputs(rng: &mut ChaCha20Rng, n: usize, max: f64) -> Vec<i64> {
 
 /// Run one shared layer on `x` (ring values) with all its material preprocessed; checks that
 /// the layer consumed exactly its declared material, and returns the revealed ring output.
-fn run_layer(s: &mut Session, layer: Arc<dyn SharedLayer>, shape: &[usize], x: &[i64]) -> Vec<i64> {
+fn run_layer(
+    s: &mut Computation,
+    layer: Arc<dyn SharedLayer>,
+    shape: &[usize],
+    x: &[i64],
+) -> Vec<i64> {
     let words: Vec<u64> = x.iter().map(|&v| v as u64).collect();
     let xh = s.share_ring(PartyId::Client, shape, &words).unwrap();
     let (xid, batch) = (xh.id(), shape[0]);
@@ -68,7 +78,7 @@ fn run_layer(s: &mut Session, layer: Arc<dyn SharedLayer>, shape: &[usize], x: &
             Ok((p.keep(y), shape))
         })
         .unwrap();
-    let h = Session::handle(id, &shape_out);
+    let h = Computation::handle(id, &shape_out);
     s.reveal_ring(PartyId::ModelOwner, &h)
         .unwrap()
         .into_iter()
@@ -103,18 +113,22 @@ fn conv2d_matches_the_definition_up_to_truncation() {
                 .collect();
             let bias: Vec<f64> = (0..oc).map(|_| rng.gen_range(-1.0..1.0)).collect();
             let x = ring_inputs(&mut rng, n * c * h * w, 8.0);
-            let layer = SharedConv2d::share(
-                &mut s,
-                PartyId::ModelOwner,
+            let oh = (h + 2 * padding[0] - kh) / stride[0] + 1;
+            let ow = (w + 2 * padding[1] - kw) / stride[1] + 1;
+            // Shared the one way every model is (its plan's layer, built by each party).
+            // (A model ends in a Linear classifier: a 1x1 one after the layer under test.)
+            let conv = Sequential::with_input(
+                vec![
+                    Layer::conv2d(c, oc, win, wts.clone(), bias.clone()).unwrap(),
+                    Layer::Flatten,
+                    Layer::linear(oc * oh * ow, 1, vec![0.0; oc * oh * ow], vec![0.0]).unwrap(),
+                ],
                 vec![c, h, w],
-                c,
-                oc,
-                win,
-                &wts,
-                &bias,
             )
             .unwrap();
-            let got = run_layer(&mut s, Arc::new(layer), &[n, c, h, w], &x);
+            let shared = s.share_model(PartyId::ModelOwner, &conv).unwrap();
+            let layer = shared.layers()[0].clone();
+            let got = run_layer(&mut s, layer, &[n, c, h, w], &x);
             let fx = FixedPoint::new(F).unwrap();
             let we: Vec<i128> = fx
                 .encode(&wts)
@@ -128,8 +142,6 @@ fn conv2d_matches_the_definition_up_to_truncation() {
                 .iter()
                 .map(|&v| v as i64)
                 .collect();
-            let oh = (h + 2 * padding[0] - kh) / stride[0] + 1;
-            let ow = (w + 2 * padding[1] - kw) / stride[1] + 1;
             assert_eq!(got.len(), n * oc * oh * ow);
             for b in 0..n {
                 for o in 0..oc {
@@ -402,7 +414,7 @@ fn small_cnn_matches_plaintext_and_declares_its_material() {
             })
             .unwrap();
         let got = s
-            .reveal(PartyId::ModelOwner, &Session::handle(id, &[n, 5]))
+            .reveal(PartyId::ModelOwner, &Computation::handle(id, &[n, 5]))
             .unwrap();
         for (g, want) in got.iter().zip(&plain) {
             // A few truncations of < 1 ulp each, amplified by at most the weights' row sums.
@@ -447,7 +459,11 @@ fn bad_cnn_shapes_are_refused_before_any_work() {
         "{e}"
     );
     // Shared input of the wrong size.
-    let mut s = Session::new(SessionConfig::default()).unwrap();
+    let mut s = common::computation(
+        engine::LocalConfig::default(),
+        engine::FixedPoint::default(),
+    )
+    .unwrap();
     let shared = s.share_model(PartyId::ModelOwner, &model).unwrap();
     let xh = s.share(PartyId::Client, &[2, 7], &[0.0; 14]).unwrap();
     let xid = xh.id();

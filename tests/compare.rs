@@ -296,7 +296,7 @@ fn a_partys_transcript_is_independent_of_the_compared_values() {
 #[test]
 fn eq_index_is_exact_for_every_pair_in_range() {
     use engine::protocols::compare::{eq_index_bits, MAX_EQ_INDEX_TABLE_WORDS};
-    use engine::{FixedPoint, Session, SessionConfig};
+    use engine::FixedPoint;
     let mut rng = test_rng("eq_index_exact");
     assert_eq!(eq_index_bits(1, 1, F), Some(1));
     assert_eq!(eq_index_bits(7, 10, F), Some(4));
@@ -312,10 +312,12 @@ fn eq_index_is_exact_for_every_pair_in_range() {
     );
     assert_eq!(eq_index_bits(usize::MAX, 10, F), None);
     for frac_bits in [1u32, F, 24] {
-        let mut s = Session::new(SessionConfig {
-            fixed: FixedPoint::new(frac_bits).unwrap(),
-            ..Default::default()
-        })
+        let mut s = common::computation(
+            engine::LocalConfig {
+                ..Default::default()
+            },
+            FixedPoint::new(frac_bits).unwrap(),
+        )
         .unwrap();
         for range in [1usize, 2, 3, 7, 10, 1000, 4096, 4097] {
             for n in [1usize, 7, 65] {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{apply, apply2, reveal, session, test_rng};
 use engine::transport::{channel_mesh, Transport};
-use engine::{EngineError, FixedPoint, PartyId, Session, SessionConfig};
+use engine::{Computation, EngineError, FixedPoint, PartyId};
 use rand::Rng;
 
 const F: u32 = 16;
@@ -101,10 +101,12 @@ fn truncation_error_is_below_one_ulp_including_negatives() {
     let ring: Vec<u64> = vals.iter().map(|&v| v as u64).collect();
     for bits in [1u32, 8, 16, 24] {
         // The dealer serves truncation by the session's fractional bits only.
-        let mut s = Session::new(SessionConfig {
-            fixed: FixedPoint::new(bits).unwrap(),
-            ..Default::default()
-        })
+        let mut s = common::computation(
+            engine::LocalConfig {
+                ..Default::default()
+            },
+            FixedPoint::new(bits).unwrap(),
+        )
         .unwrap();
         let x = s.share_ring(PartyId::Client, &[ring.len()], &ring).unwrap();
         let y = apply(&mut s, &x, &[ring.len()], move |p, x| {
@@ -251,7 +253,7 @@ fn fixed_operand_is_opened_once_and_reused() {
         })
         .unwrap();
     for ((m, xs), (id, traffic)) in batches.iter().zip(outs) {
-        let got = reveal(&mut s, &Session::handle(id, &[*m, n]));
+        let got = reveal(&mut s, &Computation::handle(id, &[*m, n]));
         let want = plain_matmul(xs, &ws, *m, k, n);
         for i in 0..m * n {
             assert!(trunc_ok(got[i], want[i], F));
@@ -309,18 +311,26 @@ fn bad_inputs_give_clear_errors() {
 
 #[test]
 fn a_stalled_peer_times_out_and_a_closed_one_is_reported() {
-    let mut s = Session::new(SessionConfig {
-        timeout: Duration::from_millis(200),
-        ..Default::default()
-    })
+    let mut s = common::computation(
+        engine::LocalConfig {
+            timeout: Duration::from_secs(1),
+            ..Default::default()
+        },
+        engine::FixedPoint::default(),
+    )
     .unwrap();
-    // The client never sends: both parties time out naming the client.
+    // The client never sends (its link stays alive): both parties give up within about the
+    // timeout, naming the client.
+    let t = std::time::Instant::now();
     let e = s
         .run(|p| p.receive_share(PartyId::Client, &[1]).map(|_| ()))
         .unwrap_err();
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert_eq!(e.kind(), engine::error::ErrorKind::PeerLost, "{e}");
+    let text = e.to_string();
     assert!(
-        e.to_string()
-            .contains("timed out after 200ms waiting for client"),
+        text.contains("client is alive but sent nothing for 1s")
+            || text.contains("timed out after 1s waiting for client"),
         "{e}"
     );
     let mut mesh = channel_mesh(&[PartyId::Alice, PartyId::Bob], Duration::from_secs(5));

@@ -6,17 +6,19 @@ mod common;
 
 use common::test_rng;
 use engine::nn::plain::{vgg16_head, Sequential};
-use engine::nn::{ClassifyOptions, SecureClassifier};
-use engine::{BackendKind, PartyId, Session, SessionConfig};
+use engine::service::classifier::{ClassifyOptions, SecureClassifier};
+use engine::{BackendKind, Computation, PartyId};
 use rand::Rng;
 
 /// A GPU session, or `None` (with a skip line) where no adapter exists outside CI.
-fn gpu_session(seed: u64) -> Option<Session> {
-    match Session::new(SessionConfig {
+fn gpu_session(seed: u64) -> Option<Computation> {
+    let config = engine::LocalConfig {
         backend: BackendKind::Gpu,
         test_seed: Some(seed),
+        pool: 0,
         ..Default::default()
-    }) {
+    };
+    match common::computation(config, engine::FixedPoint::default()) {
         Ok(s) => {
             // Written to the process's stderr directly (not the test harness's capture), so CI
             // logs show which adapter ran the tests.
@@ -36,17 +38,65 @@ fn gpu_session(seed: u64) -> Option<Session> {
     }
 }
 
-fn cpu_session(seed: u64) -> Session {
-    Session::new(SessionConfig {
+/// The CPU twin of [`gpu_session`]: same seed, same order of requests, so the same bits.
+fn cpu_session(seed: u64) -> Computation {
+    let config = engine::LocalConfig {
         test_seed: Some(seed),
+        pool: 0,
         ..Default::default()
-    })
-    .unwrap()
+    };
+    common::computation(config, engine::FixedPoint::default()).unwrap()
+}
+
+/// The tutorial's classification inside a computation, batch by batch (the party side is the
+/// services' own batch step, material on demand): the client shares each batch and its labels,
+/// receives the predictions; the model owner receives the final correct count.
+fn classify_in(
+    s: &mut Computation,
+    model: &engine::nn::SharedModel,
+    data: &[f64],
+    labels: &[i64],
+    batch: usize,
+) -> (Vec<i64>, u64) {
+    let fx = s.fixed_point();
+    let (width, f) = (model.in_features(), fx.frac_bits());
+    let n = labels.len();
+    let mut acc = None;
+    let mut preds = Vec::new();
+    for lo in (0..n).step_by(batch) {
+        let m = batch.min(n - lo);
+        let x = fx.encode(&data[lo * width..(lo + m) * width]).unwrap();
+        s.send_shares(PartyId::Client, &[m, width], &x).unwrap();
+        let y: Vec<u64> = labels[lo..lo + m]
+            .iter()
+            .map(|&v| (v as u64) << f)
+            .collect();
+        s.send_shares(PartyId::Client, &[m], &y).unwrap();
+        let (mm, specs) = (
+            model.clone(),
+            engine::nn::classify::batch_specs(model, m, true, f),
+        );
+        let step = engine::nn::classify::BatchStep {
+            rows: m,
+            labels: true,
+            reveal: true,
+            acc,
+        };
+        let [a, _] = s.run(move |p| step.run(p, &mm, &specs)).unwrap();
+        acc = a;
+        let (_, ring) = s.receive_revealed(PartyId::Client).unwrap();
+        preds.extend(ring.iter().map(|&v| (v as i64) >> f));
+    }
+    let id = acc.expect("a count");
+    let count = s
+        .reveal_ring(PartyId::ModelOwner, &Computation::handle(id, &[]))
+        .unwrap()[0];
+    (preds, count)
 }
 
 /// Share W and X, run a fixed-operand matmul, a Beaver matmul and a ReLU; reveal all three.
 fn protocol_run(
-    s: &mut Session,
+    s: &mut Computation,
     x: &[u64],
     w: &[u64],
     m: usize,
@@ -68,7 +118,7 @@ fn protocol_run(
         .unwrap();
     ids.iter()
         .map(|&id| {
-            s.reveal_ring(PartyId::ModelOwner, &Session::handle(id, &[m, n]))
+            s.reveal_ring(PartyId::ModelOwner, &Computation::handle(id, &[m, n]))
                 .unwrap()
         })
         .collect()
@@ -112,19 +162,19 @@ fn linear_1x1_tutorial_and_a_small_head_classify_identically_on_gpu() {
     let head = vgg16_head(64, 32, 7, &mut rng);
     let data: Vec<f64> = (0..20 * 64).map(|_| rng.gen_range(0.0..1.0)).collect();
     let labels: Vec<i64> = (0..20).map(|_| rng.gen_range(0..7)).collect();
-    let opts = ClassifyOptions {
-        batch: 8,
-        reveal_predictions: true,
-    };
+    let opts = ClassifyOptions { batch: 8 };
+    let fx = engine::FixedPoint::default();
     let mut results = Vec::new();
     for s in [&mut gpu, &mut cpu] {
-        let m = s.share_model(PartyId::ModelOwner, &tutorial).unwrap();
-        let r1 = SecureClassifier::new(s, m)
+        // Through the services: uploads and classify requests, as a client sends them.
+        let d = s.deployment().clone();
+        let r1 = SecureClassifier::upload(&d, &tutorial, &fx, &Default::default())
+            .unwrap()
             .classify(&[0.0], Some(&[0]), &opts)
             .unwrap();
         assert_eq!(r1.correct, Some(1));
-        let m = s.share_model(PartyId::ModelOwner, &head).unwrap();
-        let r2 = SecureClassifier::new(s, m)
+        let r2 = SecureClassifier::upload(&d, &head, &fx, &Default::default())
+            .unwrap()
             .classify(&data, Some(&labels), &opts)
             .unwrap();
         results.push((r1.predictions, r2.correct, r2.predictions));
@@ -133,7 +183,7 @@ fn linear_1x1_tutorial_and_a_small_head_classify_identically_on_gpu() {
 }
 
 /// Per party: its traffic and its backend's host<->device transfers so far.
-fn counters(s: &mut Session) -> [(engine::TrafficStats, kernels::TransferStats); 2] {
+fn counters(s: &mut Computation) -> [(engine::TrafficStats, kernels::TransferStats); 2] {
     s.run(|p| Ok((p.traffic(), p.backend().transfers())))
         .unwrap()
 }
@@ -156,13 +206,9 @@ fn a_gpu_classification_moves_only_opened_values_to_the_host() {
     let head = vgg16_head(input, hidden, classes, &mut rng);
     let data: Vec<f64> = (0..n * input).map(|_| rng.gen_range(0.0..1.0)).collect();
     let labels: Vec<i64> = (0..n).map(|_| rng.gen_range(0..classes as i64)).collect();
-    let opts = ClassifyOptions {
-        batch,
-        reveal_predictions: true,
-    };
     for s in [&mut gpu, &mut cpu] {
         let model = s.share_model(PartyId::ModelOwner, &head).unwrap();
-        let frac = s.config().fixed.frac_bits();
+        let frac = s.fixed_point().frac_bits();
         // Bob's dealer corrections of every batch, in words and parts (each part is one
         // upload; every other part is expanded from the seed on the backend).
         let (mut parts, mut words) = (0u64, 0u64);
@@ -180,14 +226,8 @@ fn a_gpu_classification_moves_only_opened_values_to_the_host() {
             }
         }
         let before = counters(s);
-        let mut clf = SecureClassifier::new(s, model);
-        // All material on demand, inside each request: background pool workers would move
-        // material to the device at times of their own (and exchange a pool message per
-        // request), which this per-request accounting does not cover.
-        clf.set_pool(0).unwrap();
-        let report = clf.classify(&data, Some(&labels), &opts).unwrap();
-        drop(clf);
-        assert_eq!(report.predictions.as_ref().map(Vec::len), Some(n));
+        let (preds, _) = classify_in(s, &model, &data, &labels, batch);
+        assert_eq!(preds.len(), n);
         let after = counters(s);
         let batches = n.div_ceil(batch) as u64;
         for party in 0..2 {

@@ -6,7 +6,8 @@ mod common;
 use std::io::Write;
 
 use engine::io::{load_safetensors_model, ModelFile};
-use engine::nn::{ClassifyOptions, ModelSource, SecureClassifier};
+use engine::nn::ModelSource;
+use engine::service::classifier::{ClassifyOptions, SecureClassifier};
 use engine::PartyId;
 use rand::Rng;
 
@@ -63,29 +64,32 @@ fn sharing_from_the_mapped_file_equals_sharing_in_memory() {
     let data: Vec<f64> = (0..n * input).map(|_| rng.gen_range(0.0..1.0)).collect();
     let mut logits = Vec::new();
     for from_file in [true, false] {
-        let mut s = engine::Session::new(engine::SessionConfig {
-            test_seed: Some(7),
-            ..Default::default()
-        })
+        let mut s = common::computation(
+            engine::LocalConfig {
+                test_seed: Some(7),
+                ..Default::default()
+            },
+            engine::FixedPoint::default(),
+        )
         .unwrap();
         let shared = if from_file {
             s.share_model(PartyId::ModelOwner, &file).unwrap()
         } else {
             s.share_model(PartyId::ModelOwner, &plain).unwrap()
         };
-        let mut clf = SecureClassifier::new(&mut s, shared);
-        logits.push(clf.logits_for_client(&data, 4).unwrap());
+        logits.push(s.logits_for_client(&shared, &data, 4).unwrap());
+        let source: &dyn ModelSource = if from_file { &file } else { &plain };
+        let mut clf = SecureClassifier::upload(
+            s.deployment(),
+            source,
+            &engine::FixedPoint::default(),
+            &Default::default(),
+        )
+        .unwrap();
         let r = clf
-            .classify(
-                &data,
-                None,
-                &ClassifyOptions {
-                    batch: 4,
-                    reveal_predictions: true,
-                },
-            )
+            .classify(&data, None, &ClassifyOptions { batch: 4 })
             .unwrap();
-        assert_eq!(r.predictions.unwrap().len(), n);
+        assert_eq!(r.predictions.len(), n);
     }
     // Same seeds, same encoded values: bit-identical results.
     assert_eq!(logits[0], logits[1]);

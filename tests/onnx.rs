@@ -7,8 +7,8 @@ mod common;
 use common::argmax;
 use engine::io::{load_inputs, load_labels, load_onnx_model};
 use engine::nn::plain::Layer;
-use engine::nn::{ClassifyOptions, SecureClassifier};
-use engine::{BackendKind, PartyId, Session, SessionConfig};
+use engine::service::classifier::{ClassifyOptions, SecureClassifier};
+use engine::BackendKind;
 use ndarray::Array2;
 use ndarray_npy::read_npy;
 
@@ -62,10 +62,13 @@ fn encrypted_predictions_equal_plaintext_predictions() {
     let plain_pred: Vec<i64> = plain.chunks(10).map(argmax).collect();
     let mut backends = vec![BackendKind::Cpu];
     if std::env::var("CI").as_deref() == Ok("true")
-        || Session::new(SessionConfig {
-            backend: BackendKind::Gpu,
-            ..Default::default()
-        })
+        || common::computation(
+            engine::LocalConfig {
+                backend: BackendKind::Gpu,
+                ..Default::default()
+            },
+            engine::FixedPoint::default(),
+        )
         .is_ok()
     {
         backends.push(BackendKind::Gpu);
@@ -73,28 +76,22 @@ fn encrypted_predictions_equal_plaintext_predictions() {
         eprintln!("SKIP gpu onnx: no adapter");
     }
     for backend in backends {
-        let mut s = Session::new(SessionConfig {
+        let d = engine::LocalDeployment::start(engine::LocalConfig {
             backend,
             ..Default::default()
         })
         .unwrap();
-        let shared = s.share_model(PartyId::ModelOwner, &model).unwrap();
-        let mut c = SecureClassifier::new(&mut s, shared);
+        let mut c = SecureClassifier::upload(
+            &d,
+            &model,
+            &engine::FixedPoint::default(),
+            &Default::default(),
+        )
+        .unwrap();
         let report = c
-            .classify(
-                x,
-                Some(&labels[..rows]),
-                &ClassifyOptions {
-                    batch: 16,
-                    reveal_predictions: true,
-                },
-            )
+            .classify(x, Some(&labels[..rows]), &ClassifyOptions { batch: 16 })
             .unwrap();
-        assert_eq!(
-            report.predictions.as_deref(),
-            Some(&plain_pred[..]),
-            "{backend:?}"
-        );
+        assert_eq!(report.predictions, plain_pred, "{backend:?}");
         let plain_correct = plain_pred
             .iter()
             .zip(&labels[..rows])
@@ -170,9 +167,14 @@ fn input_shapes_are_checked() {
     );
     // A shared batch whose size does not fit the model's samples.
     let model = load_onnx_model(&data("digits_cnn.onnx")).unwrap();
-    let mut s = Session::new(SessionConfig::default()).unwrap();
-    let shared = s.share_model(PartyId::ModelOwner, &model).unwrap();
-    let mut c = SecureClassifier::new(&mut s, shared);
+    let d = engine::LocalDeployment::start(engine::LocalConfig::default()).unwrap();
+    let mut c = SecureClassifier::upload(
+        &d,
+        &model,
+        &engine::FixedPoint::default(),
+        &Default::default(),
+    )
+    .unwrap();
     let e = c
         .classify(&[0.0; 100], None, &ClassifyOptions::default())
         .unwrap_err()

@@ -11,8 +11,8 @@ use std::cell::RefCell;
 use common::test_rng;
 use engine::nn::plain::{Layer, Sequential};
 use engine::nn::range::{calibrate, ModelBounds};
-use engine::nn::{ClassifyOptions, SecureClassifier};
-use engine::{BackendKind, FixedPoint, PartyId, Session, SessionConfig};
+use engine::service::classifier::{ClassifyOptions, SecureClassifier};
+use engine::{BackendKind, Computation, FixedPoint, PartyId};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngAlgorithm, TestRng, TestRunner};
 use rand::Rng;
@@ -98,17 +98,19 @@ fn argmax(row: &[f64]) -> usize {
 /// Run `cases` random cases on `backend`; `None` when the backend is unavailable (skipped).
 fn check_backend(backend: BackendKind, cases: u32) -> Option<()> {
     let seed: u64 = test_rng(&format!("properties_{backend:?}")).gen();
-    let sessions: RefCell<Vec<(u32, Session)>> = RefCell::new(Vec::new());
+    let sessions: RefCell<Vec<(u32, Computation)>> = RefCell::new(Vec::new());
     let session_for = |f: u32| -> Option<()> {
         let mut s = sessions.borrow_mut();
         if s.iter().any(|(g, _)| *g == f) {
             return Some(());
         }
-        match Session::new(SessionConfig {
-            backend,
-            fixed: FixedPoint::new(f).unwrap(),
-            ..Default::default()
-        }) {
+        match common::computation(
+            engine::LocalConfig {
+                backend,
+                ..Default::default()
+            },
+            FixedPoint::new(f).unwrap(),
+        ) {
             Ok(x) => {
                 s.push((f, x));
                 Some(())
@@ -154,8 +156,7 @@ fn check_backend(backend: BackendKind, cases: u32) -> Option<()> {
         let err = shared.range().logit_error;
         let classes = c.model.out_features();
         let plain = c.model.forward_f64(&c.x, c.rows).unwrap();
-        let mut clf = SecureClassifier::new(s, shared);
-        let logits = clf.logits_for_client(&c.x, 3).unwrap();
+        let logits = s.logits_for_client(&shared, &c.x, 3).unwrap();
         for (i, (a, b)) in logits.iter().zip(&plain).enumerate() {
             // 1e-9: f64 rounding of the plaintext reference itself.
             prop_assert!(
@@ -163,17 +164,13 @@ fn check_backend(backend: BackendKind, cases: u32) -> Option<()> {
                 "logit {i}: secure {a} vs plaintext {b}, proven bound {err}"
             );
         }
+        // The same model through the services' classify requests (uploaded, then classified).
+        let fx = FixedPoint::new(c.frac_bits).unwrap();
+        let mut clf = SecureClassifier::upload(s.deployment(), &c.model, &fx, &bounds).unwrap();
         let r = clf
-            .classify(
-                &c.x,
-                None,
-                &ClassifyOptions {
-                    batch: 3,
-                    reveal_predictions: true,
-                },
-            )
+            .classify(&c.x, None, &ClassifyOptions { batch: 3 })
             .unwrap();
-        let preds = r.predictions.unwrap();
+        let preds = r.predictions;
         for (i, row) in plain.chunks(classes).enumerate() {
             let top = argmax(row);
             let second = (0..classes)

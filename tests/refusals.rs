@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::test_rng;
+use engine::error::ErrorKind;
 use engine::fixed::FixedPoint;
 use engine::io::{load_labels, OutputFile};
 use engine::nn::plain::{Layer, Sequential};
 use engine::nn::range::{analyse, ModelBounds};
-use engine::nn::{ClassifyOptions, SecureClassifier};
-use engine::{EngineError, PartyId, Session, SessionConfig};
+use engine::service::classifier::{ClassifyOptions, SecureClassifier};
+use engine::PartyId;
 use ndarray::{Array1, Array2};
 use rand::Rng;
 use safetensors::tensor::{serialize_to_file, Dtype, TensorView};
@@ -445,44 +446,40 @@ fn calibrated_bounds_are_checked_at_run_time() {
         input_bound: 4.0,
         calibrated: Some(cal),
     };
-    let mut s = Session::new(SessionConfig::default()).unwrap();
+    let mut s = common::computation(
+        engine::LocalConfig::default(),
+        engine::FixedPoint::default(),
+    )
+    .unwrap();
     let shared = s
         .share_model_with(PartyId::ModelOwner, &model, &bounds)
         .unwrap();
     assert!(shared.range().summary().contains("checked at run time"));
     let err = shared.range().logit_error;
-    let mut clf = SecureClassifier::new(&mut s, shared);
-    let logits = clf.logits_for_client(&x, 4).unwrap();
+    let logits = s.logits_for_client(&shared, &x, 4).unwrap();
     let plain = model.forward_f64(&x, n).unwrap();
     for (a, b) in logits.iter().zip(&plain) {
         assert!((a - b).abs() <= err, "{a} vs {b} (bound {err})");
     }
     // Inputs at 4x the calibration data's scale (still within the input bound) leave the range.
     let big: Vec<f64> = x.iter().map(|v| v * 4.0).collect();
+    let mut clf = SecureClassifier::upload(
+        s.deployment(),
+        &model,
+        &engine::FixedPoint::default(),
+        &bounds,
+    )
+    .unwrap();
     let e = clf
-        .classify(
-            &big,
-            None,
-            &ClassifyOptions {
-                batch: 4,
-                reveal_predictions: true,
-            },
-        )
+        .classify(&big, None, &ClassifyOptions { batch: 4 })
         .unwrap_err();
-    assert!(matches!(e, EngineError::Range(_)), "{e}");
+    assert_eq!(e.kind(), ErrorKind::OverflowDetected, "{e}");
     assert!(e.to_string().contains("left its calibrated range"), "{e}");
-    // The session still works afterwards.
+    // The deployment still works afterwards.
     let r = clf
-        .classify(
-            &x,
-            None,
-            &ClassifyOptions {
-                batch: 4,
-                reveal_predictions: true,
-            },
-        )
+        .classify(&x, None, &ClassifyOptions { batch: 4 })
         .unwrap();
-    assert_eq!(r.predictions.unwrap(), argmax_rows(&plain, c));
+    assert_eq!(r.predictions, argmax_rows(&plain, c));
 }
 
 /// A successful GPU run prints nothing on stderr (no driver noise), and `demo` prints the margin.
@@ -512,7 +509,11 @@ fn gpu_demo_prints_no_driver_noise() {
 /// error, not a silently wrong product.
 #[test]
 fn fixed_operand_is_bound_to_its_weight() {
-    let mut s = Session::new(SessionConfig::default()).unwrap();
+    let mut s = common::computation(
+        engine::LocalConfig::default(),
+        engine::FixedPoint::default(),
+    )
+    .unwrap();
     let w1 = s
         .share(PartyId::ModelOwner, &[2, 2], &[1.0, 2.0, 3.0, 4.0])
         .unwrap();

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use common::test_rng;
 use engine::nn::plain::vgg16_head;
-use engine::nn::{ClassifyOptions, SecureClassifier};
+use engine::service::classifier::{ClassifyOptions, SecureClassifier};
 use engine::transport::{tcp_mesh, tcp_mesh_with, StreamOptions, Transport};
-use engine::{PartyId, Session, SessionConfig, TransportKind};
+use engine::{Computation, PartyId, TransportKind};
 use rand::Rng;
 
 #[test]
@@ -68,11 +68,17 @@ fn tcp_reports_stalls_and_closed_peers() {
 
 fn run_flow(transport: TransportKind, seed: u64) -> (Vec<Vec<u64>>, Option<u64>, Vec<u64>) {
     let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(seed);
-    let mut s = Session::new(SessionConfig {
-        transport,
-        test_seed: Some(seed),
-        ..Default::default()
-    })
+    // Material on demand only (pool 0): material made ahead in the background would change the
+    // order in which the dealer draws request seeds, and with it the bits.
+    let mut s = common::computation(
+        engine::LocalConfig {
+            transport,
+            test_seed: Some(seed),
+            pool: 0,
+            ..Default::default()
+        },
+        engine::FixedPoint::default(),
+    )
     .unwrap();
     let (m, k, n) = (9usize, 40usize, 13usize);
     let x: Vec<u64> = (0..m * k)
@@ -97,27 +103,22 @@ fn run_flow(transport: TransportKind, seed: u64) -> (Vec<Vec<u64>>, Option<u64>,
     let revealed = ids
         .iter()
         .map(|&id| {
-            s.reveal_ring(PartyId::ModelOwner, &Session::handle(id, &[1]))
+            s.reveal_ring(PartyId::ModelOwner, &Computation::handle(id, &[1]))
                 .unwrap()
         })
         .collect();
     let head = vgg16_head(32, 16, 5, &mut rng);
     let data: Vec<f64> = (0..24 * 32).map(|_| rng.gen_range(0.0..1.0)).collect();
     let labels: Vec<i64> = (0..24).map(|_| rng.gen_range(0..5)).collect();
-    let model = s.share_model(PartyId::ModelOwner, &head).unwrap();
-    let mut clf = SecureClassifier::new(&mut s, model);
-    // Material on demand only: whether a batch finds pool material ready depends on timing,
-    // and with it how many dealer requests bob sends on his main link.
-    clf.set_pool(0).unwrap();
+    let mut clf = SecureClassifier::upload(
+        s.deployment(),
+        &head,
+        &engine::FixedPoint::default(),
+        &Default::default(),
+    )
+    .unwrap();
     let r = clf
-        .classify(
-            &data,
-            Some(&labels),
-            &ClassifyOptions {
-                batch: 10,
-                ..Default::default()
-            },
-        )
+        .classify(&data, Some(&labels), &ClassifyOptions { batch: 10 })
         .unwrap();
     let bytes = vec![
         r.traffic[0].bytes_sent,

@@ -54,6 +54,16 @@ pub enum EngineError {
         /// The timeout.
         after: Duration,
     },
+    /// A peer keeps its link alive (heartbeats) but sends nothing the request needs.
+    #[error("{me}: {peer} is alive but sent nothing for {after:?}")]
+    Stalled {
+        /// Who was waiting.
+        me: PartyId,
+        /// Who sent nothing.
+        peer: PartyId,
+        /// How long it waited.
+        after: Duration,
+    },
     /// A peer went away.
     #[error("{me}: connection to {peer} closed")]
     Disconnected {
@@ -73,6 +83,26 @@ pub enum EngineError {
         step: &'static str,
         /// What differed.
         detail: String,
+    },
+    /// A party or the dealer answered a request with a failure (its reason, and what kind of
+    /// failure it was, so callers can branch on [`EngineError::kind`]).
+    #[error("party {party} failed: {detail}")]
+    Remote {
+        /// Who failed.
+        party: PartyId,
+        /// The kind of failure it reported.
+        kind: ErrorKind,
+        /// Its reason, in words.
+        detail: String,
+    },
+    /// Refused by the deployment's policy: who may do what, a name already taken, a limit.
+    #[error("invalid argument: {0}")]
+    Refused(String),
+    /// No model of that name is served.
+    #[error("invalid argument: no model '{name}' is served here")]
+    UnknownModel {
+        /// The name asked for.
+        name: String,
     },
     /// A party thread failed or panicked.
     #[error("party {party} failed: {detail}")]
@@ -97,6 +127,51 @@ pub enum EngineError {
         /// The cause.
         source: std::io::Error,
     },
+}
+
+/// What kind of failure an error is: what a caller branches on (retry later, fix the input,
+/// report a peer, ...). Stable across hosts: a party's failure reaches a data owner with its
+/// kind ([`EngineError::Remote`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum ErrorKind {
+    /// The input (a file, an option, a shape, a value) is not acceptable; fix it and retry.
+    BadInput,
+    /// Refused by policy (who may do what, names taken, limits of the deployment).
+    Refused,
+    /// No such model is served.
+    UnknownModel,
+    /// Too many requests in progress; retry later.
+    Busy,
+    /// Alice and bob (or a peer and this side) are out of step; the request was stopped.
+    OutOfStep,
+    /// A peer died, stalled or closed its link.
+    PeerLost,
+    /// A value left (or could leave) the range the protocols are exact on.
+    OverflowDetected,
+    /// Anything else (an internal error or an I/O failure).
+    Internal,
+}
+
+impl EngineError {
+    /// The kind of this failure (see [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
+        use EngineError::*;
+        match self {
+            Shape { .. } | OutOfRange { .. } | NotFinite { .. } | Invalid(_) | Format(_) => {
+                ErrorKind::BadInput
+            }
+            Io { .. } | Kernel(_) => ErrorKind::Internal,
+            Timeout { .. } | Stalled { .. } | Disconnected { .. } | PartyFailed { .. } => {
+                ErrorKind::PeerLost
+            }
+            Protocol(_) => ErrorKind::OutOfStep,
+            OutOfStep { .. } => ErrorKind::OutOfStep,
+            Range(_) => ErrorKind::OverflowDetected,
+            Remote { kind, .. } => *kind,
+            UnknownModel { .. } => ErrorKind::UnknownModel,
+            Refused(_) => ErrorKind::Refused,
+        }
+    }
 }
 
 /// Build an [`EngineError::Shape`].

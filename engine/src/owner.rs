@@ -92,13 +92,14 @@ impl DataOwner {
             return Ok(msg);
         }
         if tag == step_code(REPLY_STEP) {
-            if let Some(reason) = decode::<Reply>(&msg, "reply")
+            if let Some((detail, kind)) = decode::<Reply>(&msg, "reply")
                 .ok()
                 .and_then(|r| r.failure())
             {
-                return Err(EngineError::PartyFailed {
+                return Err(EngineError::Remote {
                     party,
-                    detail: reason,
+                    kind,
+                    detail,
                 });
             }
         }

@@ -1,7 +1,7 @@
 //! One compute party: its own backend, transport, dealer stream and share store.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 
 use kernels::{Backend, BinaryOp, Storage, Tensor};
 
@@ -42,14 +42,9 @@ pub(crate) struct Prepared {
     pub(crate) identity: u64,
 }
 
-impl Prepared {
-    /// Bytes held on the backend.
-    pub(crate) fn bytes(&self) -> u64 {
-        8 * self.parts.iter().map(|t| t.len() as u64).sum::<u64>()
-    }
-}
-
-/// A compute party (alice = 0, bob = 1). Lives on its own thread; see [`crate::Session`].
+/// A compute party (alice = 0, bob = 1) inside one request: its transport, dealer grant,
+/// material queue and share store. A service builds one per request (see
+/// [`crate::service::party`]).
 pub struct Party {
     index: usize,
     net: Box<dyn Transport>,
@@ -72,14 +67,7 @@ pub struct Party {
     next_id: u64,
     /// When `Some`, every message received from the peer is kept (for audits and tests).
     transcript: Option<Vec<Vec<u64>>>,
-    /// Bob's second link to the dealer, used by the background pool workers.
-    pool_link: Option<SharedLink>,
-    /// Material pools of this party, by pool id.
-    pub(crate) pools: HashMap<u64, crate::pool::PartyPool>,
 }
-
-/// A transport endpoint shared by several threads (bob's pool workers' link to the dealer).
-pub(crate) type SharedLink = Arc<Mutex<Box<dyn Transport>>>;
 
 /// Ask the dealer for bob's corrections of `specs`, numbered from stream `first`. The reply is
 /// `[STATUS_OK, first, corrections...]`; the echoed first stream is checked here.
@@ -111,7 +99,7 @@ pub(crate) fn request_corrections(
     Ok(reply)
 }
 
-/// What a party needs to expand and prepare material, shareable with its pool workers.
+/// What a party needs to expand and prepare material, shareable with background workers.
 #[derive(Clone)]
 pub(crate) struct MaterialMaker {
     pub(crate) index: usize,
@@ -206,18 +194,6 @@ impl MaterialMaker {
 }
 
 impl Party {
-    /// Set up party `index`, receiving its dealer seed.
-    pub fn new(
-        index: usize,
-        mut net: Box<dyn Transport>,
-        backend: Arc<dyn Backend>,
-        fixed: FixedPoint,
-    ) -> Result<Party> {
-        net.meter().set_step("dealer");
-        let grant = SeedGrant::from_words(&net.recv(PartyId::Dealer)?)?;
-        Ok(Party::with_seed(index, net, backend, fixed, Some(grant)))
-    }
-
     /// Set up party `index` with a dealer seed already received (a service joins each request
     /// at the dealer itself), or with none: then it runs on material queued with
     /// [`Party::queue_prepared`] only, and any other material request is an error.
@@ -242,8 +218,6 @@ impl Party {
             fixed_weights: HashMap::new(),
             next_id: 1,
             transcript: None,
-            pool_link: None,
-            pools: HashMap::new(),
         }
     }
 
@@ -281,16 +255,6 @@ impl Party {
         self.next_id = self.next_id.max(wid.max(fid).max(bid) + 1);
     }
 
-    /// Give bob the second dealer link his pool workers use.
-    pub(crate) fn set_pool_link(&mut self, link: Box<dyn Transport>) {
-        self.pool_link = Some(Arc::new(Mutex::new(link)));
-    }
-
-    /// The pool workers' dealer link (bob only).
-    pub(crate) fn pool_link(&self) -> Option<SharedLink> {
-        self.pool_link.clone()
-    }
-
     /// A material maker for this party (its seed and backend).
     pub(crate) fn maker(&self) -> MaterialMaker {
         let grant = self.grant.unwrap_or(SeedGrant {
@@ -303,20 +267,6 @@ impl Party {
             tag: grant.tag,
             backend: self.backend.clone(),
         }
-    }
-
-    /// The public masked values of the given fixed operands (for pool workers).
-    pub(crate) fn fixed_publics(&self, ids: &[u64]) -> Result<HashMap<u64, Tensor>> {
-        ids.iter()
-            .map(|&id| {
-                self.fixed_public
-                    .get(&id)
-                    .map(|t| (id, t.clone()))
-                    .ok_or_else(|| {
-                        EngineError::Invalid(format!("fixed operand {id} is not registered"))
-                    })
-            })
-            .collect()
     }
 
     /// Queue prepared material for the protocol steps that follow.
@@ -630,21 +580,5 @@ impl Party {
     pub(crate) fn register_fixed_public(&mut self, id: u64, f: Tensor, w: &Tensor) {
         self.fixed_public.insert(id, f);
         self.fixed_weights.insert(id, Arc::downgrade(w.storage()));
-    }
-
-    /// Ask the dealer to forget fixed masks (bob, when a model is deleted).
-    pub(crate) fn dealer_forget_fixed(&mut self, ids: &[u64]) -> Result<()> {
-        let mut req = vec![crate::dealer::OP_FORGET_FIXED];
-        req.extend_from_slice(ids);
-        let prev = self.set_step("dealer");
-        self.net.send(PartyId::Dealer, req)?;
-        let reply = self.net.recv(PartyId::Dealer);
-        self.set_step(prev);
-        if reply?.first() != Some(&STATUS_OK) {
-            return Err(EngineError::Protocol(
-                "dealer refused to forget fixed masks".into(),
-            ));
-        }
-        Ok(())
     }
 }

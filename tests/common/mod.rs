@@ -1,7 +1,7 @@
-//! Shared test helpers: logged seeds and session shortcuts.
+//! Shared test helpers: logged seeds and computation shortcuts.
 #![allow(dead_code)]
 
-use engine::{PartyId, Session, SessionConfig, SharedTensor};
+use engine::{Computation, FixedPoint, LocalConfig, LocalDeployment, PartyId, SharedTensor};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -15,13 +15,18 @@ pub fn test_rng(name: &str) -> ChaCha20Rng {
     ChaCha20Rng::seed_from_u64(seed)
 }
 
-/// A CPU session with OS randomness.
-pub fn session() -> Session {
-    Session::new(SessionConfig::default()).expect("session")
+/// A custom computation on fresh in-process services (CPU, OS randomness, default precision).
+pub fn session() -> Computation {
+    computation(LocalConfig::default(), FixedPoint::default()).expect("computation")
+}
+
+/// A custom computation at `fixed` precision on fresh in-process services set up by `config`.
+pub fn computation(config: LocalConfig, fixed: FixedPoint) -> engine::Result<Computation> {
+    LocalDeployment::start(config)?.computation(fixed)
 }
 
 /// Run a unary program on a shared tensor and keep the result.
-pub fn apply<F>(s: &mut Session, x: &SharedTensor, out_shape: &[usize], f: F) -> SharedTensor
+pub fn apply<F>(s: &mut Computation, x: &SharedTensor, out_shape: &[usize], f: F) -> SharedTensor
 where
     F: Fn(&mut engine::Party, engine::Share) -> engine::Result<engine::Share>
         + Send
@@ -37,12 +42,12 @@ where
         })
         .expect("program runs");
     assert_eq!(a, b);
-    Session::handle(a, out_shape)
+    Computation::handle(a, out_shape)
 }
 
 /// Run a binary program on two shared tensors and keep the result.
 pub fn apply2<F>(
-    s: &mut Session,
+    s: &mut Computation,
     x: &SharedTensor,
     y: &SharedTensor,
     out_shape: &[usize],
@@ -64,11 +69,11 @@ where
         })
         .expect("program runs");
     assert_eq!(a, b);
-    Session::handle(a, out_shape)
+    Computation::handle(a, out_shape)
 }
 
 /// Reveal to the model owner as ring values.
-pub fn reveal(s: &mut Session, x: &SharedTensor) -> Vec<u64> {
+pub fn reveal(s: &mut Computation, x: &SharedTensor) -> Vec<u64> {
     s.reveal_ring(PartyId::ModelOwner, x).expect("reveal")
 }
 pub mod cluster;

@@ -18,9 +18,5 @@ pub use material::{
     draw_random_parts, expand_party_share, expand_with, Correction, MaterialRng, MaterialSpec,
     PartShapes,
 };
-pub use service::{
-    fold_identity, material_identity, run_dealer, DealerPolicy, DealerRng, MaskRecord,
-};
-pub(crate) use service::{
-    material_stream, Dealer, FixedMasks, StreamSpace, OP_FORGET_FIXED, OP_SHUTDOWN,
-};
+pub use service::{fold_identity, material_identity, DealerPolicy, MaskRecord};
+pub(crate) use service::{material_stream, Dealer, FixedMasks, StreamSpace};

@@ -27,51 +27,19 @@ use std::sync::{Arc, RwLock};
 
 use kernels::cpu::gemm::{gemm, gemm_packed, PackedB};
 use kernels::cpu::zeroed_words;
-use rand_chacha::ChaCha20Rng;
-use rand_core::{RngCore, SeedableRng};
 use rayon::prelude::*;
 
 use super::material::{
     draw_random_parts, expand_party_share, fill_words, Correction, MaterialRng, MaterialSpec,
 };
 use crate::error::{EngineError, Result};
-use crate::pool::{pool_stream, split_pool_stream, POOL_STREAMS_PER_POOL, POOL_STREAM_BIT};
-use crate::transport::{PartyId, Transport};
-use crate::wire::dealer::{
-    decode_material_request, text_to_words, SeedGrant, OP_BATCH, STATUS_ERROR, STATUS_OK,
-};
 
-/// Request opcode: stop serving.
-pub(crate) const OP_SHUTDOWN: u64 = 2;
-/// Request opcode: forget the fixed masks whose ids follow (their model was deleted).
-pub(crate) const OP_FORGET_FIXED: u64 = 3;
-
-/// Where the dealer's seeds come from.
-#[derive(Clone, Copy, Debug)]
-pub enum DealerRng {
-    /// Fresh seeds from the operating system (production).
-    Os,
-    /// Seeds derived from a fixed test seed (tests only, when asked).
-    TestSeed(u64),
-}
+use crate::wire::dealer::{decode_material_request, STATUS_OK};
 
 /// A party's ChaCha stream for material number `stream`.
 /// (The same stream the parties' backends expand with [`kernels::Backend::chacha12`].)
 pub(crate) fn material_stream(seed: [u8; 32], stream: u64) -> MaterialRng {
     kernels::cpu::prg::chacha12_at(&seed, stream, 0)
-}
-
-/// Seeds for alice and bob and the material tag of their request, drawn once.
-pub(crate) fn party_seeds(source: DealerRng) -> ([[u8; 32]; 2], u64) {
-    let mut base = match source {
-        DealerRng::Os => ChaCha20Rng::from_entropy(),
-        DealerRng::TestSeed(s) => ChaCha20Rng::seed_from_u64(s ^ 0xD3A1_E5ED),
-    };
-    let mut seeds = [[0u8; 32]; 2];
-    for s in &mut seeds {
-        base.fill_bytes(s);
-    }
-    (seeds, base.next_u64())
 }
 
 /// The identity of one piece of material: its grant's tag, its stream and its spec (kind,
@@ -172,9 +140,7 @@ impl FixedMasks {
     }
 }
 
-/// The dealer's state: the two seeds, the policy and the fixed masks it keeps (shared by the
-/// thread that serves bob's on-demand requests and the one that serves his pool workers; each
-/// link keeps its own [`StreamSpace`]).
+/// The dealer's state for one request: the two seeds, the policy and the fixed masks it keeps.
 #[derive(Clone)]
 pub(crate) struct Dealer {
     seeds: [[u8; 32]; 2],
@@ -182,73 +148,35 @@ pub(crate) struct Dealer {
     policy: DealerPolicy,
 }
 
-/// The stream numbers one dealer link serves, and the next one of each in-order sequence.
-///
-/// Bob's on-demand link serves streams `0, 1, 2, ...` below [`POOL_STREAM_BIT`]; his pool link
-/// serves, for each pool `p`, the streams [`pool_streams`]`(p, ..)` (top bit set), counted from
-/// the pool's first stream, in order. The two spaces are disjoint, so no stream can be served
-/// on both links, and within each sequence every stream is served at most once, in order.
-pub(crate) enum StreamSpace {
-    /// On-demand material: the next stream to assign.
-    OnDemand {
-        /// The next stream.
-        next: u64,
-    },
-    /// Pool material: the next local stream of each pool, by pool id.
-    Pool {
-        /// Next local stream per pool (absent: 0).
-        next: HashMap<u64, u64>,
-    },
+/// The stream numbers of one request, served in order: `0, 1, 2, ...`, each at most once.
+pub(crate) struct StreamSpace {
+    /// The next stream to assign.
+    next: u64,
 }
 
 impl StreamSpace {
+    /// A request's streams, from 0.
+    pub(crate) fn new() -> StreamSpace {
+        StreamSpace { next: 0 }
+    }
+
     /// Admit a request for `count` streams from `first`: refused unless `first` is the next
-    /// stream of its sequence (then the streams are consumed, served or not).
+    /// stream (then the streams are consumed, served or not).
     fn admit(&mut self, first: u64, count: u64) -> Result<()> {
-        let refuse = |next: u64| {
-            let what = if first < next {
+        if first != self.next {
+            let what = if first < self.next {
                 "already served"
             } else {
                 "out of order"
             };
-            Err(EngineError::Protocol(format!(
-                "request for streams from {first} refused ({what}): the next stream is {next}"
-            )))
-        };
-        match self {
-            StreamSpace::OnDemand { next } => {
-                if first & POOL_STREAM_BIT != 0 {
-                    return Err(EngineError::Protocol(format!(
-                        "stream {first} is a pool stream: refused on the on-demand link"
-                    )));
-                }
-                if first != *next {
-                    return refuse(*next);
-                }
-                *next = first
-                    .checked_add(count)
-                    .filter(|&e| e <= POOL_STREAM_BIT)
-                    .ok_or_else(|| EngineError::Protocol("stream numbers exhausted".into()))?;
-            }
-            StreamSpace::Pool { next } => {
-                let Some((pool, local)) = split_pool_stream(first) else {
-                    return Err(EngineError::Protocol(format!(
-                        "stream {first} is not a pool stream: refused on the pool link"
-                    )));
-                };
-                let expected = next.get(&pool).copied().unwrap_or(0);
-                if local != expected {
-                    return refuse(pool_stream(pool, expected));
-                }
-                let end = local
-                    .checked_add(count)
-                    .filter(|&e| e <= POOL_STREAMS_PER_POOL)
-                    .ok_or_else(|| {
-                        EngineError::Protocol(format!("pool {pool} has used all its streams"))
-                    })?;
-                next.insert(pool, end);
-            }
+            return Err(EngineError::Protocol(format!(
+                "request for streams from {first} refused ({what}): the next stream is {}",
+                self.next
+            )));
         }
+        self.next = first
+            .checked_add(count)
+            .ok_or_else(|| EngineError::Protocol("stream numbers exhausted".into()))?;
         Ok(())
     }
 }
@@ -479,158 +407,37 @@ impl Dealer {
     }
 }
 
-/// Run the dealer on the current thread until bob asks it to stop or disconnects.
-///
-/// Sends each compute party its seed first. Requests only ever come from bob; alice expands her
-/// material locally and never talks to the dealer after receiving her seed. `pool_net`, when
-/// given, is bob's second link, used by his background pool workers: it is served on a thread
-/// of its own, with the same seeds, policy and fixed masks, in its own stream space
-/// ([`StreamSpace`]).
-pub fn run_dealer(
-    mut net: Box<dyn Transport>,
-    pool_net: Option<Box<dyn Transport>>,
-    source: DealerRng,
-    policy: DealerPolicy,
-) -> Result<()> {
-    crate::memory::set_thread_role(crate::memory::Role::Dealer);
-    let (seeds, tag) = party_seeds(source);
-    net.meter().set_step("dealer");
-    for (i, party) in [PartyId::Alice, PartyId::Bob].into_iter().enumerate() {
-        let grant = SeedGrant {
-            seed: seeds[i],
-            tag,
-        };
-        net.send(party, grant.to_words())?;
-    }
-    let dealer = Dealer::new(seeds, Arc::new(RwLock::new(FixedMasks::default())), policy);
-    let pool_thread = match pool_net {
-        Some(mut pn) => {
-            let d = dealer.clone();
-            Some(
-                std::thread::Builder::new()
-                    .name("dealer-pool".into())
-                    .spawn(move || {
-                        // Pool material is produced ahead: at background priority.
-                        crate::pool::in_background(crate::memory::Role::Dealer, move || {
-                            pn.meter().set_step("dealer");
-                            serve(
-                                &d,
-                                pn.as_mut(),
-                                StreamSpace::Pool {
-                                    next: HashMap::new(),
-                                },
-                            )
-                        })
-                    })
-                    .map_err(|e| {
-                        EngineError::Invalid(format!("cannot spawn dealer thread: {e}"))
-                    })?,
-            )
-        }
-        None => None,
-    };
-    let r = serve(&dealer, net.as_mut(), StreamSpace::OnDemand { next: 0 });
-    drop(net);
-    if let Some(t) = pool_thread {
-        let _ = t.join();
-    }
-    r
-}
-
-/// Answer bob's requests on one link, whose streams are `space`, until he asks to stop or
-/// disconnects.
-fn serve(dealer: &Dealer, net: &mut dyn Transport, mut space: StreamSpace) -> Result<()> {
-    loop {
-        let msg = match net.recv(PartyId::Bob) {
-            Ok(m) => m,
-            Err(EngineError::Timeout { .. }) => continue,
-            Err(EngineError::Disconnected { .. }) => return Ok(()),
-            Err(e) => return Err(e),
-        };
-        let reply = match msg.first() {
-            Some(&OP_BATCH) => dealer.serve_batch(&mut space, &msg[1..]),
-            Some(&OP_FORGET_FIXED) => dealer.forget(&msg[1..]),
-            Some(&OP_SHUTDOWN) => return Ok(()),
-            _ => Err(EngineError::Protocol("unknown dealer opcode".into())),
-        };
-        let reply = reply.unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "dealer refused a request");
-            let mut r = vec![STATUS_ERROR];
-            r.extend(text_to_words(&e.to_string()));
-            r
-        });
-        net.send(PartyId::Bob, reply)?;
-    }
-}
-
-impl Dealer {
-    /// Drop the fixed masks with the given ids.
-    fn forget(&self, ids: &[u64]) -> Result<Vec<u64>> {
-        let mut fixed = self
-            .fixed
-            .write()
-            .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?;
-        for id in ids {
-            fixed.live.remove(id);
-        }
-        Ok(vec![STATUS_OK])
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::transport::channel_mesh;
-    use crate::wire::dealer::words_to_text;
+    use crate::wire::dealer::{OP_BATCH, STATUS_OK};
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::{RngCore, SeedableRng};
 
-    /// A dealer on its own thread, with raw endpoints for alice and a (deviating) bob.
+    /// A dealer for one request, answering a (deviating) bob's raw requests.
     struct Harness {
         alice_seed: [u8; 32],
         bob_seed: [u8; 32],
-        bob: Box<dyn Transport>,
-        /// Bob's second link (his pool workers').
-        bob_pool: Box<dyn Transport>,
-        dealer: Option<std::thread::JoinHandle<Result<()>>>,
-        _alice: Box<dyn Transport>,
+        dealer: Dealer,
+        space: StreamSpace,
     }
 
     impl Harness {
         fn new(trunc_bits: u32) -> Harness {
-            let ids = [PartyId::Alice, PartyId::Bob, PartyId::Dealer];
-            let mut mesh = channel_mesh(&ids, Duration::from_secs(10));
-            let dealer_net: Box<dyn Transport> = Box::new(mesh.remove(&PartyId::Dealer).unwrap());
-            let mut alice: Box<dyn Transport> = Box::new(mesh.remove(&PartyId::Alice).unwrap());
-            let mut bob: Box<dyn Transport> = Box::new(mesh.remove(&PartyId::Bob).unwrap());
-            let mut pool_mesh =
-                channel_mesh(&[PartyId::Bob, PartyId::Dealer], Duration::from_secs(10));
-            let dealer_pool: Box<dyn Transport> =
-                Box::new(pool_mesh.remove(&PartyId::Dealer).unwrap());
-            let bob_pool: Box<dyn Transport> = Box::new(pool_mesh.remove(&PartyId::Bob).unwrap());
+            let mut rng = ChaCha20Rng::seed_from_u64(11);
+            let mut seeds = [[0u8; 32]; 2];
+            for s in &mut seeds {
+                rng.fill_bytes(s);
+            }
             let policy = DealerPolicy {
                 trunc_bits,
                 max_request_words: 1 << 20,
             };
-            let dealer = std::thread::spawn(move || {
-                run_dealer(
-                    dealer_net,
-                    Some(dealer_pool),
-                    DealerRng::TestSeed(11),
-                    policy,
-                )
-            });
-            let alice_grant = SeedGrant::from_words(&alice.recv(PartyId::Dealer).unwrap()).unwrap();
-            let bob_grant = SeedGrant::from_words(&bob.recv(PartyId::Dealer).unwrap()).unwrap();
-            assert_eq!(alice_grant.tag, bob_grant.tag, "one tag for both parties");
-            let (alice_seed, bob_seed) = (alice_grant.seed, bob_grant.seed);
             Harness {
-                alice_seed,
-                bob_seed,
-                bob,
-                bob_pool,
-                dealer: Some(dealer),
-                _alice: alice,
+                alice_seed: seeds[0],
+                bob_seed: seeds[1],
+                dealer: Dealer::new(seeds, Arc::new(RwLock::new(FixedMasks::default())), policy),
+                space: StreamSpace::new(),
             }
         }
 
@@ -640,49 +447,20 @@ mod tests {
             first: u64,
             specs: &[MaterialSpec],
         ) -> std::result::Result<Vec<u64>, String> {
-            let mut req = vec![OP_BATCH, first, specs.len() as u64];
-            for s in specs {
-                s.encode(&mut req);
-            }
-            self.raw(req)
-        }
-
-        /// As [`Harness::ask`], on bob's pool link.
-        fn ask_pool(
-            &mut self,
-            first: u64,
-            specs: &[MaterialSpec],
-        ) -> std::result::Result<Vec<u64>, String> {
-            let mut req = vec![OP_BATCH, first, specs.len() as u64];
-            for s in specs {
-                s.encode(&mut req);
-            }
-            Self::exchange(self.bob_pool.as_mut(), req)
+            self.raw(crate::wire::dealer::encode_material_request(first, specs))
         }
 
         fn raw(&mut self, req: Vec<u64>) -> std::result::Result<Vec<u64>, String> {
-            Self::exchange(self.bob.as_mut(), req)
-        }
-
-        fn exchange(
-            link: &mut dyn Transport,
-            req: Vec<u64>,
-        ) -> std::result::Result<Vec<u64>, String> {
-            link.send(PartyId::Dealer, req).unwrap();
-            let reply = link.recv(PartyId::Dealer).unwrap();
-            match reply[0] {
-                STATUS_OK => Ok(reply[1..].to_vec()),
-                _ => Err(words_to_text(&reply[1..])),
-            }
-        }
-    }
-
-    impl Drop for Harness {
-        fn drop(&mut self) {
-            let _ = self.bob_pool.send(PartyId::Dealer, vec![OP_SHUTDOWN]);
-            let _ = self.bob.send(PartyId::Dealer, vec![OP_SHUTDOWN]);
-            if let Some(d) = self.dealer.take() {
-                d.join().unwrap().unwrap();
+            let reply = match req.first() {
+                Some(&OP_BATCH) => self.dealer.serve_batch(&mut self.space, &req[1..]),
+                _ => Err(EngineError::Protocol("unknown dealer opcode".into())),
+            };
+            match reply {
+                Ok(r) => {
+                    assert_eq!(r[0], STATUS_OK);
+                    Ok(r[1..].to_vec())
+                }
+                Err(e) => Err(e.to_string()),
             }
         }
     }
@@ -876,110 +654,5 @@ mod tests {
         // The dealer is still serving, at the stream after everything consumed.
         let ok = h.ask(9, &[MaterialSpec::Trunc { n: 3, bits: 16 }]).unwrap();
         check_trunc(&h, 9, 3, 16, &ok[1..]);
-    }
-
-    #[test]
-    fn pool_link_has_its_own_in_order_streams_per_pool_and_the_same_checks() {
-        let mut h = Harness::new(16);
-        let t = MaterialSpec::Trunc { n: 4, bits: 16 };
-        let (p3, p5) = (pool_stream(3, 0), pool_stream(5, 0));
-        // Pools count their streams independently, and independently of on-demand streams.
-        let ok = h.ask_pool(p3, &[t, t]).unwrap();
-        assert_eq!(ok[0], p3, "assigned first stream");
-        check_trunc(&h, p3, 4, 16, &ok[1..9]);
-        check_trunc(&h, p3 + 1, 4, 16, &ok[9..17]);
-        let ok = h.ask_pool(p5, &[t]).unwrap();
-        check_trunc(&h, p5, 4, 16, &ok[1..]);
-        let ok = h.ask(0, &[t]).unwrap();
-        assert_eq!(ok[0], 0);
-        check_trunc(&h, 0, 4, 16, &ok[1..]);
-        // Replayed and skipped pool streams are refused.
-        let e = h.ask_pool(p3 + 1, &[t]).unwrap_err();
-        assert!(
-            e.contains(&format!(
-                "streams from {} refused (already served): the next stream is {}",
-                p3 + 1,
-                p3 + 2
-            )),
-            "{e}"
-        );
-        let e = h.ask_pool(p5 + 4, &[t]).unwrap_err();
-        assert!(e.contains("(out of order)"), "{e}");
-        // Each link serves only its own space.
-        let e = h.ask_pool(1, &[t]).unwrap_err();
-        assert!(e.contains("not a pool stream"), "{e}");
-        let e = h.ask(p3 + 2, &[t]).unwrap_err();
-        assert!(e.contains("is a pool stream"), "{e}");
-        // The same parameter checks: a refused request consumes its pool streams.
-        let e = h
-            .ask_pool(p3 + 2, &[MaterialSpec::Trunc { n: 4, bits: 15 }])
-            .unwrap_err();
-        assert!(e.contains("truncation by 15 bits refused"), "{e}");
-        let e = h.ask_pool(p3 + 2, &[t]).unwrap_err();
-        assert!(e.contains("already served"), "{e}");
-        let e = h
-            .ask_pool(
-                p3 + 3,
-                &[MaterialSpec::FixedTriple {
-                    fixed_id: 9,
-                    m: 1,
-                    k: 2,
-                    n: 2,
-                }],
-            )
-            .unwrap_err();
-        assert!(e.contains("unknown fixed operand 9"), "{e}");
-        // A fixed mask issued on the on-demand link serves the pool link's triples, and is
-        // issued once per id whichever link asks.
-        let mask = MaterialSpec::FixedMask {
-            fixed_id: 9,
-            k: 2,
-            n: 2,
-        };
-        h.ask(1, &[mask]).unwrap();
-        let e = h.ask_pool(p3 + 4, &[mask]).unwrap_err();
-        assert!(e.contains("fixed operand 9 already has a mask"), "{e}");
-        let triple = MaterialSpec::FixedTriple {
-            fixed_id: 9,
-            m: 1,
-            k: 2,
-            n: 2,
-        };
-        let ok = h.ask_pool(p3 + 5, &[triple]).unwrap();
-        assert_eq!(ok[0], p3 + 5);
-        // Bob's corrections: c - alice's share of c, with c = a·b (the triple checks out).
-        let a0 = expand_party_share(&triple, 0, &mut material_stream(h.alice_seed, p3 + 5), None)
-            .unwrap();
-        let a1 = expand_party_share(
-            &triple,
-            1,
-            &mut material_stream(h.bob_seed, p3 + 5),
-            Some(&ok[1..]),
-        )
-        .unwrap();
-        let mut b0 = vec![0u64; 4];
-        let mut b1 = vec![0u64; 4];
-        fill_words(&mut material_stream(h.alice_seed, 1), &mut b0);
-        fill_words(&mut material_stream(h.bob_seed, 1), &mut b1);
-        let b: Vec<u64> = b0
-            .iter()
-            .zip(&b1)
-            .map(|(x, y)| x.wrapping_add(*y))
-            .collect();
-        let a: Vec<u64> = a0[0]
-            .iter()
-            .zip(&a1[0])
-            .map(|(x, y)| x.wrapping_add(*y))
-            .collect();
-        for j in 0..2 {
-            let c = a[0]
-                .wrapping_mul(b[j])
-                .wrapping_add(a[1].wrapping_mul(b[2 + j]));
-            assert_eq!(a0[1][j].wrapping_add(a1[1][j]), c);
-        }
-        // A forgotten mask is not issued again.
-        assert_eq!(h.raw(vec![OP_FORGET_FIXED, 9]).unwrap(), Vec::<u64>::new());
-        let e = h.ask(2, &[mask]).unwrap_err();
-        assert!(e.contains("already has a mask"), "{e}");
     }
 }

@@ -9,8 +9,9 @@
 //! - [`plan`]: a model's public plan (layer kinds, shapes, bounds), how the owner sends its
 //!   shares and how a party builds it, in every deployment.
 //! - [`range`]: range analysis before sharing and run-time range checks (no silent overflow).
-//! - [`classify`]: the PySyft tutorial flow (encrypted argmax, eq with shared labels, sum; only
-//!   the correct-count revealed to the model owner, predictions only to the client).
+//! - [`classify`]: a party's batch of the PySyft tutorial flow (encrypted argmax, eq with shared
+//!   labels, sum; the correct count stays shared for the model owner, predictions go to the
+//!   client only).
 
 pub mod classify;
 pub mod geometry;
@@ -20,7 +21,7 @@ pub mod range;
 pub mod shared;
 pub mod source;
 
-pub use classify::{check_labels, ClassifyOptions, ClassifyReport, SecureClassifier};
+pub use classify::check_labels;
 pub use plain::{Layer, Sequential};
 pub use plan::{LayerPlan, ModelPlan};
 pub use range::{ModelBounds, RangeReport};

@@ -44,6 +44,8 @@ pub struct RequestStats {
     pub party_messages: [u64; 2],
     /// Bytes each party sent in the request (alice, bob).
     pub party_bytes: [u64; 2],
+    /// Batches that ran on material made ahead of the request (classify requests).
+    pub batches_ahead: u64,
 }
 
 /// A classification's outcome at the client.
@@ -58,6 +60,9 @@ pub struct RemoteClassification {
 /// A data owner connected to alice and bob (see the module documentation).
 pub struct RemoteOwner {
     net: Net,
+    /// Where the randomness that splits this owner's values into shares comes from: the OS,
+    /// or (tests only) a fixed seed.
+    rng: Option<MaterialRng>,
     links: Option<(Link, Link)>,
     infos: HashMap<String, ModelInfo>,
 }
@@ -74,9 +79,30 @@ impl RemoteOwner {
         }
         Ok(RemoteOwner {
             net,
+            rng: None,
             links: None,
             infos: HashMap::new(),
         })
+    }
+
+    /// Split values into shares with randomness from `seed` instead of the OS (tests that
+    /// compare runs bit for bit only).
+    pub(crate) fn use_test_seed(&mut self, seed: u64) {
+        self.rng = Some(MaterialRng::seed_from_u64(seed));
+    }
+
+    /// A fresh request id: from the OS (from the test seed in tests that compare runs bit
+    /// for bit, so that every message has the same length in both runs).
+    pub(crate) fn fresh_request_id(&mut self) -> u64 {
+        match self.rng.as_mut() {
+            Some(r) => loop {
+                let id = rand_core::RngCore::next_u64(r);
+                if id != 0 {
+                    return id;
+                }
+            },
+            None => fresh_id(),
+        }
     }
 
     /// This owner's role.
@@ -95,7 +121,7 @@ impl RemoteOwner {
     }
 
     /// Send `request` to both parties; returns the owner endpoint of the request.
-    fn begin(&mut self, request: &Request) -> Result<DataOwner> {
+    pub(crate) fn begin(&mut self, request: &Request) -> Result<DataOwner> {
         self.connect()?;
         let (a, b) = self.links.take().expect("connected");
         let me = self.net.me().party_id();
@@ -107,11 +133,19 @@ impl RemoteOwner {
         let msg = encode(request);
         t.send(PartyId::Alice, msg.clone())?;
         t.send(PartyId::Bob, msg)?;
-        Ok(DataOwner::new(Box::new(t), MaterialRng::from_entropy()))
+        let rng = match self.rng.as_mut() {
+            Some(r) => MaterialRng::from_rng(r).expect("a ChaCha generator seeds another"),
+            None => MaterialRng::from_entropy(),
+        };
+        Ok(DataOwner::new(Box::new(t), rng))
     }
 
     /// Receive both parties' replies; keeps the links for the next request when both are done.
-    fn finish(&mut self, mut owner: DataOwner, stats: &mut RequestStats) -> Result<[Reply; 2]> {
+    pub(crate) fn finish(
+        &mut self,
+        mut owner: DataOwner,
+        stats: &mut RequestStats,
+    ) -> Result<[Reply; 2]> {
         owner.net().meter().set_step(REPLY_STEP);
         let mut replies = Vec::new();
         let mut failure = None;
@@ -121,8 +155,12 @@ impl RemoteOwner {
                 .and_then(|m| decode::<Reply>(&m, "reply"))
             {
                 Ok(r) => match r.failure() {
-                    Some(detail) => {
-                        failure.get_or_insert(EngineError::PartyFailed { party, detail });
+                    Some((detail, kind)) => {
+                        failure.get_or_insert(EngineError::Remote {
+                            party,
+                            kind,
+                            detail,
+                        });
                     }
                     None => replies.push(r),
                 },
@@ -149,12 +187,14 @@ impl RemoteOwner {
                 rounds,
                 messages,
                 bytes,
+                ahead,
                 ..
             } = r
             {
                 stats.party_rounds[i] = *rounds;
                 stats.party_messages[i] = *messages;
                 stats.party_bytes[i] = *bytes;
+                stats.batches_ahead = *ahead;
             }
         }
         Ok([replies[0].clone(), replies[1].clone()])
@@ -175,9 +215,8 @@ impl RemoteOwner {
 
     /// The models the parties serve (both must list the same).
     pub fn models(&mut self) -> Result<Vec<ModelInfo>> {
-        let ([a, b], _) = self.simple(Request::List {
-            request: fresh_id(),
-        })?;
+        let request = self.fresh_request_id();
+        let ([a, b], _) = self.simple(Request::List { request })?;
         let (Reply::Done { models: ma, .. }, Reply::Done { models: mb, .. }) = (a, b) else {
             return Err(EngineError::Protocol("unexpected reply to a list".into()));
         };
@@ -212,7 +251,7 @@ impl RemoteOwner {
         crate::wire::control::check_model_name(name)?;
         let plan = ModelPlan::of(model, fx, bounds)?;
         let request = Request::Upload {
-            request: fresh_id(),
+            request: self.fresh_request_id(),
             name: name.to_string(),
             plan: plan.clone(),
         };
@@ -253,6 +292,19 @@ impl RemoteOwner {
         labels: Option<&[i64]>,
         batch: usize,
     ) -> Result<RemoteClassification> {
+        self.classify_observed(name, data, labels, batch, &mut |_, _| {})
+    }
+
+    /// [`Self::classify`], calling `on_progress(rows_done, rows_total)` after each batch's
+    /// predictions arrived (for progress bars).
+    pub fn classify_observed(
+        &mut self,
+        name: &str,
+        data: &[f64],
+        labels: Option<&[i64]>,
+        batch: usize,
+        on_progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<RemoteClassification> {
         if !self.infos.contains_key(name) {
             self.models()?;
         }
@@ -280,7 +332,7 @@ impl RemoteOwner {
         }
         let fx = FixedPoint::new(info.frac_bits)?;
         let request = Request::Classify {
-            request: fresh_id(),
+            request: self.fresh_request_id(),
             model: name.to_string(),
             rows: n as u64,
             batch: batch as u64,
@@ -304,6 +356,7 @@ impl RemoteOwner {
                     labels.map(|l| &l[lo..hi]),
                 )?;
                 predictions.extend(receive_predictions(&mut owner, &fx, hi - lo, info.classes)?);
+                on_progress(hi, n);
             }
             Ok(())
         })();
@@ -319,10 +372,8 @@ impl RemoteOwner {
     /// Fetch the correct count of classify request `of` (the model's owner only): each party
     /// sends its share of the count to this owner alone.
     pub fn score(&mut self, of: u64) -> Result<u64> {
-        let ([a, b], _) = self.simple(Request::Score {
-            request: fresh_id(),
-            of,
-        })?;
+        let request = self.fresh_request_id();
+        let ([a, b], _) = self.simple(Request::Score { request, of })?;
         match (a, b) {
             (Reply::Done { share: Some(x), .. }, Reply::Done { share: Some(y), .. }) => {
                 let fx_count = x.wrapping_add(y);
@@ -336,8 +387,9 @@ impl RemoteOwner {
 
     /// Delete model `name` (its owner only) on both parties and at the dealer.
     pub fn delete(&mut self, name: &str) -> Result<()> {
+        let request = self.fresh_request_id();
         self.simple(Request::Delete {
-            request: fresh_id(),
+            request,
             name: name.to_string(),
         })?;
         self.infos.remove(name);

@@ -117,6 +117,11 @@ impl DealerService {
     /// A dealer with its models in `dir` (created if missing); every record there is loaded and
     /// checked now, and a damaged or foreign one is an error naming the file.
     pub fn open(net: Net, dir: &Path) -> Result<Arc<DealerService>> {
+        Self::open_with(net, dir, ChaCha20Rng::from_entropy())
+    }
+
+    /// [`Self::open`] drawing every seed from `rng` (a fixed seed in tests only).
+    pub(crate) fn open_with(net: Net, dir: &Path, rng: ChaCha20Rng) -> Result<Arc<DealerService>> {
         std::fs::create_dir_all(dir)
             .map_err(|e| EngineError::Invalid(format!("{}: {e}", dir.display())))?;
         let mut models = HashMap::new();
@@ -143,7 +148,7 @@ impl DealerService {
             models: RwLock::new(models),
             pending: Mutex::new(HashMap::new()),
             closed: Mutex::new(Closed::default()),
-            rng: Mutex::new(ChaCha20Rng::from_entropy()),
+            rng: Mutex::new(rng),
             hooks: Hooks::default(),
         }))
     }
@@ -287,7 +292,12 @@ impl DealerService {
     ) -> Result<()> {
         let (party, request) = (PartyId::Bob, join.request);
         let dealer = Dealer::new(seeds, masks.clone(), policy(join.frac_bits));
-        let mut space = StreamSpace::OnDemand { next: 0 };
+        let mut space = StreamSpace::new();
+        if join.kind == JoinKind::Compute {
+            // A computation's programs come when its owner runs them: bob's link may stay
+            // quiet (heartbeats only) for as long as the computation lives.
+            net.set_options(self.net.idle_options());
+        }
         loop {
             let msg = net.recv(party)?;
             let reply = match msg.first() {
@@ -353,7 +363,13 @@ impl DealerService {
         join: DealerJoin,
     ) -> Result<(DealerJoin, [[u8; 32]; 2], u64, Arc<RwLock<FixedMasks>>)> {
         let refuse = |m: String| Err(EngineError::Protocol(m));
-        crate::wire::control::check_model_name(&join.model)?;
+        match join.kind {
+            JoinKind::Compute if !join.model.is_empty() => {
+                return refuse("a computation names no model".into())
+            }
+            JoinKind::Compute => {}
+            _ => crate::wire::control::check_model_name(&join.model)?,
+        }
         if join.request != request || usize::from(join.party) != party_index(party) {
             return refuse(format!(
                 "join for request {} as party {} on {party}'s link for request {request}",

@@ -23,11 +23,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kernels::{backend_from_kind, BackendKind};
+use rand_core::SeedableRng;
 
 use crate::deploy::config::Limits;
 use crate::deploy::{generate_keys, Deployment, KeySet, Role};
 use crate::error::{EngineError, Result};
+use crate::fixed::FixedPoint;
 use crate::service::client::RemoteOwner;
+use crate::service::computation::Computation;
 use crate::service::dealer::DealerService;
 use crate::service::net::{Listener, MemoryNet, Net};
 use crate::service::party::PartyService;
@@ -44,6 +47,15 @@ pub struct LocalConfig {
     pub timeout: Duration,
     /// Requests a party runs at once.
     pub max_requests: usize,
+    /// Batches of material made ahead per model and batch shape (0: all on demand).
+    pub pool: usize,
+    /// Tune the process's allocator for large share buffers (see [`crate::alloc`]); on by
+    /// default, process-wide.
+    pub tune_allocator: bool,
+    /// `Some(seed)` only in tests that compare runs bit for bit: the dealer's seeds and the data
+    /// owners' share splitting come from it (set `pool` to 0 too, so no background work
+    /// changes the order of requests). `None`: OS randomness.
+    pub test_seed: Option<u64>,
 }
 
 impl Default for LocalConfig {
@@ -53,16 +65,30 @@ impl Default for LocalConfig {
             transport: TransportKind::Channels,
             timeout: Duration::from_secs(30),
             max_requests: 32,
+            pool: crate::deploy::config::Limits::default().pool,
+            tune_allocator: true,
+            test_seed: None,
         }
     }
 }
 
 const NAME: &str = "in-process";
 
-/// A running in-process deployment (see the module documentation). Dropping it stops the
-/// services once their open connections close.
+/// A running in-process deployment (see the module documentation). Clones share the same
+/// services; dropping the last clone (and every [`Computation`] made from it) stops them once
+/// their open connections close.
+#[derive(Clone)]
 pub struct LocalDeployment {
+    inner: Arc<Services>,
+}
+
+/// The services of a deployment and what they run on.
+struct Services {
     deployment: Deployment,
+    test_seed: Option<u64>,
+    /// Data owner endpoints handed out so far (each seeded differently under a test seed).
+    owners_made: std::sync::atomic::AtomicU64,
+    backend: String,
     transport: TransportKind,
     network: Arc<MemoryNet>,
     keys: Option<KeySet>,
@@ -77,6 +103,9 @@ impl LocalDeployment {
     /// Start the dealer, alice and bob (models kept in a temporary directory removed on drop).
     pub fn start(config: LocalConfig) -> Result<LocalDeployment> {
         let io = |e: std::io::Error| EngineError::Invalid(format!("in-process deployment: {e}"));
+        if config.tune_allocator {
+            crate::alloc::tune_allocator();
+        }
         let tcp = config.transport != TransportKind::Channels;
         let mut listeners = Vec::new();
         let mut addresses = Vec::new();
@@ -102,6 +131,7 @@ impl LocalDeployment {
             limits: Limits {
                 timeout_secs: config.timeout.as_secs().max(1),
                 max_requests: config.max_requests,
+                pool: config.pool,
                 ..Limits::default()
             },
         };
@@ -110,8 +140,15 @@ impl LocalDeployment {
             _ => None,
         };
         let dirs = tempfile::tempdir().map_err(io)?;
-        let mut d = LocalDeployment {
+        let backends = [
+            backend_from_kind(config.backend)?,
+            backend_from_kind(config.backend)?,
+        ];
+        let mut d = Services {
             deployment,
+            test_seed: config.test_seed,
+            owners_made: std::sync::atomic::AtomicU64::new(0),
+            backend: backends[0].describe(),
             transport: config.transport,
             network: MemoryNet::new(),
             keys,
@@ -129,13 +166,17 @@ impl LocalDeployment {
                 None => net.listen(),
             }
         };
-        for (index, role) in [Role::Alice, Role::Bob].into_iter().enumerate() {
+        for (index, (role, backend)) in [Role::Alice, Role::Bob]
+            .into_iter()
+            .zip(backends)
+            .enumerate()
+        {
             let net = d.net(role)?;
             let listener = listen(&net)?;
             let svc = PartyService::open(
                 index,
                 net,
-                backend_from_kind(config.backend)?,
+                backend,
                 &dir(if index == 0 { "alice" } else { "bob" }),
             )?;
             d.parties.push(svc.clone());
@@ -147,16 +188,70 @@ impl LocalDeployment {
         }
         let net = d.net(Role::Dealer)?;
         let listener = listen(&net)?;
-        let dealer = DealerService::open(net, &dir("dealer"))?;
+        let rng = match config.test_seed {
+            Some(seed) => rand_chacha::ChaCha20Rng::seed_from_u64(seed ^ 0xD3A1_E5ED),
+            None => rand_chacha::ChaCha20Rng::from_entropy(),
+        };
+        let dealer = DealerService::open_with(net, &dir("dealer"), rng)?;
         d.dealer = Some(dealer.clone());
         let stop = d.stop.clone();
         std::thread::Builder::new()
             .name("dealer-accept".into())
             .spawn(move || dealer.serve_until(listener, &stop))
             .map_err(io)?;
-        Ok(d)
+        Ok(LocalDeployment { inner: Arc::new(d) })
     }
 
+    /// Description of the parties' compute backend.
+    pub fn backend_description(&self) -> &str {
+        &self.inner.backend
+    }
+
+    /// The party services (alice, bob), for tests that hold their workers.
+    #[cfg(test)]
+    pub(crate) fn parties(&self) -> &[Arc<PartyService>] {
+        &self.inner.parties
+    }
+
+    /// The dealer service, for tests that hold its workers.
+    #[cfg(test)]
+    pub(crate) fn dealer(&self) -> &Arc<DealerService> {
+        self.inner.dealer.as_ref().expect("started")
+    }
+
+    /// The model owner's endpoint (it uploads, deletes and receives correct counts).
+    pub fn model_owner(&self) -> Result<RemoteOwner> {
+        self.owner(Role::ModelOwner("owner".into()), 1)
+    }
+
+    /// The client's endpoint (it classifies and receives its predictions).
+    pub fn client(&self) -> Result<RemoteOwner> {
+        self.owner(Role::Client("client".into()), 2)
+    }
+
+    fn owner(&self, role: Role, salt: u64) -> Result<RemoteOwner> {
+        let mut o = RemoteOwner::new(self.inner.net(role)?)?;
+        if let Some(seed) = self.inner.test_seed {
+            let n = self.inner.owners_made.fetch_add(1, Ordering::SeqCst);
+            o.use_test_seed(seed ^ (salt + 2 * n).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        }
+        Ok(o)
+    }
+
+    /// Open a custom secure computation at `fixed` precision on these services, with the client
+    /// and the model owner as its data owners (see [`Computation`]).
+    pub fn computation(&self, fixed: FixedPoint) -> Result<Computation> {
+        Computation::open(
+            self.clone(),
+            self.inner.parties.clone(),
+            self.client()?,
+            self.model_owner()?,
+            fixed,
+        )
+    }
+}
+
+impl Services {
     /// The endpoint of `role` in this deployment.
     fn net(&self, role: Role) -> Result<Net> {
         let d = self.deployment.clone();
@@ -174,31 +269,9 @@ impl LocalDeployment {
             _ => Net::in_memory(d, role, self.network.clone()),
         })
     }
-
-    /// The party services (alice, bob), for tests that hold their workers.
-    #[cfg(test)]
-    pub(crate) fn parties(&self) -> &[Arc<PartyService>] {
-        &self.parties
-    }
-
-    /// The dealer service, for tests that hold its workers.
-    #[cfg(test)]
-    pub(crate) fn dealer(&self) -> &Arc<DealerService> {
-        self.dealer.as_ref().expect("started")
-    }
-
-    /// The model owner's endpoint (it uploads, deletes and receives correct counts).
-    pub fn model_owner(&self) -> Result<RemoteOwner> {
-        RemoteOwner::new(self.net(Role::ModelOwner("owner".into()))?)
-    }
-
-    /// The client's endpoint (it classifies and receives its predictions).
-    pub fn client(&self) -> Result<RemoteOwner> {
-        RemoteOwner::new(self.net(Role::Client("client".into()))?)
-    }
 }
 
-impl Drop for LocalDeployment {
+impl Drop for Services {
     fn drop(&mut self) {
         // The parties first: from now on a failure of their background work is the shutdown's.
         for p in &self.parties {
@@ -214,6 +287,20 @@ impl Drop for LocalDeployment {
         // No material made ahead may still run on the backend once the deployment is gone.
         for p in &self.parties {
             p.wait_background(Duration::from_secs(10));
+        }
+        // Every thread of the services lets go of them (their links closed above), so their
+        // backends (a GPU device) are released here, not while the process exits under a
+        // thread that still uses one. Bounded: a data owner that keeps its connection open
+        // keeps that thread, and the wait ends after a few seconds.
+        let until = std::time::Instant::now() + Duration::from_secs(5);
+        let parties = std::mem::take(&mut self.parties);
+        let dealer = self.dealer.take();
+        let alone = |n: usize| n == 1;
+        while std::time::Instant::now() < until
+            && !(parties.iter().all(|p| alone(Arc::strong_count(p)))
+                && dealer.as_ref().is_none_or(|d| alone(Arc::strong_count(d))))
+        {
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 }

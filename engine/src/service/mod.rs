@@ -3,10 +3,15 @@
 //! - [`net`]: addresses, mutually authenticated TLS, hellos, pools of idle links.
 //! - [`store`]: atomic, versioned, checksummed records of uploaded models.
 //! - [`scores`]: correct counts kept (and persisted) until their model owner fetches them.
+//! - `prep`: the preprocessing engine: a request's material made batch by batch ahead of the
+//!   online phase (and, in the party, material made between requests).
 //! - [`party`]: a compute party's service: runs data owners' requests with the other party
 //!   and the dealer.
 //! - [`dealer`]: the dealer's service: a seed per request and party, bob's corrections.
 //! - [`client`]: a data owner's side: upload, classify, score, list, delete.
+//! - [`classifier`]: the tutorial's flow on an in-process deployment in one object.
+//! - [`computation`]: custom secure computations on an in-process deployment (the embedding
+//!   API).
 //! - [`local`]: the same services in one process (in-process links, loopback TCP or TLS).
 //!
 //! # One request, three links
@@ -21,12 +26,15 @@
 //! ([`crate::nn::ModelPlan::build_layer`] for uploads, the classification batch step of
 //! [`crate::nn::classify`]); only the transport differs.
 
+pub mod classifier;
 pub mod client;
+pub mod computation;
 pub mod dealer;
 pub(crate) mod hooks;
 pub mod local;
 pub mod net;
 pub mod party;
+pub(crate) mod prep;
 pub mod scores;
 pub mod store;
 

@@ -10,6 +10,7 @@ use crate::fixed::FixedPoint;
 use crate::nn::{Layer, ModelBounds, Sequential};
 use crate::service::hooks::HookPoint;
 use crate::service::local::{LocalConfig, LocalDeployment};
+use crate::wire::control::{fresh_id, Request};
 
 /// A 10-class linear model with random weights and 8 random rows (from `seed`), and the
 /// plaintext predictions.
@@ -136,6 +137,157 @@ fn mismatched_material_fails_the_request_instead_of_answering() {
         match client.classify("m", &x, None, 8) {
             Ok(r) => assert_eq!(r.predictions, expected, "seed {seed}"),
             Err(e) => assert!(e.to_string().contains("out of step at"), "{e}"),
+        }
+    }
+}
+
+/// Wait (at most 30 s) until alice holds `n` batches of material made ahead.
+fn wait_ready(d: &LocalDeployment, n: usize) -> bool {
+    let until = Instant::now() + Duration::from_secs(30);
+    while d.parties()[0].ready_batches() < n {
+        if Instant::now() > until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    true
+}
+
+fn upload(d: &LocalDeployment, name: &str, model: &Sequential) {
+    d.model_owner()
+        .unwrap()
+        .upload(
+            name,
+            model,
+            &FixedPoint::default(),
+            &ModelBounds::default(),
+            &mut |_, _| {},
+        )
+        .unwrap();
+}
+
+/// Material made ahead is used once per batch, by both parties; a request that finds none
+/// ready makes its own; every answer is the plaintext's.
+#[test]
+fn material_made_ahead_is_used_once_and_requests_without_it_still_run() {
+    let seed = rand::random::<u64>();
+    eprintln!("seed {seed}");
+    let (model, x, expected) = model_and_rows(seed);
+    let d = LocalDeployment::start(LocalConfig::default()).unwrap();
+    upload(&d, "m", &model);
+    let mut client = d.client().unwrap();
+    let r = client.classify("m", &x, None, 8).unwrap();
+    assert_eq!(
+        (r.predictions, r.stats.batches_ahead),
+        (expected.clone(), 0)
+    );
+    assert!(wait_ready(&d, 2), "two batches made ahead (the pool size)");
+    assert_eq!(d.parties()[1].held_batches(), 2);
+    for _ in 0..2 {
+        let r = client.classify("m", &x, None, 8).unwrap();
+        assert_eq!(r.predictions, expected);
+        assert_eq!(
+            r.stats.batches_ahead, 1,
+            "a batch ran on material made ahead"
+        );
+    }
+    // Both entries used (never twice): the next request may find new ones or make its own;
+    // either way it answers correctly. Batches of another size never take them.
+    let r = client.classify("m", &x[..7 * 16], None, 7).unwrap();
+    assert_eq!(r.predictions, expected[..7].to_vec());
+    assert_eq!(
+        r.stats.batches_ahead, 0,
+        "no material of this shape was made ahead"
+    );
+}
+
+/// A request that fails after taking material made ahead does not give it back: the next
+/// request never reuses it (used once, even by a failure).
+#[test]
+fn a_failed_request_consumes_the_material_it_took() {
+    let seed = rand::random::<u64>();
+    eprintln!("seed {seed}");
+    let (model, x, expected) = model_and_rows(seed);
+    let d = LocalDeployment::start(LocalConfig {
+        pool: 1,
+        ..LocalConfig::default()
+    })
+    .unwrap();
+    upload(&d, "m", &model);
+    let mut client = d.client().unwrap();
+    client.classify("m", &x, None, 8).unwrap();
+    assert!(wait_ready(&d, 1));
+    // A client that asks for a batch and goes away before sending its shares: the parties take
+    // the entry for the request, then fail on the closed link.
+    let mut quitter = d.client().unwrap();
+    let request = Request::Classify {
+        request: fresh_id(),
+        model: "m".into(),
+        rows: 8,
+        batch: 8,
+        labels: false,
+    };
+    drop(quitter.begin(&request).unwrap());
+    let until = Instant::now() + Duration::from_secs(10);
+    while d.parties()[0].ready_batches() + d.parties()[1].held_batches() > 0 {
+        assert!(Instant::now() < until, "the failed request kept its entry");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let r = client.classify("m", &x, None, 8).unwrap();
+    assert_eq!(r.predictions, expected);
+    assert_eq!(
+        r.stats.batches_ahead, 0,
+        "the consumed entry was not used again"
+    );
+}
+
+/// Deleting a model drops the material made ahead for it at both parties.
+#[test]
+fn deleting_a_model_drops_its_material() {
+    let seed = rand::random::<u64>();
+    let (model, x, _) = model_and_rows(seed);
+    let d = LocalDeployment::start(LocalConfig::default()).unwrap();
+    upload(&d, "m", &model);
+    let mut client = d.client().unwrap();
+    client.classify("m", &x, None, 8).unwrap();
+    assert!(wait_ready(&d, 2));
+    d.model_owner().unwrap().delete("m").unwrap();
+    assert_eq!(d.parties()[0].ready_batches(), 0);
+    assert_eq!(d.parties()[1].held_batches(), 0);
+    // A model uploaded again under the name never gets the old material.
+    upload(&d, "m", &model);
+    let r = client.classify("m", &x, None, 8).unwrap();
+    assert_eq!(r.stats.batches_ahead, 0);
+}
+
+/// The same predictions with material made ahead and without (pool 0), equal to plaintext.
+#[test]
+fn predictions_are_the_same_with_and_without_material_made_ahead() {
+    let seed = rand::random::<u64>();
+    eprintln!("seed {seed}");
+    let (model, x, expected) = model_and_rows(seed);
+    for pool in [0, 2] {
+        let d = LocalDeployment::start(LocalConfig {
+            pool,
+            ..LocalConfig::default()
+        })
+        .unwrap();
+        upload(&d, "m", &model);
+        let mut client = d.client().unwrap();
+        for i in 0..4 {
+            if pool > 0 && i > 0 {
+                assert!(wait_ready(&d, 1));
+            }
+            let r = client
+                .classify("m", &x, Some(&[0, 1, 2, 3, 4, 5, 6, 7]), 8)
+                .unwrap();
+            assert_eq!(
+                r.predictions, expected,
+                "pool {pool}, request {i}, seed {seed}"
+            );
+            if pool == 0 {
+                assert_eq!(r.stats.batches_ahead, 0);
+            }
         }
     }
 }

@@ -127,6 +127,14 @@ impl Meter {
         self.received_since_send = true;
     }
 
+    /// Add the counts of another endpoint of the same party (a request's material thread's
+    /// dealer traffic), step by step.
+    pub fn absorb(&mut self, other: &TrafficStats) {
+        for (k, s) in &other.steps {
+            self.stats.steps.entry(k).or_default().add(s);
+        }
+    }
+
     /// The counts so far.
     pub fn stats(&self) -> &TrafficStats {
         &self.stats

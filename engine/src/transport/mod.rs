@@ -72,6 +72,9 @@ pub trait Transport: Send {
     fn take_link(&mut self, _peer: PartyId) -> Option<Link> {
         None
     }
+    /// Tag following messages with request `id` (sequence numbers restart); transports without
+    /// envelopes ignore it.
+    fn set_request_id(&mut self, _id: u64) {}
     /// This endpoint as a [`StreamTransport`], if it is one (a service takes a request's
     /// links, with their sequence numbers, back from a finished party).
     fn into_stream(self: Box<Self>) -> Option<StreamTransport> {

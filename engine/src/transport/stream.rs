@@ -143,10 +143,11 @@ impl Link {
                 Ok((head, body)) if head.is_empty() => {
                     debug_assert!(body.is_empty());
                     if started.elapsed() > options.max_wait {
-                        return Err(EngineError::Protocol(format!(
-                            "{me}: {peer} is alive but sent nothing for {:?}",
-                            options.max_wait
-                        )));
+                        return Err(EngineError::Stalled {
+                            me,
+                            peer,
+                            after: options.max_wait,
+                        });
                     }
                 }
                 Ok((head, body)) => {
@@ -253,6 +254,16 @@ impl StreamTransport {
         self.links.insert(peer, link);
     }
 
+    /// The wait and frame limits.
+    pub fn options(&self) -> StreamOptions {
+        self.options
+    }
+
+    /// Wait and frame limits from now on.
+    pub fn set_options(&mut self, options: StreamOptions) {
+        self.options = options;
+    }
+
     /// Whether this endpoint has a usable link to `peer`.
     pub fn has_link(&self, peer: PartyId) -> bool {
         self.links.contains_key(&peer)
@@ -291,7 +302,12 @@ impl StreamTransport {
     /// Receive the next message from `from`, checking its request and sequence number, and its
     /// step against `step` when given; returns the sender's step code.
     fn receive(&mut self, from: PartyId, step: Option<&'static str>) -> Result<(u64, Vec<u64>)> {
-        let (me, options) = (self.me, self.options);
+        let (me, mut options) = (self.me, self.options);
+        if from.is_data_owner() {
+            // Inside a request a data owner has nothing to compute before its next message:
+            // one that keeps its link alive but sends nothing is given up after the timeout.
+            options.max_wait = options.max_wait.min(options.timeout);
+        }
         let expected = Envelope {
             request: self.request,
             seq: *self.received.get(&from).unwrap_or(&0),
@@ -338,6 +354,10 @@ impl StreamTransport {
 }
 
 impl Transport for StreamTransport {
+    fn set_request_id(&mut self, id: u64) {
+        self.set_request(id);
+    }
+
     fn me(&self) -> PartyId {
         self.me
     }

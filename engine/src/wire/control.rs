@@ -9,7 +9,7 @@
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, ErrorKind, Result};
 use crate::nn::plan::ModelPlan;
 
 /// The step of a data owner's request message.
@@ -65,6 +65,25 @@ pub enum Request {
         /// The model's name.
         name: String,
     },
+    /// Run a custom secure computation whose programs the in-process deployment hands the
+    /// parties (refused by a service with no such program): the requesting data owner shares
+    /// inputs and receives reveals on this request's links until it ends the computation.
+    Compute {
+        /// The request id (also the computation's id).
+        request: u64,
+        /// Fixed-point fractional bits of the computation.
+        frac_bits: u32,
+        /// Whether the other data owner joins with [`Request::Attach`].
+        attach: bool,
+    },
+    /// Join computation `to` as its second data owner: this connection serves that computation
+    /// until it ends, then gets the reply to this request.
+    Attach {
+        /// The request id.
+        request: u64,
+        /// The computation joined.
+        to: u64,
+    },
 }
 
 impl Request {
@@ -75,7 +94,9 @@ impl Request {
             | Request::Classify { request, .. }
             | Request::Score { request, .. }
             | Request::List { request }
-            | Request::Delete { request, .. } => *request,
+            | Request::Delete { request, .. }
+            | Request::Compute { request, .. }
+            | Request::Attach { request, .. } => *request,
         }
     }
 
@@ -87,7 +108,10 @@ impl Request {
             Request::Classify {
                 model, rows, batch, ..
             } => (model, *rows, *batch),
-            Request::Score { .. } | Request::List { .. } => ("", 0, 0),
+            Request::Score { .. }
+            | Request::List { .. }
+            | Request::Compute { .. }
+            | Request::Attach { .. } => ("", 0, 0),
         }
     }
 
@@ -99,6 +123,8 @@ impl Request {
             Request::Score { .. } => "score",
             Request::List { .. } => "models",
             Request::Delete { .. } => "delete",
+            Request::Compute { .. } => "compute",
+            Request::Attach { .. } => "attach",
         }
     }
 }
@@ -137,11 +163,17 @@ pub enum Reply {
         messages: u64,
         /// Bytes this party sent in the request.
         bytes: u64,
+        /// Batches that ran on material made ahead (classify requests).
+        #[serde(default)]
+        ahead: u64,
     },
     /// Refused or failed; why.
     Failed {
         /// The reason, in words.
         reason: String,
+        /// What kind of failure it was.
+        #[serde(default = "internal")]
+        kind: ErrorKind,
     },
     /// Too many requests in progress: try again later.
     Busy {
@@ -150,14 +182,27 @@ pub enum Reply {
     },
 }
 
+fn internal() -> ErrorKind {
+    ErrorKind::Internal
+}
+
 impl Reply {
-    /// Why the request did not run, in words (`None` when it is done).
-    pub fn failure(&self) -> Option<String> {
+    /// A failure reply for `e` (its text and kind).
+    pub fn failed(e: &EngineError) -> Reply {
+        Reply::Failed {
+            reason: e.to_string(),
+            kind: e.kind(),
+        }
+    }
+
+    /// Why the request did not run, in words, and the kind of failure (`None` when it is done).
+    pub fn failure(&self) -> Option<(String, ErrorKind)> {
         match self {
             Reply::Done { .. } => None,
-            Reply::Failed { reason } => Some(reason.clone()),
-            Reply::Busy { limit } => Some(format!(
-                "busy: {limit} requests in progress (the limit); try again later"
+            Reply::Failed { reason, kind } => Some((reason.clone(), *kind)),
+            Reply::Busy { limit } => Some((
+                format!("busy: {limit} requests in progress (the limit); try again later"),
+                ErrorKind::Busy,
             )),
         }
     }
@@ -225,6 +270,8 @@ pub enum JoinKind {
     Classify,
     /// Deletes it (bob only; no seeds).
     Delete,
+    /// No model: a custom computation (its fixed masks, if any, live for the request only).
+    Compute,
 }
 
 /// Bob's last word to the dealer for a request.

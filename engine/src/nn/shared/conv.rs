@@ -7,11 +7,8 @@ use crate::error::{shape_err, Result};
 use crate::nn::geometry::{im2col_index, nhwc_to_nchw_index, Window2d};
 use crate::party::Party;
 use crate::protocols::matmul::matmul_fixed_specs;
-use crate::session::Session;
 use crate::share::Share;
-use crate::transport::PartyId;
 
-use super::linear::share_plain_weight;
 use super::SharedLayer;
 
 /// A convolution whose weight is a fixed operand.
@@ -30,30 +27,6 @@ pub struct SharedConv2d {
 }
 
 impl SharedConv2d {
-    /// Share a PyTorch-layout convolution (`weight [out, in, kh, kw]`, `bias [out]`) applied to
-    /// per-sample inputs of shape `input`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn share(
-        s: &mut Session,
-        owner: PartyId,
-        input: Vec<usize>,
-        in_channels: usize,
-        out_channels: usize,
-        window: Window2d,
-        weight: &[f64],
-        bias: &[f64],
-    ) -> Result<SharedConv2d> {
-        let k = Self::check(&input, in_channels, out_channels, &window)?.0;
-        let (weight, fixed, bias) = share_plain_weight(s, owner, k, out_channels, weight, bias)?;
-        Self::from_ids(
-            input,
-            in_channels,
-            out_channels,
-            window,
-            [weight, fixed, bias],
-        )
-    }
-
     /// Check the geometry; returns the product depth `c·kh·kw` and the output size.
     fn check(
         input: &[usize],

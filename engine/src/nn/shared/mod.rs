@@ -26,14 +26,9 @@ pub use pool::{SharedAvgPool2d, SharedMaxPool2d};
 
 use crate::dealer::MaterialSpec;
 use crate::error::{shape_err, EngineError, Result};
-use crate::nn::plan::ModelPlan;
 use crate::nn::range::{ModelBounds, RangeGuard, RangeReport};
-use crate::nn::source::ModelSource;
 use crate::party::Party;
-use crate::session::agreed_id;
-use crate::session::Session;
 use crate::share::Share;
-use crate::transport::PartyId;
 
 /// One layer of a shared model: store ids of its shared parameters (no data), its per-sample
 /// input shape, and its secure forward pass with the material that pass consumes.
@@ -75,76 +70,6 @@ pub struct SharedModel {
     bounds: ModelBounds,
     range: RangeReport,
     limits: Vec<u64>,
-}
-
-impl Session {
-    /// [`Self::share_model_with`] with the default bounds (inputs within
-    /// [`crate::nn::range::DEFAULT_INPUT_BOUND`], worst-case analysis).
-    pub fn share_model(&mut self, owner: PartyId, model: &dyn ModelSource) -> Result<SharedModel> {
-        self.share_model_with(owner, model, &ModelBounds::default())
-    }
-
-    /// The model owner fixed-point encodes `model` and shares it across alice and bob; each
-    /// weight is registered as a fixed operand (its mask opened once). Before anything is
-    /// shared, the range analysis proves that no value can overflow for inputs within `bounds`
-    /// (or refuses); the bounds are stored with the shared model.
-    pub fn share_model_with(
-        &mut self,
-        owner: PartyId,
-        model: &dyn ModelSource,
-        bounds: &ModelBounds,
-    ) -> Result<SharedModel> {
-        self.share_model_observed(owner, model, bounds, &mut |_, _| {})
-    }
-
-    /// [`Session::share_model_with`], calling `on_progress(parameters_done, parameters_total)`
-    /// after each layer. The owner streams one tensor at a time from `model` into the share
-    /// messages; each party builds its weight share straight into the product layout.
-    pub fn share_model_observed(
-        &mut self,
-        owner: PartyId,
-        model: &dyn ModelSource,
-        bounds: &ModelBounds,
-        on_progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<SharedModel> {
-        let fx = self.config().fixed;
-        let plan = Arc::new(ModelPlan::of(model, &fx, bounds)?);
-        let (total, mut done) = (model.parameter_count(), 0);
-        let mut layers: Vec<Arc<dyn SharedLayer>> = Vec::with_capacity(plan.layers.len());
-        for li in 0..plan.layers.len() {
-            plan.send_layer(model, li, &fx, &mut |shape, fill| {
-                self.send_shares_filled(owner, shape, fill)
-            })?;
-            let pl = plan.clone();
-            let [(layer, a), (_, b)] = self.run(move |p| pl.build_layer(p, li, owner))?;
-            for (x, y) in a.iter().zip(&b) {
-                agreed_id(*x, *y)?;
-            }
-            layers.push(layer);
-            done += plan.layer_parameters(li);
-            on_progress(done.min(total), total);
-        }
-        Ok(plan.model(layers, &fx))
-    }
-
-    /// Delete a shared model: both parties drop its shares and fixed operands, every material
-    /// pool made for it is closed (its workers stopped, its material freed), and the dealer
-    /// forgets its fixed masks.
-    pub fn delete_model(&mut self, model: SharedModel) -> Result<()> {
-        let ids: Vec<u64> = model.layers.iter().flat_map(|l| l.stored_ids()).collect();
-        let fixed: Vec<u64> = model.layers.iter().flat_map(|l| l.fixed_ids()).collect();
-        self.run(move |p| {
-            p.close_pools_of(&fixed);
-            for &id in &ids {
-                p.forget(id);
-            }
-            if p.index() == 1 {
-                p.dealer_forget_fixed(&fixed)?;
-            }
-            Ok(())
-        })?;
-        Ok(())
-    }
 }
 
 impl SharedModel {

@@ -276,6 +276,12 @@ impl PartyService {
             .unwrap_or(0)
     }
 
+    /// Bob: entries he holds (for tests).
+    #[cfg(test)]
+    pub(crate) fn held_batches(&self) -> usize {
+        self.held.lock().map(|h| h.len()).unwrap_or(0)
+    }
+
     /// Bob: swap the material of two entries he holds (a test injecting mismatched material);
     /// whether he held two.
     #[cfg(test)]

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use crate::error::{EngineError, Result};
 use crate::nn::classify::{batch_specs, BatchStep};
-use crate::transport::StreamTransport;
+use crate::party::MaterialMaker;
+use crate::service::prep::Producer;
+use crate::transport::{PartyId, StreamTransport, Transport};
 use crate::wire::control::{DealerJoin, JoinKind, PrepareJob};
 
 use super::PartyService;
@@ -23,7 +25,7 @@ impl PartyService {
         labels: bool,
         digest: &[u8],
         net: &mut StreamTransport,
-    ) -> Result<()> {
+    ) -> Result<u64> {
         let checked = (|| {
             let m = self.model(name)?;
             let width = m.model.in_features() as u64;
@@ -84,14 +86,15 @@ impl PartyService {
             bobs
         };
         entries.resize_with(sizes.len(), || None);
+        let ahead = entries.iter().filter(|e| e.is_some()).count();
         tracing::debug!(
             me = %self.net.me(),
             request,
-            ahead = entries.iter().filter(|e| e.is_some()).count(),
+            ahead,
             batches = sizes.len(),
             "batches with material made ahead"
         );
-        let seed = if entries.iter().any(Option::is_none) {
+        let grant = if entries.iter().any(Option::is_none) {
             let reused = match early {
                 Some(r) => r,
                 None => self.send_join(net, &dealer_join)?,
@@ -101,32 +104,74 @@ impl PartyService {
             None
         };
         let frac = m.fx.frac_bits();
-        let share = self.with_party(net, m.fx, seed, |p| {
+        // Batches without material made ahead get theirs from a producer, one batch ahead of
+        // the online phase (see `service::prep`); the party object itself fetches nothing.
+        let mut producer = match grant {
+            Some(g) => {
+                let dealer = match self.index {
+                    1 => net
+                        .take_link_state(PartyId::Dealer)
+                        .map(|(l, sent, received)| {
+                            let mut t = StreamTransport::new(PartyId::Bob, net.options());
+                            t.set_request(request);
+                            t.resume_link(PartyId::Dealer, l, sent, received);
+                            t
+                        }),
+                    _ => None,
+                };
+                let fixed_public = m
+                    .weights
+                    .iter()
+                    .map(|w| (w.ids[1], w.public.clone()))
+                    .collect();
+                let batches = entries
+                    .iter()
+                    .zip(&sizes)
+                    .filter(|(e, _)| e.is_none())
+                    .map(|(_, &r)| batch_specs(&m.model, r, labels, frac))
+                    .collect();
+                let maker = MaterialMaker {
+                    index: self.index,
+                    seed: g.seed,
+                    tag: g.tag,
+                    backend: self.backend.clone(),
+                };
+                Some(Producer::start(maker, dealer, fixed_public, batches)?)
+            }
+            None => None,
+        };
+        let share = self.with_party(net, m.fx, None, |p| {
             for w in &m.weights {
                 p.install_weight_shares(w);
             }
             let mut acc = None;
             for (entry, &rows_here) in entries.iter_mut().zip(&sizes) {
-                let specs = match entry.take() {
-                    Some(e) => {
-                        p.queue_prepared(e.items);
-                        Vec::new()
-                    }
-                    None => batch_specs(&m.model, rows_here, labels, frac),
+                let items = match (entry.take(), producer.as_mut()) {
+                    (Some(e), _) => e.items,
+                    (None, Some(pr)) => pr.next_batch()?,
+                    (None, None) => unreachable!("a producer makes every batch not made ahead"),
                 };
+                p.queue_prepared(items);
                 let step = BatchStep {
                     rows: rows_here,
                     labels,
                     reveal: true,
                     acc,
                 };
-                acc = step.run(p, &m.model, None, &specs)?.0;
+                acc = step.run(p, &m.model, &[])?;
             }
             match acc {
                 Some(id) => Ok(Some(p.own_words(&p.kept(id)?)?[0])),
                 None => Ok(None),
             }
-        })?;
+        });
+        if let Some(mut d) = producer.and_then(Producer::finish) {
+            net.meter().absorb(d.meter_ref().stats());
+            if let Some((l, sent, received)) = d.take_link_state(PartyId::Dealer) {
+                net.resume_link(PartyId::Dealer, l, sent, received);
+            }
+        }
+        let share = share?;
         if self.index == 0 {
             let mut shapes = sizes.clone();
             shapes.dedup();
@@ -139,6 +184,6 @@ impl PartyService {
         }
         self.release_peer(net);
         self.end_dealer_later(net);
-        Ok(())
+        Ok(ahead as u64)
     }
 }

@@ -3,6 +3,7 @@
 //! pools once the request ended in step on them.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::{channel, Sender};
 use std::sync::Arc;
 use std::time::Instant;
@@ -304,6 +305,9 @@ impl PartyService {
 
     /// Bob: serve a link from alice again after a request that ended in step on it.
     pub(super) fn spawn_peer_link(self: &Arc<Self>, link: Link) {
+        if self.stopping.load(Ordering::SeqCst) {
+            return;
+        }
         let me = self.clone();
         let _ = std::thread::Builder::new()
             .name("party-peer".into())
@@ -448,7 +452,10 @@ impl PartyService {
 
     pub(super) fn release_dealer(&self, net: &mut StreamTransport) {
         if let Some(l) = net.take_link(PartyId::Dealer) {
-            self.dealer_pool.put(l);
+            // After a shutdown, links close instead of waiting in a pool.
+            if !self.stopping.load(Ordering::SeqCst) {
+                self.dealer_pool.put(l);
+            }
         }
     }
 
@@ -462,7 +469,9 @@ impl PartyService {
     pub(super) fn release_peer(self: &Arc<Self>, net: &mut StreamTransport) {
         if let Some(l) = net.take_link(self.other()) {
             if self.index == 0 {
-                self.peer_pool.put(l);
+                if !self.stopping.load(Ordering::SeqCst) {
+                    self.peer_pool.put(l);
+                }
             } else {
                 self.spawn_peer_link(l);
             }

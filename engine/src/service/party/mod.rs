@@ -21,7 +21,7 @@ use std::time::Instant;
 use kernels::Backend;
 
 use crate::deploy::Role;
-use crate::error::{EngineError, Result};
+use crate::error::{EngineError, ErrorKind, Result};
 use crate::service::net::{LinkPool, Listener, Net};
 use crate::service::scores::ScoreBook;
 use crate::transport::{step_code, Link, PartyId, StreamTransport, Transport};
@@ -32,9 +32,12 @@ use crate::wire::dealer::words_to_text;
 
 mod ahead;
 mod classify;
+mod compute;
 mod links;
 mod models;
 mod names;
+
+pub(crate) use compute::{Attached, Job, JobOutcome, ProgramSlot};
 
 use ahead::PreparedEntry;
 use links::{Joined, Rendezvous};
@@ -66,6 +69,10 @@ pub struct PartyService {
     producing: Mutex<HashSet<PrepareJob>>,
     /// Bob: his halves of preprocessed material, by id.
     held: Mutex<HashMap<u64, (PrepareJob, PreparedEntry)>>,
+    /// Custom computations' programs, registered in-process before their requests arrive.
+    programs: Mutex<HashMap<u64, ProgramSlot>>,
+    /// Computations that a second data owner may join, by computation id.
+    attach_to: Mutex<HashMap<u64, std::sync::mpsc::Sender<Attached>>>,
 }
 
 pub(super) fn poisoned() -> EngineError {
@@ -126,6 +133,8 @@ impl PartyService {
             ready: Mutex::new(HashMap::new()),
             producing: Mutex::new(HashSet::new()),
             held: Mutex::new(HashMap::new()),
+            programs: Mutex::new(HashMap::new()),
+            attach_to: Mutex::new(HashMap::new()),
         };
         let entries = std::fs::read_dir(dir)
             .map_err(|e| EngineError::Invalid(format!("{}: {e}", dir.display())))?;
@@ -259,13 +268,14 @@ impl PartyService {
                 (
                     Reply::Failed {
                         reason: "internal error (panic) in the request".into(),
+                        kind: ErrorKind::Internal,
                     },
                     false,
                 )
             });
             let stats = net.meter_ref().stats().total();
             match &reply {
-                Reply::Failed { reason } => tracing::warn!(
+                Reply::Failed { reason, .. } => tracing::warn!(
                     me = %self.net.me(), request = id, kind, model, owner = %role, reason, "request failed"
                 ),
                 Reply::Busy { limit } => tracing::warn!(
@@ -325,13 +335,17 @@ impl PartyService {
             return (
                 Reply::Failed {
                     reason: format!("request id {} was already used", request.id()),
+                    kind: ErrorKind::Refused,
                 },
                 false,
             );
         }
         let light = matches!(
             request,
-            Request::List { .. } | Request::Score { .. } | Request::Delete { .. }
+            Request::List { .. }
+                | Request::Score { .. }
+                | Request::Delete { .. }
+                | Request::Attach { .. }
         );
         let limit = self.net.deployment().limits.max_requests;
         if !light && self.active.fetch_add(1, Ordering::SeqCst) >= limit {
@@ -364,20 +378,28 @@ impl PartyService {
                 labels,
             } => self
                 .classify(*request, model, *rows, *batch, *labels, digest, net)
+                .map(|ahead| self.done_ahead(ahead, net)),
+            Request::Compute {
+                request,
+                frac_bits,
+                attach,
+            } => self
+                .compute(*request, *frac_bits, *attach, digest, net)
                 .map(|()| self.done(None, net)),
+            Request::Attach { to, .. } => {
+                self.attach(role, *to, net).map(|()| self.done(None, net))
+            }
         };
         match r {
             Ok(reply) => (reply, true),
             Err(e) => {
-                if !matches!(request, Request::List { .. } | Request::Score { .. }) {
+                if !matches!(
+                    request,
+                    Request::List { .. } | Request::Score { .. } | Request::Attach { .. }
+                ) {
                     self.refuse_peer_join(request.id(), "failed");
                 }
-                (
-                    Reply::Failed {
-                        reason: e.to_string(),
-                    },
-                    false,
-                )
+                (Reply::failed(&e), false)
             }
         }
     }
@@ -390,6 +412,30 @@ impl PartyService {
             rounds: t.rounds,
             messages: t.messages,
             bytes: t.bytes_sent,
+            ahead: 0,
+        }
+    }
+
+    /// [`Self::done`] for a classify request, `ahead` of whose batches ran on material made
+    /// ahead.
+    fn done_ahead(&self, ahead: u64, net: &StreamTransport) -> Reply {
+        match self.done(None, net) {
+            Reply::Done {
+                share,
+                models,
+                rounds,
+                messages,
+                bytes,
+                ..
+            } => Reply::Done {
+                share,
+                models,
+                rounds,
+                messages,
+                bytes,
+                ahead,
+            },
+            other => other,
         }
     }
 }

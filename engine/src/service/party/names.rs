@@ -95,7 +95,9 @@ impl PartyService {
             .map_err(|_| poisoned())?
             .get(name)
             .cloned()
-            .ok_or_else(|| EngineError::Invalid(format!("no model '{name}' is served here")))
+            .ok_or_else(|| EngineError::UnknownModel {
+                name: name.to_string(),
+            })
     }
 
     pub(super) fn check_owner(&self, role: &Role, m: &ServedModel) -> Result<()> {
