@@ -1,4 +1,8 @@
-//! Mutually authenticated TLS 1.3 links (rustls, `ring` provider).
+//! Mutually authenticated TLS 1.3 links (rustls with the aws-lc-rs provider).
+//!
+//! Key exchange is the hybrid post-quantum group X25519MLKEM768 only (ML-KEM-768 with X25519):
+//! traffic recorded today cannot be decrypted later by breaking either one, and since every
+//! endpoint runs this code there is no classical group to fall back to. TLS 1.2 is refused.
 //!
 //! Every endpoint holds its deployment's CA certificate and its own certificate, which binds its
 //! [`Role`] as a DNS name (see [`crate::deploy`]). The connecting side checks that the server's
@@ -33,8 +37,11 @@ use super::PartyId;
 use crate::deploy::{generate_keys, Credentials, Role};
 use crate::error::{EngineError, Result};
 
+/// The crypto provider of every link: aws-lc-rs, with X25519MLKEM768 as the only key exchange.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768];
+    Arc::new(p)
 }
 
 fn bad_key(what: &str, e: impl std::fmt::Display) -> EngineError {
