@@ -104,6 +104,7 @@ impl LocalDeployment {
                 max_requests: config.max_requests,
                 ..Limits::default()
             },
+            keys: Default::default(),
         };
         let keys = match config.transport {
             TransportKind::Tls => Some(generate_keys(NAME, &deployment.roles())?),
