@@ -1,7 +1,7 @@
 //! Keys over a deployment's life, end to end with the real services: a client revoked in the
-//! deployment file is refused without a restart (and learns why), a renewed certificate is
-//! accepted, a data owner added with `keygen --add` classifies, and certificates are valid for
-//! about a year.
+//! deployment file is refused without a restart (and learns why), SIGHUP reloads the list, a
+//! renewed certificate is accepted, a data owner added with `keygen --add` classifies, and
+//! certificates are valid for about a year.
 
 mod common;
 
@@ -126,6 +126,18 @@ fn revoke_renew_and_add_without_new_keys_for_everyone() {
     }
     // Other clients are not affected.
     classify_ok(&c, "lab");
+    // SIGHUP reloads the list at once and does not stop the service.
+    c.signal("alice", "HUP");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !c.log("alice").contains("SIGHUP: revocation list reloaded") {
+        assert!(
+            Instant::now() < deadline,
+            "no reload on SIGHUP:\n{}",
+            c.log("alice")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(c.alive("alice"), "SIGHUP stopped alice");
 
     // A renewed certificate (new key) is accepted by the same running services.
     let out = keygen(&c, &["--renew", "clinic"]);
