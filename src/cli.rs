@@ -679,13 +679,14 @@ fn keygen(
         }
         if !issued.is_empty() {
             println!(
-                "give each only to its holder; the services take a new certificate at its next \
-                 connection{}",
-                if renew.is_empty() {
-                    " (alice and bob accept a new data owner once restarted with the new \
-                     deployment file)"
+                "give each only to its holder (with ca.pem); {}",
+                if add {
+                    "alice and bob accept a new data owner once restarted with the new \
+                     deployment file"
                 } else {
-                    " (revoke the old one in the deployment file if its key may have leaked)"
+                    "a data owner uses its new keys from its next command, a service once \
+                     restarted; revoke the old certificate in the deployment file if its key \
+                     may have leaked"
                 }
             );
         }
