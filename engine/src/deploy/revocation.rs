@@ -177,11 +177,15 @@ impl Revocations {
     /// Read the list from the deployment file at `path` and put it in force.
     fn read(&self, path: &Path) -> Result<usize> {
         let d = super::Deployment::load(path)?;
-        let n = d.keys.revoked.len();
+        let new: HashSet<Fingerprint> = d.keys.revoked.into_iter().collect();
+        let n = new.len();
         if let Ok(mut r) = self.revoked.write() {
-            *r = d.keys.revoked.into_iter().collect();
+            if *r != new {
+                // A new list: its refusals are logged afresh.
+                *r = new;
+                guard(&self.reported).clear();
+            }
         }
-        guard(&self.reported).clear();
         Ok(n)
     }
 
