@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use kernels::BackendKind;
 
+use engine::deploy::keys::{add_keys, find_role, renew_keys, summarize_file};
 use engine::deploy::{write_keys, Deployment};
 use engine::error::{EngineError, Result};
 use engine::io::OutputFile;
@@ -146,17 +147,34 @@ pub enum Command {
         #[arg(long, default_value = "channels")]
         transport: TransportKind,
     },
-    /// Write a deployment CA and one certificate and key per role and data owner.
+    /// Write a deployment CA and one certificate and key per role and data owner; or, with the
+    /// existing CA, keys for a data owner added to the deployment file (`--add`) or new keys for
+    /// one role (`--renew`); or print a certificate's fingerprint to revoke it
+    /// (`--fingerprint`).
+    #[command(group(clap::ArgGroup::new("mode").args(["force", "add", "renew", "fingerprint"])))]
     Keygen {
         /// The deployment file (TOML) naming the services and data owners.
-        #[arg(long)]
-        deployment: PathBuf,
+        #[arg(long, required_unless_present = "fingerprint")]
+        deployment: Option<PathBuf>,
         /// Directory to write `ca.pem`, `ca.key` and `<role>.pem` / `<role>.key` into.
-        #[arg(long)]
-        out: PathBuf,
-        /// Replace existing keys (otherwise refuse to overwrite any).
+        #[arg(long, required_unless_present = "fingerprint")]
+        out: Option<PathBuf>,
+        /// Replace every existing key, the CA's included (otherwise refuse to overwrite any).
         #[arg(long)]
         force: bool,
+        /// Issue keys, signed by the existing CA in --out (`ca.key` needed), to every role of
+        /// the deployment file that has none there; other keys are left as they are.
+        #[arg(long)]
+        add: bool,
+        /// Issue new keys to ROLE (`alice`, `bob`, `dealer` or a data owner's name), signed by
+        /// the existing CA in --out (`ca.key` needed); other keys are left as they are.
+        /// Repeatable.
+        #[arg(long, value_name = "ROLE")]
+        renew: Vec<String>,
+        /// Print the SHA-256 fingerprint of the certificate in this PEM file (what the
+        /// deployment file's `[keys] revoked` lists), with its names and validity.
+        #[arg(long, value_name = "CERT.pem", conflicts_with_all = ["deployment", "out"])]
+        fingerprint: Option<PathBuf>,
     },
     /// Load generator against a running deployment: concurrent clients classify in a loop;
     /// reports latency percentiles, throughput, traffic, errors and wrong answers.
@@ -211,21 +229,10 @@ pub fn run(cli: Cli) -> Result<()> {
             deployment,
             out,
             force,
-        } => {
-            let d = Deployment::load(&deployment)?;
-            let files = write_keys(&d, &out, force)?;
-            println!(
-                "deployment '{}': wrote a CA and {} certificates to {} (keep ca.key offline; \
-                 give each service and data owner only ca.pem and its own .pem and .key)",
-                d.name,
-                d.roles().len(),
-                out.display()
-            );
-            for f in files {
-                println!("  {}", f.display());
-            }
-            Ok(())
-        }
+            add,
+            renew,
+            fingerprint,
+        } => keygen(deployment, out, force, add, &renew, fingerprint),
         Command::Classify {
             model,
             input,
@@ -332,6 +339,97 @@ pub fn run(cli: Cli) -> Result<()> {
         } => crate::remote::models(&deploy, as_name.as_deref(), delete.as_deref()),
         Command::BenchService { args } => crate::bench_service::run(&args).map(|_| ()),
     }
+}
+
+/// `secure-serving keygen` (see [`Command::Keygen`]).
+fn keygen(
+    deployment: Option<PathBuf>,
+    out: Option<PathBuf>,
+    force: bool,
+    add: bool,
+    renew: &[String],
+    fingerprint: Option<PathBuf>,
+) -> Result<()> {
+    if let Some(cert) = fingerprint {
+        let s = summarize_file(&cert)?;
+        println!("{}", s.fingerprint);
+        println!(
+            "  {}: {}, valid {} to {} (UTC)",
+            cert.display(),
+            s.names.join(", "),
+            s.not_before.date(),
+            s.not_after.date()
+        );
+        println!(
+            "  to revoke it, add \"{}\" to `revoked` under [keys] in the deployment file on \
+             every host (services reload it within a second, or at once on SIGHUP)",
+            s.fingerprint
+        );
+        return Ok(());
+    }
+    let (Some(deployment), Some(out)) = (deployment, out) else {
+        return Err(EngineError::Invalid(
+            "keygen needs --deployment FILE and --out DIR".into(),
+        ));
+    };
+    let d = Deployment::load(&deployment)?;
+    if add || !renew.is_empty() {
+        let issued = if add {
+            add_keys(&d, &out)?
+        } else {
+            let roles = renew
+                .iter()
+                .map(|r| find_role(&d, r))
+                .collect::<Result<Vec<_>>>()?;
+            renew_keys(&d, &out, &roles)?
+        };
+        if issued.is_empty() {
+            println!(
+                "deployment '{}': every role already has keys in {}; nothing written",
+                d.name,
+                out.display()
+            );
+        }
+        for i in &issued {
+            println!(
+                "{}: new certificate and key, valid {} to {} (UTC), signed by {}",
+                i.role,
+                i.summary.not_before.date(),
+                i.summary.not_after.date(),
+                out.join("ca.pem").display()
+            );
+            println!("  {}\n  {}", i.cert.display(), i.key.display());
+            println!("  fingerprint {}", i.summary.fingerprint);
+        }
+        if !issued.is_empty() {
+            println!(
+                "give each only to its holder (with ca.pem); {}",
+                if add {
+                    "alice and bob accept a new data owner once restarted with the new \
+                     deployment file"
+                } else {
+                    "a data owner uses its new keys from its next command, a service once \
+                     restarted; revoke the old certificate in the deployment file if its key \
+                     may have leaked"
+                }
+            );
+        }
+        return Ok(());
+    }
+    let files = write_keys(&d, &out, force)?;
+    println!(
+        "deployment '{}': wrote a CA and {} certificates to {}, valid {} days (the CA {}); keep \
+         ca.key offline; give each service and data owner only ca.pem and its own .pem and .key",
+        d.name,
+        d.roles().len(),
+        out.display(),
+        d.keys.validity_days,
+        d.keys.ca_validity_days
+    );
+    for f in files {
+        println!("  {}", f.display());
+    }
+    Ok(())
 }
 
 /// Whether two paths name the same existing file (through links and relative paths).

@@ -40,14 +40,19 @@ impl DeployArgs {
             .unwrap_or_else(|| self.config.parent().unwrap_or(Path::new(".")).join("keys"))
     }
 
-    /// The endpoint of `role`.
+    /// The endpoint of `role`. Under TLS its revocation list follows the deployment file
+    /// (read again when the file changes).
     pub fn net(&self, role: Role) -> Result<Net> {
         let d = self.deployment()?;
         if self.insecure {
             tracing::warn!(%role, "--insecure: plain TCP, no authentication, no encryption");
             Net::new(d, role, None)
         } else {
-            Net::new(d, role, Some(&self.keys_dir()))
+            let net = Net::new(d, role, Some(&self.keys_dir()))?;
+            if let Some(r) = net.revocations() {
+                r.watch(&self.config);
+            }
+            Ok(net)
         }
     }
 
@@ -77,9 +82,37 @@ impl DeployArgs {
     }
 }
 
+/// On SIGHUP, read the deployment file's revocation list again at once (it is also read again
+/// within a second of a change, at the next handshake). Without TLS, SIGHUP is ignored.
+fn reload_on_sighup(net: &Net) -> Result<()> {
+    let revocations = net.revocations();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .map_err(|e| EngineError::Invalid(format!("cannot handle SIGHUP: {e}")))?;
+    std::thread::Builder::new()
+        .name("sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match revocations.as_ref().map(|r| r.reload()) {
+                    Some(Ok(n)) => {
+                        tracing::info!(revoked = n, "SIGHUP: revocation list reloaded")
+                    }
+                    Some(Err(e)) => tracing::warn!(
+                        error = %e,
+                        "SIGHUP: the deployment file cannot be read; the previous revocation \
+                         list stays in force"
+                    ),
+                    None => tracing::info!("SIGHUP: no TLS, nothing to reload"),
+                }
+            }
+        })
+        .map_err(|e| EngineError::Invalid(format!("cannot start the SIGHUP thread: {e}")))?;
+    Ok(())
+}
+
 /// `secure-serving dealer`: serve until killed.
 pub fn dealer(args: &DeployArgs, data_dir: &Path) -> Result<()> {
     let net = args.net(Role::Dealer)?;
+    reload_on_sighup(&net)?;
     let listener = net.listen()?;
     let svc = DealerService::open(net, data_dir)?;
     println!(
@@ -103,6 +136,7 @@ pub fn party(args: &DeployArgs, role: &str, data_dir: &Path, backend: BackendKin
         }
     };
     let net = args.net(role.clone())?;
+    reload_on_sighup(&net)?;
     let listener = net.listen()?;
     let svc = PartyService::open(index, net, backend_from_kind(backend)?, data_dir)?;
     println!(

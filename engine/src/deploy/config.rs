@@ -23,6 +23,11 @@
 //! max_frame_mib = 1024
 //! max_requests = 32             # requests a party runs at once ("busy" past it)
 //! pool = 2                      # batches of material made ahead per model and batch shape
+//!
+//! [keys]                        # optional
+//! validity_days = 365           # certificates keygen issues are valid this long (1..=3650)
+//! ca_validity_days = 3650       # the CA keygen makes is valid this long (1..=7300)
+//! revoked = ["sha256:…"]        # certificates refused by every service, without a restart
 //! ```
 
 use std::collections::BTreeSet;
@@ -31,6 +36,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::revocation::Fingerprint;
 use super::Role;
 use crate::error::{EngineError, Result};
 use crate::wire::frame::DEFAULT_MAX_FRAME_WORDS;
@@ -99,6 +105,98 @@ impl Default for Limits {
     }
 }
 
+/// The `[keys]` section as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeys {
+    #[serde(default = "default_validity_days")]
+    validity_days: u32,
+    #[serde(default = "default_ca_validity_days")]
+    ca_validity_days: u32,
+    #[serde(default)]
+    revoked: Vec<String>,
+}
+
+impl Default for RawKeys {
+    fn default() -> Self {
+        RawKeys {
+            validity_days: default_validity_days(),
+            ca_validity_days: default_ca_validity_days(),
+            revoked: Vec::new(),
+        }
+    }
+}
+
+fn default_validity_days() -> u32 {
+    365
+}
+
+fn default_ca_validity_days() -> u32 {
+    3650
+}
+
+/// Key settings: how long the certificates `keygen` issues are valid, and the certificates
+/// every service refuses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeySettings {
+    /// Days a role's certificate is valid from its issue (1..=3650; default 365).
+    pub validity_days: u32,
+    /// Days the deployment CA is valid from its making (1..=7300; default 3650). A role's
+    /// certificate never outlives the CA that signed it.
+    pub ca_validity_days: u32,
+    /// Revoked certificates, by fingerprint (file order, no duplicates).
+    pub revoked: Vec<Fingerprint>,
+}
+
+impl Default for KeySettings {
+    fn default() -> Self {
+        KeySettings {
+            validity_days: default_validity_days(),
+            ca_validity_days: default_ca_validity_days(),
+            revoked: Vec::new(),
+        }
+    }
+}
+
+impl KeySettings {
+    fn from_raw(raw: RawKeys) -> Result<KeySettings> {
+        for (field, value, range) in [
+            ("validity_days", raw.validity_days, 1..=3650),
+            ("ca_validity_days", raw.ca_validity_days, 1..=7300),
+        ] {
+            if !range.contains(&value) {
+                return Err(invalid(format!(
+                    "keys.{field} = {value} is outside {}..={} (days)",
+                    range.start(),
+                    range.end()
+                )));
+            }
+        }
+        if raw.validity_days > raw.ca_validity_days {
+            return Err(invalid(format!(
+                "keys.validity_days = {} is longer than keys.ca_validity_days = {} (a \
+                 certificate cannot outlive the CA that signs it)",
+                raw.validity_days, raw.ca_validity_days
+            )));
+        }
+        let mut revoked = Vec::with_capacity(raw.revoked.len());
+        for (i, text) in raw.revoked.iter().enumerate() {
+            let fp: Fingerprint = text.trim().parse().map_err(|e| match e {
+                EngineError::Invalid(m) => invalid(format!("keys.revoked[{i}]: {m}")),
+                other => other,
+            })?;
+            if !revoked.contains(&fp) {
+                revoked.push(fp);
+            }
+        }
+        Ok(KeySettings {
+            validity_days: raw.validity_days,
+            ca_validity_days: raw.ca_validity_days,
+            revoked,
+        })
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDeployment {
@@ -110,6 +208,8 @@ struct RawDeployment {
     data_owner: Vec<DataOwnerEntry>,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    keys: RawKeys,
 }
 
 /// A validated deployment.
@@ -127,6 +227,8 @@ pub struct Deployment {
     pub data_owners: Vec<Role>,
     /// Timeouts and frame limit.
     pub limits: Limits,
+    /// Certificate validity and revoked certificates.
+    pub keys: KeySettings,
 }
 
 fn invalid(msg: String) -> EngineError {
@@ -250,6 +352,7 @@ impl Deployment {
                 )));
             }
         }
+        let keys = KeySettings::from_raw(raw.keys)?;
         Ok(Deployment {
             name: raw.name,
             alice: raw.alice.address,
@@ -257,6 +360,7 @@ impl Deployment {
             dealer: raw.dealer.address,
             data_owners,
             limits: l,
+            keys,
         })
     }
 
@@ -337,6 +441,8 @@ role = "client"
             ]
         );
         assert_eq!(d.limits, Limits::default());
+        assert_eq!(d.keys, KeySettings::default());
+        assert_eq!(d.keys.validity_days, 365);
         assert_eq!(d.timeout(), Duration::from_secs(30));
         assert_eq!(d.max_frame_words(), DEFAULT_MAX_FRAME_WORDS);
         assert_eq!(d.roles().len(), 5);
@@ -406,5 +512,40 @@ role = "client"
         assert!(e.contains("limits.timeout_secs = 0 is outside"), "{e}");
         let e = err("name = ");
         assert!(e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn key_settings_are_checked() {
+        let fp = format!("sha256:{}", "ab".repeat(32));
+        let d = Deployment::parse(&format!(
+            "{GOOD}\n[keys]\nvalidity_days = 30\nrevoked = [\"{fp}\", \"{}\"]\n",
+            fp.to_uppercase().replace("SHA256:", "sha256:")
+        ))
+        .unwrap();
+        assert_eq!(d.keys.validity_days, 30);
+        assert_eq!(d.keys.revoked.len(), 1, "duplicates are one entry");
+        assert_eq!(d.keys.revoked[0].to_string(), fp);
+        for (keys, want) in [
+            (
+                "validity_days = 0",
+                "keys.validity_days = 0 is outside 1..=3650 (days)",
+            ),
+            (
+                "validity_days = 36500",
+                "keys.validity_days = 36500 is outside 1..=3650",
+            ),
+            (
+                "ca_validity_days = 100",
+                "keys.validity_days = 365 is longer than keys.ca_validity_days = 100",
+            ),
+            (
+                "revoked = [\"ab12\"]",
+                "keys.revoked[0]: 'ab12' is not a certificate fingerprint",
+            ),
+            ("expiry = 3", "unknown field `expiry`"),
+        ] {
+            let e = err(&format!("{GOOD}\n[keys]\n{keys}\n"));
+            assert!(e.contains(want), "{keys}: {e}");
+        }
     }
 }

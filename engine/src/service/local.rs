@@ -134,6 +134,7 @@ impl LocalDeployment {
                 pool: config.pool,
                 ..Limits::default()
             },
+            keys: Default::default(),
         };
         let keys = match config.transport {
             TransportKind::Tls => Some(generate_keys(NAME, &deployment.roles())?),

@@ -15,7 +15,7 @@ use std::sync::mpsc::{channel, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use crate::deploy::keys::read_credentials;
-use crate::deploy::{Deployment, Role};
+use crate::deploy::{Deployment, Revocations, Role};
 use crate::error::{EngineError, Result};
 use crate::transport::{step_code, Envelope, Link, StreamOptions, TlsEndpoint};
 use crate::wire::control::{decode, encode};
@@ -131,7 +131,9 @@ pub const MAX_ADMITTING: usize = 256;
 
 impl Net {
     /// The endpoint of `me` in `deployment`, with its credentials from `keys` (written by
-    /// `secure-serving keygen`); `keys = None` means plain TCP without authentication.
+    /// `secure-serving keygen`); `keys = None` means plain TCP without authentication. Under
+    /// TLS, peers whose certificates the deployment revokes are refused (see
+    /// [`Self::revocations`] to keep that list live).
     pub fn new(deployment: Deployment, me: Role, keys: Option<&Path>) -> Result<Net> {
         if me.party_id().is_data_owner() && !deployment.data_owners.contains(&me) {
             return Err(EngineError::Invalid(format!(
@@ -142,11 +144,13 @@ impl Net {
         let security = match keys {
             Some(dir) => {
                 let (ca, creds) = read_credentials(dir, &me)?;
-                Security::Tls(Arc::new(TlsEndpoint::new(
+                let revoked = Revocations::new(deployment.keys.revoked.iter().copied());
+                Security::Tls(Arc::new(TlsEndpoint::with_revocations(
                     &deployment.name,
                     me.clone(),
                     &ca,
                     Some(&creds),
+                    revoked,
                 )?))
             }
             None => Security::Plain,
@@ -211,6 +215,15 @@ impl Net {
     /// Whether links are authenticated TLS.
     pub fn is_tls(&self) -> bool {
         matches!(self.security, Security::Tls(_))
+    }
+
+    /// The revocation list checked on every TLS handshake (`None` without TLS); call
+    /// [`Revocations::watch`] on it to follow the deployment file.
+    pub fn revocations(&self) -> Option<Arc<Revocations>> {
+        match &self.security {
+            Security::Tls(t) => Some(t.revocations().clone()),
+            _ => None,
+        }
     }
 
     /// Listen on this service's address (or on the in-process network).
@@ -327,7 +340,8 @@ impl Net {
                 net.admitting.fetch_sub(1, Ordering::SeqCst);
                 match admitted {
                     Ok((role, link)) => serve(role, link),
-                    Err(e) => tracing::warn!(me = %net.me, error = %e, "connection refused"),
+                    // Logged once where it was refused (TLS or the hello).
+                    Err(e) => tracing::debug!(me = %net.me, error = %e, "connection refused"),
                 }
             });
         if let Err(e) = spawned {
@@ -358,6 +372,7 @@ impl Net {
                     .set_write_timeout(Some(self.options.max_wait))
                     .and_then(|()| Link::tcp(stream, Some(self.options.heartbeat())))
                     .map_err(|e| {
+                        tracing::warn!(me = %self.me, %addr, error = %e, "connection refused");
                         EngineError::Protocol(format!("{}: connection from {addr}: {e}", self.me))
                     })?,
             ),
@@ -380,8 +395,12 @@ impl Net {
             max_wait: self.options.timeout,
             ..self.options
         };
-        let (env, msg) = link.recv(me, unknown, &hello_wait)?;
-        let claimed: String = decode(&msg, "hello")?;
+        let hello = link
+            .recv(me, unknown, &hello_wait)
+            .and_then(|(env, msg)| Ok((env, decode::<String>(&msg, "hello")?)));
+        let (env, claimed) = hello.inspect_err(|e| {
+            tracing::warn!(me = %self.me, %addr, error = %e, "connection refused: no hello");
+        })?;
         let role = parse_role(&claimed);
         let expected = Envelope {
             request: 0,

@@ -12,8 +12,8 @@ use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use aws_lc_rs::digest::{Context, SHA256};
 use memmap2::Mmap;
-use ring::digest::{Context, SHA256};
 
 use crate::error::{EngineError, Result};
 
@@ -190,7 +190,7 @@ impl RecordReader {
             )));
         }
         let end = map.len() - CHECKSUM;
-        let sum = ring::digest::digest(&SHA256, &map[..end]);
+        let sum = aws_lc_rs::digest::digest(&SHA256, &map[..end]);
         if sum.as_ref() != &map[end..] {
             return Err(bad(
                 "checksum mismatch: the file is damaged or was changed; refused".into(),

@@ -1,11 +1,17 @@
-//! Mutually authenticated TLS 1.3 links (rustls, `ring` provider).
+//! Mutually authenticated TLS 1.3 links (rustls with the aws-lc-rs provider).
+//!
+//! Key exchange is the hybrid post-quantum group X25519MLKEM768 only (ML-KEM-768 with X25519):
+//! traffic recorded today cannot be decrypted later by breaking either one, and since every
+//! endpoint runs this code there is no classical group to fall back to. TLS 1.2 is refused.
 //!
 //! Every endpoint holds its deployment's CA certificate and its own certificate, which binds its
 //! [`Role`] as a DNS name (see [`crate::deploy`]). The connecting side checks that the server's
-//! certificate chains to the CA and names the role it meant to reach; the accepting side checks
-//! that the client's certificate chains to the CA and names one of the roles it accepts. Anything
-//! else (a certificate for another role, from another CA, or none) fails the handshake, and the
-//! refusal is logged with `tracing`.
+//! certificate chains to the CA, names the role it meant to reach and is not revoked; the
+//! accepting side checks that the client's certificate chains to the CA, names one of the roles
+//! it accepts and is not revoked ([`Revocations`], read from the deployment file). Anything else
+//! (a certificate for another role, from another CA, revoked, expired, or none) fails the
+//! handshake with the matching TLS alert, and the refusal is logged with `tracing`. A refused
+//! client reads the alert, so its error says why ("certificate revoked", "unknown CA", ...).
 //!
 //! After the handshake a link is the same framed stream as plain TCP ([`super::stream`]): the
 //! TLS connection is shared by a reading half and a writing half, each holding the lock only
@@ -17,24 +23,82 @@ use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use rustls::client::danger::HandshakeSignatureValid;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{
-    ClientConfig, ClientConnection, Connection, DigitallySignedStruct, DistinguishedName,
-    RootCertStore, ServerConfig, ServerConnection, SignatureScheme,
+    AlertDescription, CertificateError, ClientConfig, ClientConnection, Connection,
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, ServerConnection,
+    SignatureScheme,
 };
 
 use super::stream::{Link, ReadHalf, StreamOptions, StreamTransport, WriteHalf};
 use super::PartyId;
-use crate::deploy::{generate_keys, Credentials, Role};
+use crate::deploy::{generate_keys, Credentials, Revocations, Role};
 use crate::error::{EngineError, Result};
 
+/// The crypto provider of every link: aws-lc-rs, with X25519MLKEM768 as the only key exchange.
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519MLKEM768];
+    Arc::new(p)
+}
+
+/// The refusal of a revoked certificate.
+fn revoked() -> rustls::Error {
+    rustls::Error::InvalidCertificate(CertificateError::Revoked)
+}
+
+/// Whether a failed handshake was the refusal of a revoked certificate (logged once per
+/// certificate by [`Revocations::check`], so not again per retry).
+fn is_revocation(e: &io::Error) -> bool {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| *r == revoked())
+}
+
+/// What a TLS alert from the peer means for this endpoint, in words.
+fn alert_text(alert: AlertDescription) -> String {
+    let why = match alert {
+        AlertDescription::CertificateRevoked => {
+            "certificate revoked: this endpoint's certificate is listed in the deployment \
+             file's [keys] revoked"
+        }
+        AlertDescription::UnknownCA => {
+            "unknown CA: this endpoint's certificate is not signed by the peer's deployment CA \
+             (keys from another keygen run?)"
+        }
+        AlertDescription::CertificateExpired => {
+            "certificate expired or not yet valid (renew it with `secure-serving keygen \
+             --renew ROLE`, or check the clocks)"
+        }
+        AlertDescription::BadCertificate => {
+            "bad certificate: this endpoint's certificate names a role that may not connect there"
+        }
+        AlertDescription::CertificateRequired => "a certificate is required",
+        AlertDescription::ProtocolVersion => "TLS 1.3 is required",
+        AlertDescription::HandshakeFailure => {
+            "handshake failure (the peer requires TLS 1.3 with X25519MLKEM768)"
+        }
+        _ => "",
+    };
+    if why.is_empty() {
+        format!("the peer refused the connection (TLS alert {alert:?})")
+    } else {
+        format!("the peer refused the connection: {why}")
+    }
+}
+
+/// A TLS failure as an I/O error, with a received alert put in words.
+fn tls_io_error(e: rustls::Error) -> io::Error {
+    match e {
+        rustls::Error::AlertReceived(a) => io::Error::new(ErrorKind::InvalidData, alert_text(a)),
+        e => io::Error::new(ErrorKind::InvalidData, e),
+    }
 }
 
 fn bad_key(what: &str, e: impl std::fmt::Display) -> EngineError {
@@ -51,12 +115,14 @@ fn names_role(cert: &CertificateDer<'_>, deployment: &str, role: &Role) -> bool 
         .unwrap_or(false)
 }
 
-/// The accepting side's check: the CA chain (webpki) and then the role named by the certificate.
+/// The accepting side's check: the CA chain (webpki), then the role named by the certificate,
+/// then the revocation list.
 #[derive(Debug)]
 struct RoleVerifier {
     inner: Arc<dyn ClientCertVerifier>,
     deployment: String,
     allowed: Vec<Role>,
+    revoked: Arc<Revocations>,
 }
 
 impl ClientCertVerifier for RoleVerifier {
@@ -73,17 +139,19 @@ impl ClientCertVerifier for RoleVerifier {
         let ok = self
             .inner
             .verify_client_cert(end_entity, intermediates, now)?;
-        if self
+        if !self
             .allowed
             .iter()
             .any(|r| names_role(end_entity, &self.deployment, r))
         {
-            Ok(ok)
-        } else {
-            Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::NotValidForName,
-            ))
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName,
+            ));
         }
+        if self.revoked.check(end_entity).is_some() {
+            return Err(revoked());
+        }
+        Ok(ok)
     }
 
     fn verify_tls12_signature(
@@ -109,7 +177,60 @@ impl ClientCertVerifier for RoleVerifier {
     }
 }
 
-/// One endpoint's TLS identity: its role, its certificate and key, and the deployment CA.
+/// The connecting side's check: the CA chain and name (webpki), then the revocation list.
+#[derive(Debug)]
+struct RevocationCheck {
+    inner: Arc<WebPkiServerVerifier>,
+    revoked: Arc<Revocations>,
+}
+
+impl ServerCertVerifier for RevocationCheck {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        let ok = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        if self.revoked.check(end_entity).is_some() {
+            return Err(revoked());
+        }
+        Ok(ok)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// One endpoint's TLS identity: its role, its certificate and key, the deployment CA and the
+/// revocation list.
 pub struct TlsEndpoint {
     deployment: String,
     role: Role,
@@ -117,6 +238,7 @@ pub struct TlsEndpoint {
     chain: Vec<CertificateDer<'static>>,
     key: Option<PrivateKeyDer<'static>>,
     client: Arc<ClientConfig>,
+    revoked: Arc<Revocations>,
 }
 
 impl TlsEndpoint {
@@ -129,6 +251,18 @@ impl TlsEndpoint {
         role: Role,
         ca_pem: &str,
         credentials: Option<&Credentials>,
+    ) -> Result<TlsEndpoint> {
+        TlsEndpoint::with_revocations(deployment, role, ca_pem, credentials, Revocations::none())
+    }
+
+    /// [`Self::new`], refusing peers whose certificates `revoked` lists (checked on every
+    /// handshake, on both sides; the list may change while the endpoint is in use).
+    pub fn with_revocations(
+        deployment: &str,
+        role: Role,
+        ca_pem: &str,
+        credentials: Option<&Credentials>,
+        revoked: Arc<Revocations>,
     ) -> Result<TlsEndpoint> {
         let mut roots = RootCertStore::empty();
         let mut found = 0;
@@ -159,10 +293,17 @@ impl TlsEndpoint {
             }
             None => (Vec::new(), None),
         };
+        let webpki = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+            .build()
+            .map_err(|e| bad_key("server verifier", e))?;
         let builder = ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| bad_key("TLS", e))?
-            .with_root_certificates(roots.clone());
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(RevocationCheck {
+                inner: webpki,
+                revoked: revoked.clone(),
+            }));
         let client = match &key {
             Some(k) => builder
                 .with_client_auth_cert(chain.clone(), k.clone_key())
@@ -176,6 +317,7 @@ impl TlsEndpoint {
             chain,
             key,
             client: Arc::new(client),
+            revoked,
         })
     }
 
@@ -184,18 +326,91 @@ impl TlsEndpoint {
         &self.role
     }
 
+    /// The revocation list this endpoint checks its peers against.
+    pub fn revocations(&self) -> &Arc<Revocations> {
+        &self.revoked
+    }
+
+    /// The rustls configuration of this endpoint's outgoing connections (TLS 1.3,
+    /// X25519MLKEM768, its certificate, the CA and revocation checks); for tests that run a
+    /// handshake themselves.
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.client.clone()
+    }
+
+    /// The rustls configuration with which this endpoint accepts a connection from one of
+    /// `allowed`; for tests that run a handshake themselves.
+    pub fn server_config(&self, allowed: &[Role]) -> Result<Arc<ServerConfig>> {
+        let Some(key) = &self.key else {
+            return Err(EngineError::Invalid(format!(
+                "{} has no certificate and cannot accept connections",
+                self.role
+            )));
+        };
+        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| bad_key("client verifier", e))?;
+        let verifier = Arc::new(RoleVerifier {
+            inner,
+            deployment: self.deployment.clone(),
+            allowed: allowed.to_vec(),
+            revoked: self.revoked.clone(),
+        });
+        let mut config = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| bad_key("TLS", e))?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), key.clone_key())
+            .map_err(|e| bad_key(&format!("{} credentials", self.role), e))?;
+        // Links are long-lived and never resumed: no session tickets.
+        config.send_tls13_tickets = 0;
+        Ok(Arc::new(config))
+    }
+
     fn refused(
         &self,
         peer: &str,
         addr: Option<SocketAddr>,
         e: impl std::fmt::Display,
     ) -> EngineError {
+        self.refused_quietly(peer, addr, e, false)
+    }
+
+    /// [`Self::refused`], logged at debug level only when `quiet` (a refusal already logged).
+    fn refused_quietly(
+        &self,
+        peer: &str,
+        addr: Option<SocketAddr>,
+        e: impl std::fmt::Display,
+        quiet: bool,
+    ) -> EngineError {
         let addr = addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
-        tracing::warn!(me = %self.role, peer, %addr, error = %e, "TLS connection refused");
+        if quiet {
+            tracing::debug!(me = %self.role, peer, %addr, error = %e, "TLS connection refused");
+        } else {
+            tracing::warn!(me = %self.role, peer, %addr, error = %e, "TLS connection refused");
+        }
         EngineError::Protocol(format!(
             "{}: TLS connection with {peer} at {addr} refused: {e}",
             self.role
         ))
+    }
+
+    /// The refusal of a failed handshake: a revoked certificate's was logged already; an alert
+    /// from the peer is put in words.
+    fn handshake_refused(&self, peer: &str, addr: Option<SocketAddr>, e: io::Error) -> EngineError {
+        let quiet = is_revocation(&e);
+        let alert = e
+            .get_ref()
+            .and_then(|i| i.downcast_ref::<rustls::Error>())
+            .and_then(|r| match r {
+                rustls::Error::AlertReceived(a) => Some(*a),
+                _ => None,
+            });
+        match alert {
+            Some(a) => self.refused_quietly(peer, addr, alert_text(a), quiet),
+            None => self.refused_quietly(peer, addr, e, quiet),
+        }
     }
 
     /// Run the handshake on `stream` (at most `timeout` per read or write) and make a link.
@@ -239,8 +454,8 @@ impl TlsEndpoint {
             .map_err(|e| self.refused(&peer_name, addr, e))?;
         let (conn, stream) = self
             .finish(Connection::Client(conn), stream, timeout)
-            .map_err(|e| self.refused(&peer_name, addr, e))?;
-        tracing::debug!(me = %self.role, peer = %peer_name, "TLS link up");
+            .map_err(|e| self.handshake_refused(&peer_name, addr, e))?;
+        link_up(&self.role, &peer_name, &conn);
         tls_link(conn, stream, timeout / 3).map_err(|e| self.refused(&peer_name, addr, e))
     }
 
@@ -254,33 +469,18 @@ impl TlsEndpoint {
     ) -> Result<(Role, Link)> {
         let addr = stream.peer_addr().ok();
         let who = "an incoming peer";
-        let Some(key) = &self.key else {
-            return Err(EngineError::Invalid(format!(
-                "{} has no certificate and cannot accept connections",
-                self.role
-            )));
+        let config = self.server_config(allowed)?;
+        let conn = ServerConnection::new(config).map_err(|e| self.refused(who, addr, e))?;
+        let linger = stream.try_clone().ok();
+        let (conn, stream) = match self.finish(Connection::Server(conn), stream, timeout) {
+            Ok(done) => done,
+            Err(e) => {
+                if let Some(s) = linger {
+                    close_after_alert(s);
+                }
+                return Err(self.handshake_refused(who, addr, e));
+            }
         };
-        let inner = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-            .build()
-            .map_err(|e| bad_key("client verifier", e))?;
-        let verifier = Arc::new(RoleVerifier {
-            inner,
-            deployment: self.deployment.clone(),
-            allowed: allowed.to_vec(),
-        });
-        let mut config = ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(|e| bad_key("TLS", e))?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), key.clone_key())
-            .map_err(|e| bad_key(&format!("{} credentials", self.role), e))?;
-        // Links are long-lived and never resumed: no session tickets.
-        config.send_tls13_tickets = 0;
-        let conn =
-            ServerConnection::new(Arc::new(config)).map_err(|e| self.refused(who, addr, e))?;
-        let (conn, stream) = self
-            .finish(Connection::Server(conn), stream, timeout)
-            .map_err(|e| self.refused(who, addr, e))?;
         let cert = conn
             .peer_certificates()
             .and_then(|c| c.first())
@@ -290,9 +490,43 @@ impl TlsEndpoint {
             .find(|r| names_role(cert, &self.deployment, r))
             .cloned()
             .ok_or_else(|| self.refused(who, addr, "certificate names no allowed role"))?;
-        tracing::debug!(me = %self.role, peer = %role, "TLS link up");
+        link_up(&self.role, &role.to_string(), &conn);
         let link = tls_link(conn, stream, timeout / 3).map_err(|e| self.refused(who, addr, e))?;
         Ok((role, link))
+    }
+}
+
+/// Log a link that is up, with what it negotiated.
+fn link_up(me: &Role, peer: &str, conn: &Connection) {
+    let group = conn
+        .negotiated_key_exchange_group()
+        .map(|g| format!("{:?}", g.name()))
+        .unwrap_or_default();
+    let version = conn
+        .protocol_version()
+        .map(|v| format!("{v:?}"))
+        .unwrap_or_default();
+    tracing::debug!(%me, peer, %group, %version, "TLS link up");
+}
+
+/// After a refused handshake (the alert already written): end the sending side and read what
+/// the peer still sends, for at most a second, before closing. Closing at once with unread
+/// bytes (a client's first message, sent right after its part of the handshake) would reset
+/// the connection, and the peer would lose the alert that says why it was refused.
+fn close_after_alert(mut stream: TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let mut sink = [0u8; 4096];
+    let mut drained = 0usize;
+    while drained < (1 << 20) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        match stream.read(&mut sink) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => drained += n,
+        }
     }
 }
 
@@ -326,8 +560,7 @@ impl Read for TlsReader {
                     let mut pending = &self.raw[self.start..self.end];
                     let n = c.read_tls(&mut pending)?;
                     self.start += n;
-                    c.process_new_packets()
-                        .map_err(|e| io::Error::new(ErrorKind::InvalidData, e))?;
+                    c.process_new_packets().map_err(tls_io_error)?;
                     continue;
                 }
             }

@@ -354,7 +354,7 @@ pub fn fresh_id() -> u64 {
 
 /// SHA-256 of a message's words (alice and bob compare the request they each received).
 pub fn digest(words: &[u64]) -> Vec<u8> {
-    ring::digest::digest(&ring::digest::SHA256, bytemuck::cast_slice(words))
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytemuck::cast_slice(words))
         .as_ref()
         .to_vec()
 }
