@@ -378,7 +378,9 @@ pub fn demo(backend: BackendKind, transport: TransportKind) -> Result<ClassifyRe
         "model.fix_precision().share(alice, bob, crypto_provider): {:.2} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
-    println!("{}", plan.range.summary());
+    if let Some(r) = &plan.range {
+        println!("{}", r.summary());
+    }
     let mut client = deployment.client()?;
     client.connect()?;
     let r = client.classify("linear", &[0.0], Some(&[0]), 1)?;
@@ -546,7 +548,9 @@ pub fn run(cli: Cli) -> Result<()> {
                 ..Default::default()
             })?;
             let shared = share_with_progress(&mut session, plain.as_ref(), &loaded.bounds)?;
-            println!("{}", shared.range().summary());
+            if let Some(r) = shared.range() {
+                println!("{}", r.summary());
+            }
             let mut clf = SecureClassifier::new(&mut session, shared);
             clf.set_pool(pool)?;
             let bar = ProgressBar::new(n as u64);

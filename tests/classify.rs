@@ -7,7 +7,7 @@ use std::process::Command;
 use common::test_rng;
 use engine::io::{load_features, load_labels, load_safetensors_model};
 use engine::nn::plain::{vgg16_head, Layer, Sequential};
-use engine::nn::{ClassifyOptions, SecureClassifier};
+use engine::nn::{ClassifyOptions, SecureClassifier, Wiring};
 use engine::{PartyId, Session, SessionConfig};
 use ndarray::{Array1, Array2};
 use rand::Rng;
@@ -329,6 +329,7 @@ fn model_import_round_trips_and_reports_bad_files() {
     // Wrong bias shape.
     let bad = Sequential {
         input: vec![2],
+        wiring: Wiring::chain(1),
         layers: vec![Layer::Linear {
             in_features: 2,
             out_features: 2,
@@ -365,6 +366,7 @@ fn model_import_round_trips_and_reports_bad_files() {
     // Consecutive Linear layers whose widths do not chain.
     let chain = Sequential {
         input: vec![2],
+        wiring: Wiring::chain(2),
         layers: vec![
             Layer::Linear {
                 in_features: 2,
@@ -394,6 +396,7 @@ fn model_import_round_trips_and_reports_bad_files() {
     // A NaN inside a weight, and a weight that is not 2-D.
     let nanw = Sequential {
         input: vec![2],
+        wiring: Wiring::chain(1),
         layers: vec![Layer::Linear {
             in_features: 2,
             out_features: 1,

@@ -449,8 +449,12 @@ fn calibrated_bounds_are_checked_at_run_time() {
     let shared = s
         .share_model_with(PartyId::ModelOwner, &model, &bounds)
         .unwrap();
-    assert!(shared.range().summary().contains("checked at run time"));
-    let err = shared.range().logit_error;
+    assert!(shared
+        .range()
+        .expect("the owner's report")
+        .summary()
+        .contains("checked at run time"));
+    let err = shared.range().expect("the owner's report").logit_error;
     let mut clf = SecureClassifier::new(&mut s, shared);
     let logits = clf.logits_for_client(&x, 4).unwrap();
     let plain = model.forward_f64(&x, n).unwrap();

@@ -72,6 +72,7 @@ pub fn reveal(s: &mut Session, x: &SharedTensor) -> Vec<u64> {
     s.reveal_ring(PartyId::ModelOwner, x).expect("reveal")
 }
 pub mod cluster;
+pub mod layers;
 
 /// Index of the largest value of a row (the first of equals).
 pub fn argmax(row: &[f64]) -> i64 {

@@ -482,7 +482,7 @@ pub fn load_onnx_model(path: &str) -> Result<Sequential> {
             return Err(ctx.err("a secondary output is used; only chains are supported"));
         }
         for l in translate(&ctx, &shape, layers.last_mut())? {
-            shape = l.output_shape(&shape).map_err(|e| ctx.err(e))?;
+            shape = l.output_shape(&[&shape]).map_err(|e| ctx.err(e))?;
             layers.push(l);
         }
         cur = node
@@ -529,7 +529,7 @@ pub fn load_onnx_model(path: &str) -> Result<Sequential> {
             ),
         ));
     }
-    Ok(Sequential::with_input(layers, sample)?.fold_batchnorm())
+    Ok(Sequential::with_input(layers, sample)?.fold_affine())
 }
 
 /// Translate one node into layers (`prev` is the last layer so far, for bias folding).
@@ -604,7 +604,7 @@ fn translate(ctx: &NodeCtx, shape: &[usize], prev: Option<&mut Layer>) -> Result
             let shift = (0..c)
                 .map(|i| b.values[i] - m.values[i] * scale[i])
                 .collect();
-            vec![Layer::BatchNorm2d { scale, shift }]
+            vec![Layer::Affine { scale, shift }]
         }
         "MaxPool" => {
             if ctx.int("storage_order", 0) != 0 {

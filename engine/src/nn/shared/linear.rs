@@ -152,10 +152,6 @@ impl SharedLinear {
 }
 
 impl SharedLayer for SharedLinear {
-    fn is_linear(&self) -> bool {
-        true
-    }
-
     fn stored_ids(&self) -> Vec<u64> {
         vec![self.weight, self.fixed, self.bias]
     }
