@@ -14,8 +14,8 @@ use common::layers::{ring_inputs, run_layer, sessions, F};
 use common::test_rng;
 use engine::nn::geometry::Window2d;
 use engine::nn::plain::{Layer, Sequential};
-use engine::nn::shared::{SharedAvgPool2d, SharedConv2d, SharedLayer, SharedMaxPool2d};
-use engine::{BackendKind, FixedPoint, PartyId, Session, SessionConfig};
+use engine::nn::shared::{SharedAvgPool2d, SharedConv2d, SharedMaxPool2d};
+use engine::{FixedPoint, PartyId, Session, SessionConfig};
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
 
