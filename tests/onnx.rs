@@ -30,12 +30,10 @@ fn digits_cnn_imports_and_matches_onnx_reference() {
             "Conv2d(4, 8, kernel_size=[3, 3], stride=[1, 1], padding=[1, 1])",
             "ReLU",
             "AvgPool2d(kernel_size=[2, 2], stride=[2, 2], padding=[0, 0])",
-            "Dropout",
-            "Dropout",
             "Flatten",
             "Linear(32, 10)",
         ],
-        "BatchNormalization folds into the first Conv"
+        "BatchNormalization folds into the first Conv; Dropout and Identity vanish"
     );
     let (n, x) = load_inputs(&data("digits_test_x.npy"), &[1, 8, 8]).unwrap();
     assert!(n >= 8);
@@ -110,18 +108,24 @@ fn import_err(name: &str) -> String {
 
 #[test]
 fn bad_onnx_graphs_are_refused_with_the_node_and_op() {
+    // A Sigmoid in the middle of the graph: refused by the node that reads it, naming both
+    // and saying what to do.
     let e = import_err("unsupported_op.onnx");
     assert!(
-        e.contains("node '/features/2/Sigmoid' (Sigmoid): unsupported op"),
+        e.contains("node '/features/2/Relu' (Relu): reads the output of node '/features/2/Sigmoid' (Sigmoid); Softmax, LogSoftmax and Sigmoid are supported only as the model's last op"),
         "{e}"
     );
-    let e = import_err("branching.onnx");
-    assert!(
-        e.contains("node '/features/2/Add' (Add) has 2 data inputs"),
-        "{e}"
-    );
-    // A graph whose one tensor feeds two nodes, built by duplicating a consumer in the file:
-    // the importer names both.
+    assert!(e.contains("remove it from forward"), "{e}");
+    // The residual Add of two branches is a graph now: it imports, and both branches read
+    // the batch norm's output (folded into the convolution).
+    let m = load_onnx_model(&data("branching.onnx")).unwrap();
+    let add = m
+        .layers
+        .iter()
+        .position(|l| matches!(l, Layer::Add))
+        .unwrap();
+    assert_eq!(m.wiring.inputs(add).len(), 2);
+    assert!(!m.wiring.is_chain());
     let bytes = std::fs::read(data("digits_cnn.onnx")).unwrap();
     let dir = std::env::temp_dir().join(format!("onnx-refusals-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

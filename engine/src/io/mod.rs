@@ -8,5 +8,5 @@ pub mod output;
 
 pub use model::{load_safetensors_model, load_safetensors_model_with, ModelFile, UnusedTensors};
 pub use npy::{load_features, load_inputs, load_labels, write_predictions};
-pub use onnx::load_onnx_model;
+pub use onnx::{import_onnx, load_onnx_model, OnnxImport};
 pub use output::OutputFile;
