@@ -175,6 +175,14 @@ impl LocalDeployment {
         })
     }
 
+    /// The directory where party `index` (0: alice, 1: bob) keeps its model records (what an
+    /// audit of the stored shares reads).
+    pub fn party_dir(&self, index: usize) -> std::path::PathBuf {
+        self._dirs
+            .path()
+            .join(if index == 0 { "alice" } else { "bob" })
+    }
+
     /// The party services (alice, bob), for tests that hold their workers.
     #[cfg(test)]
     pub(crate) fn parties(&self) -> &[Arc<PartyService>] {
