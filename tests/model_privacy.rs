@@ -62,7 +62,7 @@ fn leaks(bytes: &[u8], secrets: &[f64], fx: &FixedPoint) -> Vec<String> {
         }
         if let Ok(e) = fx.encode_one(s, 0) {
             let signed = e as i64;
-            if (signed < 0 || signed >= 1 << 20) && has(&e.to_le_bytes()) {
+            if !(0..1 << 20).contains(&signed) && has(&e.to_le_bytes()) {
                 found.push(format!("{s} encoded ({signed})"));
             }
         }
