@@ -261,3 +261,65 @@ trainable = nn.Sequential(conv(1, 4, padding=1), nn.BatchNorm2d(4), nn.ReLU(), n
 export(trainable, "training", opset_version=14, training=torch.onnx.TrainingMode.TRAINING)
 export(trainable, "training_opset11", opset_version=11, training=torch.onnx.TrainingMode.TRAINING)
 export(small_cnn(nn.Tanh()).eval(), "unsupported_tanh", opset_version=13)
+
+
+# A narrow ResNet-18 under torchvision's state-dict names (widths 4, 4, 8, 8 instead of 64 to
+# 512), saved as safetensors for the `resnet18` preset (read at 3x32x32, `--arch resnet18:32`),
+# with random weights and batch-norm statistics, and torch's float64 logits on two random
+# images whose top-2 gap is at least GAP.
+class ResNet18(nn.Module):
+    def __init__(self, widths=(4, 4, 8, 8), classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, widths[0], 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        c = widths[0]
+        for i, w in enumerate(widths):
+            stride = 1 if i == 0 else 2
+            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(c, w, stride), BasicBlock(w, w, 1)))
+            c = w
+        self.fc = nn.Linear(c, classes)
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), 3, stride=2, padding=1)
+        for i in range(1, 5):
+            x = getattr(self, f"layer{i}")(x)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def save_safetensors(path, tensors):
+    """The safetensors format: an 8-byte header length, a JSON header, the raw data."""
+    import json
+    import struct
+    header, blobs, at = {}, [], 0
+    for name, t in tensors.items():
+        a = t.detach().cpu().numpy()
+        dtype = {"float32": "F32", "int64": "I64"}[str(a.dtype)]
+        b = a.tobytes()
+        header[name] = {"dtype": dtype, "shape": list(a.shape), "data_offsets": [at, at + len(b)]}
+        blobs.append(b)
+        at += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+torch.manual_seed(18)
+r18 = ResNet18()
+for m in r18.modules():
+    if isinstance(m, nn.BatchNorm2d):
+        m.weight.data.uniform_(0.8, 1.2)
+        m.bias.data.normal_(0, 0.1)
+        m.running_mean.normal_(0, 0.1)
+        m.running_var.uniform_(0.5, 1.5)
+r18.eval()
+save_safetensors(os.path.join(OUT, "resnet18_narrow.safetensors"), r18.state_dict())
+with torch.no_grad():
+    cand = torch.randn(64, 3, 32, 32)
+    z = r18.double()(cand.double()).numpy()
+top2 = np.sort(z, axis=1)[:, -2:]
+best = np.argsort(top2[:, 0] - top2[:, 1])[:2]
+assert (top2[best, 1] - top2[best, 0] >= GAP).all()
+np.save(os.path.join(OUT, "resnet18_narrow_x.npy"), cand[best].numpy())
+np.save(os.path.join(OUT, "resnet18_narrow_logits.npy"), z[best])
+print("resnet18_narrow: top-2 gaps", top2[best, 1] - top2[best, 0])

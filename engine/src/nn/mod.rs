@@ -27,7 +27,7 @@ pub mod shared;
 pub mod source;
 
 pub use classify::{check_labels, ClassifyOptions, ClassifyReport, SecureClassifier};
-pub use graph::Wiring;
+pub use graph::{GraphBuilder, Wiring};
 pub use plain::{Layer, Sequential};
 pub use plan::{LayerPlan, ModelPlan};
 pub use range::{ModelBounds, RangeReport};
