@@ -595,6 +595,7 @@ fn examples_run() {
         ("secure_classification", vec![]),
         ("vgg16_head", vec!["256", "64", "7", "40", "16"]),
         ("digits_cnn", vec!["64"]),
+        ("resnet_small", vec!["64"]),
     ] {
         let path = dir.join(name);
         if !path.exists() {
