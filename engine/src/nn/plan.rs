@@ -498,4 +498,34 @@ mod tests {
         bad.shapes.pop();
         assert!(bad.check().is_err());
     }
+
+    #[test]
+    fn affine_maps_are_planned_as_shared_weights_and_never_public() {
+        let affine = Layer::Affine {
+            scale: vec![0.25, -3.0],
+            shift: vec![0.5, 0.125],
+        };
+        let model = Sequential::new(vec![
+            Layer::linear(2, 2, vec![1.0, 2.0, 3.0, 4.0], vec![0.0; 2]).unwrap(),
+            Layer::ReLU,
+            affine.clone(),
+            Layer::ReLU,
+            Layer::linear(2, 1, vec![1.0, 1.0], vec![0.0]).unwrap(),
+        ])
+        .unwrap();
+        let plan = ModelPlan::of(&model, &FixedPoint::default(), &ModelBounds::default()).unwrap();
+        assert_eq!(
+            plan.layers[2],
+            LayerPlan::Linear {
+                in_features: 2,
+                out_features: 2
+            }
+        );
+        assert_eq!(plan.layer_parameters(2), 6);
+        // A peer's plan that carries parameters in a public layer is refused.
+        let mut bad = plan;
+        bad.layers[2] = LayerPlan::Public(affine);
+        let e = bad.check().unwrap_err().to_string();
+        assert!(e.contains("layer 2") && e.contains("does not fit"), "{e}");
+    }
 }

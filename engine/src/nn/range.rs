@@ -12,7 +12,11 @@
 //! - its output is at most `A_j / 2^f + 1 + |round(b_j·2^f)|` (truncation is off by less than one
 //!   unit), which is below `2^62` whenever the accumulator is, so ReLU, argmax and equality
 //!   comparisons (differences below `2^63`) are exact too;
-//! - ReLU, Dropout and Flatten keep or shrink every bound.
+//! - ReLU, Dropout and Flatten keep or shrink every bound;
+//! - convolutions, affine maps (shared as diagonal weights), pools, the residual `Add` (a sum of
+//!   shares: the bounds add up), `Concat`, Clip and LeakyReLU each have their rule in
+//!   `layer_step` (see `docs/range-analysis.md`); a graph is analysed in the order it runs, with
+//!   per-element bounds of every live value.
 //!
 //! If some bound reaches `2^62`, [`analyse`] refuses with an error naming the layer, the bound in
 //! bits, the largest safe `--frac-bits` and the largest safe input bound. The same pass bounds the
