@@ -206,3 +206,36 @@ fn training_mode_exports_and_unsupported_ops_are_refused_naming_the_node() {
         "{e}"
     );
 }
+
+/// Damaged exports: random byte changes in every export are refused with an error or import
+/// as some other model, never a panic or a huge allocation.
+#[test]
+fn damaged_exports_never_panic() {
+    use rand::Rng;
+    let mut rng = common::test_rng("damaged_exports");
+    let dir = std::env::temp_dir().join(format!("damaged-onnx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("m.onnx");
+    let names = MODELS
+        .iter()
+        .map(|m| m.0)
+        .chain(["training", "unsupported_tanh"]);
+    for name in names {
+        let bytes = std::fs::read(data(&format!("torch/{name}.onnx"))).unwrap();
+        for _ in 0..40 {
+            let mut b = bytes.clone();
+            for _ in 0..rng.gen_range(1..4) {
+                let i = rng.gen_range(0..b.len());
+                b[i] = rng.gen();
+            }
+            std::fs::write(&p, &b).unwrap();
+            let small = |m: &OnnxImport| m.model.in_features() <= 1 << 12;
+            if let Some(m) = import_onnx(p.to_str().unwrap()).ok().filter(small) {
+                let x = vec![0.5; m.model.in_features()];
+                // Whatever imports is a model that runs.
+                let _ = m.model.forward_f64(&x, 1);
+            }
+        }
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

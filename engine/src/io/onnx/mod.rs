@@ -326,5 +326,15 @@ fn input_shape(path: &str, v: &ValueInfoProto) -> Result<(Option<i64>, Vec<usize
             )),
         })
         .collect::<Result<Vec<usize>>>()?;
+    let elems = sample.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    if elems.is_none_or(|n| n > 1 << 32) {
+        return Err(fmt_err(
+            path,
+            format!(
+                "graph input '{}' has samples of shape {sample:?}, more than 2^32 values",
+                v.name
+            ),
+        ));
+    }
     Ok((dims[0].dim_value.filter(|&b| b > 0), sample))
 }

@@ -47,11 +47,17 @@ impl Ctx<'_> {
         self.attr(name).map(|a| a.ints.clone())
     }
 
+    /// A list of sizes (kernel, strides, pads), each in `0..2^24`.
     fn usizes(&self, name: &str) -> Result<Option<Vec<usize>>> {
         self.ints(name)
             .map(|v| {
                 v.iter()
-                    .map(|&x| usize::try_from(x).map_err(|_| self.err(format!("{name} {v:?}"))))
+                    .map(|&x| {
+                        usize::try_from(x)
+                            .ok()
+                            .filter(|&u| u < 1 << 24)
+                            .ok_or_else(|| self.err(format!("{name} {v:?} are not sizes")))
+                    })
                     .collect()
             })
             .transpose()
@@ -212,11 +218,13 @@ impl Builder<'_> {
             }
             "Clip" => {
                 let x = single(self)?;
+                // A bound at the float range's edge (older exports' default) is no bound.
                 let bound = |b: &Self, i: usize, attr: &str| -> Result<Option<f64>> {
-                    match b.constant(ctx, vals, i)? {
-                        Some(c) => scalar(ctx, c, attr).map(Some),
-                        None => Ok(ctx.attr(attr).map(|a| a.f as f64)),
-                    }
+                    let v = match b.constant(ctx, vals, i)? {
+                        Some(c) => Some(scalar(ctx, c, attr)?),
+                        None => ctx.attr(attr).map(|a| a.f as f64),
+                    };
+                    Ok(v.filter(|v| v.abs() < f32::MAX as f64))
                 };
                 let (min, max) = (bound(self, 1, "min")?, bound(self, 2, "max")?);
                 let layer = match (min, max) {
@@ -530,13 +538,13 @@ impl Builder<'_> {
             }
         }
         if let Some(i) = infer {
-            let rest: usize = view.iter().product::<usize>().max(1);
+            let rest = checked_product(&view).ok_or_else(bad)?.max(1);
             if !per.is_multiple_of(rest) {
                 return Err(bad());
             }
             view[i] = per / rest;
         }
-        if view.iter().product::<usize>() != per {
+        if checked_product(&view) != Some(per) {
             return Err(bad());
         }
         Ok(view)
@@ -610,7 +618,9 @@ impl Builder<'_> {
                 ctx.int("group", 1)
             )));
         };
-        let ic = icg * groups;
+        let ic = icg
+            .checked_mul(groups)
+            .ok_or_else(|| ctx.err(format!("group {groups} is too large")))?;
         let bias = match self.constant(ctx, vals, 2)? {
             Some(b) if b.len() == oc => b.reals().map_err(|e| ctx.err(e))?,
             Some(b) => return Err(ctx.err(format!("bias shape {:?} for {oc} channels", b.dims))),
@@ -648,6 +658,11 @@ impl Builder<'_> {
         }
         Layer::conv2d(ic, oc, window, weight, bias).map_err(|e| ctx.err(e))
     }
+}
+
+/// The number of elements of a shape, `None` on overflow.
+fn checked_product(dims: &[usize]) -> Option<usize> {
+    dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d))
 }
 
 /// The padding of a window plus a folded Pad's `[top, left, bottom, right]` (symmetric only).

@@ -464,6 +464,13 @@ impl Sequential {
                 self.input
             )));
         }
+        let elems = self.input.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if elems.is_none_or(|n| n > 1 << 32) {
+            return Err(EngineError::Invalid(format!(
+                "input shape {:?} has more than 2^32 elements",
+                self.input
+            )));
+        }
         let names: Vec<String> = self.layers.iter().map(Layer::name).collect();
         check_layer_outputs(&names, &self.shapes()?)
     }
