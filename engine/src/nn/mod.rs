@@ -10,8 +10,9 @@
 //! - [`geometry`]: sliding windows (NCHW) and the gather indices lowering them to products.
 //! - [`shared`]: the same model after `fix_precision().share(alice, bob, crypto_provider)`:
 //!   handles to shares held by the parties, with a per-party secure forward pass.
-//! - [`plan`]: a model's public plan (layer kinds, shapes, bounds), how the owner sends its
-//!   shares and how a party builds it, in every deployment.
+//! - [`plan`]: a model's public plan (layer kinds, shapes, wiring, ring limits; nothing derived
+//!   from the weights), how the owner sends its shares and how a party builds it, in every
+//!   deployment.
 //! - [`range`]: range analysis before sharing and run-time range checks (no silent overflow).
 //! - [`classify`]: the PySyft tutorial flow (encrypted argmax, eq with shared labels, sum; only
 //!   the correct-count revealed to the model owner, predictions only to the client).
