@@ -98,7 +98,9 @@ pub fn demo(backend: BackendKind, transport: TransportKind) -> Result<ClassifyRe
         "model.fix_precision().share(alice, bob, crypto_provider): {:.2} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
-    println!("{}", clf.plan().range.summary());
+    if let Some(r) = &clf.plan().range {
+        println!("{}", r.summary());
+    }
     let report = clf.classify(&[0.0], Some(&[0]), &ClassifyOptions { batch: 1 })?;
     print_report(&report);
     println!(
@@ -149,7 +151,9 @@ pub fn classify(
         ..Default::default()
     })?;
     let mut clf = upload_with_progress(&deployment, plain.as_ref(), &loaded.fixed, &loaded.bounds)?;
-    println!("{}", clf.plan().range.summary());
+    if let Some(r) = &clf.plan().range {
+        println!("{}", r.summary());
+    }
     let bar = ProgressBar::new(n as u64);
     bar.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} inputs {per_sec} eta {eta}")

@@ -6,8 +6,7 @@ use clap::Args;
 use engine::error::{EngineError, Result};
 use engine::fixed::FixedPoint;
 use engine::io::{
-    load_inputs, load_labels, load_onnx_model, load_safetensors_model_with, ModelFile,
-    UnusedTensors,
+    import_onnx, load_inputs, load_labels, load_safetensors_model_with, ModelFile, UnusedTensors,
 };
 use engine::nn::check_labels;
 use engine::nn::range::{calibrate, check_inputs, ModelBounds, DEFAULT_INPUT_BOUND};
@@ -21,7 +20,8 @@ pub struct ModelArgs {
     #[arg(long)]
     pub model: Option<String>,
     /// For safetensors: layer list in PyTorch order (e.g. `linear,relu,dropout,linear`),
-    /// or a preset: `vgg16-head`, `vgg16` (torchvision's whole VGG16, 3x224x224 inputs).
+    /// or a preset: `vgg16-head`, `vgg16` or `resnet18` (torchvision's whole VGG16 or
+    /// ResNet-18, 3x224x224 inputs; `vgg16:SIZE`, `resnet18:SIZE` for 3xSIZExSIZE).
     #[arg(long)]
     pub arch: Option<String>,
     /// Tensor-name prefix (e.g. `classifier.`).
@@ -75,14 +75,18 @@ impl ModelArgs {
                     "--arch applies to safetensors models; an ONNX file carries its graph".into(),
                 ));
             }
-            Box::new(load_onnx_model(model)?)
+            let import = import_onnx(model)?;
+            for note in &import.notes {
+                eprintln!("note: {note}");
+            }
+            Box::new(import.model)
         } else {
             let arch = self.arch.as_deref().ok_or_else(|| {
                 EngineError::Invalid(format!(
-                    "{model}: a safetensors model needs --arch (e.g. vgg16-head, vgg16 or linear,relu,linear)"
+                    "{model}: a safetensors model needs --arch (e.g. vgg16-head, vgg16, resnet18 or linear,relu,linear)"
                 ))
             })?;
-            if arch.trim().eq_ignore_ascii_case("vgg16") {
+            if engine::io::parse_preset(arch)?.is_some() {
                 Box::new(load_safetensors_model_with(
                     model,
                     arch,

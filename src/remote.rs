@@ -169,7 +169,9 @@ pub fn upload(
         &loaded.bounds,
         &mut |_, _| {},
     )?;
-    println!("{}", plan.range.summary());
+    if let Some(r) = &plan.range {
+        println!("{}", r.summary());
+    }
     println!(
         "uploaded '{name}' as {}: {} layers, input {:?}, {} classes, {:.2} s, {:.1} MB sent",
         o.role(),

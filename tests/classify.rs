@@ -7,6 +7,7 @@ use std::process::Command;
 use common::test_rng;
 use engine::io::{load_features, load_labels, load_safetensors_model};
 use engine::nn::plain::{vgg16_head, Layer, Sequential};
+use engine::nn::Wiring;
 use engine::service::classifier::{ClassifyOptions, SecureClassifier};
 use engine::PartyId;
 use ndarray::{Array1, Array2};
@@ -336,6 +337,7 @@ fn model_import_round_trips_and_reports_bad_files() {
     // Wrong bias shape.
     let bad = Sequential {
         input: vec![2],
+        wiring: Wiring::chain(1),
         layers: vec![Layer::Linear {
             in_features: 2,
             out_features: 2,
@@ -372,6 +374,7 @@ fn model_import_round_trips_and_reports_bad_files() {
     // Consecutive Linear layers whose widths do not chain.
     let chain = Sequential {
         input: vec![2],
+        wiring: Wiring::chain(2),
         layers: vec![
             Layer::Linear {
                 in_features: 2,
@@ -401,6 +404,7 @@ fn model_import_round_trips_and_reports_bad_files() {
     // A NaN inside a weight, and a weight that is not 2-D.
     let nanw = Sequential {
         input: vec![2],
+        wiring: Wiring::chain(1),
         layers: vec![Layer::Linear {
             in_features: 2,
             out_features: 1,
@@ -603,6 +607,7 @@ fn examples_run() {
         ("secure_classification", vec![]),
         ("vgg16_head", vec!["256", "64", "7", "40", "16"]),
         ("digits_cnn", vec!["64"]),
+        ("resnet_small", vec!["64"]),
     ] {
         let path = dir.join(name);
         if !path.exists() {

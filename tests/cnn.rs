@@ -1,8 +1,8 @@
 //! Convolutional layers on shares, each against a plaintext reference computed here from the
 //! definitions (not from the engine's geometry code), on odd shapes and on both backends.
 //!
-//! Exactness: a max pool is exact on ring values; a convolution and a BatchNorm affine map are
-//! exact up to the truncation, whose result is `floor(z / 2^f)` or one more; an average pool is
+//! Exactness: a max pool is exact on ring values; a convolution and an affine map (a BatchNorm
+//! that folds nowhere, shared as a diagonal weight) are exact up to the truncation, whose result is `floor(z / 2^f)` or one more; an average pool is
 //! within `|S|·2^-(f+1) + 1` units of the true mean `S / d` (the encoding error of `1/d`, plus
 //! the truncation).
 
@@ -10,81 +10,14 @@ mod common;
 
 use std::sync::Arc;
 
+use common::layers::{ring_inputs, run_layer, sessions, F};
 use common::test_rng;
 use engine::nn::geometry::Window2d;
 use engine::nn::plain::{Layer, Sequential};
-use engine::nn::shared::{SharedAffine2d, SharedAvgPool2d, SharedLayer, SharedMaxPool2d};
-use engine::{BackendKind, Computation, FixedPoint, PartyId};
+use engine::nn::shared::{SharedAvgPool2d, SharedMaxPool2d};
+use engine::{Computation, FixedPoint, PartyId};
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
-
-const F: u32 = 16;
-
-/// CPU, and the GPU where an adapter exists (a skip line otherwise; CI=true requires it).
-fn sessions() -> Vec<Computation> {
-    let mut v = vec![common::computation(
-        engine::LocalConfig::default(),
-        engine::FixedPoint::default(),
-    )
-    .unwrap()];
-    match common::computation(
-        engine::LocalConfig {
-            backend: BackendKind::Gpu,
-            ..Default::default()
-        },
-        engine::FixedPoint::default(),
-    ) {
-        Ok(s) => v.push(s),
-        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("SKIP gpu cnn layers: {e}")
-        }
-        Err(e) => panic!("CI=true but the GPU backend is unavailable: {e}"),
-    }
-    v
-}
-
-/// Ring values of fixed-point inputs in ±`max` with edge values (0, ±1 ulp, -1.0, ±max).
-fn ring_inputs(rng: &mut ChaCha20Rng, n: usize, max: f64) -> Vec<i64> {
-    let top = (max * (1u64 << F) as f64) as i64;
-    let edges = [0, 1, -1, -(1 << F), top, -top];
-    (0..n)
-        .map(|i| {
-            if i < edges.len() {
-                edges[i]
-            } else {
-                rng.gen_range(-top..=top)
-            }
-        })
-        .collect()
-}
-
-/// Run one shared layer on `x` (ring values) with all its material preprocessed; checks that
-/// the layer consumed exactly its declared material, and returns the revealed ring output.
-fn run_layer(
-    s: &mut Computation,
-    layer: Arc<dyn SharedLayer>,
-    shape: &[usize],
-    x: &[i64],
-) -> Vec<i64> {
-    let words: Vec<u64> = x.iter().map(|&v| v as u64).collect();
-    let xh = s.share_ring(PartyId::Client, shape, &words).unwrap();
-    let (xid, batch) = (xh.id(), shape[0]);
-    let [(id, shape_out), _] = s
-        .run(move |p| {
-            p.preprocess(&layer.material(batch, F))?;
-            let y = layer.forward(p, &p.kept(xid)?)?;
-            assert_eq!(p.queued_material(), 0, "{} left material", layer.name());
-            let shape = y.shape().to_vec();
-            Ok((p.keep(y), shape))
-        })
-        .unwrap();
-    let h = Computation::handle(id, &shape_out);
-    s.reveal_ring(PartyId::ModelOwner, &h)
-        .unwrap()
-        .into_iter()
-        .map(|v| v as i64)
-        .collect()
-}
 
 /// `(kernel, stride, padding)` per axis, input `(n, c, h, w)`, output channels.
 type ConvCase = ([usize; 2], [usize; 2], [usize; 2], [usize; 4], usize);
@@ -100,7 +33,7 @@ const CONV_CASES: [ConvCase; 5] = [
 #[test]
 fn conv2d_matches_the_definition_up_to_truncation() {
     let mut rng = test_rng("conv2d");
-    for mut s in sessions() {
+    for mut s in sessions("cnn layers") {
         for &(kernel, stride, padding, [n, c, h, w], oc) in &CONV_CASES {
             let win = Window2d {
                 kernel,
@@ -239,7 +172,7 @@ const POOL_CASES: [(Window2d, [usize; 4]); 5] = [
 #[test]
 fn max_pool_is_exact() {
     let mut rng = test_rng("max_pool");
-    for mut s in sessions() {
+    for mut s in sessions("cnn layers") {
         for &(win, [n, c, h, w]) in &POOL_CASES {
             let x = ring_inputs(&mut rng, n * c * h * w, 100.0);
             let layer = SharedMaxPool2d::new(vec![c, h, w], win).unwrap();
@@ -273,7 +206,7 @@ fn check_mean(got: i64, sum: i64, d: usize, what: &str) {
 #[test]
 fn avg_pools_are_within_the_truncation_bound() {
     let mut rng = test_rng("avg_pool");
-    for mut s in sessions() {
+    for mut s in sessions("cnn layers") {
         for &(win, [n, c, h, w]) in &POOL_CASES {
             for include_pad in [true, false] {
                 let x = ring_inputs(&mut rng, n * c * h * w, 100.0);
@@ -327,21 +260,42 @@ fn avg_pools_are_within_the_truncation_bound() {
 }
 
 #[test]
-fn batchnorm_affine_map_is_exact_up_to_truncation() {
-    let mut rng = test_rng("batchnorm");
+fn affine_map_is_a_shared_diagonal_weight_exact_up_to_truncation() {
+    let mut rng = test_rng("affine");
     let fx = FixedPoint::new(F).unwrap();
-    for mut s in sessions() {
-        let [n, c, h, w] = [2, 3, 3, 5];
+    for mut s in sessions("cnn layers") {
+        let [n, c, h, w] = [2, rng.gen_range(1..5), rng.gen_range(1..4), 5];
         let scale: Vec<f64> = (0..c).map(|_| rng.gen_range(-2.0..2.0)).collect();
         let shift: Vec<f64> = (0..c).map(|_| rng.gen_range(-2.0..2.0)).collect();
         let x = ring_inputs(&mut rng, n * c * h * w, 50.0);
-        let layer = SharedAffine2d::new(vec![c, h, w], &scale, &shift, &fx).unwrap();
-        let got = run_layer(&mut s, Arc::new(layer), &[n, c, h, w], &x);
+        let model = Sequential::with_input(
+            vec![
+                Layer::Affine {
+                    scale: scale.clone(),
+                    shift: shift.clone(),
+                },
+                Layer::Flatten,
+                Layer::linear(c * h * w, 1, vec![0.0; c * h * w], vec![0.0]).unwrap(),
+            ],
+            vec![c, h, w],
+        )
+        .unwrap();
+        let shared = s.share_model(PartyId::ModelOwner, &model).unwrap();
+        let layer = shared.layers()[0].clone();
+        assert_eq!(
+            layer.name(),
+            format!("Conv2d({c}, {c}, kernel_size=[1, 1], stride=[1, 1], padding=[0, 0])"),
+            "the parties see a 1x1 convolution's shape, not the map"
+        );
+        let got = run_layer(&mut s, layer, &[n, c, h, w], &x);
         let (se, te) = (fx.encode(&scale).unwrap(), fx.encode(&shift).unwrap());
         for (i, &g) in got.iter().enumerate() {
             let ch = (i / (h * w)) % c;
             let floor = ((x[i] as i128 * se[ch] as i64 as i128) >> F) as i64 + te[ch] as i64;
-            assert!(g == floor || g == floor + 1, "bn at {i}: {g} vs {floor}");
+            assert!(
+                g == floor || g == floor + 1,
+                "affine at {i}: {g} vs {floor}"
+            );
         }
     }
 }
@@ -351,7 +305,7 @@ fn small_cnn(rng: &mut ChaCha20Rng) -> Sequential {
     let mut r = |n: usize, b: f64| (0..n).map(|_| rng.gen_range(-b..b)).collect::<Vec<f64>>();
     let layers = vec![
         Layer::conv2d(3, 4, Window2d::square(3, 1, 1), r(4 * 27, 0.4), r(4, 0.1)).unwrap(),
-        Layer::BatchNorm2d {
+        Layer::Affine {
             scale: r(4, 1.5),
             shift: r(4, 0.5),
         },
@@ -365,7 +319,7 @@ fn small_cnn(rng: &mut ChaCha20Rng) -> Sequential {
             window: Window2d::square(2, 1, 0),
             count_include_pad: true,
         },
-        Layer::BatchNorm2d {
+        Layer::Affine {
             scale: r(6, 1.5),
             shift: r(6, 0.5),
         },
@@ -381,7 +335,7 @@ fn small_cnn(rng: &mut ChaCha20Rng) -> Sequential {
 fn small_cnn_matches_plaintext_and_declares_its_material() {
     let mut rng = test_rng("small_cnn");
     let model = small_cnn(&mut rng);
-    let folded = model.clone().fold_batchnorm();
+    let folded = model.clone().fold_affine();
     assert_eq!(
         folded.layers.len(),
         model.layers.len() - 1,
@@ -399,7 +353,7 @@ fn small_cnn_matches_plaintext_and_declares_its_material() {
             "folding changes the function: {a} vs {b}"
         );
     }
-    for mut s in sessions() {
+    for mut s in sessions("cnn layers") {
         let shared = s.share_model(PartyId::ModelOwner, &folded).unwrap();
         let xh = s
             .share(PartyId::Client, &[n, folded.in_features()], &x)
@@ -489,13 +443,8 @@ fn output_bounds_cover_the_layers() {
     let shapes = model.shapes().unwrap();
     let mut cur = x;
     for (i, l) in model.layers.iter().enumerate() {
-        let sub = Sequential {
-            layers: vec![l.clone()],
-            input: shapes[i].clone(),
-        };
-        // Evaluate one layer (Sequential::forward_f64 needs no Linear at the end here).
-        cur = sub.forward_f64(&cur, n).unwrap();
-        bound = l.output_bound(bound);
+        cur = l.forward_f64(&[&cur], n, &[&shapes[i]]);
+        bound = l.output_bound(&[bound]);
         let max = cur.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         assert!(
             max <= bound + 1e-12,

@@ -30,12 +30,10 @@ fn digits_cnn_imports_and_matches_onnx_reference() {
             "Conv2d(4, 8, kernel_size=[3, 3], stride=[1, 1], padding=[1, 1])",
             "ReLU",
             "AvgPool2d(kernel_size=[2, 2], stride=[2, 2], padding=[0, 0])",
-            "Dropout",
-            "Dropout",
             "Flatten",
             "Linear(32, 10)",
         ],
-        "BatchNormalization folds into the first Conv"
+        "BatchNormalization folds into the first Conv; Dropout and Identity vanish"
     );
     let (n, x) = load_inputs(&data("digits_test_x.npy"), &[1, 8, 8]).unwrap();
     assert!(n >= 8);
@@ -107,18 +105,24 @@ fn import_err(name: &str) -> String {
 
 #[test]
 fn bad_onnx_graphs_are_refused_with_the_node_and_op() {
+    // A Sigmoid in the middle of the graph: refused by the node that reads it, naming both
+    // and saying what to do.
     let e = import_err("unsupported_op.onnx");
     assert!(
-        e.contains("node '/features/2/Sigmoid' (Sigmoid): unsupported op"),
+        e.contains("node '/features/2/Relu' (Relu): reads the output of node '/features/2/Sigmoid' (Sigmoid); Softmax, LogSoftmax and Sigmoid are supported only as the model's last op"),
         "{e}"
     );
-    let e = import_err("branching.onnx");
-    assert!(
-        e.contains("node '/features/2/Add' (Add) has 2 data inputs"),
-        "{e}"
-    );
-    // A graph whose one tensor feeds two nodes, built by duplicating a consumer in the file:
-    // the importer names both.
+    assert!(e.contains("remove it from forward"), "{e}");
+    // The residual Add of two branches is a graph now: it imports, and both branches read
+    // the batch norm's output (folded into the convolution).
+    let m = load_onnx_model(&data("branching.onnx")).unwrap();
+    let add = m
+        .layers
+        .iter()
+        .position(|l| matches!(l, Layer::Add))
+        .unwrap();
+    assert_eq!(m.wiring.inputs(add).len(), 2);
+    assert!(!m.wiring.is_chain());
     let bytes = std::fs::read(data("digits_cnn.onnx")).unwrap();
     let dir = std::env::temp_dir().join(format!("onnx-refusals-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -324,5 +328,102 @@ fn vgg16_preset_reads_torchvision_names() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("'features.28.weight' is missing"), "{e}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn resnet18_preset_reads_torchvision_names_and_classifies_as_torch() {
+    use engine::nn::ModelBounds;
+    use engine::service::local::{LocalConfig, LocalDeployment};
+    use ndarray::Array4;
+    use safetensors::tensor::TensorView;
+    use safetensors::{serialize_to_file, Dtype, SafeTensors};
+    // A narrow ResNet-18 (widths 4, 4, 8, 8) under torchvision's names, from
+    // tests/data/make_torch_onnx.py, read at 3x32x32.
+    let path = data("torch/resnet18_narrow.safetensors");
+    let m = engine::io::load_safetensors_model(&path, "resnet18:32", "").unwrap();
+    assert_eq!(m.input, vec![3, 32, 32]);
+    let count = |f: &dyn Fn(&Layer) -> bool| m.layers.iter().filter(|l| f(l)).count();
+    // 17 convolutions and the 3 shortcut ones, every batch norm folded, 8 residual additions.
+    assert_eq!(count(&|l| matches!(l, Layer::Conv2d { .. })), 20);
+    assert_eq!(count(&|l| matches!(l, Layer::Affine { .. })), 0);
+    assert_eq!(count(&|l| matches!(l, Layer::Add)), 8);
+    let x: Array4<f32> = read_npy(data("torch/resnet18_narrow_x.npy")).unwrap();
+    let x: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    let want: Array2<f64> = read_npy(data("torch/resnet18_narrow_logits.npy")).unwrap();
+    let got = m.forward_f64(&x, want.nrows()).unwrap();
+    for (g, w) in got.iter().zip(want.iter()) {
+        assert!((g - w).abs() < 1e-9 * w.abs().max(1.0), "{g} vs torch {w}");
+    }
+    // Encrypted through an in-process deployment: torch's predictions. Worst-case bounds
+    // grow with depth: at 16 fractional bits the analysis refuses 20 layers, and the largest
+    // safe setting it names classifies.
+    let d = LocalDeployment::start(LocalConfig::default()).unwrap();
+    let mut owner = d.model_owner().unwrap();
+    let bounds = ModelBounds::worst_case(x.iter().fold(0.0f64, |a, v| a.max(v.abs())).ceil());
+    let e = owner
+        .upload(
+            "resnet18",
+            &m,
+            &engine::FixedPoint::default(),
+            &bounds,
+            &mut |_, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+    let safe: u32 = e
+        .split("the largest safe --frac-bits is ")
+        .nth(1)
+        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{e}"));
+    let fx = engine::FixedPoint::new(safe).unwrap();
+    let (plan, _) = owner
+        .upload("resnet18", &m, &fx, &bounds, &mut |_, _| {})
+        .unwrap();
+    eprintln!("{}", plan.range.as_ref().unwrap().summary());
+    let r = d
+        .client()
+        .unwrap()
+        .classify("resnet18", &x, None, 2)
+        .unwrap();
+    let torch: Vec<i64> = want
+        .rows()
+        .into_iter()
+        .map(|r| argmax(r.as_slice().unwrap()))
+        .collect();
+    assert_eq!(r.predictions, torch);
+    // At the default size the same file gives a 3x224x224 model.
+    let m224 = engine::io::load_safetensors_model(&path, "resnet18", "").unwrap();
+    assert_eq!(m224.input, vec![3, 224, 224]);
+    // A tensor the architecture does not read (a third block, as in a ResNet-34) is refused
+    // by name unless allowed; a bad size is refused before the file is read.
+    let bytes = std::fs::read(&path).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let extra = vec![0u8; 4 * 4 * 4 * 9];
+    let mut tensors = st.tensors();
+    tensors.push((
+        "layer1.2.conv1.weight".into(),
+        TensorView::new(Dtype::F32, vec![4, 4, 3, 3], &extra).unwrap(),
+    ));
+    let dir = std::env::temp_dir().join(format!("resnet18-preset-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join("resnet34ish.safetensors");
+    serialize_to_file(tensors, &None, &p).unwrap();
+    let p = p.to_str().unwrap();
+    let e = engine::io::load_safetensors_model(p, "resnet18:32", "")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("1 tensor(s) are not used by the architecture: layer1.2.conv1.weight")
+            && e.contains("--allow-unused-tensors"),
+        "{e}"
+    );
+    engine::io::load_safetensors_model_with(p, "resnet18:32", "", engine::io::UnusedTensors::Allow)
+        .unwrap();
+    let e = engine::io::load_safetensors_model(p, "resnet18:7", "")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("must be a number in 32..=1024"), "{e}");
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -153,7 +153,7 @@ fn check_backend(backend: BackendKind, cases: u32) -> Option<()> {
         let shared = s
             .share_model_with(PartyId::ModelOwner, &c.model, &bounds)
             .unwrap_or_else(|e| panic!("sharing a safe model failed: {e}"));
-        let err = shared.range().logit_error;
+        let err = shared.range().expect("the owner's report").logit_error;
         let classes = c.model.out_features();
         let plain = c.model.forward_f64(&c.x, c.rows).unwrap();
         let logits = s.logits_for_client(&shared, &c.x, 3).unwrap();

@@ -454,8 +454,12 @@ fn calibrated_bounds_are_checked_at_run_time() {
     let shared = s
         .share_model_with(PartyId::ModelOwner, &model, &bounds)
         .unwrap();
-    assert!(shared.range().summary().contains("checked at run time"));
-    let err = shared.range().logit_error;
+    assert!(shared
+        .range()
+        .expect("the owner's report")
+        .summary()
+        .contains("checked at run time"));
+    let err = shared.range().expect("the owner's report").logit_error;
     let logits = s.logits_for_client(&shared, &x, 4).unwrap();
     let plain = model.forward_f64(&x, n).unwrap();
     for (a, b) in logits.iter().zip(&plain) {

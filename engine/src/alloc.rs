@@ -8,8 +8,8 @@
 
 /// Tune the process's allocator once (glibc on Linux; a no-op elsewhere).
 ///
-/// This is process-wide: [`crate::Session::new`] calls it unless
-/// [`crate::SessionConfig::tune_allocator`] is false.
+/// This is process-wide: [`crate::LocalDeployment::start`] calls it unless
+/// [`crate::LocalConfig::tune_allocator`] is false.
 pub fn tune_allocator() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {

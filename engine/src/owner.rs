@@ -1,5 +1,5 @@
 //! A data owner's endpoint (model owner or client): the only place where two shares meet.
-//! The same code serves the in-process [`crate::Session`] and a remote owner
+//! The same code serves an in-process deployment and a remote owner
 //! ([`crate::service::client`]); only the transport differs.
 
 use rayon::prelude::*;

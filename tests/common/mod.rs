@@ -77,6 +77,7 @@ pub fn reveal(s: &mut Computation, x: &SharedTensor) -> Vec<u64> {
     s.reveal_ring(PartyId::ModelOwner, x).expect("reveal")
 }
 pub mod cluster;
+pub mod layers;
 
 /// Index of the largest value of a row (the first of equals).
 pub fn argmax(row: &[f64]) -> i64 {

@@ -5,8 +5,10 @@ pub mod model;
 pub mod npy;
 pub mod onnx;
 pub mod output;
+pub mod presets;
 
 pub use model::{load_safetensors_model, load_safetensors_model_with, ModelFile, UnusedTensors};
 pub use npy::{load_features, load_inputs, load_labels, write_predictions};
-pub use onnx::load_onnx_model;
+pub use onnx::{import_onnx, load_onnx_model, OnnxImport};
 pub use output::OutputFile;
+pub use presets::{parse_preset, Preset, PresetKind};

@@ -2,8 +2,8 @@
 //!
 //! The architecture is a layer list in PyTorch order (`linear,relu,dropout,linear` or the preset
 //! `vgg16-head`); the i-th entry owns the tensors `{prefix}{i}.weight` (`[out, in]`) and
-//! `{prefix}{i}.bias` (`[out]`). Dtypes F32, F64, F16 and BF16 are read. The preset `vgg16`
-//! reads a whole torchvision VGG16 state dict instead.
+//! `{prefix}{i}.bias` (`[out]`). Dtypes F32, F64, F16 and BF16 are read. The presets `vgg16` and
+//! `resnet18` read a whole torchvision state dict instead ([`super::presets`]).
 //!
 //! [`ModelFile`] maps the file into memory and reads each tensor in place when it is shared
 //! ([`ModelSource`]): the model is never converted to f64 as a whole. Before mapping anything
@@ -19,10 +19,8 @@ use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
 use crate::error::{EngineError, Result};
 use crate::fixed::FixedPoint;
-use crate::nn::geometry::Window2d;
-use crate::nn::plain::{
-    check_layer_outputs, parse_arch, Layer, LayerKind, Sequential, VGG16_FEATURES,
-};
+use crate::io::presets::{load_preset, parse_preset};
+use crate::nn::plain::{check_layer_outputs, parse_arch, Layer, LayerKind, Sequential};
 use crate::nn::source::{encode_transposed, to_sequential, LayerShape, ModelSource};
 
 /// Largest safetensors header accepted (the format's own limit).
@@ -72,7 +70,7 @@ pub enum UnusedTensors {
 const LISTED_NAMES: usize = 6;
 
 /// `a, b, c and 12 more`.
-fn name_list(names: &[String]) -> String {
+pub(super) fn name_list(names: &[String]) -> String {
     let shown = names.iter().take(LISTED_NAMES).cloned().collect::<Vec<_>>();
     match names.len().saturating_sub(LISTED_NAMES) {
         0 => shown.join(", "),
@@ -109,7 +107,11 @@ fn describe(e: &SafeTensorError) -> String {
 }
 
 /// Values of tensor `name` as f64, with its shape.
-fn tensor_f64(st: &SafeTensors, name: &str, path: &str) -> Result<(Vec<usize>, Vec<f64>)> {
+pub(super) fn tensor_f64(
+    st: &SafeTensors,
+    name: &str,
+    path: &str,
+) -> Result<(Vec<usize>, Vec<f64>)> {
     let t = st.tensor(name).map_err(|_| {
         let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
         names.sort();
@@ -529,8 +531,10 @@ impl ModelSource for ModelFile {
 /// refusing tensors under the prefix that the architecture does not use, as an in-memory f64
 /// model (small models; large ones are shared straight from a [`ModelFile`]).
 ///
-/// The preset `vgg16` reads a whole torchvision VGG16 state dict (`features.{i}.weight`,
-/// `classifier.{i}.weight`, ...; the prefix is ignored) for `[3, 224, 224]` inputs.
+/// The presets `vgg16` and `resnet18` read a whole torchvision state dict (`features.{i}.weight`,
+/// `classifier.{i}.weight`, `layer1.0.conv1.weight`, ...; the prefix is ignored) for
+/// `[3, 224, 224]` inputs, or `[3, SIZE, SIZE]` with `vgg16:SIZE` / `resnet18:SIZE` (see
+/// [`super::presets`]).
 pub fn load_safetensors_model(path: &str, arch: &str, prefix: &str) -> Result<Sequential> {
     load_safetensors_model_with(path, arch, prefix, UnusedTensors::Refuse)
 }
@@ -542,7 +546,7 @@ pub fn load_safetensors_model_with(
     prefix: &str,
     unused: UnusedTensors,
 ) -> Result<Sequential> {
-    if arch.trim().eq_ignore_ascii_case("vgg16") {
+    if let Some(preset) = parse_preset(arch)? {
         let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
         let st = SafeTensors::deserialize(&bytes).map_err(|e| {
             EngineError::Format(format!(
@@ -550,64 +554,7 @@ pub fn load_safetensors_model_with(
                 describe(&e)
             ))
         })?;
-        return load_vgg16(&st, path);
+        return load_preset(&st, path, preset, unused);
     }
     ModelFile::open_with(path, arch, prefix, unused)?.to_sequential()
-}
-
-/// A `[out, in, kh, kw]` convolution from `{name}.weight` and `{name}.bias`.
-fn conv_from(st: &SafeTensors, name: &str, path: &str) -> Result<Layer> {
-    let (ws, w) = tensor_f64(st, &format!("{name}.weight"), path)?;
-    let (bs, b) = tensor_f64(st, &format!("{name}.bias"), path)?;
-    let [oc, ic, kh, kw] = ws[..] else {
-        return Err(EngineError::Format(format!(
-            "{path}: tensor '{name}.weight' has shape {ws:?}; a Conv2d weight is [out, in, kh, kw]"
-        )));
-    };
-    if bs != [oc] || kh != 3 || kw != 3 {
-        return Err(EngineError::Format(format!(
-            "{path}: '{name}' has weight {ws:?} and bias {bs:?}; VGG16 uses 3x3 kernels and [out] biases"
-        )));
-    }
-    Layer::conv2d(ic, oc, Window2d::square(3, 1, 1), w, b)
-}
-
-/// torchvision's VGG16 (`features`, `avgpool`, `classifier`) from its state dict names.
-fn load_vgg16(st: &SafeTensors, path: &str) -> Result<Sequential> {
-    let mut layers = Vec::new();
-    let mut i = 0;
-    for &oc in &VGG16_FEATURES {
-        if oc == 0 {
-            layers.push(Layer::MaxPool2d {
-                window: Window2d::square(2, 2, 0),
-            });
-            i += 1;
-        } else {
-            layers.push(conv_from(st, &format!("features.{i}"), path)?);
-            layers.push(Layer::ReLU);
-            i += 2;
-        }
-    }
-    layers.push(Layer::AdaptiveAvgPool2d { output: [7, 7] });
-    layers.push(Layer::Flatten);
-    for (j, kind) in parse_arch("vgg16-head")?.into_iter().enumerate() {
-        layers.push(match kind {
-            LayerKind::Linear => {
-                let name = format!("classifier.{j}");
-                let (ws, w) = tensor_f64(st, &format!("{name}.weight"), path)?;
-                let (_, b) = tensor_f64(st, &format!("{name}.bias"), path)?;
-                let [o, inp] = ws[..] else {
-                    return Err(EngineError::Format(format!(
-                        "{path}: tensor '{name}.weight' has shape {ws:?}; a Linear weight is [out, in]"
-                    )));
-                };
-                Layer::linear(inp, o, w, b)
-                    .map_err(|e| EngineError::Format(format!("{path}: '{name}': {e}")))?
-            }
-            LayerKind::ReLU => Layer::ReLU,
-            _ => Layer::Dropout,
-        });
-    }
-    Sequential::with_input(layers, vec![3, 224, 224])
-        .map_err(|e| EngineError::Format(format!("{path}: {e}")))
 }

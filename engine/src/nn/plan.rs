@@ -1,14 +1,14 @@
 //! A model's public plan: what the parties need to know to receive a model's shares and run it
-//! (layer kinds and hyperparameters, shapes, the declared bounds and the owner's range
-//! analysis), and nothing of its weights.
+//! (layer kinds and hyperparameters, shapes, how the layers are connected, the input bound and
+//! the ring limits checked at run time), and nothing derived from its weights.
 //!
 //! Sharing a model is the same three steps in every deployment: the owner derives the plan
 //! ([`ModelPlan::of`]) and sends each layer's shares ([`ModelPlan::send_layer`]); each party
-//! builds the layer from the shares it receives ([`ModelPlan::build_layer`]). In-process,
-//! [`crate::session::Session::share_model_observed`] runs the party side on the party threads;
-//! across hosts the party service runs it on a message from the owner. A party that restarts
+//! builds the layer from the shares it receives ([`ModelPlan::build_layer`]). A party service
+//! runs these steps for an upload; a custom computation runs them inside itself
+//! ([`crate::service::computation::Computation::share_model_observed`]). A party that restarts
 //! rebuilds the same layers from the plan and the store ids it persisted
-//! ([`LayerPlan::assemble`]).
+//! ([`ModelPlan::assemble_layer`]).
 
 use std::sync::Arc;
 
@@ -17,12 +17,14 @@ use serde::{Deserialize, Serialize};
 use crate::error::{shape_err, EngineError, Result};
 use crate::fixed::FixedPoint;
 use crate::nn::geometry::Window2d;
+use crate::nn::graph::Wiring;
 use crate::nn::plain::Layer;
-use crate::nn::range::{ring_limits, ModelBounds, RangeReport};
+use crate::nn::range::{layer_limits, ModelBounds, RangeReport};
 use crate::nn::shared::linear::receive_fixed_weight;
 use crate::nn::shared::{
-    SharedAffine2d, SharedAvgPool2d, SharedConv2d, SharedFlatten, SharedIdentity, SharedLayer,
-    SharedLinear, SharedMaxPool2d, SharedModel, SharedReLU,
+    SharedAdd, SharedAvgPool2d, SharedClip, SharedConcat, SharedConv2d, SharedFlatten,
+    SharedIdentity, SharedLayer, SharedLeakyReLU, SharedLinear, SharedMaxPool2d, SharedModel,
+    SharedReLU,
 };
 use crate::nn::source::{encode_transposed, encode_values, LayerShape, ModelSource};
 use crate::party::Party;
@@ -52,12 +54,60 @@ pub enum LayerPlan {
         /// Kernel, stride, padding.
         window: Window2d,
     },
-    /// A layer without secret parameters, as the plaintext layer: activations, dropout,
-    /// flatten, pooling, and batch norm (a public per-channel affine map).
+    /// A layer without parameters, as the plaintext layer: activations (with their public
+    /// hyperparameters), dropout, flatten, pooling, `Add`, `Concat`. A layer with parameters
+    /// is never public ([`ModelPlan::check`] refuses it).
     Public(Layer),
 }
 
 impl LayerPlan {
+    /// The public description of `layer` reading values of per-sample shape `input`: its
+    /// kind and shapes only. An affine map is a product with a diagonal weight (a `Linear` on
+    /// features, a 1x1 `Conv2d` on images), shared like any weight.
+    pub fn of(layer: &Layer, input: &[usize]) -> Result<LayerPlan> {
+        Ok(match layer {
+            Layer::Linear {
+                in_features,
+                out_features,
+                ..
+            } => LayerPlan::Linear {
+                in_features: *in_features,
+                out_features: *out_features,
+            },
+            Layer::Conv2d {
+                in_channels,
+                out_channels,
+                window,
+                ..
+            } => LayerPlan::Conv2d {
+                in_channels: *in_channels,
+                out_channels: *out_channels,
+                window: *window,
+            },
+            Layer::Affine { scale, .. } => match input.len() {
+                1 => LayerPlan::Linear {
+                    in_features: scale.len(),
+                    out_features: scale.len(),
+                },
+                3 => LayerPlan::Conv2d {
+                    in_channels: scale.len(),
+                    out_channels: scale.len(),
+                    window: Window2d::square(1, 1, 0),
+                },
+                _ => {
+                    return Err(shape_err(
+                        "model plan",
+                        format!(
+                            "{} over values of shape {input:?}: only [features] and [c, h, w] are supported",
+                            layer.name()
+                        ),
+                    ))
+                }
+            },
+            public => LayerPlan::Public(public.clone()),
+        })
+    }
+
     /// The shared tensors' shapes a party receives for this layer, in order (weight in product
     /// layout `[depth, out]`, then bias `[out]`); `None` for layers without parameters.
     pub fn weight_shape(&self) -> Option<(usize, usize)> {
@@ -75,21 +125,55 @@ impl LayerPlan {
         }
     }
 
-    /// The shared layer over per-sample `input`, with its shares stored under `ids`
-    /// (`[weight, fixed operand, bias]` for layers with parameters, none otherwise).
+    /// The per-sample output shape for inputs of per-sample shapes `inputs`, or an error if
+    /// the layer does not fit them.
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        let elems = |s: &[usize]| s.iter().product::<usize>();
+        match (self, inputs) {
+            (
+                LayerPlan::Linear {
+                    in_features,
+                    out_features,
+                },
+                [x],
+            ) if elems(x) == *in_features => Ok(vec![*out_features]),
+            (
+                LayerPlan::Conv2d {
+                    in_channels,
+                    out_channels,
+                    window,
+                },
+                [x],
+            ) if x.len() == 3 && x[0] == *in_channels => {
+                let [oh, ow] = window.output_size("conv2d", x[1], x[2])?;
+                Ok(vec![*out_channels, oh, ow])
+            }
+            (LayerPlan::Public(l), _) if l.parameters() == 0 => l.output_shape(inputs),
+            _ => Err(shape_err(
+                "model plan",
+                format!("{self:?} does not take inputs {inputs:?}"),
+            )),
+        }
+    }
+
+    /// The shared layer over per-sample `inputs` (the shapes of the values it reads), with
+    /// its shares stored under `ids` (`[weight, fixed operand, bias]` for layers with
+    /// parameters, none otherwise).
     pub fn assemble(
         &self,
-        input: Vec<usize>,
+        inputs: &[Vec<usize>],
         ids: &[u64],
         fx: &FixedPoint,
     ) -> Result<Arc<dyn SharedLayer>> {
         let want = if self.weight_shape().is_some() { 3 } else { 0 };
-        if ids.len() != want {
+        if ids.len() != want || inputs.is_empty() {
             return Err(EngineError::Invalid(format!(
-                "{self:?}: {} store ids, expected {want}",
-                ids.len()
+                "{self:?}: {} store ids and {} inputs, expected {want} and at least one",
+                ids.len(),
+                inputs.len()
             )));
         }
+        let input = inputs[0].clone();
         Ok(match self {
             LayerPlan::Linear {
                 in_features,
@@ -114,6 +198,8 @@ impl LayerPlan {
             )?),
             LayerPlan::Public(l) => match l {
                 Layer::ReLU => Arc::new(SharedReLU::new(input)),
+                Layer::Clip { min, max } => Arc::new(SharedClip::new(input, *min, *max, fx)?),
+                Layer::LeakyReLU { slope } => Arc::new(SharedLeakyReLU::new(input, *slope, fx)?),
                 Layer::Dropout => Arc::new(SharedIdentity::new("Dropout")),
                 Layer::Flatten => Arc::new(SharedFlatten::new(input)),
                 Layer::MaxPool2d { window } => Arc::new(SharedMaxPool2d::new(input, *window)?),
@@ -124,10 +210,9 @@ impl LayerPlan {
                 Layer::AdaptiveAvgPool2d { output } => {
                     Arc::new(SharedAvgPool2d::adaptive(input, *output)?)
                 }
-                Layer::BatchNorm2d { scale, shift } => {
-                    Arc::new(SharedAffine2d::new(input, scale, shift, fx)?)
-                }
-                Layer::Linear { .. } | Layer::Conv2d { .. } => {
+                Layer::Add => Arc::new(SharedAdd::new(inputs.len())),
+                Layer::Concat => Arc::new(SharedConcat::new(inputs)?),
+                Layer::Linear { .. } | Layer::Conv2d { .. } | Layer::Affine { .. } => {
                     return Err(EngineError::Invalid(format!(
                         "{} has secret parameters: it cannot be a public layer",
                         l.name()
@@ -138,21 +223,29 @@ impl LayerPlan {
     }
 }
 
-/// A model's public plan (see the module documentation).
+/// A model's public plan (see the module documentation): layer kinds, shapes, how the layers
+/// are connected, the encoding and the ring limits checked at run time. It holds no value
+/// derived from the weights: no parameter, no range report, no calibrated bound in real units.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelPlan {
     /// The layers.
     pub layers: Vec<LayerPlan>,
-    /// Per-sample shape entering each layer, then the output shape.
+    /// Per-sample shape of every value: the input, then each layer's output (in a chain,
+    /// entry `i` is what layer `i` receives).
     pub shapes: Vec<Vec<usize>>,
+    /// Which values each layer reads.
+    pub wiring: Wiring,
     /// Fractional bits the model is encoded with.
     pub frac_bits: u32,
-    /// Input bound declared by the owner.
+    /// Input bound declared by the owner (public: every client checks its inputs against it).
     pub input_bound: f64,
-    /// Calibrated bounds of the hidden Linear outputs, if the owner calibrated.
-    pub calibrated: Option<Vec<f64>>,
-    /// The owner's range analysis (headroom, error bound), for display.
-    pub range: RangeReport,
+    /// Ring limit of each layer's output checked at run time (the owner's calibrated bounds
+    /// times `2^f`, on the hidden Linear layers), or empty for worst-case bounds only.
+    pub limits: Vec<Option<u64>>,
+    /// The owner's range analysis (headroom, error bound), for display on the owner's side:
+    /// never serialized, so it never reaches the parties.
+    #[serde(skip)]
+    pub range: Option<RangeReport>,
 }
 
 impl ModelPlan {
@@ -163,6 +256,7 @@ impl ModelPlan {
         model.check_encodable(fx)?;
         let range = crate::nn::range::analyse(model, fx, bounds)?;
         let shapes = model.shapes()?;
+        let wiring = model.wiring();
         let mut layers = Vec::new();
         for (li, kind) in model.layer_shapes().iter().enumerate() {
             layers.push(match *kind {
@@ -176,45 +270,29 @@ impl ModelPlan {
                 LayerShape::ReLU => LayerPlan::Public(Layer::ReLU),
                 LayerShape::Dropout => LayerPlan::Public(Layer::Dropout),
                 LayerShape::Flatten => LayerPlan::Public(Layer::Flatten),
-                // Only parameter-free layers are copied (never a weight).
-                LayerShape::Other => match &*model.layer(li)? {
-                    Layer::Linear {
-                        in_features,
-                        out_features,
-                        ..
-                    } => LayerPlan::Linear {
-                        in_features: *in_features,
-                        out_features: *out_features,
-                    },
-                    Layer::Conv2d {
-                        in_channels,
-                        out_channels,
-                        window,
-                        ..
-                    } => LayerPlan::Conv2d {
-                        in_channels: *in_channels,
-                        out_channels: *out_channels,
-                        window: *window,
-                    },
-                    public => LayerPlan::Public(public.clone()),
-                },
+                // Only kinds and shapes are copied (never a weight).
+                LayerShape::Other => {
+                    LayerPlan::of(&*model.layer(li)?, &shapes[wiring.inputs(li)[0]])?
+                }
             });
         }
         let plan = ModelPlan {
             layers,
             shapes,
+            wiring,
             frac_bits: fx.frac_bits(),
             input_bound: bounds.input_bound,
-            calibrated: bounds.calibrated.clone(),
-            range,
+            limits: layer_limits(model, bounds, fx),
+            range: Some(range),
         };
         plan.check()?;
         Ok(plan)
     }
 
     /// Check the plan's internal consistency (a plan received from a peer is checked before
-    /// anything is built from it): one shape per layer plus the output, non-empty sizes that
-    /// do not overflow, a Linear layer, a classifier output.
+    /// anything is built from it): one shape per value, non-empty sizes that do not overflow,
+    /// a wiring in topological order, every layer fitting the shapes it reads and writes, no
+    /// public layer with parameters, usable ring limits, a classifier output.
     pub fn check(&self) -> Result<()> {
         let bad = |m: String| Err(shape_err("model plan", m));
         if self.layers.is_empty() || self.shapes.len() != self.layers.len() + 1 {
@@ -224,6 +302,7 @@ impl ModelPlan {
                 self.shapes.len()
             ));
         }
+        self.wiring.check(self.layers.len())?;
         for s in &self.shapes {
             let n = s.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
             if s.is_empty() || !matches!(n, Some(1..=0x1_0000_0000)) {
@@ -231,26 +310,15 @@ impl ModelPlan {
             }
         }
         for (li, l) in self.layers.iter().enumerate() {
-            let (input, output) = (&self.shapes[li], &self.shapes[li + 1]);
-            let elems = |s: &[usize]| s.iter().product::<usize>();
-            let fits = match l {
-                LayerPlan::Linear {
-                    in_features,
-                    out_features,
-                } => *in_features == elems(input) && *out_features == elems(output),
-                LayerPlan::Conv2d {
-                    in_channels,
-                    out_channels,
-                    ..
-                } => input.first() == Some(in_channels) && output.first() == Some(out_channels),
-                _ => true,
-            };
+            let inputs: Vec<&[usize]> = self.input_shapes(li).collect();
+            let output = &self.shapes[li + 1];
+            let fits = l.output_shape(&inputs).is_ok_and(|o| &o == output);
             let params_fit = l
                 .weight_shape()
                 .is_none_or(|(k, n)| k.checked_mul(n).is_some_and(|w| w <= 1 << 32));
             if !fits || !params_fit {
                 return bad(format!(
-                    "layer {li} {l:?} does not fit its shapes {input:?} -> {output:?}"
+                    "layer {li} {l:?} does not fit its shapes {inputs:?} -> {output:?}"
                 ));
             }
         }
@@ -260,15 +328,31 @@ impl ModelPlan {
         if !(self.input_bound.is_finite() && self.input_bound > 0.0) {
             return bad(format!("input bound {}", self.input_bound));
         }
+        // Below 2^61, so `C ± y` stays below 2^63 for every |y| < 2^62.
+        let limits_ok = (self.limits.is_empty() || self.limits.len() == self.layers.len())
+            && self.limits.iter().flatten().all(|&c| c > 0 && c < 1 << 61);
+        if !limits_ok {
+            return bad(format!(
+                "{} ring limits for {} layers, or a limit outside 1..2^61",
+                self.limits.len(),
+                self.layers.len()
+            ));
+        }
         Ok(())
     }
 
-    /// The declared bounds.
+    /// The per-sample shapes of the values layer `layer` reads.
+    fn input_shapes(&self, layer: usize) -> impl Iterator<Item = &[usize]> + '_ {
+        self.wiring
+            .inputs(layer)
+            .iter()
+            .map(|&v| self.shapes[v].as_slice())
+    }
+
+    /// The declared bounds, as the parties know them (the input bound; calibrated bounds stay
+    /// with the owner, the parties hold their ring limits).
     pub fn bounds(&self) -> ModelBounds {
-        ModelBounds {
-            input_bound: self.input_bound,
-            calibrated: self.calibrated.clone(),
-        }
+        ModelBounds::worst_case(self.input_bound)
     }
 
     /// Per-sample input shape.
@@ -290,7 +374,7 @@ impl ModelPlan {
 
     /// The owner's side of layer `layer`: encode its weight (product layout) and bias from
     /// `model` and hand each to `send(shape, fill)`, which splits it into shares for the two
-    /// parties.
+    /// parties. An affine map is sent as its diagonal weight and its shift.
     pub fn send_layer(
         &self,
         model: &dyn ModelSource,
@@ -301,36 +385,49 @@ impl ModelPlan {
         let Some((k, n)) = self.layers[layer].weight_shape() else {
             return Ok(());
         };
-        match model.layer_shapes().get(layer) {
+        if let Some(LayerShape::Linear { .. }) = model.layer_shapes().get(layer) {
             // Streamed from the source tensor by tensor.
-            Some(LayerShape::Linear { .. }) => {
-                send(&[k, n], &mut |out| model.encode_weight(layer, fx, out))?;
-                send(&[n], &mut |out| model.encode_bias(layer, fx, out))
+            send(&[k, n], &mut |out| model.encode_weight(layer, fx, out))?;
+            return send(&[n], &mut |out| model.encode_bias(layer, fx, out));
+        }
+        let l = model.layer(layer)?;
+        let label = format!("layer {layer} weight");
+        let (weight, bias): (&(dyn Fn(usize) -> f64 + Sync), &[f64]) = match &*l {
+            Layer::Conv2d { weight, bias, .. } | Layer::Linear { weight, bias, .. }
+                if weight.len() == k * n && bias.len() == n =>
+            {
+                (&|x| weight[x], bias)
+            }
+            // Row `o` of the `[out, in]` weight holds `scale[o]` on the diagonal.
+            Layer::Affine { scale, shift } if scale.len() == n && k == n => {
+                (&|x| if x / n == x % n { scale[x / n] } else { 0.0 }, shift)
             }
             _ => {
-                let l = model.layer(layer)?;
-                let (Layer::Conv2d { weight, bias, .. } | Layer::Linear { weight, bias, .. }) = &*l
-                else {
-                    return Err(EngineError::Invalid(format!(
-                        "layer {layer} is not the layer with parameters the plan describes"
-                    )));
-                };
-                if weight.len() != k * n || bias.len() != n {
-                    return Err(shape_err(
-                        "conv2d",
-                        format!("{} weights and {} biases", weight.len(), bias.len()),
-                    ));
-                }
-                // PyTorch stores [out, in] or [out, in·kh·kw]; products need [depth, out].
-                let label = format!("layer {layer} weight");
-                send(&[k, n], &mut |out| {
-                    encode_transposed(n, k, &|x| weight[x], fx, &label, out)
-                })?;
-                send(&[n], &mut |out| {
-                    encode_values(bias, fx, &format!("layer {layer} bias"), out)
-                })
+                return Err(EngineError::Invalid(format!(
+                    "layer {layer} is not the layer with parameters the plan describes"
+                )))
             }
-        }
+        };
+        // PyTorch stores [out, in] or [out, in·kh·kw]; products need [depth, out].
+        send(&[k, n], &mut |out| {
+            encode_transposed(n, k, weight, fx, &label, out)
+        })?;
+        send(&[n], &mut |out| {
+            encode_values(bias, fx, &format!("layer {layer} bias"), out)
+        })
+    }
+
+    /// The shared layer `layer` over shares stored under `ids` (`[weight, fixed operand,
+    /// bias]` for layers with parameters, none otherwise): how a party builds it after an
+    /// upload and rebuilds it from its records.
+    pub fn assemble_layer(
+        &self,
+        layer: usize,
+        ids: &[u64],
+        fx: &FixedPoint,
+    ) -> Result<Arc<dyn SharedLayer>> {
+        let inputs: Vec<Vec<usize>> = self.input_shapes(layer).map(<[usize]>::to_vec).collect();
+        self.layers[layer].assemble(&inputs, ids, fx)
     }
 
     /// A party's side of layer `layer`: receive its shares from `owner` (if it has
@@ -349,23 +446,25 @@ impl ModelPlan {
             None => Vec::new(),
         };
         let fx = p.fixed_point();
-        let l = self.layers[layer].assemble(self.shapes[layer].clone(), &ids, &fx)?;
+        let l = self.assemble_layer(layer, &ids, &fx)?;
         Ok((l, ids))
     }
 
-    /// The shared model from its layers (built or reloaded).
+    /// The shared model from its layers (built or reloaded), encoded in `fx` (the plan's
+    /// fractional bits).
     pub fn model(&self, layers: Vec<Arc<dyn SharedLayer>>, fx: &FixedPoint) -> SharedModel {
-        let bounds = self.bounds();
+        debug_assert_eq!(fx.frac_bits(), self.frac_bits);
         SharedModel::from_parts(
             layers,
+            self.wiring.clone(),
             self.shapes[1..]
                 .iter()
                 .map(|s| s.iter().product())
                 .collect(),
             self.input_shape().to_vec(),
             self.out_features(),
-            ring_limits(&bounds, fx),
-            bounds,
+            self.limits.clone(),
+            self.bounds(),
             self.range.clone(),
         )
     }
@@ -398,5 +497,35 @@ mod tests {
         let mut bad = plan;
         bad.shapes.pop();
         assert!(bad.check().is_err());
+    }
+
+    #[test]
+    fn affine_maps_are_planned_as_shared_weights_and_never_public() {
+        let affine = Layer::Affine {
+            scale: vec![0.25, -3.0],
+            shift: vec![0.5, 0.125],
+        };
+        let model = Sequential::new(vec![
+            Layer::linear(2, 2, vec![1.0, 2.0, 3.0, 4.0], vec![0.0; 2]).unwrap(),
+            Layer::ReLU,
+            affine.clone(),
+            Layer::ReLU,
+            Layer::linear(2, 1, vec![1.0, 1.0], vec![0.0]).unwrap(),
+        ])
+        .unwrap();
+        let plan = ModelPlan::of(&model, &FixedPoint::default(), &ModelBounds::default()).unwrap();
+        assert_eq!(
+            plan.layers[2],
+            LayerPlan::Linear {
+                in_features: 2,
+                out_features: 2
+            }
+        );
+        assert_eq!(plan.layer_parameters(2), 6);
+        // A peer's plan that carries parameters in a public layer is refused.
+        let mut bad = plan;
+        bad.layers[2] = LayerPlan::Public(affine);
+        let e = bad.check().unwrap_err().to_string();
+        assert!(e.contains("layer 2") && e.contains("does not fit"), "{e}");
     }
 }

@@ -12,7 +12,11 @@
 //! - its output is at most `A_j / 2^f + 1 + |round(b_j·2^f)|` (truncation is off by less than one
 //!   unit), which is below `2^62` whenever the accumulator is, so ReLU, argmax and equality
 //!   comparisons (differences below `2^63`) are exact too;
-//! - ReLU, Dropout and Flatten keep or shrink every bound.
+//! - ReLU, Dropout and Flatten keep or shrink every bound;
+//! - convolutions, affine maps (shared as diagonal weights), pools, the residual `Add` (a sum of
+//!   shares: the bounds add up), `Concat`, Clip and LeakyReLU each have their rule in
+//!   `layer_step` (see `docs/range-analysis.md`); a graph is analysed in the order it runs, with
+//!   per-element bounds of every live value.
 //!
 //! If some bound reaches `2^62`, [`analyse`] refuses with an error naming the layer, the bound in
 //! bits, the largest safe `--frac-bits` and the largest safe input bound. The same pass bounds the
@@ -27,13 +31,14 @@
 //! value that leaves its declared range is computed correctly (all earlier ones were in range, so
 //! its layer could not overflow) and is therefore detected.
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 use crate::dealer::MaterialSpec;
 use crate::error::{EngineError, Result};
 use crate::fixed::{FixedPoint, MAX_ENCODED_BITS};
 use crate::nn::plain::{Layer, Sequential};
-use crate::nn::shared::SharedLayer;
 use crate::nn::source::{LayerShape, ModelSource};
 use crate::party::Party;
 use crate::protocols::compare::compare_specs;
@@ -166,9 +171,288 @@ enum Violation {
     },
 }
 
+impl From<EngineError> for Violation {
+    fn from(e: EngineError) -> Self {
+        Violation::Read(e.to_string())
+    }
+}
+
 /// The largest value of a bound vector (0 for an empty one).
 fn max_of(v: &[f64]) -> f64 {
     v.iter().copied().fold(0.0, f64::max)
+}
+
+/// Per-element bounds of one value: the secure value in ring units, the plaintext value in real
+/// units, and their difference in real units.
+#[derive(Clone, Debug)]
+struct Bounds {
+    ring: Vec<f64>,
+    real: Vec<f64>,
+    err: Vec<f64>,
+}
+
+impl Bounds {
+    /// `n` elements with the same bounds.
+    fn uniform(n: usize, ring: f64, real: f64, err: f64) -> Bounds {
+        Bounds {
+            ring: vec![ring; n],
+            real: vec![real; n],
+            err: vec![err; n],
+        }
+    }
+
+    /// `n` elements in groups (NCHW: element `i` of `n` belongs to row `i / (n / rows)`), row
+    /// `r` bounded by `rows[r] = (real, error, ring)`.
+    fn grouped(n: usize, rows: &[(f64, f64, f64)]) -> Bounds {
+        let group = n.div_ceil(rows.len().max(1)).max(1);
+        Bounds {
+            real: (0..n).map(|i| rows[i / group].0).collect(),
+            err: (0..n).map(|i| rows[i / group].1).collect(),
+            ring: (0..n).map(|i| rows[i / group].2).collect(),
+        }
+    }
+
+    /// Elementwise `(real, error, ring)` of a map applied to every element.
+    fn map(&self, f: impl Fn(f64, f64, f64) -> (f64, f64, f64)) -> Bounds {
+        let (mut real, mut err, mut ring) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..self.ring.len() {
+            let (a, b, c) = f(self.real[i], self.err[i], self.ring[i]);
+            real.push(a);
+            err.push(b);
+            ring.push(c);
+        }
+        Bounds { ring, real, err }
+    }
+
+    /// The largest `(ring, real, error)` bound.
+    fn max(&self) -> (f64, f64, f64) {
+        (max_of(&self.ring), max_of(&self.real), max_of(&self.err))
+    }
+}
+
+/// What one layer does to the bounds: the bounds of its output, and the largest value it holds
+/// before truncation or comparison (ring units; 0 when it holds nothing new).
+struct Step {
+    out: Arc<Bounds>,
+    peak: f64,
+}
+
+/// The bounds of layer `l`'s output from those of its inputs `ins` (per-sample shapes `input`
+/// of the first input and `output`), at `frac_bits`; `checked` is the calibrated bound of a
+/// hidden Linear layer's output.
+fn layer_step(
+    l: &Layer,
+    ins: &[&Arc<Bounds>],
+    input: &[usize],
+    output: &[usize],
+    frac_bits: u32,
+    checked: Option<f64>,
+) -> Step {
+    let scale = (1u64 << frac_bits) as f64;
+    let eps = 1.0 / scale;
+    // `trunc(|v| + 0.5)` >= `|round(v)|` (the encoding), and much faster than `round` on
+    // baseline x86-64.
+    let enc = |v: f64| ((v * scale).abs() + 0.5).trunc_fast();
+    let out_len: usize = output.iter().product();
+    let x = ins[0];
+    let (rin, xin, ein) = x.max();
+    let same = |out: Bounds| Step {
+        out: Arc::new(out),
+        peak: 0.0,
+    };
+    match l {
+        // ReLU is 1-Lipschitz and shrinks magnitudes; Dropout and Flatten are identities.
+        Layer::ReLU | Layer::Dropout | Layer::Flatten => Step {
+            out: Arc::clone(x),
+            peak: 0.0,
+        },
+        // A maximum of values within the bounds is within the bounds.
+        Layer::MaxPool2d { .. } => same(Bounds::uniform(out_len, rin, xin, ein)),
+        // A public sum of shares: exact in the ring.
+        Layer::Add => {
+            let mut out = Bounds::clone(x);
+            for other in &ins[1..] {
+                for i in 0..out.ring.len() {
+                    out.ring[i] += other.ring[i];
+                    out.real[i] += other.real[i];
+                    out.err[i] += other.err[i];
+                }
+            }
+            let peak = max_of(&out.ring);
+            Step {
+                out: Arc::new(out),
+                peak,
+            }
+        }
+        // Per sample, the inputs' elements one after the other (channels of NCHW).
+        Layer::Concat => {
+            let mut out = Bounds::uniform(0, 0.0, 0.0, 0.0);
+            for b in ins {
+                out.ring.extend_from_slice(&b.ring);
+                out.real.extend_from_slice(&b.real);
+                out.err.extend_from_slice(&b.err);
+            }
+            same(out)
+        }
+        // `y = x + relu(L - x) - relu(x - H)` with the encoded bounds `L`, `H`: the comparisons
+        // see `L - x` and `x - H`; the result is `clip(x, L, H)` exactly, 1-Lipschitz, off by
+        // at most half an ulp from the real bounds. `|clip(x)|` for `|x| <= r` is at most
+        // `max(|clip(-r)|, |clip(r)|)`.
+        Layer::Clip { min, max } => {
+            let clip = |v: f64, lo: Option<f64>, hi: Option<f64>| {
+                let v = lo.map_or(v, |l| v.max(l));
+                hi.map_or(v, |h| v.min(h))
+            };
+            let mag = |r: f64, lo, hi| clip(-r, lo, hi).abs().max(clip(r, lo, hi).abs());
+            let (lo, hi) = (
+                min.map(|v| (v * scale).round()),
+                max.map(|v| (v * scale).round()),
+            );
+            let edge = lo.into_iter().chain(hi).map(f64::abs).fold(0.0, f64::max);
+            let out = x.map(|re, e, ri| (mag(re, *min, *max), e + eps / 2.0, mag(ri, lo, hi)));
+            Step {
+                out: Arc::new(out),
+                peak: rin + edge,
+            }
+        }
+        // `y = x - trunc(B·(x·[x < 0]))` with `B = round((1 - slope)·2^f)`: the product holds
+        // up to `|B|·|x|`; `y` is the leaky map of slope `a' = 1 - B/2^f` (within half an ulp
+        // of the slope), plus one ulp of truncation.
+        Layer::LeakyReLU { slope } => {
+            let b = enc(1.0 - slope);
+            let gain = (1.0 - b / scale).abs().max(1.0);
+            let lip = (slope.abs() + eps / 2.0).max(1.0);
+            let out = x.map(|re, e, ri| {
+                (
+                    re * slope.abs().max(1.0),
+                    lip * e + eps / 2.0 * re + eps,
+                    ri * gain + 1.0,
+                )
+            });
+            Step {
+                out: Arc::new(out),
+                peak: b * rin * (1.0 + 4.0 * f64::EPSILON),
+            }
+        }
+        Layer::Conv2d {
+            out_channels,
+            weight,
+            bias,
+            ..
+        } => {
+            let k = weight.len() / (*out_channels).max(1);
+            let slack = 1.0 + (k as f64 + 2.0) * f64::EPSILON;
+            let rows: Vec<(f64, f64, f64, f64)> = (0..*out_channels)
+                .map(|o| {
+                    let row = &weight[o * k..(o + 1) * k];
+                    let encoded: f64 = row.iter().map(|w| enc(*w)).sum();
+                    let l1: f64 = row.iter().map(|w| w.abs()).sum();
+                    let acc = encoded * rin * slack;
+                    let e = ((l1 + k as f64 * eps / 2.0) * ein + k as f64 * eps / 2.0 * xin)
+                        * slack
+                        + 1.5 * eps;
+                    let out = acc / scale + 1.0 + (bias[o] * scale).round().abs();
+                    (acc, (l1 * xin + bias[o].abs()) * slack, e, out)
+                })
+                .collect();
+            per_row(out_len, &rows)
+        }
+        // Shared as a diagonal fixed operand: `round(s·2^f)·x`, truncated, plus `round(t·2^f)`.
+        Layer::Affine { scale: sc, shift } => {
+            let rows: Vec<(f64, f64, f64, f64)> = sc
+                .iter()
+                .zip(shift)
+                .map(|(a, t)| {
+                    let acc = enc(*a) * rin * (1.0 + 4.0 * f64::EPSILON);
+                    let e = (a.abs() + eps / 2.0) * ein + eps / 2.0 * xin + 1.5 * eps;
+                    let out = acc / scale + 1.0 + (t * scale).round().abs();
+                    (acc, a.abs() * xin + t.abs(), e, out)
+                })
+                .collect();
+            per_row(out_len, &rows)
+        }
+        // Window sum (at most `taps` values, `taps` = the divisor or the kernel size), times
+        // the public `round(2^f / divisor)`, truncated: the accumulator is below
+        // `rin·(2^f + taps/2)`; the error adds the reciprocal's rounding (`|sum|·2^-(f+1)`)
+        // and one ulp of truncation.
+        Layer::AvgPool2d { .. } | Layer::AdaptiveAvgPool2d { .. } => {
+            let taps = match l {
+                Layer::AvgPool2d { window, .. } => window.kernel[0] * window.kernel[1],
+                _ => {
+                    let (h, w) = (input[1], input[2]);
+                    let (oh, ow) = (output[1].max(1), output[2].max(1));
+                    ((h.div_ceil(oh) + 1).min(h) * (w.div_ceil(ow) + 1).min(w)).max(1)
+                }
+            } as f64;
+            let acc = rin * (scale + taps / 2.0) * (1.0 + 4.0 * f64::EPSILON);
+            let e = ein + taps * xin * eps / 2.0 + eps;
+            per_row(out_len, &[(acc, xin, e, acc / scale + 1.0)])
+        }
+        Layer::Linear {
+            in_features,
+            out_features,
+            weight,
+            bias,
+        } => {
+            let k = *in_features;
+            // Sums of `k` non-negative f64 terms are within a relative `k·2^-53` of the true
+            // sum; inflating by `(k + 2)·2^-52` keeps every bound an upper bound.
+            let slack = 1.0 + (k as f64 + 2.0) * f64::EPSILON;
+            let rows: Vec<(f64, f64, f64)> = (0..*out_features)
+                .into_par_iter()
+                .map(|j| {
+                    let row = &weight[j * k..(j + 1) * k];
+                    let (mut acc, mut re, mut e) = (0.0f64, 0.0f64, 0.0f64);
+                    for (i, &wi) in row.iter().enumerate() {
+                        let w = wi.abs();
+                        acc += enc(wi) * x.ring[i];
+                        re += w * x.real[i];
+                        e += (w + eps / 2.0) * x.err[i] + eps / 2.0 * x.real[i];
+                    }
+                    // Truncation: below one ulp; bias rounding: half an ulp.
+                    (
+                        acc * slack,
+                        (re + bias[j].abs()) * slack,
+                        e * slack + 1.5 * eps,
+                    )
+                })
+                .collect();
+            let ring = rows
+                .iter()
+                .enumerate()
+                .map(|(j, r)| {
+                    let out = r.0 / scale + 1.0 + (bias[j] * scale).round().abs();
+                    match checked {
+                        Some(c) => out.min((c * scale).floor()),
+                        None => out,
+                    }
+                })
+                .collect();
+            let err: Vec<f64> = rows.iter().map(|r| r.2).collect();
+            let real = rows
+                .iter()
+                .zip(&err)
+                .map(|(r, e)| match checked {
+                    Some(c) => r.1.min(c + e),
+                    None => r.1,
+                })
+                .collect();
+            Step {
+                out: Arc::new(Bounds { ring, real, err }),
+                peak: rows.iter().map(|r| r.0).fold(0.0, f64::max),
+            }
+        }
+    }
+}
+
+/// A layer bounded per output channel (or as a whole): `rows[o] = (accumulator, real, error,
+/// ring output)`.
+fn per_row(out_len: usize, rows: &[(f64, f64, f64, f64)]) -> Step {
+    let r: Vec<(f64, f64, f64)> = rows.iter().map(|r| (r.1, r.2, r.3)).collect();
+    Step {
+        out: Arc::new(Bounds::grouped(out_len, &r)),
+        peak: rows.iter().map(|r| r.0).fold(0.0, f64::max),
+    }
 }
 
 /// Propagate bounds through `model` at `frac_bits`; `Err` names the first unsafe place.
@@ -184,11 +468,6 @@ fn propagate(
         return Err(Violation::Input);
     }
     let width: usize = model.input_shape().iter().product();
-    // Per feature: ring-unit bound of the secure value, real bound of the plaintext value, and
-    // bound on their difference (inputs are rounded to the nearest unit: half an ulp).
-    let mut ring = vec![(b * scale).round(); width];
-    let mut real = vec![b; width];
-    let mut err = vec![eps / 2.0; width];
     let limit = 2f64.powi(SAFE_BITS as i32);
     let calibrated = bounds.calibrated.as_deref().unwrap_or(&[]);
     let mut linear = 0usize;
@@ -196,186 +475,51 @@ fn propagate(
     // Models are shape-checked when built; a hand-edited one that no longer fits is refused by
     // `analyse` before this runs.
     let shapes = model.shapes().unwrap_or_default();
+    let wiring = model.wiring();
+    // Inputs are rounded to the nearest unit: half an ulp.
+    let input = Arc::new(Bounds::uniform(width, (b * scale).round(), b, eps / 2.0));
     // One layer's parameters in plaintext at a time (a memory-mapped model is read on demand).
-    for idx in 0..model.layer_shapes().len() {
-        let (Some(input), Some(output)) = (shapes.get(idx), shapes.get(idx + 1)) else {
-            break;
+    let out = wiring.evaluate(input, |idx, ins| {
+        let (Some(input), Some(output)) = (shapes.get(wiring.inputs(idx)[0]), shapes.get(idx + 1))
+        else {
+            return Err(Violation::Read(format!("layer {idx} has no shape")));
         };
         let l = model
             .layer(idx)
             .map_err(|e| Violation::Read(e.to_string()))?;
         let l: &Layer = &l;
-        let out_len: usize = output.iter().product();
-        // Layers other than Linear: one bound per output channel (or for the whole output),
-        // from the largest input bounds; `rows[o] = (accumulator, real, error, ring output)`.
-        let (rin, xin, ein) = (max_of(&ring), max_of(&real), max_of(&err));
-        let per_channel: Option<Vec<(f64, f64, f64, f64)>> = match l {
-            Layer::Linear { .. } => None,
-            // ReLU is 1-Lipschitz and shrinks magnitudes; Dropout and Flatten are identities.
-            Layer::ReLU | Layer::Dropout | Layer::Flatten => continue,
-            // A maximum of values within the bounds is within the bounds.
-            Layer::MaxPool2d { .. } => Some(vec![(0.0, xin, ein, rin)]),
-            Layer::Conv2d {
-                out_channels,
-                weight,
-                bias,
-                ..
-            } => {
-                let k = weight.len() / (*out_channels).max(1);
-                let slack = 1.0 + (k as f64 + 2.0) * f64::EPSILON;
-                Some(
-                    (0..*out_channels)
-                        .map(|o| {
-                            let row = &weight[o * k..(o + 1) * k];
-                            let enc: f64 = row
-                                .iter()
-                                .map(|w| ((w * scale).abs() + 0.5).trunc_fast())
-                                .sum();
-                            let l1: f64 = row.iter().map(|w| w.abs()).sum();
-                            let acc = enc * rin * slack;
-                            let e = ((l1 + k as f64 * eps / 2.0) * ein
-                                + k as f64 * eps / 2.0 * xin)
-                                * slack
-                                + 1.5 * eps;
-                            let out = acc / scale + 1.0 + (bias[o] * scale).round().abs();
-                            (acc, (l1 * xin + bias[o].abs()) * slack, e, out)
-                        })
-                        .collect(),
-                )
-            }
-            // A public affine map per channel: `round(s·2^f)·x`, truncated, plus `round(t·2^f)`.
-            Layer::BatchNorm2d { scale: sc, shift } => Some(
-                sc.iter()
-                    .zip(shift)
-                    .map(|(a, t)| {
-                        let acc = ((a * scale).abs() + 0.5).trunc_fast()
-                            * rin
-                            * (1.0 + 4.0 * f64::EPSILON);
-                        let e = (a.abs() + eps / 2.0) * ein + eps / 2.0 * xin + 1.5 * eps;
-                        let out = acc / scale + 1.0 + (t * scale).round().abs();
-                        (acc, a.abs() * xin + t.abs(), e, out)
-                    })
-                    .collect(),
-            ),
-            // Window sum (at most `taps` values, `taps` = the divisor or the kernel size), times
-            // the public `round(2^f / divisor)`, truncated: the accumulator is below
-            // `rin·(2^f + taps/2)`; the error adds the reciprocal's rounding (`|sum|·2^-(f+1)`)
-            // and one ulp of truncation.
-            Layer::AvgPool2d { .. } | Layer::AdaptiveAvgPool2d { .. } => {
-                let taps = match l {
-                    Layer::AvgPool2d { window, .. } => window.kernel[0] * window.kernel[1],
-                    _ => {
-                        let (h, w) = (input[1], input[2]);
-                        let (oh, ow) = (output[1].max(1), output[2].max(1));
-                        ((h.div_ceil(oh) + 1).min(h) * (w.div_ceil(ow) + 1).min(w)).max(1)
-                    }
-                } as f64;
-                let acc = rin * (scale + taps / 2.0) * (1.0 + 4.0 * f64::EPSILON);
-                let e = ein + taps * xin * eps / 2.0 + eps;
-                Some(vec![(acc, xin, e, acc / scale + 1.0)])
-            }
+        let is_linear = matches!(l, Layer::Linear { .. });
+        let checked = if is_linear {
+            calibrated.get(linear).copied()
+        } else {
+            None
         };
-        if let Some(rows) = per_channel {
-            let acc_max = rows.iter().map(|r| r.0).fold(0.0, f64::max);
-            let bits = acc_max.max(1.0).log2();
-            if acc_max >= limit {
-                return Err(Violation::Layer {
-                    layer: idx,
-                    name: l.name(),
-                    bits,
-                });
-            }
-            // NCHW: output element `i` belongs to channel `i / (H·W)`; a single row covers all.
-            let group = out_len.div_ceil(rows.len()).max(1);
-            ring = (0..out_len).map(|i| rows[i / group].3).collect();
-            real = (0..out_len).map(|i| rows[i / group].1).collect();
-            err = (0..out_len).map(|i| rows[i / group].2).collect();
-            if acc_max > 0.0 {
-                layers.push(LayerRange {
-                    layer: idx,
-                    name: l.name(),
-                    accumulator_bits: bits,
-                    output_bound: max_of(&real),
-                    checked: None,
-                });
-            }
-            continue;
-        }
-        let Layer::Linear {
-            in_features,
-            out_features,
-            weight,
-            bias,
-        } = l
-        else {
-            continue;
-        };
-        let k = *in_features;
-        // Sums of `k` non-negative f64 terms are within a relative `k·2^-53` of the true sum;
-        // inflating by `(k + 2)·2^-52` keeps every bound an upper bound.
-        let slack = 1.0 + (k as f64 + 2.0) * f64::EPSILON;
-        let rows: Vec<(f64, f64, f64)> = (0..*out_features)
-            .into_par_iter()
-            .map(|j| {
-                let row = &weight[j * k..(j + 1) * k];
-                let (mut acc, mut re, mut e) = (0.0f64, 0.0f64, 0.0f64);
-                for i in 0..k {
-                    let w = row[i].abs();
-                    // `trunc(|v| + 0.5)` >= `|round(v)|` (the encoding), and much faster than
-                    // `round` on baseline x86-64.
-                    acc += ((row[i] * scale).abs() + 0.5).trunc_fast() * ring[i];
-                    re += w * real[i];
-                    e += (w + eps / 2.0) * err[i] + eps / 2.0 * real[i];
-                }
-                let bj = bias[j];
-                // Truncation: below one ulp; bias rounding: half an ulp.
-                (acc * slack, (re + bj.abs()) * slack, e * slack + 1.5 * eps)
-            })
-            .collect();
-        let acc_max = rows.iter().map(|r| r.0).fold(0.0, f64::max);
-        let bits = acc_max.max(1.0).log2();
-        if acc_max >= limit {
+        let step = layer_step(l, ins, input, output, frac_bits, checked);
+        let bits = step.peak.max(1.0).log2();
+        if step.peak >= limit {
             return Err(Violation::Layer {
                 layer: idx,
                 name: l.name(),
                 bits,
             });
         }
-        let checked = calibrated.get(linear).copied();
-        ring = rows
-            .iter()
-            .enumerate()
-            .map(|(j, r)| {
-                let out = r.0 / scale + 1.0 + (bias[j] * scale).round().abs();
-                match checked {
-                    Some(c) => out.min((c * scale).floor()),
-                    None => out,
-                }
-            })
-            .collect();
-        err = rows.iter().map(|r| r.2).collect();
-        real = rows
-            .iter()
-            .zip(&err)
-            .map(|(r, e)| match checked {
-                Some(c) => r.1.min(c + e),
-                None => r.1,
-            })
-            .collect();
-        layers.push(LayerRange {
-            layer: idx,
-            name: l.name(),
-            accumulator_bits: bits,
-            output_bound: real.iter().copied().fold(0.0, f64::max),
-            checked,
-        });
-        linear += 1;
-    }
+        if step.peak > 0.0 || is_linear {
+            layers.push(LayerRange {
+                layer: idx,
+                name: l.name(),
+                accumulator_bits: bits,
+                output_bound: max_of(&step.out.real),
+                checked,
+            });
+        }
+        linear += usize::from(is_linear);
+        Ok(step.out)
+    })?;
     Ok(RangeReport {
         frac_bits,
         input_bound: b,
         layers,
-        logit_error: err.iter().copied().fold(0.0, f64::max),
+        logit_error: max_of(&out.err),
     })
 }
 
@@ -568,38 +712,33 @@ pub fn calibrate(model: &Sequential, data: &[f64], rows: usize, margin: f64) -> 
     Ok(maxima.into_iter().map(|m| (m * margin).max(1.0)).collect())
 }
 
-/// Run-time range checks of a forward pass with calibrated bounds: for every hidden Linear
-/// output `y` with ring bound `C`, the parties compute `[C + y < 0] + [C - y < 0]` (one batched
-/// comparison), add up the indicators over the pass and, at the end, open the single bit
-/// `[count > 0]`. Without calibrated bounds it does nothing and costs nothing.
+/// Run-time range checks of a forward pass with calibrated bounds: for every checked layer
+/// output `y` with ring bound `C` (the hidden Linear outputs), the parties compute
+/// `[C + y < 0] + [C - y < 0]` (one batched comparison), add up the indicators over the pass
+/// and, at the end, open the single bit `[count > 0]`. Without calibrated bounds it does
+/// nothing and costs nothing.
 pub struct RangeGuard<'a> {
-    limits: &'a [u64],
-    linear: usize,
+    limits: &'a [Option<u64>],
     count: Option<Share>,
 }
 
 impl<'a> RangeGuard<'a> {
-    /// A guard for ring limits of the hidden Linear outputs, in order (empty: no checks).
-    pub fn new(limits: &'a [u64]) -> Self {
+    /// A guard for the ring limit of each layer's output (`None`: unchecked; empty: no checks).
+    pub fn new(limits: &'a [Option<u64>]) -> Self {
         RangeGuard {
             limits,
-            linear: 0,
             count: None,
         }
     }
 
-    fn limit_after(&mut self, layer: &dyn SharedLayer) -> Option<u64> {
-        if !layer.is_linear() {
-            return None;
-        }
-        self.linear += 1;
-        self.limits.get(self.linear - 1).copied()
+    fn limit(&self, layer: usize) -> Option<u64> {
+        self.limits.get(layer).copied().flatten()
     }
 
-    /// Material for the check after `layer` whose output has `elements` values (call for every
-    /// layer, in order, like [`Self::observe`]).
-    pub fn specs_after(&mut self, layer: &dyn SharedLayer, elements: usize) -> Vec<MaterialSpec> {
-        match self.limit_after(layer) {
+    /// Material for the check of layer `layer`'s output of `elements` values (after the
+    /// layer's own material).
+    pub fn specs_after(&self, layer: usize, elements: usize) -> Vec<MaterialSpec> {
+        match self.limit(layer) {
             Some(_) => compare_specs(2 * elements, 0),
             None => Vec::new(),
         }
@@ -607,16 +746,16 @@ impl<'a> RangeGuard<'a> {
 
     /// Material for [`Self::finish`].
     pub fn final_specs(&self) -> Vec<MaterialSpec> {
-        if self.limits.is_empty() {
-            Vec::new()
-        } else {
+        if self.limits.iter().any(Option::is_some) {
             compare_specs(1, 0)
+        } else {
+            Vec::new()
         }
     }
 
-    /// Check the output `y` of `layer` (call after every layer, in order).
-    pub fn observe(&mut self, p: &mut Party, layer: &dyn SharedLayer, y: &Share) -> Result<()> {
-        let Some(c) = self.limit_after(layer) else {
+    /// Check the output `y` of layer `layer` (call after every layer, in order).
+    pub fn observe(&mut self, p: &mut Party, layer: usize, y: &Share) -> Result<()> {
+        let Some(c) = self.limit(layer) else {
             return Ok(());
         };
         let above = p.add_public_ring(&p.neg(y)?, c)?;
@@ -634,10 +773,9 @@ impl<'a> RangeGuard<'a> {
     /// Open the one "out of range" bit of this pass; an error if it is set.
     pub fn finish(self, p: &mut Party) -> Result<()> {
         let Some(count) = self.count else {
-            if !self.limits.is_empty() {
-                // A model with calibrated bounds always has a hidden layer to check.
+            if self.limits.iter().any(Option::is_some) {
                 return Err(EngineError::Invalid(
-                    "range guard saw no Linear layer".into(),
+                    "range guard saw none of the layers it checks".into(),
                 ));
             }
             return Ok(());
@@ -655,7 +793,7 @@ impl<'a> RangeGuard<'a> {
     }
 }
 
-/// Ring limits (`floor(C·2^f)`) of calibrated bounds.
+/// Ring limits (`floor(C·2^f)`) of calibrated bounds, in order of the hidden Linear layers.
 pub fn ring_limits(bounds: &ModelBounds, fx: &FixedPoint) -> Vec<u64> {
     bounds
         .calibrated
@@ -663,6 +801,28 @@ pub fn ring_limits(bounds: &ModelBounds, fx: &FixedPoint) -> Vec<u64> {
         .unwrap_or(&[])
         .iter()
         .map(|c| (c * fx.scale()).floor() as u64)
+        .collect()
+}
+
+/// The ring limit checked on each layer's output: the calibrated bounds' [`ring_limits`] on the
+/// hidden Linear layers (all Linear layers but the last), in order; empty without calibration.
+pub fn layer_limits(
+    model: &(impl ModelSource + ?Sized),
+    bounds: &ModelBounds,
+    fx: &FixedPoint,
+) -> Vec<Option<u64>> {
+    let rings = ring_limits(bounds, fx);
+    if rings.is_empty() {
+        return Vec::new();
+    }
+    let mut next = rings.into_iter();
+    model
+        .layer_shapes()
+        .iter()
+        .map(|l| match l {
+            LayerShape::Linear { .. } => next.next(),
+            _ => None,
+        })
         .collect()
 }
 
@@ -759,7 +919,7 @@ mod tests {
         let m = Sequential::with_input(
             vec![
                 conv,
-                Layer::BatchNorm2d {
+                Layer::Affine {
                     scale: vec![2.0, -1.0, 0.5],
                     shift: vec![1.0, 0.0, -1.0],
                 },

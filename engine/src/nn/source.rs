@@ -12,6 +12,7 @@ use rayon::prelude::*;
 
 use crate::error::{EngineError, Result};
 use crate::fixed::FixedPoint;
+use crate::nn::graph::Wiring;
 use crate::nn::plain::{Layer, Sequential};
 
 /// A layer's kind and size, without parameters.
@@ -43,8 +44,13 @@ pub trait ModelSource {
     /// Shape of one input sample.
     fn input_shape(&self) -> Vec<usize>;
 
-    /// Per-sample shapes: the input, then the output of every layer.
+    /// Per-sample shapes of the values: the input, then the output of every layer.
     fn shapes(&self) -> Result<Vec<Vec<usize>>>;
+
+    /// Which values each layer reads (a chain unless the model is a graph).
+    fn wiring(&self) -> Wiring {
+        Wiring::chain(self.layer_shapes().len())
+    }
 
     /// Layer `layer` with its parameters in plaintext (the owner's; read on demand, one layer
     /// at a time).
@@ -80,7 +86,7 @@ pub fn to_sequential(model: &(impl ModelSource + ?Sized)) -> Result<Sequential> 
     let layers = (0..model.layer_shapes().len())
         .map(|i| model.layer(i).map(Cow::into_owned))
         .collect::<Result<Vec<_>>>()?;
-    Sequential::with_input(layers, model.input_shape())
+    Sequential::graph(layers, model.input_shape(), model.wiring())
 }
 
 /// Encode `values` into `out` (same length). `label` names the tensor in errors.
@@ -171,6 +177,10 @@ impl ModelSource for Sequential {
 
     fn shapes(&self) -> Result<Vec<Vec<usize>>> {
         Sequential::shapes(self)
+    }
+
+    fn wiring(&self) -> Wiring {
+        self.wiring.clone()
     }
 
     fn layer(&self, layer: usize) -> Result<Cow<'_, Layer>> {

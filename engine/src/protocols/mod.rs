@@ -5,7 +5,8 @@
 //! - [`truncate`]: dealer-assisted exact fixed-point truncation (1 round).
 //! - [`mul`]: Beaver elementwise multiplication.
 //! - [`matmul`]: Beaver matrix products, including fixed (masked-once) operands.
-//! - [`compare`]: sign/less-than via a boolean prefix adder, ReLU, eq, max, argmax.
+//! - [`compare`]: sign/less-than via a boolean prefix adder, ReLU, Clip, LeakyReLU, eq, max,
+//!   argmax.
 
 pub mod compare;
 pub mod io;

@@ -385,7 +385,8 @@ impl Computation {
             done += plan.layer_parameters(li);
             on_progress(done.min(total), total);
         }
-        Ok(plan.model(layers, &fx))
+        // This process is the model owner too: its model keeps the owner's bounds.
+        Ok(plan.model(layers, &fx).with_owner_bounds(bounds.clone()))
     }
 
     /// Drop a shared model's shares and fixed operands on both parties.

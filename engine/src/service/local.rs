@@ -203,6 +203,15 @@ impl LocalDeployment {
         Ok(LocalDeployment { inner: Arc::new(d) })
     }
 
+    /// The directory where party `index` (0: alice, 1: bob) keeps its model records (what an
+    /// audit of the stored shares reads).
+    pub fn party_dir(&self, index: usize) -> std::path::PathBuf {
+        self.inner
+            ._dirs
+            .path()
+            .join(if index == 0 { "alice" } else { "bob" })
+    }
+
     /// Description of the parties' compute backend.
     pub fn backend_description(&self) -> &str {
         &self.inner.backend

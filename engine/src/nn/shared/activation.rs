@@ -1,14 +1,11 @@
-//! Shared element-wise layers: ReLU, identities (Dropout), Flatten, and the public per-channel
-//! affine map of a BatchNorm2d that could not be folded into a convolution.
-
-use kernels::BinaryOp;
+//! Shared element-wise layers: ReLU, Clip, LeakyReLU, identities (Dropout), Flatten.
 
 use crate::dealer::MaterialSpec;
 use crate::error::{shape_err, Result};
 use crate::fixed::FixedPoint;
+use crate::nn::plain::Layer;
 use crate::party::Party;
-use crate::protocols::compare::relu_specs;
-use crate::protocols::truncate::truncate_spec;
+use crate::protocols::compare::{clip_specs, leaky_relu_specs, relu_specs};
 use crate::share::Share;
 
 use super::SharedLayer;
@@ -92,67 +89,89 @@ impl SharedLayer for SharedFlatten {
     }
 }
 
-/// `y[n, c, ...] = x[n, c, ...] · scale[c] + shift[c]` with public per-channel parameters
-/// (a BatchNorm2d in eval mode without a convolution before it to fold into): a local product
-/// with the encoded scale, one truncation, a public addition.
+/// `min(max(x, min), max)` (ReLU6, Hardtanh) through one batched comparison.
 #[derive(Clone, Debug)]
-pub struct SharedAffine2d {
-    channels: usize,
-    plane: usize,
-    scale: Vec<u64>,
-    shift: Vec<u64>,
+pub struct SharedClip {
+    per_sample: usize,
+    min: Option<f64>,
+    max: Option<f64>,
+    lo: Option<u64>,
+    hi: Option<u64>,
 }
 
-impl SharedAffine2d {
-    /// The affine map over per-sample inputs `[channels, h, w]`.
-    pub fn new(input: Vec<usize>, scale: &[f64], shift: &[f64], fx: &FixedPoint) -> Result<Self> {
-        let channels = input.first().copied().unwrap_or(0);
-        if input.len() != 3 || scale.len() != channels || shift.len() != channels {
-            return Err(shape_err(
-                "batch_norm2d",
-                format!(
-                    "{} scales and {} shifts for input {input:?}",
-                    scale.len(),
-                    shift.len()
-                ),
-            ));
-        }
-        Ok(SharedAffine2d {
-            channels,
-            plane: input[1] * input[2],
-            scale: fx.encode(scale)?,
-            shift: fx.encode(shift)?,
-        })
-    }
-
-    /// A per-channel vector broadcast over `batch` samples of `[channels, plane]`.
-    fn broadcast(&self, v: &[u64], batch: usize) -> Vec<u64> {
-        let mut out = Vec::with_capacity(batch * self.channels * self.plane);
-        for _ in 0..batch {
-            for &c in v {
-                out.extend(std::iter::repeat_n(c, self.plane));
+impl SharedClip {
+    /// Clip inputs of per-sample shape `input` to the public bounds, encoded in `fx`.
+    pub fn new(
+        input: Vec<usize>,
+        min: Option<f64>,
+        max: Option<f64>,
+        fx: &FixedPoint,
+    ) -> Result<Self> {
+        let enc = |v: Option<f64>| v.map(|v| fx.encode_one(v, 0)).transpose();
+        let (lo, hi) = (enc(min)?, enc(max)?);
+        if let (Some(l), Some(h)) = (lo, hi) {
+            if (l as i64) > (h as i64) {
+                return Err(shape_err(
+                    "clip",
+                    format!("min {min:?} is above max {max:?}"),
+                ));
             }
         }
-        out
+        Ok(SharedClip {
+            per_sample: input.iter().product(),
+            min,
+            max,
+            lo,
+            hi,
+        })
     }
 }
 
-impl SharedLayer for SharedAffine2d {
+impl SharedLayer for SharedClip {
     fn name(&self) -> String {
-        format!("BatchNorm2d({})", self.channels)
+        Layer::Clip {
+            min: self.min,
+            max: self.max,
+        }
+        .name()
     }
-    fn material(&self, batch: usize, frac_bits: u32) -> Vec<MaterialSpec> {
-        vec![truncate_spec(batch * self.channels * self.plane, frac_bits)]
+    fn material(&self, batch: usize, _frac_bits: u32) -> Vec<MaterialSpec> {
+        let bounds = usize::from(self.lo.is_some()) + usize::from(self.hi.is_some());
+        clip_specs(batch * self.per_sample, bounds)
     }
     fn forward(&self, p: &mut Party, x: &Share) -> Result<Share> {
-        let batch = x.shape()[0];
-        let be = p.backend();
-        let scale = be.upload(x.shape(), &self.broadcast(&self.scale, batch))?;
-        let scaled = Share::new(be.binary(BinaryOp::Mul, x.tensor(), &scale)?);
-        let y = p.truncate(&scaled)?;
-        let shift = p
-            .backend()
-            .upload(x.shape(), &self.broadcast(&self.shift, batch))?;
-        p.add_public_tensor(&y, &shift)
+        p.clip(x, self.lo, self.hi)
+    }
+}
+
+/// LeakyReLU with a public slope: the comparison selects the negative part, a local product
+/// with `round((1 - slope)·2^f)` and one truncation scale it.
+#[derive(Clone, Debug)]
+pub struct SharedLeakyReLU {
+    per_sample: usize,
+    slope: f64,
+    complement: u64,
+}
+
+impl SharedLeakyReLU {
+    /// LeakyReLU of inputs of per-sample shape `input`, slope encoded in `fx`.
+    pub fn new(input: Vec<usize>, slope: f64, fx: &FixedPoint) -> Result<Self> {
+        Ok(SharedLeakyReLU {
+            per_sample: input.iter().product(),
+            slope,
+            complement: fx.encode_one(1.0 - slope, 0)?,
+        })
+    }
+}
+
+impl SharedLayer for SharedLeakyReLU {
+    fn name(&self) -> String {
+        Layer::LeakyReLU { slope: self.slope }.name()
+    }
+    fn material(&self, batch: usize, frac_bits: u32) -> Vec<MaterialSpec> {
+        leaky_relu_specs(batch * self.per_sample, frac_bits)
+    }
+    fn forward(&self, p: &mut Party, x: &Share) -> Result<Share> {
+        p.leaky_relu(x, self.complement)
     }
 }

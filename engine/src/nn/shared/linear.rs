@@ -42,10 +42,6 @@ pub(crate) fn receive_fixed_weight(
 }
 
 impl SharedLayer for SharedLinear {
-    fn is_linear(&self) -> bool {
-        true
-    }
-
     fn stored_ids(&self) -> Vec<u64> {
         vec![self.weight, self.fixed, self.bias]
     }

@@ -7,11 +7,13 @@
 //! both are written against the same protocol calls: a layer that calls `p.relu` declares
 //! `relu_specs`, one that calls `p.matmul_fixed` declares `matmul_fixed_specs` — the spec
 //! functions live beside the protocols that consume them. [`SharedModel::material_specs`] and
-//! [`SharedModel::forward`] only iterate over the layers, and `forward` checks every layer's
+//! [`SharedModel::forward`] only iterate over the layers (in index order, the graph's
+//! topological order: see [`crate::nn::graph`]), and `forward` checks every layer's
 //! consumption against its declaration whenever the material was preprocessed, so a divergence
 //! is an error at once rather than a desynchronised queue later.
 
 mod activation;
+mod combine;
 mod conv;
 pub(crate) mod linear;
 mod pool;
@@ -19,13 +21,15 @@ mod pool;
 use std::fmt;
 use std::sync::Arc;
 
-pub use activation::{SharedAffine2d, SharedFlatten, SharedIdentity, SharedReLU};
+pub use activation::{SharedClip, SharedFlatten, SharedIdentity, SharedLeakyReLU, SharedReLU};
+pub use combine::{SharedAdd, SharedConcat};
 pub use conv::SharedConv2d;
 pub use linear::SharedLinear;
 pub use pool::{SharedAvgPool2d, SharedMaxPool2d};
 
 use crate::dealer::MaterialSpec;
 use crate::error::{shape_err, EngineError, Result};
+use crate::nn::graph::Wiring;
 use crate::nn::range::{ModelBounds, RangeGuard, RangeReport};
 use crate::party::Party;
 use crate::share::Share;
@@ -42,10 +46,16 @@ pub trait SharedLayer: fmt::Debug + Send + Sync {
     /// Secure forward pass on this party's share of `x [batch, ...input shape]`.
     fn forward(&self, p: &mut Party, x: &Share) -> Result<Share>;
 
-    /// Whether this is a Linear layer (the hidden Linear outputs are what calibrated bounds
-    /// cover, see [`crate::nn::range`]).
-    fn is_linear(&self) -> bool {
-        false
+    /// Secure forward pass on the values the layer reads (one for most layers, two or more
+    /// for `Add` and `Concat`, which override this).
+    fn forward_inputs(&self, p: &mut Party, xs: &[&Share]) -> Result<Share> {
+        match xs {
+            [x] => self.forward(p, x),
+            _ => Err(shape_err(
+                "forward",
+                format!("{} reads one value, not {}", self.name(), xs.len()),
+            )),
+        }
     }
 
     /// Store ids this layer holds on each party (shares and fixed operands).
@@ -63,28 +73,33 @@ pub trait SharedLayer: fmt::Debug + Send + Sync {
 #[derive(Clone, Debug)]
 pub struct SharedModel {
     layers: Vec<Arc<dyn SharedLayer>>,
+    wiring: Wiring,
     /// Elements per sample of each layer's output.
     output_lens: Vec<usize>,
     input_shape: Vec<usize>,
     out_features: usize,
     bounds: ModelBounds,
-    range: RangeReport,
-    limits: Vec<u64>,
+    range: Option<RangeReport>,
+    /// Ring limit of each layer's output checked at run time (empty: none).
+    limits: Vec<Option<u64>>,
 }
 
 impl SharedModel {
     /// A model from its parts (see [`ModelPlan::model`]).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_parts(
         layers: Vec<Arc<dyn SharedLayer>>,
+        wiring: Wiring,
         output_lens: Vec<usize>,
         input_shape: Vec<usize>,
         out_features: usize,
-        limits: Vec<u64>,
+        limits: Vec<Option<u64>>,
         bounds: ModelBounds,
-        range: RangeReport,
+        range: Option<RangeReport>,
     ) -> SharedModel {
         SharedModel {
             layers,
+            wiring,
             output_lens,
             input_shape,
             out_features,
@@ -114,29 +129,44 @@ impl SharedModel {
         self.out_features
     }
 
+    /// This model as its owner's process holds it: with the owner's own bounds (calibrated
+    /// ones included), which the parties never receive.
+    pub(crate) fn with_owner_bounds(mut self, bounds: ModelBounds) -> SharedModel {
+        self.bounds = bounds;
+        self
+    }
+
     /// The layers.
     pub fn layers(&self) -> &[Arc<dyn SharedLayer>] {
         &self.layers
     }
 
-    /// The bounds declared by the model owner (the client checks its inputs against them).
+    /// The bounds declared by the model owner, as this process knows them: the input bound
+    /// (the client checks its inputs against it), and the calibrated bounds only where this
+    /// process is the model owner (the parties hold their ring limits alone).
     pub fn bounds(&self) -> &ModelBounds {
         &self.bounds
     }
 
-    /// The range analysis done before sharing (headroom, error bound).
-    pub fn range(&self) -> &RangeReport {
-        &self.range
+    /// Which values each layer reads.
+    pub fn wiring(&self) -> &Wiring {
+        &self.wiring
+    }
+
+    /// The owner's range analysis done before sharing (headroom, error bound), where this
+    /// process is the model owner (in-process sessions); the parties never receive it.
+    pub fn range(&self) -> Option<&RangeReport> {
+        self.range.as_ref()
     }
 
     /// Dealer material for one forward pass of `batch` rows, in consumption order (each layer's
     /// own material, then the range guard's check of its output where bounds are calibrated).
     pub fn material_specs(&self, batch: usize, frac_bits: u32) -> Vec<MaterialSpec> {
-        let mut guard = RangeGuard::new(&self.limits);
+        let guard = RangeGuard::new(&self.limits);
         let mut specs = Vec::new();
-        for (l, n) in self.layers.iter().zip(&self.output_lens) {
+        for (i, (l, n)) in self.layers.iter().zip(&self.output_lens).enumerate() {
             specs.extend(l.material(batch, frac_bits));
-            specs.extend(guard.specs_after(l.as_ref(), batch * n));
+            specs.extend(guard.specs_after(i, batch * n));
         }
         specs.extend(guard.final_specs());
         specs
@@ -161,13 +191,14 @@ impl SharedModel {
         };
         let mut shape = vec![batch];
         shape.extend(&self.input_shape);
-        let mut cur = x.reshape(&shape)?;
+        let input = x.reshape(&shape)?;
         let f = p.fixed_point().frac_bits();
         let mut guard = RangeGuard::new(&self.limits);
-        for (i, l) in self.layers.iter().enumerate() {
+        let out = self.wiring.evaluate(input, |i, xs| -> Result<Share> {
+            let l = &self.layers[i];
             let declared = l.material(batch, f).len();
             let before = p.queued_material();
-            cur = l.forward(p, &cur)?;
+            let y = l.forward_inputs(p, xs)?;
             let used = before.saturating_sub(p.queued_material());
             if before >= declared && used != declared {
                 return Err(EngineError::Protocol(format!(
@@ -175,9 +206,10 @@ impl SharedModel {
                     l.name()
                 )));
             }
-            guard.observe(p, l.as_ref(), &cur)?;
-        }
+            guard.observe(p, i, &y)?;
+            Ok(y)
+        })?;
         guard.finish(p)?;
-        Ok(cur)
+        Ok(out)
     }
 }

@@ -35,8 +35,10 @@
 
 mod circuit;
 mod eq_index;
+mod piecewise;
 
 pub use eq_index::{eq_index_bits, eq_index_specs, MAX_EQ_INDEX_TABLE_WORDS};
+pub use piecewise::{clip_specs, leaky_relu_specs};
 
 use kernels::{BeaverKind, BinaryOp, ScalarOp, Tensor};
 

@@ -209,8 +209,7 @@ impl PartyService {
         let mut layers = Vec::new();
         let mut weights = Vec::new();
         for (li, ids) in meta.ids.iter().enumerate() {
-            let input = meta.plan.shapes[li].clone();
-            let layer = meta.plan.layers[li].assemble(input, ids, &fx)?;
+            let layer = meta.plan.assemble_layer(li, ids, &fx)?;
             layers.push(layer);
             if ids.len() != 3 {
                 continue;

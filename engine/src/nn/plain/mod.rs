@@ -1,12 +1,17 @@
-//! Plaintext models (the model owner's side), mirroring PyTorch's `nn.Sequential`.
+//! Plaintext models (the model owner's side): PyTorch's layers, connected as a chain
+//! (`nn.Sequential`) or as a graph ([`Wiring`]: residual connections, concatenations).
+
+mod eval;
 
 use rand::Rng;
 
 use crate::error::{shape_err, EngineError, Result};
 use crate::fixed::FixedPoint;
 use crate::nn::geometry::Window2d;
+use crate::nn::graph::Wiring;
 
-/// One layer of a plaintext model (PyTorch semantics; images are NCHW).
+/// One layer of a plaintext model (PyTorch semantics; images are NCHW). `Add` and `Concat` read
+/// two or more values, every other layer one.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Layer {
     /// `y = x·Wᵀ + b` with PyTorch's layout: `weight [out, in]`, `bias [out]`.
@@ -20,7 +25,8 @@ pub enum Layer {
         /// `[out]`.
         bias: Vec<f64>,
     },
-    /// 2-D convolution, groups = 1, dilation = 1: `weight [out, in, kh, kw]`, `bias [out]`.
+    /// 2-D convolution, groups = 1, dilation = 1: `weight [out, in, kh, kw]`, `bias [out]` (a
+    /// grouped convolution is imported as the dense one with a block-diagonal weight).
     Conv2d {
         /// Input channels.
         in_channels: usize,
@@ -56,15 +62,36 @@ pub enum Layer {
         /// Output height and width.
         output: [usize; 2],
     },
-    /// BatchNorm2d in eval mode as its per-channel affine map `x·scale + shift`
-    /// (`scale = γ/√(var+ε)`, `shift = β - mean·scale`); [`Sequential::fold_batchnorm`] merges
-    /// it into a preceding convolution.
-    BatchNorm2d {
+    /// A per-channel affine map `x·scale[c] + shift[c]`, the channel being the first
+    /// per-sample axis (`[c]` features or `[c, h, w]` images): a BatchNorm in eval mode
+    /// (`scale = γ/√(var+ε)`, `shift = β - mean·scale`), a normalisation in `forward`, a Mul,
+    /// Div, Add or Sub by a constant. [`Sequential::fold_affine`] merges it into an adjacent
+    /// Linear or Conv2d where that is exact; otherwise it is shared like a weight (a diagonal
+    /// fixed operand), never sent in plaintext.
+    Affine {
         /// Per-channel scale.
         scale: Vec<f64>,
         /// Per-channel shift.
         shift: Vec<f64>,
     },
+    /// `min(max(x, min), max)` with either bound optional (ReLU6: `0, 6`; Hardtanh: `-1, 1`);
+    /// the bounds are public hyperparameters, like a kernel size.
+    Clip {
+        /// Lower bound, if any.
+        min: Option<f64>,
+        /// Upper bound, if any.
+        max: Option<f64>,
+    },
+    /// `x` for `x >= 0`, `slope·x` below (the slope is a public hyperparameter).
+    LeakyReLU {
+        /// Slope for negative inputs (PyTorch's `negative_slope`).
+        slope: f64,
+    },
+    /// Elementwise sum of two or more values of one shape (a residual connection).
+    Add,
+    /// Concatenation of two or more values along the first per-sample axis (channels of
+    /// `[c, h, w]` images, features of `[f]` vectors).
+    Concat,
 }
 
 impl Layer {
@@ -74,9 +101,14 @@ impl Layer {
             Layer::Linear { weight, bias, .. } | Layer::Conv2d { weight, bias, .. } => {
                 weight.len() + bias.len()
             }
-            Layer::BatchNorm2d { scale, shift } => scale.len() + shift.len(),
+            Layer::Affine { scale, shift } => scale.len() + shift.len(),
             _ => 0,
         }
+    }
+
+    /// Whether this layer reads two or more values (`Add`, `Concat`) rather than one.
+    pub fn is_multi_input(&self) -> bool {
+        matches!(self, Layer::Add | Layer::Concat)
     }
 
     /// A `Linear` layer from PyTorch-layout parameters, checking their sizes.
@@ -162,12 +194,33 @@ impl Layer {
                 window.kernel, window.stride, window.padding
             ),
             Layer::AdaptiveAvgPool2d { output } => format!("AdaptiveAvgPool2d({output:?})"),
-            Layer::BatchNorm2d { scale, .. } => format!("BatchNorm2d({})", scale.len()),
+            Layer::Affine { scale, .. } => format!("Affine({})", scale.len()),
+            Layer::Clip { min, max } => {
+                let b = |v: &Option<f64>| v.map_or("None".to_string(), |v| v.to_string());
+                format!("Clip(min={}, max={})", b(min), b(max))
+            }
+            Layer::LeakyReLU { slope } => format!("LeakyReLU(negative_slope={slope})"),
+            Layer::Add => "Add".into(),
+            Layer::Concat => "Concat".into(),
         }
     }
 
-    /// Per-sample output shape for a per-sample input shape, or a precise error.
-    pub fn output_shape(&self, input: &[usize]) -> Result<Vec<usize>> {
+    /// Per-sample output shape for the per-sample shapes of the values the layer reads, or a
+    /// precise error (also for hyperparameters that make no sense, e.g. a Clip whose `min`
+    /// exceeds its `max`).
+    pub fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>> {
+        let arity_ok = if self.is_multi_input() {
+            inputs.len() >= 2
+        } else {
+            inputs.len() == 1
+        };
+        if !arity_ok {
+            return Err(shape_err(
+                "Sequential",
+                format!("{} reads {} values", self.name(), inputs.len()),
+            ));
+        }
+        let input = inputs[0];
         let chw = |op: &'static str| match input {
             [c, h, w] => Ok([*c, *h, *w]),
             s => Err(shape_err(
@@ -206,6 +259,22 @@ impl Layer {
                 Ok(vec![*out_channels, oh, ow])
             }
             Layer::ReLU | Layer::Dropout => Ok(input.to_vec()),
+            Layer::Clip { min, max } => {
+                let finite = [min, max].iter().all(|b| b.is_none_or(f64::is_finite));
+                if !finite || matches!((min, max), (Some(a), Some(b)) if a > b) {
+                    return Err(shape_err(
+                        "Clip",
+                        format!("{}: bounds must be finite with min <= max", self.name()),
+                    ));
+                }
+                Ok(input.to_vec())
+            }
+            Layer::LeakyReLU { slope } => {
+                if !slope.is_finite() {
+                    return Err(shape_err("LeakyReLU", format!("slope {slope}")));
+                }
+                Ok(input.to_vec())
+            }
             Layer::Flatten => Ok(vec![input.iter().product()]),
             Layer::MaxPool2d { window } | Layer::AvgPool2d { window, .. } => {
                 let [c, h, w] = chw("pool2d")?;
@@ -223,36 +292,64 @@ impl Layer {
                 }
                 Ok(vec![c, output[0], output[1]])
             }
-            Layer::BatchNorm2d { scale, shift } => {
-                let [c, _, _] = chw("BatchNorm2d")?;
+            Layer::Affine { scale, shift } => {
+                let c = input.first().copied().unwrap_or(0);
                 if scale.len() != c || shift.len() != c {
                     return Err(shape_err(
                         "Sequential",
-                        format!("{} receives {c} channels", self.name()),
+                        format!(
+                            "{} with {} shifts receives input of shape {input:?} ({c} channels)",
+                            self.name(),
+                            shift.len()
+                        ),
                     ));
                 }
                 Ok(input.to_vec())
             }
+            Layer::Add => match inputs.iter().find(|s| **s != input) {
+                Some(other) => Err(shape_err(
+                    "Add",
+                    format!("adds values of shapes {input:?} and {other:?}"),
+                )),
+                None => Ok(input.to_vec()),
+            },
+            Layer::Concat => {
+                let mut out = input.to_vec();
+                for s in &inputs[1..] {
+                    if s.len() != input.len() || s.is_empty() || s[1..] != input[1..] {
+                        return Err(shape_err(
+                            "Concat",
+                            format!(
+                                "concatenates values of shapes {input:?} and {s:?} along their first axis"
+                            ),
+                        ));
+                    }
+                    out[0] += s[0];
+                }
+                Ok(out)
+            }
         }
     }
 
-    /// Range analysis: a bound on `max |y|` given `max |x| <= input_bound` (worst case over
-    /// every input within the bound, exact arithmetic).
+    /// Range analysis in real numbers: a bound on `max |y|` given `max |x| <= input_bounds[i]`
+    /// for each value read (worst case over every input within the bounds, exact arithmetic).
     ///
-    /// - Linear / Conv2d: `max_o (Σ_i |W[o, i]| · input_bound + |b[o]|)` — each output is a
-    ///   dot product of one weight row (a convolution: one output channel's `in·kh·kw` weights)
-    ///   with inputs bounded by `input_bound`; zero padding only lowers it.
-    /// - ReLU, Dropout, Flatten, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d: `input_bound` (a max
-    ///   or a mean of values within the bound stays within it).
-    /// - BatchNorm2d: `max_c (|scale[c]| · input_bound + |shift[c]|)`.
-    pub fn output_bound(&self, input_bound: f64) -> f64 {
+    /// - Linear / Conv2d: `max_o (Σ_i |W[o, i]| · bound + |b[o]|)` — each output is a dot
+    ///   product of one weight row (a convolution: one output channel's `in·kh·kw` weights)
+    ///   with inputs within the bound; zero padding only lowers it.
+    /// - ReLU, Dropout, Flatten, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Concat: the largest
+    ///   input bound (a max, a mean or a selection of values within it stays within it).
+    /// - Affine: `max_c (|scale[c]| · bound + |shift[c]|)`.
+    /// - Clip: the input bound, capped by the larger magnitude of the two bounds when both are
+    ///   set; LeakyReLU: `max(1, |slope|) · bound`; Add: the sum of the input bounds.
+    pub fn output_bound(&self, input_bounds: &[f64]) -> f64 {
+        let bound = input_bounds.iter().copied().fold(0.0, f64::max);
         let rows = |w: &[f64], b: &[f64]| {
             let k = w.len() / b.len().max(1);
             b.iter()
                 .enumerate()
                 .map(|(o, bo)| {
-                    w[o * k..(o + 1) * k].iter().map(|v| v.abs()).sum::<f64>() * input_bound
-                        + bo.abs()
+                    w[o * k..(o + 1) * k].iter().map(|v| v.abs()).sum::<f64>() * bound + bo.abs()
                 })
                 .fold(0.0, f64::max)
         };
@@ -260,155 +357,48 @@ impl Layer {
             Layer::Linear { weight, bias, .. } | Layer::Conv2d { weight, bias, .. } => {
                 rows(weight, bias)
             }
-            Layer::BatchNorm2d { scale, shift } => scale
+            Layer::Affine { scale, shift } => scale
                 .iter()
                 .zip(shift)
-                .map(|(s, t)| s.abs() * input_bound + t.abs())
+                .map(|(s, t)| s.abs() * bound + t.abs())
                 .fold(0.0, f64::max),
+            Layer::Clip {
+                min: Some(a),
+                max: Some(b),
+            } => bound.min(a.abs().max(b.abs())),
+            Layer::Clip { min, max } => [min, max]
+                .iter()
+                .flat_map(|v| v.map(f64::abs))
+                .fold(bound, f64::max),
+            Layer::LeakyReLU { slope } => slope.abs().max(1.0) * bound,
+            Layer::Add => input_bounds.iter().sum(),
             Layer::ReLU
             | Layer::Dropout
             | Layer::Flatten
             | Layer::MaxPool2d { .. }
             | Layer::AvgPool2d { .. }
-            | Layer::AdaptiveAvgPool2d { .. } => input_bound,
+            | Layer::AdaptiveAvgPool2d { .. }
+            | Layer::Concat => bound,
         }
     }
 
-    /// Plaintext f64 forward of `x [batch, ...input]` (row-major), for per-sample shape `input`.
-    fn forward_f64(&self, x: &[f64], batch: usize, input: &[usize]) -> Vec<f64> {
-        match self {
-            Layer::Linear {
-                in_features,
-                out_features,
-                weight,
-                bias,
-            } => {
-                let mut out = vec![0.0; batch * out_features];
-                for b in 0..batch {
-                    for o in 0..*out_features {
-                        let row = &weight[o * in_features..(o + 1) * in_features];
-                        let xin = &x[b * in_features..(b + 1) * in_features];
-                        out[b * out_features + o] =
-                            bias[o] + row.iter().zip(xin).map(|(w, v)| w * v).sum::<f64>();
-                    }
-                }
-                out
-            }
-            Layer::Conv2d {
-                in_channels,
-                out_channels,
-                window,
-                weight,
-                bias,
-            } => {
-                let (c, h, w) = (*in_channels, input[1], input[2]);
-                let [kh, kw] = window.kernel;
-                let [oh, ow] = window.output_size("Conv2d", h, w).expect("shapes checked");
-                let mut out = vec![0.0; batch * out_channels * oh * ow];
-                for b in 0..batch {
-                    for o in 0..*out_channels {
-                        for y in 0..oh {
-                            for xx in 0..ow {
-                                let mut acc = bias[o];
-                                for ch in 0..c {
-                                    for (dy, dx, v) in window_taps(window, y, xx, h, w) {
-                                        acc += weight[((o * c + ch) * kh + dy) * kw + dx]
-                                            * x[((b * c + ch) * h) * w + v];
-                                    }
-                                }
-                                out[((b * out_channels + o) * oh + y) * ow + xx] = acc;
-                            }
-                        }
-                    }
-                }
-                out
-            }
-            Layer::ReLU => x.iter().map(|v| v.max(0.0)).collect(),
-            Layer::Dropout | Layer::Flatten => x.to_vec(),
-            Layer::MaxPool2d { window } | Layer::AvgPool2d { window, .. } => {
-                let (c, h, w) = (input[0], input[1], input[2]);
-                let [oh, ow] = window.output_size("pool2d", h, w).expect("shapes checked");
-                let k = (window.kernel[0] * window.kernel[1]) as f64;
-                let mut out = Vec::with_capacity(batch * c * oh * ow);
-                for plane in 0..batch * c {
-                    let xs = &x[plane * h * w..(plane + 1) * h * w];
-                    for y in 0..oh {
-                        for xx in 0..ow {
-                            let vals: Vec<f64> =
-                                window_taps(window, y, xx, h, w).map(|t| xs[t.2]).collect();
-                            out.push(match self {
-                                Layer::MaxPool2d { .. } => {
-                                    vals.iter().copied().fold(f64::NEG_INFINITY, f64::max)
-                                }
-                                Layer::AvgPool2d {
-                                    count_include_pad: true,
-                                    ..
-                                } => vals.iter().sum::<f64>() / k,
-                                _ => vals.iter().sum::<f64>() / vals.len() as f64,
-                            });
-                        }
-                    }
-                }
-                out
-            }
-            Layer::AdaptiveAvgPool2d { output } => {
-                let (c, h, w) = (input[0], input[1], input[2]);
-                let mut out = Vec::with_capacity(batch * c * output[0] * output[1]);
-                for plane in 0..batch * c {
-                    let xs = &x[plane * h * w..(plane + 1) * h * w];
-                    for y in 0..output[0] {
-                        let (r0, r1) = (y * h / output[0], ((y + 1) * h).div_ceil(output[0]));
-                        for xx in 0..output[1] {
-                            let (c0, c1) = (xx * w / output[1], ((xx + 1) * w).div_ceil(output[1]));
-                            let mut s = 0.0;
-                            for r in r0..r1 {
-                                s += xs[r * w + c0..r * w + c1].iter().sum::<f64>();
-                            }
-                            out.push(s / ((r1 - r0) * (c1 - c0)) as f64);
-                        }
-                    }
-                }
-                out
-            }
-            Layer::BatchNorm2d { scale, shift } => {
-                let plane = input[1] * input[2];
-                x.iter()
-                    .enumerate()
-                    .map(|(i, v)| {
-                        let ch = (i / plane) % scale.len();
-                        v * scale[ch] + shift[ch]
-                    })
-                    .collect()
-            }
-        }
+    /// Plaintext f64 forward of the values `xs` (each `[batch, ...shape]`, row-major) this layer
+    /// reads, of per-sample shapes `inputs` (checked with [`Layer::output_shape`]).
+    pub fn forward_f64(&self, xs: &[&[f64]], batch: usize, inputs: &[&[usize]]) -> Vec<f64> {
+        eval::forward(self, xs, batch, inputs)
     }
 }
 
-/// The in-range taps `(dy, dx, row·w + col)` of window `(y, x)` over an `h x w` plane.
-fn window_taps(
-    win: &Window2d,
-    y: usize,
-    x: usize,
-    h: usize,
-    w: usize,
-) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
-    let [kh, kw] = win.kernel;
-    (0..kh).flat_map(move |dy| {
-        (0..kw).filter_map(move |dx| {
-            let r = (y * win.stride[0] + dy).checked_sub(win.padding[0])?;
-            let c = (x * win.stride[1] + dx).checked_sub(win.padding[1])?;
-            (r < h && c < w).then_some((dy, dx, r * w + c))
-        })
-    })
-}
-
-/// A plaintext sequential model.
+/// A plaintext model: layers in topological order, connected by a [`Wiring`] (a chain, as
+/// PyTorch's `nn.Sequential`, unless built with [`Sequential::graph`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sequential {
     /// The layers in order.
     pub layers: Vec<Layer>,
     /// Shape of one input sample: `[features]`, or `[channels, height, width]` for images.
     pub input: Vec<usize>,
+    /// Which values each layer reads.
+    pub wiring: Wiring,
 }
 
 impl Sequential {
@@ -441,9 +431,21 @@ impl Sequential {
         .expect("a valid model")
     }
 
-    /// Build from layers and the shape of one input sample, checking every layer's shape.
+    /// Build a chain from layers and the shape of one input sample, checking every layer's
+    /// shape.
     pub fn with_input(layers: Vec<Layer>, input: Vec<usize>) -> Result<Sequential> {
-        let model = Sequential { layers, input };
+        let wiring = Wiring::chain(layers.len());
+        Self::graph(layers, input, wiring)
+    }
+
+    /// Build a graph: layer `i` reads the values `wiring.inputs(i)` (value 0 is the input,
+    /// value `j + 1` the output of layer `j`); checks the wiring and every layer's shapes.
+    pub fn graph(layers: Vec<Layer>, input: Vec<usize>, wiring: Wiring) -> Result<Sequential> {
+        let model = Sequential {
+            layers,
+            input,
+            wiring,
+        };
         model.check()?;
         Ok(model)
     }
@@ -462,17 +464,32 @@ impl Sequential {
                 self.input
             )));
         }
+        let elems = self.input.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+        if elems.is_none_or(|n| n > 1 << 32) {
+            return Err(EngineError::Invalid(format!(
+                "input shape {:?} has more than 2^32 elements",
+                self.input
+            )));
+        }
         let names: Vec<String> = self.layers.iter().map(Layer::name).collect();
         check_layer_outputs(&names, &self.shapes()?)
     }
 
-    /// Per-sample shapes: the input of each layer, then the output (`layers.len() + 1`
-    /// entries), or the first layer whose input does not fit.
+    /// Per-sample shapes of the values: the input, then the output of each layer
+    /// (`layers.len() + 1` entries; in a chain, entry `i` is what layer `i` receives), or the
+    /// first layer whose inputs do not fit.
     pub fn shapes(&self) -> Result<Vec<Vec<usize>>> {
+        self.wiring.check(self.layers.len())?;
         let mut shapes = vec![self.input.clone()];
         for (i, l) in self.layers.iter().enumerate() {
+            let inputs: Vec<&[usize]> = self
+                .wiring
+                .inputs(i)
+                .iter()
+                .map(|&v| shapes[v].as_slice())
+                .collect();
             let next = l
-                .output_shape(shapes.last().expect("non-empty"))
+                .output_shape(&inputs)
                 .map_err(|e| EngineError::Invalid(format!("layer {i} {}: {e}", l.name())))?;
             shapes.push(next);
         }
@@ -484,16 +501,12 @@ impl Sequential {
         self.input.iter().product()
     }
 
-    /// Output width (of the last Linear layer).
+    /// Output width (classes).
     pub fn out_features(&self) -> usize {
-        self.layers
-            .iter()
-            .rev()
-            .find_map(|l| match l {
-                Layer::Linear { out_features, .. } => Some(*out_features),
-                _ => None,
-            })
-            .expect("checked: has a Linear layer")
+        self.shapes()
+            .ok()
+            .and_then(|s| s.last().map(|o| o.iter().product()))
+            .unwrap_or(0)
     }
 
     /// Total parameter count.
@@ -519,41 +532,6 @@ impl Sequential {
             .sum()
     }
 
-    /// Merge every BatchNorm2d that directly follows a Conv2d into that convolution's weight
-    /// and bias (`W' = W·scale[o]`, `b' = b·scale[o] + shift[o]`); other BatchNorm2d layers
-    /// stay as public affine maps.
-    pub fn fold_batchnorm(self) -> Sequential {
-        let mut layers: Vec<Layer> = Vec::with_capacity(self.layers.len());
-        for l in self.layers {
-            if let (
-                Layer::BatchNorm2d { scale, shift },
-                Some(Layer::Conv2d {
-                    out_channels,
-                    weight,
-                    bias,
-                    ..
-                }),
-            ) = (&l, layers.last_mut())
-            {
-                if scale.len() == *out_channels {
-                    let k = weight.len() / *out_channels;
-                    for o in 0..*out_channels {
-                        weight[o * k..(o + 1) * k]
-                            .iter_mut()
-                            .for_each(|w| *w *= scale[o]);
-                        bias[o] = bias[o] * scale[o] + shift[o];
-                    }
-                    continue;
-                }
-            }
-            layers.push(l);
-        }
-        Sequential {
-            layers,
-            input: self.input,
-        }
-    }
-
     /// Plaintext f64 forward pass of `x [batch, ...input]` (row-major) -> `[batch, out]`.
     pub fn forward_f64(&self, x: &[f64], batch: usize) -> Result<Vec<f64>> {
         self.forward_f64_observed(x, batch, &mut |_, _| {})
@@ -574,32 +552,52 @@ impl Sequential {
             ));
         }
         let shapes = self.shapes()?;
-        let mut cur = x.to_vec();
-        for (l, input) in self.layers.iter().zip(&shapes) {
-            cur = l.forward_f64(&cur, batch, input);
-            observe(l, &cur);
-        }
-        Ok(cur)
+        self.wiring.evaluate(x.to_vec(), |i, xs| {
+            let l = &self.layers[i];
+            let xs: Vec<&[f64]> = xs.iter().map(|v| v.as_slice()).collect();
+            let inputs: Vec<&[usize]> = self
+                .wiring
+                .inputs(i)
+                .iter()
+                .map(|&v| shapes[v].as_slice())
+                .collect();
+            let out = l.forward_f64(&xs, batch, &inputs);
+            observe(l, &out);
+            Ok(out)
+        })
     }
 
     /// Check that every parameter is finite and fits the fixed-point range (before anything is
     /// shared, so a bad model shares nothing).
     pub fn check_encodable(&self, fx: &FixedPoint) -> Result<()> {
         for (i, l) in self.layers.iter().enumerate() {
-            let params: [(&str, &[f64]); 2] = match l {
-                Layer::Linear { weight, bias, .. } | Layer::Conv2d { weight, bias, .. } => {
-                    [("weight", weight), ("bias", bias)]
-                }
-                Layer::BatchNorm2d { scale, shift } => [("scale", scale), ("shift", shift)],
-                _ => continue,
-            };
-            for (what, v) in params {
-                fx.check(v)
-                    .map_err(|e| EngineError::Format(format!("layer {i} {what}: {e}")))?;
-            }
+            check_layer_encodable(l, fx)
+                .map_err(|e| EngineError::Format(format!("layer {i} {e}")))?;
         }
         Ok(())
     }
+}
+
+/// Check that one layer's parameters and hyperparameters are finite and encodable in `fx`.
+pub(crate) fn check_layer_encodable(l: &Layer, fx: &FixedPoint) -> Result<()> {
+    let clip_bounds: Vec<f64>;
+    let params: Vec<(&str, &[f64])> = match l {
+        Layer::Linear { weight, bias, .. } | Layer::Conv2d { weight, bias, .. } => {
+            vec![("weight", weight), ("bias", bias)]
+        }
+        Layer::Affine { scale, shift } => vec![("scale", scale), ("shift", shift)],
+        Layer::Clip { min, max } => {
+            clip_bounds = [min, max].iter().filter_map(|v| **v).collect();
+            vec![("bounds", &clip_bounds)]
+        }
+        Layer::LeakyReLU { slope } => vec![("slope", std::slice::from_ref(slope))],
+        _ => Vec::new(),
+    };
+    for (what, v) in params {
+        fx.check(v)
+            .map_err(|e| EngineError::Format(format!("{what}: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Layer kinds for building an architecture from a comma-separated list.
