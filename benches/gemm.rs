@@ -37,10 +37,8 @@ fn bench(c: &mut Criterion) {
         g.bench_function(format!("u64_gemm_{m}x{k}x{n}"), |bench| {
             bench.iter(|| be.matmul(&a, &b, None).unwrap())
         });
-        let mut s = LocalDeployment::start(LocalConfig::default())
-            .unwrap()
-            .computation(FixedPoint::default())
-            .unwrap();
+        let d = LocalDeployment::start(LocalConfig::default()).unwrap();
+        let mut s = engine::Computation::open(&d, FixedPoint::default()).unwrap();
         let small = |rng: &mut rand_chacha::ChaCha20Rng, len: usize| -> Vec<u64> {
             (0..len)
                 .map(|_| rng.gen_range(-(1i64 << 14)..(1i64 << 14)) as u64)

@@ -7,7 +7,7 @@
 //!
 //! `cargo run --release --example embed`
 
-use engine::{FixedPoint, LocalConfig, LocalDeployment, PartyId};
+use engine::{Computation, FixedPoint, LocalConfig, LocalDeployment, PartyId};
 use rand::{Rng, SeedableRng};
 
 fn main() {
@@ -36,7 +36,7 @@ fn run() -> engine::Result<()> {
 
     // Alice, bob and the dealer as services in this process; a computation on them.
     let deployment = LocalDeployment::start(LocalConfig::default())?;
-    let mut session = deployment.computation(FixedPoint::default())?;
+    let mut session = Computation::open(&deployment, FixedPoint::default())?;
     let fx = session.fixed_point();
     let xs = session.share(PartyId::Client, &[m, k], &x)?;
     let ys = session.share(PartyId::Client, &[k, n], &y)?;

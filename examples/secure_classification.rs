@@ -117,7 +117,7 @@ fn main() {
         .classify(&xte, Some(&yte), &ClassifyOptions { batch: 16 })
         .expect("encrypted classification");
     // The logits themselves, revealed to the client in a custom computation (for comparing).
-    let mut c = d.computation(FixedPoint::default()).expect("computation");
+    let mut c = engine::Computation::open(&d, FixedPoint::default()).expect("computation");
     let shared = c
         .share_model(PartyId::ModelOwner, &model)
         .expect("share model");

@@ -109,12 +109,12 @@ fn peak_rss_mb() -> Option<f64> {
 
 /// A custom computation on fresh in-process services on `kind`, at the default precision.
 pub fn computation(kind: BackendKind) -> Result<Computation> {
-    LocalDeployment::start(LocalConfig {
+    let d = LocalDeployment::start(LocalConfig {
         backend: kind,
         timeout: std::time::Duration::from_secs(300),
         ..Default::default()
-    })?
-    .computation(FixedPoint::default())
+    })?;
+    Computation::open(&d, FixedPoint::default())
 }
 
 /// One VGG16 configuration at one batch size.

@@ -98,3 +98,7 @@ impl FixedPoint {
         xs.iter().map(|&x| self.decode_one(x)).collect()
     }
 }
+
+/// Offset making every in-range pre-truncation value non-negative (alice folds it into her share
+/// of the mask when the material is fetched).
+pub(crate) const TRUNC_OFFSET_BITS: u32 = 62;

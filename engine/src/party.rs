@@ -8,7 +8,7 @@ use kernels::{Backend, BinaryOp, Storage, Tensor};
 use crate::dealer::{expand_with, fold_identity, material_identity, material_stream, MaterialSpec};
 use crate::error::{shape_err, EngineError, Result};
 use crate::fixed::FixedPoint;
-use crate::protocols::truncate::TRUNC_OFFSET_BITS;
+use crate::fixed::TRUNC_OFFSET_BITS;
 use crate::share::Share;
 use crate::transport::{PartyId, TrafficStats, Transport};
 use crate::wire::dealer::{encode_material_request, words_to_text, SeedGrant, STATUS_OK};

@@ -22,7 +22,7 @@ pub fn session() -> Computation {
 
 /// A custom computation at `fixed` precision on fresh in-process services set up by `config`.
 pub fn computation(config: LocalConfig, fixed: FixedPoint) -> engine::Result<Computation> {
-    LocalDeployment::start(config)?.computation(fixed)
+    Computation::open(&LocalDeployment::start(config)?, fixed)
 }
 
 /// Run a unary program on a shared tensor and keep the result.

@@ -6,9 +6,11 @@ pub mod npy;
 pub mod onnx;
 pub mod output;
 pub mod presets;
+pub mod tensors;
 
-pub use model::{load_safetensors_model, load_safetensors_model_with, ModelFile, UnusedTensors};
+pub use model::{load_safetensors_model, load_safetensors_model_with, ModelFile};
 pub use npy::{load_features, load_inputs, load_labels, write_predictions};
 pub use onnx::{import_onnx, load_onnx_model, OnnxImport};
 pub use output::OutputFile;
 pub use presets::{parse_preset, Preset, PresetKind};
+pub use tensors::UnusedTensors;

@@ -11,10 +11,10 @@ use std::collections::BTreeSet;
 
 use safetensors::SafeTensors;
 
-use super::model::{name_list, tensor_f64, UnusedTensors};
+use super::tensors::{name_list, tensor_f64, UnusedTensors};
 use crate::error::{EngineError, Result};
 use crate::nn::geometry::Window2d;
-use crate::nn::graph::GraphBuilder;
+use crate::nn::plain::GraphBuilder;
 use crate::nn::plain::{parse_arch, Layer, LayerKind, Sequential, VGG16_FEATURES};
 
 /// The architectures of the presets.

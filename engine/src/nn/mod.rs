@@ -29,7 +29,8 @@ pub mod shared;
 pub mod source;
 
 pub use classify::check_labels;
-pub use graph::{GraphBuilder, Wiring};
+pub use graph::Wiring;
+pub use plain::GraphBuilder;
 pub use plain::{Layer, Sequential};
 pub use plan::{LayerPlan, ModelPlan};
 pub use range::{ModelBounds, RangeReport};

@@ -22,12 +22,9 @@ use kernels::BinaryOp;
 
 use crate::dealer::MaterialSpec;
 use crate::error::Result;
+use crate::fixed::TRUNC_OFFSET_BITS;
 use crate::party::Party;
 use crate::share::Share;
-
-/// Offset making every in-range pre-truncation value non-negative (alice folds it into her share
-/// of the mask when the material is fetched).
-pub(crate) const TRUNC_OFFSET_BITS: u32 = 62;
 
 /// Material spec of [`Party::truncate_by`] on `n` elements by `bits`.
 pub fn truncate_spec(n: usize, bits: u32) -> MaterialSpec {

@@ -6,11 +6,12 @@
 //! owner share inputs with it and receive what is revealed to them.
 //!
 //! ```
+//! use engine::service::computation::Computation;
 //! use engine::service::local::{LocalConfig, LocalDeployment};
 //! use engine::{FixedPoint, PartyId};
 //!
 //! let d = LocalDeployment::start(LocalConfig::default()).unwrap();
-//! let mut c = d.computation(FixedPoint::default()).unwrap();
+//! let mut c = Computation::open(&d, FixedPoint::default()).unwrap();
 //! let x = c.share(PartyId::Client, &[2, 2], &[1.0, -2.0, 3.0, -4.0]).unwrap();
 //! let y = c.share(PartyId::ModelOwner, &[2, 2], &[0.5, 0.0, 0.0, 0.5]).unwrap();
 //! let (xi, yi) = (x.id(), y.id());
@@ -22,7 +23,7 @@
 //!         Ok(p.keep(r))
 //!     })
 //!     .unwrap();
-//! let out = c.reveal(PartyId::Client, &engine::service::computation::Computation::handle(z, &[2, 2])).unwrap();
+//! let out = c.reveal(PartyId::Client, &Computation::handle(z, &[2, 2])).unwrap();
 //! assert_eq!(out, vec![0.5, 0.0, 1.5, 0.0]);
 //! ```
 
@@ -87,15 +88,13 @@ pub struct Computation {
 }
 
 impl Computation {
-    /// Open a computation on `parties` (alice, bob of an in-process deployment) for the data
-    /// owners `client` (who opens it) and `model_owner` (who joins it).
-    pub(crate) fn open(
-        deployment: LocalDeployment,
-        parties: Vec<Arc<PartyService>>,
-        mut client: RemoteOwner,
-        mut model_owner: RemoteOwner,
-        fixed: FixedPoint,
-    ) -> Result<Computation> {
+    /// Open a custom secure computation at `fixed` precision on `deployment`'s services, with
+    /// its client (who opens it) and model owner (who joins it) as the data owners.
+    pub fn open(deployment: &LocalDeployment, fixed: FixedPoint) -> Result<Computation> {
+        let parties = deployment.party_services();
+        let mut client = deployment.client()?;
+        let mut model_owner = deployment.model_owner()?;
+        let deployment = deployment.clone();
         let request = client.fresh_request_id();
         let mut jobs = Vec::new();
         let mut outcomes = Vec::new();

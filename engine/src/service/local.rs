@@ -28,9 +28,7 @@ use rand_core::SeedableRng;
 use crate::deploy::config::Limits;
 use crate::deploy::{generate_keys, Deployment, KeySet, Role};
 use crate::error::{EngineError, Result};
-use crate::fixed::FixedPoint;
 use crate::service::client::RemoteOwner;
-use crate::service::computation::Computation;
 use crate::service::dealer::DealerService;
 use crate::service::net::{Listener, MemoryNet, Net};
 use crate::service::party::PartyService;
@@ -212,6 +210,11 @@ impl LocalDeployment {
             .join(if index == 0 { "alice" } else { "bob" })
     }
 
+    /// The party services (alice, bob): a custom computation hands them its programs.
+    pub(crate) fn party_services(&self) -> Vec<Arc<PartyService>> {
+        self.inner.parties.clone()
+    }
+
     /// Description of the parties' compute backend.
     pub fn backend_description(&self) -> &str {
         &self.inner.backend
@@ -246,18 +249,6 @@ impl LocalDeployment {
             o.use_test_seed(seed ^ (salt + 2 * n).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         }
         Ok(o)
-    }
-
-    /// Open a custom secure computation at `fixed` precision on these services, with the client
-    /// and the model owner as its data owners (see [`Computation`]).
-    pub fn computation(&self, fixed: FixedPoint) -> Result<Computation> {
-        Computation::open(
-            self.clone(),
-            self.inner.parties.clone(),
-            self.client()?,
-            self.model_owner()?,
-            fixed,
-        )
     }
 }
 

@@ -1,7 +1,10 @@
 //! Plaintext models (the model owner's side): PyTorch's layers, connected as a chain
 //! (`nn.Sequential`) or as a graph ([`Wiring`]: residual connections, concatenations).
 
+mod builder;
 mod eval;
+
+pub use builder::GraphBuilder;
 
 use rand::Rng;
 
