@@ -79,3 +79,4 @@ fn pack_msb(
     }
     dst[i] = w;
 }
+

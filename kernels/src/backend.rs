@@ -125,6 +125,75 @@ pub fn check_select(d: &Tensor, r: &Tensor, rest: &[&Tensor]) -> Result<()> {
     Ok(())
 }
 
+/// One table lookup of [`Backend::lookup_bits`]: the index is bits `shift .. shift + width` of
+/// the element's public word plus `add` (mod 2^64); the bit read is entry `index` (or, with
+/// `prev`, entry `index - 1`, where entry `-1` is `underflow`) of the table that starts at bit
+/// `offset` of the element's table row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BitLookup {
+    /// Added to the public word before the index is read.
+    pub add: u64,
+    /// First bit of the index.
+    pub shift: u32,
+    /// Index bits (at most [`BitLookup::MAX_WIDTH`]; 0: a one-entry table).
+    pub width: u32,
+    /// Bit offset of the table in the element's row.
+    pub offset: u32,
+    /// Read the entry before the indexed one.
+    pub prev: bool,
+    /// What entry `-1` reads (with `prev` and index 0).
+    pub underflow: bool,
+}
+
+impl BitLookup {
+    /// Widest index a lookup may take (tables of 2^16 bits).
+    pub const MAX_WIDTH: u32 = 16;
+
+    /// The bit (0 or 1) this lookup reads for the public word `c` from the table row `row`
+    /// (the one definition both backends follow).
+    #[inline(always)]
+    pub fn read(&self, c: u64, row: &[u64]) -> u64 {
+        let mask = (1u64 << self.width) - 1;
+        let mut idx = c
+            .wrapping_add(self.add)
+            .checked_shr(self.shift)
+            .unwrap_or(0)
+            & mask;
+        if self.prev {
+            if idx == 0 {
+                return u64::from(self.underflow);
+            }
+            idx -= 1;
+        }
+        let pos = u64::from(self.offset) + idx;
+        (row[(pos / 64) as usize] >> (pos % 64)) & 1
+    }
+}
+
+/// Check the operands of [`Backend::lookup_bits`]; returns `(elements, words per row)`.
+pub fn check_lookup(c: &Tensor, tables: &Tensor, lookups: &[BitLookup]) -> Result<(usize, usize)> {
+    let n = c.len();
+    let words = match tables.shape() {
+        [rows, w] if *rows == n => *w,
+        s => {
+            return Err(shape_err(
+                "lookup_bits",
+                format!("tables {s:?} are not one row per each of {n} elements"),
+            ))
+        }
+    };
+    for l in lookups {
+        let end = u64::from(l.offset) + (1u64 << l.width.min(63));
+        if l.width > BitLookup::MAX_WIDTH || l.shift > 63 || end > 64 * words as u64 {
+            return Err(shape_err(
+                "lookup_bits",
+                format!("{l:?} does not fit rows of {words} words"),
+            ));
+        }
+    }
+    Ok((n, words))
+}
+
 /// Check the start of a [`Backend::chacha12`] stream (whole u64 words, 64-bit block counter).
 pub fn check_chacha(word_pos: u128) -> Result<()> {
     if !word_pos.is_multiple_of(2) || word_pos >> 68 != 0 {
@@ -363,6 +432,12 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
 
     /// Sum over the last axis of a 2-D tensor `[m, n] -> [m, 1]` mod 2^64.
     fn sum_rows(&self, a: &Tensor) -> Result<Tensor>;
+
+    /// Bit lookups in per-element tables (the narrow comparison's dealer tables): for lookup
+    /// `k` and element `e`, [`BitLookup::read`] of `c[e]` in row `e` of `tables` (`[n, words]`),
+    /// packed 64 to a word. The result holds `lookups.len()` blocks of `ceil(n / 64)` words,
+    /// lookup `k`'s bits in block `k` (bit `e % 64` of its word `e / 64`; bits past `n` are 0).
+    fn lookup_bits(&self, c: &Tensor, tables: &Tensor, lookups: &[BitLookup]) -> Result<Tensor>;
 
     /// Gather (a local re-layout: im2col, pooling windows, NHWC to NCHW): a new tensor of
     /// `shape` whose element `i` is `a[index[i]]`, or 0 where `index[i]` is [`GATHER_ZERO`]

@@ -14,7 +14,7 @@ pub mod gpu;
 pub mod select;
 pub mod tensor;
 
-pub use backend::{Backend, BeaverKind, BinaryOp, ScalarOp, TransferStats, GATHER_ZERO};
+pub use backend::{Backend, BeaverKind, BinaryOp, BitLookup, ScalarOp, TransferStats, GATHER_ZERO};
 pub use cpu::CpuBackend;
 pub use error::{KernelError, Result};
 pub use gpu::GpuBackend;

@@ -12,10 +12,10 @@ use rayon::prelude::*;
 pub use aligned::{advise_huge_pages, zeroed_words, AlignedVec};
 
 use crate::backend::{
-    check_2d, check_chacha, check_gather, check_matmul, check_read_rows, check_same_shape,
-    check_scalar, check_select, check_slice, check_truncate, compact_word, select_bit_word,
-    select_payload_word, Backend, BeaverKind, BinaryOp, ScalarOp, TransferCounter, TransferStats,
-    GATHER_ZERO,
+    check_2d, check_chacha, check_gather, check_lookup, check_matmul, check_read_rows,
+    check_same_shape, check_scalar, check_select, check_slice, check_truncate, compact_word,
+    select_bit_word, select_payload_word, Backend, BeaverKind, BinaryOp, BitLookup, ScalarOp,
+    TransferCounter, TransferStats, GATHER_ZERO,
 };
 use crate::error::{shape_err, KernelError, Result};
 use crate::tensor::{Storage, Tensor};
@@ -547,5 +547,22 @@ impl Backend for CpuBackend {
             }
         });
         Ok(Self::wrap(shape.to_vec(), out))
+    }
+
+    fn lookup_bits(&self, c: &Tensor, tables: &Tensor, lookups: &[BitLookup]) -> Result<Tensor> {
+        let (n, words) = check_lookup(c, tables, lookups)?;
+        let (cs, rows) = (self.words(c)?, self.words(tables)?);
+        let block = n.div_ceil(64);
+        let out = Self::map_into(lookups.len() * block, |off, dst| {
+            for (i, d) in dst.iter_mut().enumerate() {
+                let (l, w) = (&lookups[(off + i) / block], (off + i) % block);
+                let mut bits = 0u64;
+                for e in 64 * w..(64 * w + 64).min(n) {
+                    bits |= l.read(cs[e], &rows[e * words..(e + 1) * words]) << (e % 64);
+                }
+                *d = bits;
+            }
+        });
+        Ok(Self::wrap(vec![lookups.len() * block], out))
     }
 }

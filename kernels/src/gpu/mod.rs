@@ -16,9 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use crate::backend::{
-    check_2d, check_chacha, check_gather, check_matmul, check_same_shape, check_scalar,
-    check_select, check_slice, check_truncate, Backend, BeaverKind, BinaryOp, ScalarOp,
-    TransferCounter, TransferStats,
+    check_2d, check_chacha, check_gather, check_lookup, check_matmul, check_same_shape,
+    check_scalar, check_select, check_slice, check_truncate, Backend, BeaverKind, BinaryOp,
+    BitLookup, ScalarOp, TransferCounter, TransferStats,
 };
 use crate::error::{shape_err, KernelError, Result};
 use crate::tensor::Tensor;
@@ -573,4 +573,52 @@ impl Backend for GpuBackend {
         })?;
         Ok(self.wrap(shape.to_vec(), out))
     }
+
+    fn lookup_bits(&self, c: &Tensor, tables: &Tensor, lookups: &[BitLookup]) -> Result<Tensor> {
+        let (n, words) = check_lookup(c, tables, lookups)?;
+        // Per lookup: one bit per element (at bit 63, padded to whole words), then packed.
+        let padded = n.div_ceil(64) * 64;
+        let mut blocks = Vec::with_capacity(lookups.len());
+        for l in lookups {
+            let ops = [
+                self.select_elems(1, c)?,
+                Operand {
+                    binding: 2,
+                    buf: self.buffer(tables)?,
+                    len: tables.len(),
+                    num: words.max(1),
+                    den: 1,
+                },
+            ];
+            let lead = [
+                0,
+                0,
+                l.add as u32,
+                (l.add >> 32) as u32,
+                l.shift,
+                l.width,
+                l.offset,
+                to_u32_words(words)?,
+                u32::from(l.prev),
+                u32::from(l.underflow),
+            ];
+            let bits = self.ctx.scoped("lookup_bits", || {
+                self.exec().proportional(
+                    "lookup_bits",
+                    &self.kernels.lookup_bits,
+                    &ops,
+                    3,
+                    padded,
+                    params(&lead),
+                )
+            })?;
+            blocks.push(self.pack_msb(&self.wrap(vec![padded], bits))?);
+        }
+        let refs: Vec<&Tensor> = blocks.iter().collect();
+        self.concat(&refs)
+    }
+}
+
+fn to_u32_words(words: usize) -> Result<u32> {
+    u32::try_from(words).map_err(|_| KernelError::Gpu(format!("{words} words per table row")))
 }

@@ -21,6 +21,7 @@ const SELECT: &str = include_str!("../../../shaders/select.wgsl");
 const LAYOUT: &str = include_str!("../../../shaders/layout.wgsl");
 const CHACHA: &str = include_str!("../../../shaders/chacha.wgsl");
 const GATHER: &str = include_str!("../../../shaders/gather.wgsl");
+const LOOKUP: &str = include_str!("../../../shaders/lookup.wgsl");
 
 /// One entry point: its pipeline and bind group layout (group 0).
 pub(crate) struct Kernel {
@@ -49,6 +50,7 @@ pub(crate) struct Kernels {
     pub(crate) sum_rows_narrow: Kernel,
     pub(crate) compact_bits: Kernel,
     pub(crate) pack_msb: Kernel,
+    pub(crate) lookup_bits: Kernel,
     pub(crate) bit_select: Kernel,
     pub(crate) payload_select: Kernel,
     pub(crate) fill: Kernel,
@@ -121,6 +123,7 @@ pub(crate) fn build_all(
         let lay = module(ctx, variant, "layout", LAYOUT);
         let cc = module(ctx, variant, "chacha", CHACHA);
         let ga = module(ctx, variant, "gather", GATHER);
+        let lu = module(ctx, variant, "lookup", LOOKUP);
         Ok(Kernels {
             binary: kernel(ctx, &ew, "binary"),
             scalar: kernel(ctx, &ew, "scalar"),
@@ -131,6 +134,7 @@ pub(crate) fn build_all(
             sum_rows_narrow: kernel(ctx, &rd, "sum_rows_narrow"),
             compact_bits: kernel(ctx, &bits, "compact_bits"),
             pack_msb: kernel(ctx, &bits, "pack_msb"),
+            lookup_bits: kernel(ctx, &lu, "lookup_bits"),
             bit_select: kernel(ctx, &sel, "bit_select"),
             payload_select: kernel(ctx, &sel, "payload_select"),
             fill: kernel(ctx, &lay, "fill"),
