@@ -67,6 +67,11 @@ pub struct Party {
     next_id: u64,
     /// When `Some`, every message received from the peer is kept (for audits and tests).
     transcript: Option<Vec<Vec<u64>>>,
+    /// Shared counts of values that failed an in-protocol range check since the last
+    /// [`Party::finish_range_checks`], each with the layer it belongs to.
+    range_failures: Vec<(String, Share)>,
+    /// The layer the next recorded failures belong to.
+    range_site: String,
 }
 
 /// Ask the dealer for bob's corrections of `specs`, numbered from stream `first`. The reply is
@@ -218,6 +223,8 @@ impl Party {
             fixed_weights: HashMap::new(),
             next_id: 1,
             transcript: None,
+            range_failures: Vec::new(),
+            range_site: String::new(),
         }
     }
 
@@ -359,6 +366,25 @@ impl Party {
     /// Stop recording and return the messages received from the peer since recording began.
     pub fn take_transcript(&mut self) -> Vec<Vec<u64>> {
         self.transcript.take().unwrap_or_default()
+    }
+
+    // ---- range checks (see `protocols::range_check`) ----
+
+    /// Attribute the range-check failures recorded from now on to `site` (a layer's index and
+    /// name); returns the previous site.
+    pub fn set_range_site(&mut self, site: String) -> String {
+        std::mem::replace(&mut self.range_site, site)
+    }
+
+    /// Record a shared count of values that failed a range check at the current site.
+    pub(crate) fn record_range_failures(&mut self, count: Share) {
+        let site = self.range_site.clone();
+        self.range_failures.push((site, count));
+    }
+
+    /// The counts recorded since the last call, in order.
+    pub(crate) fn take_range_failures(&mut self) -> Vec<(String, Share)> {
+        std::mem::take(&mut self.range_failures)
     }
 
     // ---- communication with the peer ----

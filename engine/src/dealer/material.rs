@@ -9,6 +9,7 @@ pub type MaterialRng = ChaCha12Rng;
 pub(crate) use kernels::cpu::prg::fill_words;
 use kernels::cpu::zeroed_words;
 
+use super::tables::{TableLayout, CHECK_LOW_BIT};
 use crate::error::{EngineError, Result};
 
 /// One piece of correlated randomness a protocol step needs.
@@ -69,6 +70,20 @@ pub enum MaterialSpec {
         /// Number of payload vectors to multiply by the bit.
         payloads: usize,
     },
+    /// The narrow comparison of `n` values (see [`crate::protocols::compare`]): a random mask
+    /// `R` per value; XOR-shared lookup tables of `R`'s low 31 bits and `R`'s bit 31, packed;
+    /// with `check_top > 0`, XOR-shared tables of `R`'s bits `[30, check_top)` for the fused
+    /// range check and a random bit (packed, and as arithmetic shares) to turn its result
+    /// arithmetic; with `select >= 1` a random bit `ρ` likewise for the sign; with
+    /// `select == 2` arithmetic shares of `R·ρ` (the payload product).
+    NarrowCompare {
+        /// Values.
+        n: usize,
+        /// Top (exclusive) bit of the range check's window; 0: no check.
+        check_top: u32,
+        /// 0: XOR-shared sign bits; 1: arithmetic sign; 2: arithmetic sign and payload.
+        select: u32,
+    },
     /// Per element a random `r` in `Z_2^bits` (shared arithmetically mod `2^bits`: each party's
     /// random word, low `bits` bits) and arithmetic shares of the one-hot row `[j == r]` for
     /// `j < 2^bits` (the equality-by-lookup material of small integers).
@@ -107,6 +122,7 @@ const TAG_TRUNC: u64 = 5;
 const TAG_AND: u64 = 6;
 const TAG_SELECT: u64 = 7;
 const TAG_ONE_HOT: u64 = 8;
+const TAG_NARROW: u64 = 9;
 
 impl MaterialSpec {
     /// Largest domain of [`MaterialSpec::OneHot`]: tables of 4096 words per element.
@@ -126,6 +142,23 @@ impl MaterialSpec {
                 (vec![n.div_ceil(64), payloads * n], vec![n, payloads * n])
             }
             OneHot { n, bits } => (vec![n], vec![n << bits]),
+            NarrowCompare {
+                n,
+                check_top,
+                select,
+            } => {
+                let packed = n.div_ceil(64);
+                let (check, sel) = (check_top > 0, select > 0);
+                let mut random = vec![n];
+                random.extend(sel.then_some(packed));
+                random.extend(check.then_some(packed));
+                let mut derived = vec![n * TableLayout::sign().words, packed];
+                derived.extend(check.then(|| n * TableLayout::check(check_top).words));
+                derived.extend(sel.then_some(n));
+                derived.extend((select == 2).then_some(n));
+                derived.extend(check.then_some(n));
+                (random, derived)
+            }
         };
         PartShapes { random, derived }
     }
@@ -154,14 +187,50 @@ impl MaterialSpec {
                 sum(&[Some(n as u64), mul(n, 1 << bits)])
             }
             OneHot { .. } => None,
+            NarrowCompare {
+                n,
+                check_top,
+                select,
+            } if Self::narrow_params_ok(check_top, select) => {
+                // At most this many words per value (tables, masks, packed bits rounded up);
+                // once that cannot overflow, the parts' exact sum cannot either.
+                let check = if check_top > 0 {
+                    TableLayout::check(check_top).words
+                } else {
+                    0
+                };
+                mul(n, TableLayout::sign().words + check + 8)?;
+                let p = self.parts();
+                Some(p.random.iter().chain(&p.derived).map(|&w| w as u64).sum())
+            }
+            NarrowCompare { .. } => None,
         }
     }
 
-    /// How derived parts are corrected.
-    pub fn correction(&self) -> Correction {
+    /// Whether a [`MaterialSpec::NarrowCompare`]'s check window and selection are valid.
+    fn narrow_params_ok(check_top: u32, select: u32) -> bool {
+        (check_top == 0 || (CHECK_LOW_BIT + 1..=64).contains(&check_top)) && select <= 2
+    }
+
+    /// How each derived part is corrected (in the order of [`PartShapes::derived`]).
+    pub fn corrections(&self) -> Vec<Correction> {
+        let n = self.parts().derived.len();
         match self {
-            MaterialSpec::AndTriple { .. } => Correction::Boolean,
-            _ => Correction::Arithmetic,
+            MaterialSpec::AndTriple { .. } => vec![Correction::Boolean; n],
+            // Tables and the mask's top bit are XOR-shared, the rest arithmetic.
+            MaterialSpec::NarrowCompare { check_top, .. } => {
+                let boolean = if *check_top > 0 { 3 } else { 2 };
+                (0..n)
+                    .map(|i| {
+                        if i < 2 || (i == 2 && boolean == 3) {
+                            Correction::Boolean
+                        } else {
+                            Correction::Arithmetic
+                        }
+                    })
+                    .collect()
+            }
+            _ => vec![Correction::Arithmetic; n],
         }
     }
 
@@ -180,6 +249,11 @@ impl MaterialSpec {
             AndTriple { n } => out.extend([TAG_AND, w(n), 0, 0, 0]),
             BitSelect { n, payloads } => out.extend([TAG_SELECT, w(n), w(payloads), 0, 0]),
             OneHot { n, bits } => out.extend([TAG_ONE_HOT, w(n), bits as u64, 0, 0]),
+            NarrowCompare {
+                n,
+                check_top,
+                select,
+            } => out.extend([TAG_NARROW, w(n), u64::from(check_top), u64::from(select), 0]),
         }
     }
 
@@ -236,6 +310,20 @@ impl MaterialSpec {
                     }
                 },
             },
+            TAG_NARROW => {
+                let (check_top, select) = match (u32::try_from(w[2]), u32::try_from(w[3])) {
+                    (Ok(c), Ok(s)) if Self::narrow_params_ok(c, s) => (c, s),
+                    _ => return Err(EngineError::Protocol(format!(
+                        "narrow comparison with check window top {} and selection {} out of range",
+                        w[2], w[3]
+                    ))),
+                };
+                NarrowCompare {
+                    n: u(w[1]),
+                    check_top,
+                    select,
+                }
+            }
             t => return Err(EngineError::Protocol(format!("unknown material tag {t}"))),
         })
     }

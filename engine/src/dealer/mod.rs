@@ -12,6 +12,7 @@
 
 mod material;
 mod service;
+pub mod tables;
 
 pub(crate) use material::fill_words;
 pub use material::{

@@ -32,6 +32,7 @@ use rayon::prelude::*;
 use super::material::{
     draw_random_parts, expand_party_share, fill_words, Correction, MaterialRng, MaterialSpec,
 };
+use super::tables::narrow_values;
 use crate::error::{EngineError, Result};
 
 use crate::wire::dealer::{decode_material_request, STATUS_OK};
@@ -323,11 +324,20 @@ impl Dealer {
                 }
                 vec![table]
             }
+            MaterialSpec::NarrowCompare {
+                check_top, select, ..
+            } => {
+                let xor = |a: &[u64], b: &[u64]| a.iter().zip(b).map(|(x, y)| x ^ y).collect();
+                let bits: Vec<Vec<u64>> = (1..nr).map(|i| xor(&p0[i], &p1[i])).collect();
+                let r = add(&p0[0], &p1[0]);
+                narrow_values(&r, check_top, select, &bits)
+            }
         };
+        let corrections = spec.corrections();
         let mut out = Vec::with_capacity(spec.parts().derived.iter().sum());
         for (i, v) in values.iter_mut().enumerate() {
             let alice = &p0[nr + i];
-            match spec.correction() {
+            match corrections[i] {
                 Correction::Arithmetic => v
                     .par_iter_mut()
                     .zip(alice)

@@ -33,11 +33,17 @@
 //! material stay on the device: per round one download of the masked words sent to the peer
 //! and one upload of the peer's words are the only host transfers.
 
+mod argmax;
 mod circuit;
 mod eq_index;
+mod mode;
+mod narrow;
 mod piecewise;
 
+pub use argmax::pairwise_argmax_specs;
 pub use eq_index::{eq_index_bits, eq_index_specs, MAX_EQ_INDEX_TABLE_WORDS};
+pub use mode::CompareMode;
+pub use narrow::{narrow_specs, Payload};
 pub use piecewise::{clip_specs, leaky_relu_specs};
 
 use kernels::{BeaverKind, BinaryOp, ScalarOp, Tensor};
@@ -349,7 +355,7 @@ impl Party {
     }
 
     /// Columns of a 2-D share as `[m]` shares (a local re-layout of this party's own share).
-    fn columns(&self, x: &Share) -> Result<Vec<Share>> {
+    pub(crate) fn columns(&self, x: &Share) -> Result<Vec<Share>> {
         let (m, n) = (x.shape()[0], x.shape()[1]);
         let be = self.backend();
         let t = be.transpose(x.tensor())?;
