@@ -11,7 +11,12 @@ use rand_chacha::ChaCha20Rng;
 
 use engine::error::Result;
 use engine::nn::geometry::{im2col_index, max_pool_index, nhwc_to_nchw_index};
-use engine::nn::plain::{transposed, vgg16, Layer, Sequential};
+use std::sync::Arc;
+
+use engine::nn::plain::{transposed, vgg16_torch_default, Layer, Sequential};
+use engine::nn::shared::{SharedLayer, SharedMaxPool2d, SharedReLU};
+use engine::protocols::compare::CompareMode;
+use engine::protocols::range_check::{checked_sites, range_check_specs};
 use engine::service::computation::Computation;
 use engine::service::local::{LocalConfig, LocalDeployment};
 use engine::transport::{PartyId, StepStats};
@@ -127,7 +132,7 @@ pub fn vgg16_run(
     batches: &[usize],
     rng: &mut ChaCha20Rng,
 ) -> Result<()> {
-    let model = vgg16(size, avgpool, hidden, classes, rng)?;
+    let model = vgg16_torch_default(size, avgpool, hidden, classes, rng)?;
     let macs = model.macs_per_sample();
     let be = backend_from_kind(kind)?;
     let mut s = computation(kind)?;
@@ -173,10 +178,9 @@ pub fn vgg16_run(
     );
     println!("| batch | MACs/image | plaintext u64 ms | preprocessing ms | online ms | total s/image | images/s (total) | online / plaintext |");
     println!("|---|---|---|---|---|---|---|---|");
-    let mut per_kind_last = BTreeMap::new();
     for &batch in batches {
         let per = model.in_features();
-        let xs: Vec<f64> = (0..batch * per).map(|_| rng.gen_range(0.0..1.0)).collect();
+        let xs = standard_normal(rng, batch * per);
         let xt = be.upload(&[batch, 3, size, size], &fx.encode(&xs)?)?;
         let reps = if batch * macs as usize > 20_000_000_000 {
             1
@@ -191,35 +195,8 @@ pub fn vgg16_run(
         }
         let x = s.share(PartyId::Client, &[batch, 3, size, size], &xs)?;
         let xid = x.id();
-        let (mut best_pre, mut best_on) = (f64::INFINITY, f64::INFINITY);
-        for _ in 0..reps {
-            let m1 = shared.clone();
-            let t0 = Instant::now();
-            s.run(move |p| p.preprocess(&m1.material_specs(batch, p.fixed_point().frac_bits())))?;
-            let t1 = Instant::now();
-            let m2 = shared.clone();
-            let [per_kind, _] = s.run(move |p| {
-                let mut cur = p.kept(xid)?;
-                let mut kinds: BTreeMap<String, StepStats> = BTreeMap::new();
-                for l in m2.layers() {
-                    let before = p.traffic();
-                    cur = l.forward(p, &cur)?;
-                    kinds
-                        .entry(layer_kind(&l.name()))
-                        .or_default()
-                        .add(&p.traffic().since(&before).online());
-                }
-                Ok(kinds)
-            })?;
-            let t2 = Instant::now();
-            best_pre = best_pre.min((t1 - t0).as_secs_f64());
-            best_on = best_on.min((t2 - t1).as_secs_f64());
-            per_kind_last = per_kind;
-        }
-        s.run(move |p| {
-            p.forget(xid);
-            Ok(())
-        })?;
+        let layers = shared.layers().to_vec();
+        let (best_pre, best_on, per_kind) = secure_forward(&mut s, &layers, batch, xid, reps)?;
         let total = best_pre + best_on;
         println!(
             "| {batch} | {:.3} G | {:.1} | {:.1} | {:.1} | {:.4} | {:.1} | {:.2}x |",
@@ -234,17 +211,164 @@ pub fn vgg16_run(
         println!("per layer type at batch {batch}, per party (alice), per image:");
         println!("| layer type | rounds (per batch) | MB sent per image |");
         println!("|---|---|---|");
-        for (k, st) in &per_kind_last {
+        for (k, st) in &per_kind {
             println!(
                 "| {k} | {} | {:.3} |",
                 st.rounds,
                 st.bytes_sent as f64 / 1e6 / batch as f64
             );
         }
+        if batch == batches[0] && shared.compare() == CompareMode::Checked {
+            range_protection_cost(
+                &mut s, &model, &layers, batch, xid, reps, best_on, &per_kind,
+            )?;
+        }
+        s.run(move |p| {
+            p.forget(xid);
+            Ok(())
+        })?;
     }
     if let Some(mb) = peak_rss_mb() {
         println!("peak resident memory of the process (model owner, client, alice, bob and dealer together): {mb:.0} MB");
     }
     println!();
+    Ok(())
+}
+
+/// Standard normal samples (Box-Muller), within ±15 (the default input bound is ±16).
+fn standard_normal(rng: &mut ChaCha20Rng, n: usize) -> Vec<f64> {
+    (0..n)
+        .map(|_| {
+            let (u, v): (f64, f64) = (rng.gen_range(1e-12..1.0), rng.gen_range(0.0..1.0));
+            ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()).clamp(-15.0, 15.0)
+        })
+        .collect()
+}
+
+/// Preprocess and run `layers` (a chain) on the kept input `xid` of `batch` rows, then the
+/// batch's range-check finish where the layers recorded checks; best of `reps`. Returns the
+/// preprocessing and online seconds and the online traffic per layer type (the finish as
+/// "range check").
+fn secure_forward(
+    s: &mut Computation,
+    layers: &[Arc<dyn SharedLayer>],
+    batch: usize,
+    xid: u64,
+    reps: usize,
+) -> Result<(f64, f64, BTreeMap<String, StepStats>)> {
+    let (mut best_pre, mut best_on) = (f64::INFINITY, f64::INFINITY);
+    let mut last = BTreeMap::new();
+    for _ in 0..reps {
+        let l1 = layers.to_vec();
+        let t0 = Instant::now();
+        s.run(move |p| {
+            let f = p.fixed_point().frac_bits();
+            let mut specs: Vec<_> = l1.iter().flat_map(|l| l.material(batch, f)).collect();
+            specs.extend(range_check_specs(checked_sites(&specs)));
+            p.preprocess(&specs)
+        })?;
+        let t1 = Instant::now();
+        let l2 = layers.to_vec();
+        let [per_kind, _] = s.run(move |p| {
+            let mut cur = p.kept(xid)?;
+            let mut kinds: BTreeMap<String, StepStats> = BTreeMap::new();
+            for (i, l) in l2.iter().enumerate() {
+                let before = p.traffic();
+                p.set_range_site(format!("layer {i} {}", l.name()));
+                cur = l.forward(p, &cur)?;
+                kinds
+                    .entry(layer_kind(&l.name()))
+                    .or_default()
+                    .add(&p.traffic().since(&before).online());
+            }
+            let before = p.traffic();
+            p.finish_range_checks()?;
+            let fin = p.traffic().since(&before).online();
+            if fin.rounds > 0 {
+                kinds.entry("range check".into()).or_default().add(&fin);
+            }
+            Ok(kinds)
+        })?;
+        let t2 = Instant::now();
+        best_pre = best_pre.min((t1 - t0).as_secs_f64());
+        best_on = best_on.min((t2 - t1).as_secs_f64());
+        last = per_kind;
+    }
+    Ok((best_pre, best_on, last))
+}
+
+/// What the range protection costs: the same run with the model's comparisons unchecked
+/// (narrow, exact only because this model's values happen to stay small: a measurement, never
+/// a default) and with the full-width 64-bit comparisons, against the checked default.
+#[allow(clippy::too_many_arguments)]
+fn range_protection_cost(
+    s: &mut Computation,
+    model: &Sequential,
+    checked: &[Arc<dyn SharedLayer>],
+    batch: usize,
+    xid: u64,
+    reps: usize,
+    checked_online: f64,
+    checked_kinds: &BTreeMap<String, StepStats>,
+) -> Result<()> {
+    let shapes = model.shapes()?;
+    let with = |mode: CompareMode| -> Result<Vec<Arc<dyn SharedLayer>>> {
+        model
+            .layers
+            .iter()
+            .zip(checked)
+            .enumerate()
+            .map(|(i, (l, sl))| -> Result<Arc<dyn SharedLayer>> {
+                Ok(match l {
+                    Layer::ReLU => Arc::new(SharedReLU::new(shapes[i].clone()).comparing(mode)),
+                    Layer::MaxPool2d { window } => {
+                        Arc::new(SharedMaxPool2d::new(shapes[i].clone(), *window)?.comparing(mode))
+                    }
+                    _ => sl.clone(),
+                })
+            })
+            .collect()
+    };
+    let total = |k: &BTreeMap<String, StepStats>| {
+        k.values().fold(StepStats::default(), |mut a, st| {
+            a.add(st);
+            a
+        })
+    };
+    let c = total(checked_kinds);
+    println!("range protection at batch {batch} (forward to the logits, online, alice):");
+    println!("| comparisons | online ms | rounds | MB sent per image |");
+    println!("|---|---|---|---|");
+    println!(
+        "| narrow, checked (the default for this model) | {:.1} | {} | {:.3} |",
+        checked_online * 1e3,
+        c.rounds,
+        c.bytes_sent as f64 / 1e6 / batch as f64
+    );
+    for (label, mode) in [
+        (
+            "narrow, unchecked (the same run without the protection)",
+            CompareMode::Narrow,
+        ),
+        ("full-width 64-bit (before)", CompareMode::Full),
+    ] {
+        let layers = with(mode)?;
+        let (_, on, kinds) = secure_forward(s, &layers, batch, xid, reps)?;
+        let t = total(&kinds);
+        println!(
+            "| {label} | {:.1} | {} | {:.3} |",
+            on * 1e3,
+            t.rounds,
+            t.bytes_sent as f64 / 1e6 / batch as f64
+        );
+        if mode == CompareMode::Narrow {
+            println!(
+                "range protection overhead: {:+.1} % online time, {:+.1} % rounds, {:+.1} % bytes",
+                (checked_online / on - 1.0) * 100.0,
+                (c.rounds as f64 / t.rounds as f64 - 1.0) * 100.0,
+                (c.bytes_sent as f64 / t.bytes_sent as f64 - 1.0) * 100.0
+            );
+        }
+    }
     Ok(())
 }

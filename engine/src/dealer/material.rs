@@ -313,10 +313,12 @@ impl MaterialSpec {
             TAG_NARROW => {
                 let (check_top, select) = match (u32::try_from(w[2]), u32::try_from(w[3])) {
                     (Ok(c), Ok(s)) if Self::narrow_params_ok(c, s) => (c, s),
-                    _ => return Err(EngineError::Protocol(format!(
+                    _ => {
+                        return Err(EngineError::Protocol(format!(
                         "narrow comparison with check window top {} and selection {} out of range",
                         w[2], w[3]
-                    ))),
+                    )))
+                    }
                 };
                 NarrowCompare {
                     n: u(w[1]),

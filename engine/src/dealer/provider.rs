@@ -34,8 +34,8 @@ use rayon::prelude::*;
 use super::material::{
     draw_random_parts, expand_party_share, fill_words, Correction, MaterialSpec,
 };
-use super::tables::narrow_values;
 use super::streams::{material_stream, StreamSpace};
+use super::tables::narrow_values;
 use crate::error::{EngineError, Result};
 
 use crate::wire::dealer::{decode_material_request, STATUS_OK};

@@ -9,7 +9,8 @@ use crate::fixed::FixedPoint;
 use crate::nn::shared::SharedModel;
 use crate::owner::DataOwner;
 use crate::party::Party;
-use crate::protocols::compare::{eq_index_specs, tree_max_specs};
+use crate::protocols::compare::eq_index_specs;
+use crate::protocols::range_check::{checked_sites, range_check_specs};
 use crate::transport::PartyId;
 
 /// The client's check of its labels before anything is shared: one label per input row, each a
@@ -131,7 +132,10 @@ impl BatchStep {
         };
         p.preprocess(specs)?;
         let logits = model.forward(p, &x)?;
-        let pred = p.argmax_last(&logits)?;
+        p.set_range_site("the argmax".into());
+        let pred = p.argmax_in(model.compare(), &logits)?;
+        // Nothing of the batch is revealed before its range checks pass.
+        p.finish_range_checks()?;
         if self.reveal {
             p.reveal_to(PartyId::Client, &pred)?;
         }
@@ -161,7 +165,12 @@ pub fn batch_specs(
     frac_bits: u32,
 ) -> Vec<MaterialSpec> {
     let mut specs = model.material_specs(m, frac_bits);
-    specs.extend(tree_max_specs(m, model.out_features(), true));
+    specs.extend(
+        model
+            .compare()
+            .argmax_specs(m, model.out_features(), frac_bits),
+    );
+    specs.extend(range_check_specs(checked_sites(&specs)));
     if labels {
         specs.extend(eq_index_specs(m, model.out_features(), frac_bits));
     }

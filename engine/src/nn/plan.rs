@@ -28,6 +28,7 @@ use crate::nn::shared::{
 };
 use crate::nn::source::{encode_transposed, encode_values, LayerShape, ModelSource};
 use crate::party::Party;
+use crate::protocols::compare::CompareMode;
 use crate::transport::PartyId;
 
 /// Where the owner's side of sharing puts a tensor: `send(shape, fill)` has `fill` write the
@@ -164,6 +165,7 @@ impl LayerPlan {
         inputs: &[Vec<usize>],
         ids: &[u64],
         fx: &FixedPoint,
+        compare: CompareMode,
     ) -> Result<Arc<dyn SharedLayer>> {
         let want = if self.weight_shape().is_some() { 3 } else { 0 };
         if ids.len() != want || inputs.is_empty() {
@@ -197,12 +199,14 @@ impl LayerPlan {
                 [ids[0], ids[1], ids[2]],
             )?),
             LayerPlan::Public(l) => match l {
-                Layer::ReLU => Arc::new(SharedReLU::new(input)),
+                Layer::ReLU => Arc::new(SharedReLU::new(input).comparing(compare)),
                 Layer::Clip { min, max } => Arc::new(SharedClip::new(input, *min, *max, fx)?),
                 Layer::LeakyReLU { slope } => Arc::new(SharedLeakyReLU::new(input, *slope, fx)?),
                 Layer::Dropout => Arc::new(SharedIdentity::new("Dropout")),
                 Layer::Flatten => Arc::new(SharedFlatten::new(input)),
-                Layer::MaxPool2d { window } => Arc::new(SharedMaxPool2d::new(input, *window)?),
+                Layer::MaxPool2d { window } => {
+                    Arc::new(SharedMaxPool2d::new(input, *window)?.comparing(compare))
+                }
                 Layer::AvgPool2d {
                     window,
                     count_include_pad,
@@ -242,6 +246,10 @@ pub struct ModelPlan {
     /// Ring limit of each layer's output checked at run time (the owner's calibrated bounds
     /// times `2^f`, on the hidden Linear layers), or empty for worst-case bounds only.
     pub limits: Vec<Option<u64>>,
+    /// How the comparisons run (a ring limit: full-width, or checked below `2^31` ring units
+    /// with the batch failing on a value outside; see [`crate::protocols::range_check`]).
+    #[serde(default)]
+    pub compare: CompareMode,
     /// The owner's range analysis (headroom, error bound), for display on the owner's side:
     /// never serialized, so it never reaches the parties.
     #[serde(skip)]
@@ -283,6 +291,7 @@ impl ModelPlan {
             frac_bits: fx.frac_bits(),
             input_bound: bounds.input_bound,
             limits: layer_limits(model, bounds, fx),
+            compare: range.compare,
             range: Some(range),
         };
         plan.check()?;
@@ -427,7 +436,7 @@ impl ModelPlan {
         fx: &FixedPoint,
     ) -> Result<Arc<dyn SharedLayer>> {
         let inputs: Vec<Vec<usize>> = self.input_shapes(layer).map(<[usize]>::to_vec).collect();
-        self.layers[layer].assemble(&inputs, ids, fx)
+        self.layers[layer].assemble(&inputs, ids, fx, self.compare)
     }
 
     /// A party's side of layer `layer`: receive its shares from `owner` (if it has
@@ -467,6 +476,7 @@ impl ModelPlan {
             self.bounds(),
             self.range.clone(),
         )
+        .comparing(self.compare)
     }
 }
 

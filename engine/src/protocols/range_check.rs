@@ -82,18 +82,20 @@ impl Party {
         let failed = |i: usize| (flags[i / 64] >> (i % 64)) & 1 == 1;
         if let Some(i) = (0..sites.len()).find(|&i| failed(i)) {
             let others = (i + 1..sites.len()).filter(|&j| failed(j)).count();
-            return Err(EngineError::Range(format!(
-                "overflow detected in the secure computation at {}{}: a value left the range its \
-                 comparisons are exact on (inputs of that size need a model checked from a \
-                 larger bound: declare --calibrate data, or fewer --frac-bits); the batch was \
-                 stopped and nothing of it was revealed",
-                sites[i].0,
-                if others > 0 {
-                    format!(" (and {others} later check sites)")
-                } else {
-                    String::new()
-                }
-            )));
+            // The site is for the parties' logs (and the model owner's, in-process); the
+            // error that travels to the client names no layer.
+            tracing::warn!(
+                site = %sites[i].0,
+                later_sites = others,
+                "overflow detected in the secure computation: a value left the range its \
+                 comparisons are exact on; the batch was stopped"
+            );
+            return Err(EngineError::Range(
+                "overflow detected in the secure computation: a value of this request left the \
+                 range the model is checked on, so the request failed and nothing of it was \
+                 revealed (the model owner can declare --calibrate data or fewer --frac-bits)"
+                    .into(),
+            ));
         }
         Ok(())
     }

@@ -426,6 +426,7 @@ impl Computation {
                 let x = p.kept(xid)?;
                 let logits = m.forward(p, &x)?;
                 p.forget(xid);
+                p.finish_range_checks()?;
                 p.reveal_to(PartyId::Client, &logits)
             })?;
             let (_, ring) = self.receive_revealed(PartyId::Client)?;

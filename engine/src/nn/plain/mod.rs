@@ -700,6 +700,32 @@ pub fn vgg16(
     classes: usize,
     rng: &mut impl Rng,
 ) -> Result<Sequential> {
+    vgg16_init(size, avgpool, hidden, classes, false, rng)
+}
+
+/// [`vgg16`] with PyTorch's default initialisation of every layer, as `torchvision.models.
+/// vgg16()` before training without its own init: convolution weights and biases
+/// `U(±1/√fan_in)` (`kaiming_uniform_(a=√5)`), so activations shrink layer by layer while the
+/// worst-case interval bounds grow (the deep network the range analysis must not refuse).
+pub fn vgg16_torch_default(
+    size: usize,
+    avgpool: Option<[usize; 2]>,
+    hidden: usize,
+    classes: usize,
+    rng: &mut impl Rng,
+) -> Result<Sequential> {
+    vgg16_init(size, avgpool, hidden, classes, true, rng)
+}
+
+/// [`vgg16`] (He-uniform convolutions) or [`vgg16_torch_default`] (`torch_default`).
+fn vgg16_init(
+    size: usize,
+    avgpool: Option<[usize; 2]>,
+    hidden: usize,
+    classes: usize,
+    torch_default: bool,
+    rng: &mut impl Rng,
+) -> Result<Sequential> {
     let mut layers = Vec::new();
     let mut c = 3;
     for &oc in &VGG16_FEATURES {
@@ -710,9 +736,14 @@ pub fn vgg16(
             continue;
         }
         let fan_in = c * 9;
-        let b = (6.0 / fan_in as f64).sqrt();
+        let (b, bb) = if torch_default {
+            let b = 1.0 / (fan_in as f64).sqrt();
+            (b, b)
+        } else {
+            ((6.0 / fan_in as f64).sqrt(), 0.01)
+        };
         let weight = (0..oc * fan_in).map(|_| rng.gen_range(-b..b)).collect();
-        let bias = (0..oc).map(|_| rng.gen_range(-0.01..0.01)).collect();
+        let bias = (0..oc).map(|_| rng.gen_range(-bb..bb)).collect();
         layers.push(Layer::conv2d(
             c,
             oc,

@@ -58,7 +58,7 @@ impl Bounds {
     }
 
     /// Elementwise `(real, error, ring)` of a map applied to every element.
-    fn map(&self, f: impl Fn(f64, f64, f64) -> (f64, f64, f64)) -> Bounds {
+    pub(super) fn map(&self, f: impl Fn(f64, f64, f64) -> (f64, f64, f64)) -> Bounds {
         let (mut real, mut err, mut ring) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..self.ring.len() {
             let (a, b, c) = f(self.real[i], self.err[i], self.ring[i]);
@@ -70,7 +70,7 @@ impl Bounds {
     }
 
     /// The largest `(ring, real, error)` bound.
-    fn max(&self) -> (f64, f64, f64) {
+    pub(super) fn max(&self) -> (f64, f64, f64) {
         (max_of(&self.ring), max_of(&self.real), max_of(&self.err))
     }
 }

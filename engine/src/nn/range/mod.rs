@@ -51,6 +51,9 @@ use crate::nn::source::{LayerShape, ModelSource};
 
 use interval::{layer_step, max_of, Bounds};
 
+use crate::protocols::compare::CompareMode;
+use crate::protocols::range_check::CHECK_GUARANTEE;
+
 /// Input bound a model accepts unless its owner declares another: `|x| <= 16` fits ordinary
 /// normalised data (standardised features, pixels in [0, 1] or [-1, 1]).
 pub const DEFAULT_INPUT_BOUND: f64 = 16.0;
@@ -115,6 +118,11 @@ pub struct RangeReport {
     pub layers: Vec<LayerRange>,
     /// Proven bound on `|secure logit - plaintext logit|` (real units) for inputs within the bound.
     pub logit_error: f64,
+    /// How the model's comparisons run: [`CompareMode::Full`] where the worst-case bounds
+    /// hold from the input to the logits, [`CompareMode::Checked`] where they hold only from
+    /// one checked comparison to the next (see the module documentation).
+    #[serde(default)]
+    pub compare: CompareMode,
 }
 
 impl RangeReport {
@@ -136,6 +144,8 @@ impl RangeReport {
         let w = self.worst();
         let mode = if self.layers.iter().any(|l| l.checked.is_some()) {
             "calibrated bounds, checked at run time"
+        } else if self.compare == CompareMode::Checked {
+            "worst-case bounds between comparisons, each compared value checked at run time"
         } else {
             "worst-case bounds"
         };
@@ -174,7 +184,13 @@ fn propagate(
     model: &(impl ModelSource + ?Sized),
     frac_bits: u32,
     bounds: &ModelBounds,
+    compare: CompareMode,
 ) -> std::result::Result<RangeReport, Violation> {
+    let checks = compare == CompareMode::Checked;
+    // A checked comparison is exact on values below 2^(top - 2) ring units; it is held to
+    // the accumulators' limit 2^SAFE_BITS after scaling by the difference.
+    let compared_scale = 2f64.powi(SAFE_BITS as i32 + 2 - compare.check_top(frac_bits) as i32);
+    let guarantee = CHECK_GUARANTEE as f64;
     let scale = (1u64 << frac_bits) as f64;
     let eps = 1.0 / scale;
     let b = bounds.input_bound;
@@ -208,7 +224,24 @@ fn propagate(
         } else {
             None
         };
-        let step = layer_step(l, ins, input, output, frac_bits, checked);
+        let mut step = layer_step(l, ins, input, output, frac_bits, checked);
+        if checks {
+            // Values compared by a checked comparison: a ReLU's inputs, a max pool's
+            // differences. A ReLU's output passed its check: re-anchor at the guarantee.
+            let rin = ins[0].max().0;
+            let compared = match l {
+                Layer::ReLU => rin,
+                Layer::MaxPool2d { .. } => 2.0 * rin,
+                _ => 0.0,
+            };
+            step.peak = step.peak.max(compared * compared_scale);
+            if matches!(l, Layer::ReLU) {
+                step.out = Arc::new(
+                    step.out
+                        .map(|re, e, ri| (re.min(guarantee * eps + e), e, ri.min(guarantee))),
+                );
+            }
+        }
         let bits = step.peak.max(1.0).log2();
         if step.peak >= limit {
             return Err(Violation::Layer {
@@ -229,11 +262,22 @@ fn propagate(
         linear += usize::from(is_linear);
         Ok(step.out)
     })?;
+    // The argmax compares differences of two logits.
+    let logits = out.max().0;
+    if checks && 2.0 * logits * compared_scale >= limit {
+        let last = wiring.len().saturating_sub(1);
+        return Err(Violation::Layer {
+            layer: last,
+            name: "argmax".into(),
+            bits: (2.0 * logits * compared_scale).log2(),
+        });
+    }
     Ok(RangeReport {
         frac_bits,
         input_bound: b,
         layers,
         logit_error: max_of(&out.err),
+        compare,
     })
 }
 
@@ -277,11 +321,17 @@ pub fn analyse(
             )));
         }
     }
-    let violation = match propagate(model, f, bounds) {
+    let violation = match propagate(model, f, bounds, CompareMode::Full) {
         Ok(report) => return Ok(report),
         Err(Violation::Read(e)) => return Err(EngineError::Format(e)),
         Err(v) => v,
     };
+    // The proof does not reach the logits: re-anchor at every checked comparison.
+    if bounds.calibrated.is_none() {
+        if let Ok(report) = propagate(model, f, bounds, CompareMode::Checked) {
+            return Ok(report);
+        }
+    }
     let safe_f = largest_safe_frac_bits(model, f, bounds, &violation);
     let safe_f = match safe_f {
         Some(g) => format!("the largest safe --frac-bits is {g}"),
@@ -317,7 +367,7 @@ fn largest_safe_frac_bits(
     bounds: &ModelBounds,
     violation: &Violation,
 ) -> Option<u32> {
-    let ok = |g: u32| propagate(model, g, bounds).is_ok();
+    let ok = |g: u32| propagate(model, g, bounds, CompareMode::Full).is_ok();
     let start = match violation {
         Violation::Layer { bits, .. } => {
             let drop = ((bits - SAFE_BITS as f64) / 2.0).floor().max(0.0) as u32;
@@ -348,6 +398,7 @@ fn safe_input_bound(
                 input_bound: b,
                 calibrated: bounds.calibrated.clone(),
             },
+            CompareMode::Full,
         )
         .is_ok()
     };

@@ -5,7 +5,7 @@ use crate::error::{shape_err, Result};
 use crate::fixed::FixedPoint;
 use crate::nn::plain::Layer;
 use crate::party::Party;
-use crate::protocols::compare::{clip_specs, leaky_relu_specs, relu_specs};
+use crate::protocols::compare::{clip_specs, leaky_relu_specs, CompareMode};
 use crate::share::Share;
 
 use super::SharedLayer;
@@ -14,14 +14,22 @@ use super::SharedLayer;
 #[derive(Clone, Debug)]
 pub struct SharedReLU {
     per_sample: usize,
+    compare: CompareMode,
 }
 
 impl SharedReLU {
-    /// ReLU over inputs of per-sample shape `input`.
+    /// ReLU over inputs of per-sample shape `input` (the full-width comparison).
     pub fn new(input: Vec<usize>) -> Self {
         SharedReLU {
             per_sample: input.iter().product(),
+            compare: CompareMode::Full,
         }
+    }
+
+    /// The same ReLU by `compare`'s comparison (the model plan's).
+    pub fn comparing(mut self, compare: CompareMode) -> Self {
+        self.compare = compare;
+        self
     }
 }
 
@@ -29,11 +37,11 @@ impl SharedLayer for SharedReLU {
     fn name(&self) -> String {
         "ReLU".into()
     }
-    fn material(&self, batch: usize, _frac_bits: u32) -> Vec<MaterialSpec> {
-        relu_specs(batch * self.per_sample)
+    fn material(&self, batch: usize, frac_bits: u32) -> Vec<MaterialSpec> {
+        self.compare.relu_specs(batch * self.per_sample, frac_bits)
     }
     fn forward(&self, p: &mut Party, x: &Share) -> Result<Share> {
-        p.relu(x)
+        p.relu_in(self.compare, x)
     }
 }
 

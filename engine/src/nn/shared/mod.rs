@@ -32,6 +32,7 @@ use crate::error::{shape_err, EngineError, Result};
 use crate::nn::graph::Wiring;
 use crate::nn::range::{ModelBounds, RangeGuard, RangeReport};
 use crate::party::Party;
+use crate::protocols::compare::CompareMode;
 use crate::share::Share;
 
 /// One layer of a shared model: store ids of its shared parameters (no data), its per-sample
@@ -82,6 +83,8 @@ pub struct SharedModel {
     range: Option<RangeReport>,
     /// Ring limit of each layer's output checked at run time (empty: none).
     limits: Vec<Option<u64>>,
+    /// How the comparisons run (the plan's).
+    compare: CompareMode,
 }
 
 impl SharedModel {
@@ -106,7 +109,21 @@ impl SharedModel {
             bounds,
             range,
             limits,
+            compare: CompareMode::Full,
         }
+    }
+
+    /// The same model with its comparisons (ReLU, max pool, the classifier's argmax) run by
+    /// `compare` (the plan's; layers assembled from the plan carry it too).
+    pub(crate) fn comparing(mut self, compare: CompareMode) -> SharedModel {
+        self.compare = compare;
+        self
+    }
+
+    /// How the comparisons run: with [`CompareMode::Checked`], a batch ends with
+    /// [`Party::finish_range_checks`] before anything of it is revealed.
+    pub fn compare(&self) -> CompareMode {
+        self.compare
     }
 
     /// Every store id the model's layers hold on each party, layer by layer.
@@ -198,6 +215,7 @@ impl SharedModel {
             let l = &self.layers[i];
             let declared = l.material(batch, f).len();
             let before = p.queued_material();
+            p.set_range_site(format!("layer {i} {}", l.name()));
             let y = l.forward_inputs(p, xs)?;
             let used = before.saturating_sub(p.queued_material());
             if before >= declared && used != declared {

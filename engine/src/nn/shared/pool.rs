@@ -7,7 +7,7 @@ use crate::error::{shape_err, Result};
 use crate::fixed::FixedPoint;
 use crate::nn::geometry::{adaptive_avg_windows, avg_pool_windows, max_pool_index, Window2d};
 use crate::party::Party;
-use crate::protocols::compare::tree_max_specs;
+use crate::protocols::compare::CompareMode;
 use crate::protocols::truncate::truncate_spec;
 use crate::share::Share;
 
@@ -27,6 +27,7 @@ pub struct SharedMaxPool2d {
     window: Window2d,
     input: [usize; 3],
     out_hw: [usize; 2],
+    compare: CompareMode,
 }
 
 impl SharedMaxPool2d {
@@ -39,7 +40,14 @@ impl SharedMaxPool2d {
             window,
             input,
             out_hw,
+            compare: CompareMode::Full,
         })
+    }
+
+    /// The same pool by `compare`'s comparison (the model plan's).
+    pub fn comparing(mut self, compare: CompareMode) -> Self {
+        self.compare = compare;
+        self
     }
 
     fn rows(&self, batch: usize) -> usize {
@@ -55,9 +63,9 @@ impl SharedLayer for SharedMaxPool2d {
         )
     }
 
-    fn material(&self, batch: usize, _frac_bits: u32) -> Vec<MaterialSpec> {
+    fn material(&self, batch: usize, frac_bits: u32) -> Vec<MaterialSpec> {
         let k = self.window.kernel[0] * self.window.kernel[1];
-        tree_max_specs(self.rows(batch), k, false)
+        self.compare.max_specs(self.rows(batch), k, frac_bits)
     }
 
     fn forward(&self, p: &mut Party, x: &Share) -> Result<Share> {
@@ -72,7 +80,7 @@ impl SharedLayer for SharedMaxPool2d {
         let m = if k == 1 {
             windows.reshape(&[self.rows(n)])?
         } else {
-            p.max_last(&windows)?
+            p.max_last_in(self.compare, &windows)?
         };
         m.reshape(&[n, c, self.out_hw[0], self.out_hw[1]])
     }
