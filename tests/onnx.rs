@@ -356,31 +356,19 @@ fn resnet18_preset_reads_torchvision_names_and_classifies_as_torch() {
         assert!((g - w).abs() < 1e-9 * w.abs().max(1.0), "{g} vs torch {w}");
     }
     // Encrypted through an in-process deployment: torch's predictions. Worst-case bounds
-    // grow with depth: at 16 fractional bits the analysis refuses 20 layers, and the largest
-    // safe setting it names classifies.
+    // grow with depth: at 16 fractional bits they exceed the ring over 20 layers, so the
+    // model runs with its comparisons checked in the secure computation (no flag needed).
     let d = LocalDeployment::start(LocalConfig::default()).unwrap();
     let mut owner = d.model_owner().unwrap();
     let bounds = ModelBounds::worst_case(x.iter().fold(0.0f64, |a, v| a.max(v.abs())).ceil());
-    let e = owner
-        .upload(
-            "resnet18",
-            &m,
-            &engine::FixedPoint::default(),
-            &bounds,
-            &mut |_, _| {},
-        )
-        .unwrap_err()
-        .to_string();
-    let safe: u32 = e
-        .split("the largest safe --frac-bits is ")
-        .nth(1)
-        .and_then(|t| t.split(|c: char| !c.is_ascii_digit()).next())
-        .and_then(|t| t.parse().ok())
-        .unwrap_or_else(|| panic!("{e}"));
-    let fx = engine::FixedPoint::new(safe).unwrap();
+    let fx = engine::FixedPoint::default();
     let (plan, _) = owner
         .upload("resnet18", &m, &fx, &bounds, &mut |_, _| {})
         .unwrap();
+    assert_eq!(
+        plan.compare,
+        engine::protocols::compare::CompareMode::Checked
+    );
     eprintln!("{}", plan.range.as_ref().unwrap().summary());
     let r = d
         .client()

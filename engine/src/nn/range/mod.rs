@@ -18,9 +18,30 @@
 //!   `layer_step` (see `docs/range-analysis.md`); a graph is analysed in the order it runs, with
 //!   per-element bounds of every live value.
 //!
-//! If some bound reaches `2^62`, [`analyse`] refuses with an error naming the layer, the bound in
-//! bits, the largest safe `--frac-bits` and the largest safe input bound. The same pass bounds the
-//! difference between the secure logits and the plaintext logits ([`RangeReport::logit_error`]).
+//! If some bound reaches `2^62` (and the checked comparisons below cannot help), [`analyse`]
+//! refuses with an error naming the layer, the bound in bits, the largest safe `--frac-bits` and
+//! the largest safe input bound. The same pass bounds the difference between the secure logits
+//! and the plaintext logits ([`RangeReport::logit_error`]).
+//!
+//! **Checked comparisons: deep networks by default.** Worst-case bounds grow with every layer,
+//! so a proof from the input to the logits refuses every deep network (VGG16 at CIFAR shape at
+//! its twelfth layer, although its activations stay below 4). Where that proof fails and no
+//! bounds are calibrated, the analysis runs again with every comparison checked inside the
+//! secure computation ([`CompareMode::Checked`], protocol in
+//! [`crate::protocols::range_check`]): each ReLU input, max-pool difference and argmax
+//! difference is compared by the narrow comparison with its fused range check, which passes
+//! every value below `2^29` ring units and guarantees that a passing value is below
+//! `1.5·2^30` ([`CHECK_GUARANTEE`]) — provided the value itself is below `2^(top - 2)`
+//! (`top` = [`crate::dealer::tables::check_top_bit`]), which this pass proves. So the analysis
+//! *re-anchors* after every ReLU at that ring limit and only has to prove each stretch from one
+//! ReLU to the next: every accumulator below `2^62`, every compared value below `2^(top - 2)`.
+//! The ring limit is fixed by the ring and the fixed-point scale, not measured on the weights;
+//! the public plan carries only the mode. By induction over the layers, the first value that
+//! leaves its range was computed correctly (all earlier compared values passed, so every layer
+//! up to it was exact) and fails its check; the batch then fails with
+//! [`crate::error::ErrorKind::OverflowDetected`] before anything of it is revealed. The proof
+//! still holds wherever it did: a model proven from input to logits keeps the full-width
+//! comparisons and no check.
 //!
 //! **Calibrated bounds.** Worst-case bounds grow with depth. The model owner may instead declare a
 //! bound for every hidden Linear output (measured in plaintext with a margin, [`calibrate`]); the

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::nn::plain::Sequential;
+use crate::protocols::compare::CompareMode;
 
 fn linear(i: usize, o: usize, w: f64, b: f64) -> Layer {
     Layer::linear(i, o, vec![w; i * o], vec![b; o]).unwrap()
@@ -165,7 +166,9 @@ fn calibrated_bounds_replace_worst_case_growth() {
     }
     let m = Sequential::new(layers).unwrap();
     let fx = FixedPoint::default();
-    assert!(analyse(&m, &fx, &ModelBounds::worst_case(1.0)).is_err());
+    // Without calibration the proof does not reach the logits: the comparisons are checked.
+    let w = analyse(&m, &fx, &ModelBounds::worst_case(1.0)).unwrap();
+    assert_eq!(w.compare, CompareMode::Checked);
     let cal = ModelBounds {
         input_bound: 1.0,
         calibrated: Some(vec![100.0; 9]),
@@ -174,6 +177,42 @@ fn calibrated_bounds_replace_worst_case_growth() {
     assert!(r.layers[..9].iter().all(|l| l.checked == Some(100.0)));
     assert!(r.summary().contains("checked at run time"));
     assert_eq!(ring_limits(&cal, &fx), vec![100 << 16; 9]);
+    assert_eq!(r.compare, CompareMode::Full);
+}
+
+#[test]
+fn checked_comparisons_re_anchor_after_each_relu_and_refuse_a_stretch_that_overflows() {
+    let fx = FixedPoint::default();
+    let b = ModelBounds::worst_case(1.0);
+    // Proven from input to logits: full-width comparisons, no check.
+    let small = Sequential::new(vec![linear(4, 4, 1.0, 0.0), Layer::ReLU, linear(4, 2, 1.0, 0.0)])
+        .unwrap();
+    assert_eq!(analyse(&small, &fx, &b).unwrap().compare, CompareMode::Full);
+    // Thirty layers of 64 inputs with weight 1: the worst case grows 2^6 per layer, past the
+    // ring; from each ReLU's guarantee (1.5·2^30 ring units) one layer's accumulator is
+    // 64·2^16·1.5·2^30 < 2^53.
+    let mut layers = vec![linear(64, 64, 1.0, 0.0)];
+    for _ in 0..29 {
+        layers.push(Layer::ReLU);
+        layers.push(linear(64, 64, 1.0, 0.0));
+    }
+    let deep = Sequential::new(layers).unwrap();
+    let r = analyse(&deep, &fx, &b).unwrap();
+    assert_eq!(r.compare, CompareMode::Checked);
+    assert!(r.summary().contains("checked at run time"), "{}", r.summary());
+    let anchored = 64.0 * 65536.0 * 1.5 * 2f64.powi(30);
+    assert!(r.layers[2..]
+        .iter()
+        .all(|l| l.accumulator_bits <= anchored.log2() + 1e-6));
+    // A weight of 2^20 after a ReLU overflows even from the guarantee: refused.
+    let big = Sequential::new(vec![
+        linear(64, 64, 1.0, 0.0),
+        Layer::ReLU,
+        linear(64, 64, 1048576.0, 0.0),
+    ])
+    .unwrap();
+    let e = analyse(&big, &fx, &b).unwrap_err().to_string();
+    assert!(e.contains("can overflow") && e.contains("nothing was shared"), "{e}");
 }
 
 #[test]
