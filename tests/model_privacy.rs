@@ -104,7 +104,8 @@ fn parties_receive_and_store_no_value_derived_from_the_weights() {
     let secret = secrets(&model, &plan, &bounds);
     assert!(secret.len() > 2000, "{} secrets", secret.len());
 
-    // The plan as it travels: kinds, shapes, wiring, the input bound and ring limits only.
+    // The plan as it travels: kinds, shapes, wiring, the input bound and ring limits only
+    // (the comparison mode is one: full-width, or checked below 2^31 ring units).
     let wire = serde_json::to_vec(&plan).unwrap();
     let json: serde_json::Value = serde_json::from_slice(&wire).unwrap();
     let mut keys: Vec<&str> = json
@@ -117,6 +118,7 @@ fn parties_receive_and_store_no_value_derived_from_the_weights() {
     assert_eq!(
         keys,
         [
+            "compare",
             "frac_bits",
             "input_bound",
             "layers",

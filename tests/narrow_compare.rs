@@ -230,7 +230,7 @@ fn narrow_rounds_and_bytes_are_fixed() {
                     out.push(p.traffic().since(&t0).online());
                     p.finish_range_checks()?;
                 }
-                Ok((out[0].clone(), out[1].clone()))
+                Ok((out[0], out[1]))
             })
             .unwrap();
         let n = n as u64;

@@ -185,8 +185,12 @@ fn checked_comparisons_re_anchor_after_each_relu_and_refuse_a_stretch_that_overf
     let fx = FixedPoint::default();
     let b = ModelBounds::worst_case(1.0);
     // Proven from input to logits: full-width comparisons, no check.
-    let small = Sequential::new(vec![linear(4, 4, 1.0, 0.0), Layer::ReLU, linear(4, 2, 1.0, 0.0)])
-        .unwrap();
+    let small = Sequential::new(vec![
+        linear(4, 4, 1.0, 0.0),
+        Layer::ReLU,
+        linear(4, 2, 1.0, 0.0),
+    ])
+    .unwrap();
     assert_eq!(analyse(&small, &fx, &b).unwrap().compare, CompareMode::Full);
     // Thirty layers of 64 inputs with weight 1: the worst case grows 2^6 per layer, past the
     // ring; from each ReLU's guarantee (1.5·2^30 ring units) one layer's accumulator is
@@ -199,7 +203,11 @@ fn checked_comparisons_re_anchor_after_each_relu_and_refuse_a_stretch_that_overf
     let deep = Sequential::new(layers).unwrap();
     let r = analyse(&deep, &fx, &b).unwrap();
     assert_eq!(r.compare, CompareMode::Checked);
-    assert!(r.summary().contains("checked at run time"), "{}", r.summary());
+    assert!(
+        r.summary().contains("checked at run time"),
+        "{}",
+        r.summary()
+    );
     let anchored = 64.0 * 65536.0 * 1.5 * 2f64.powi(30);
     assert!(r.layers[2..]
         .iter()
@@ -212,7 +220,10 @@ fn checked_comparisons_re_anchor_after_each_relu_and_refuse_a_stretch_that_overf
     ])
     .unwrap();
     let e = analyse(&big, &fx, &b).unwrap_err().to_string();
-    assert!(e.contains("can overflow") && e.contains("nothing was shared"), "{e}");
+    assert!(
+        e.contains("can overflow") && e.contains("nothing was shared"),
+        "{e}"
+    );
 }
 
 #[test]
