@@ -4,6 +4,7 @@ mod common;
 
 use std::process::Command;
 
+use common::cli;
 use common::test_rng;
 use engine::io::{load_features, load_labels, load_safetensors_model};
 use engine::nn::plain::{vgg16_head, Layer, Sequential};
@@ -528,7 +529,7 @@ fn cli_classifies_files_end_to_end() {
     let yp = tmp("cli_y.npy");
     ndarray_npy::write_npy(&yp, &Array1::from(plain.clone())).unwrap();
     let out = tmp("cli_pred.npy");
-    let run = Command::new(env!("CARGO_BIN_EXE_secure-serving"))
+    let run = cli::bin()
         .args([
             "classify",
             "--model",
@@ -567,7 +568,7 @@ fn cli_classifies_files_end_to_end() {
         "{stdout}"
     );
     // Bad input: wrong feature count gives a clear error and exit code 1.
-    let bad = Command::new(env!("CARGO_BIN_EXE_secure-serving"))
+    let bad = cli::bin()
         .args([
             "classify",
             "--model",
@@ -585,10 +586,7 @@ fn cli_classifies_files_end_to_end() {
         "{err}"
     );
     for transport in ["channels", "tcp"] {
-        let demo = Command::new(env!("CARGO_BIN_EXE_secure-serving"))
-            .args(["demo", "--transport", transport])
-            .output()
-            .unwrap();
+        let demo = cli::run(["demo", "--transport", transport]);
         let out = String::from_utf8_lossy(&demo.stdout);
         assert!(
             demo.status.success() && out.contains("Test set: Accuracy: 1/1 (100%)"),

@@ -5,6 +5,7 @@
 mod common;
 
 use common::argmax;
+use common::cli;
 use engine::io::{load_inputs, load_labels, load_onnx_model};
 use engine::nn::plain::Layer;
 use engine::service::classifier::{ClassifyOptions, SecureClassifier};
@@ -205,7 +206,7 @@ fn cli_classifies_an_onnx_cnn() {
     let dir = std::env::temp_dir().join(format!("onnx-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join("pred.npy");
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_secure-serving"))
+    let run = cli::bin()
         .args(["classify", "--model", &data("digits_cnn.onnx")])
         .args(["--input", &data("digits_test_x.npy")])
         .args(["--labels", &data("digits_test_y.npy")])
@@ -235,7 +236,7 @@ fn cli_classifies_an_onnx_cnn() {
         "{stdout}"
     );
     // --arch is for safetensors only; a wrong image shape is refused before any work.
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_secure-serving"))
+    let run = cli::bin()
         .args([
             "classify",
             "--model",

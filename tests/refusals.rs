@@ -5,8 +5,8 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
+use common::cli;
 use common::test_rng;
 use engine::error::ErrorKind;
 use engine::fixed::FixedPoint;
@@ -82,13 +82,6 @@ fn write_x(path: &Path, rows: usize, cols: usize, v: &[f64]) {
     ndarray_npy::write_npy(path, &Array2::from_shape_vec((rows, cols), x32).unwrap()).unwrap();
 }
 
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_secure-serving"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
 fn argmax_rows(v: &[f64], classes: usize) -> Vec<i64> {
     v.chunks(classes)
         .map(|r| (0..classes).fold(0, |b, j| if r[j] > r[b] { j } else { b }) as i64)
@@ -135,7 +128,7 @@ fn overflow_example_is_refused_before_sharing_and_a_safe_frac_bits_classifies() 
         s(&op),
     ];
     // Default input bound (16): the client refuses its own out-of-bound rows.
-    let r = cli(&[&base[..], &["--frac-bits", "24"]].concat());
+    let r = cli::run([&base[..], &["--frac-bits", "24"]].concat());
     let err = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1), "{err}");
     assert!(
@@ -144,7 +137,7 @@ fn overflow_example_is_refused_before_sharing_and_a_safe_frac_bits_classifies() 
         "{err}"
     );
     // Declared bound 120 at 24 fractional bits: the range analysis refuses before sharing.
-    let r = cli(&[&base[..], &["--frac-bits", "24", "--input-bound", "120"]].concat());
+    let r = cli::run([&base[..], &["--frac-bits", "24", "--input-bound", "120"]].concat());
     let err = String::from_utf8_lossy(&r.stderr);
     assert_eq!(r.status.code(), Some(1), "{err}");
     assert!(
@@ -178,11 +171,13 @@ fn overflow_example_is_refused_before_sharing_and_a_safe_frac_bits_classifies() 
     assert!(analyse(&model, &f24, &ModelBounds::worst_case(safe_bound * 1.1)).is_err());
     // At the safe setting the secure predictions equal plaintext wherever the top-2 gap exceeds
     // twice the proven logit error (here: every row).
-    let r = cli(&[
-        &base[..],
-        &["--frac-bits", &safe.to_string(), "--input-bound", "120"],
-    ]
-    .concat());
+    let r = cli::run(
+        [
+            &base[..],
+            &["--frac-bits", &safe.to_string(), "--input-bound", "120"],
+        ]
+        .concat(),
+    );
     let out = String::from_utf8_lossy(&r.stdout);
     assert!(
         r.status.success(),
@@ -335,16 +330,8 @@ fn cli_refuses_bad_input_before_work_and_changes_no_file() {
     ];
     let before = snapshot(&dd);
     for (args, msg) in &cases {
-        let r = Command::new(env!("CARGO_BIN_EXE_secure-serving"))
-            .args(args)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&r.stderr);
-        assert_eq!(r.status.code(), Some(1), "{args:?}: {err}");
-        assert!(
-            err.contains(msg.as_str()),
-            "{args:?}: expected '{msg}' in: {err}"
-        );
+        let r = cli::run(args);
+        cli::refused(args, msg);
         assert!(
             !String::from_utf8_lossy(&r.stdout).contains("Accuracy"),
             "{args:?} did work"
@@ -355,24 +342,28 @@ fn cli_refuses_bad_input_before_work_and_changes_no_file() {
     // usage error, exit code 2), before any file is read.
     for bound in ["0", "-1", "nan", "inf"] {
         let flag = format!("--input-bound={bound}");
-        let r = cli(&good(&["--output", s(&prev), &flag])
-            .iter()
-            .map(|a| a.as_str())
-            .collect::<Vec<_>>());
+        let r = cli::run(
+            good(&["--output", s(&prev), &flag])
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>(),
+        );
         let err = String::from_utf8_lossy(&r.stderr);
         assert_eq!(r.status.code(), Some(2), "{flag}: {err}");
         assert!(err.contains("must be a positive number"), "{flag}: {err}");
         assert_eq!(snapshot(&dd), before, "{flag} changed a file");
     }
     // With the explicit flag the extra tensors are accepted; a good run replaces the output whole.
-    let r = cli(&with(
-        good(&["--output", s(&prev), "--allow-unused-tensors"]),
-        "--model",
-        s(&m3),
-    )
-    .iter()
-    .map(|a| a.as_str())
-    .collect::<Vec<_>>());
+    let r = cli::run(
+        with(
+            good(&["--output", s(&prev), "--allow-unused-tensors"]),
+            "--model",
+            s(&m3),
+        )
+        .iter()
+        .map(|a| a.as_str())
+        .collect::<Vec<_>>(),
+    );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(load_labels(s(&prev)).unwrap().len(), 5);
     let after = snapshot(&dd);
@@ -489,7 +480,7 @@ fn calibrated_bounds_are_checked_at_run_time() {
 /// A successful GPU run prints nothing on stderr (no driver noise), and `demo` prints the margin.
 #[test]
 fn gpu_demo_prints_no_driver_noise() {
-    let r = Command::new(env!("CARGO_BIN_EXE_secure-serving"))
+    let r = cli::bin()
         .args(["demo", "--backend", "gpu"])
         .env_remove("XDG_RUNTIME_DIR")
         .env_remove("NODEVICE_SELECT")
@@ -647,27 +638,12 @@ fn cli_calibrated_mode_detects_out_of_range_batches() {
         .map(|a| a.to_string())
         .collect()
     };
-    let r = Command::new(env!("CARGO_BIN_EXE_secure-serving"))
-        .args(args(&xp))
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&r.stdout);
-    assert!(
-        r.status.success(),
-        "{out}{}",
-        String::from_utf8_lossy(&r.stderr)
-    );
+    let out = cli::ok(args(&xp));
     assert!(
         out.contains("calibrated bounds, checked at run time"),
         "{out}"
     );
     let before = snapshot(&dd);
-    let r = Command::new(env!("CARGO_BIN_EXE_secure-serving"))
-        .args(args(&bigp))
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&r.stderr);
-    assert_eq!(r.status.code(), Some(1), "{err}");
-    assert!(err.contains("left its calibrated range"), "{err}");
+    cli::refused(args(&bigp), "left its calibrated range");
     assert_eq!(snapshot(&dd), before, "a failed run changed a file");
 }

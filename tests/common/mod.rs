@@ -1,5 +1,6 @@
 //! Shared test helpers of the application crate: the protocol harness (the same file as
-//! `engine`'s tests use), deployments of real processes, layer helpers.
+//! `engine`'s tests use), the binary as a command (`cli`), deployments of real processes, layer
+//! helpers.
 #![allow(dead_code)]
 
 #[path = "../../engine/tests/common/mod.rs"]
@@ -7,5 +8,6 @@ mod harness;
 
 pub use harness::*;
 
+pub mod cli;
 pub mod cluster;
 pub mod layers;

@@ -6,11 +6,21 @@ use rand_chacha::ChaCha12Rng;
 /// `rand` crate's standard generator; the best published attacks reach 7 rounds), seekable, so
 /// long parts are expanded in parallel.
 pub type MaterialRng = ChaCha12Rng;
+use kernels::cpu::prg::chacha12_at;
 pub(crate) use kernels::cpu::prg::fill_words;
 use kernels::cpu::zeroed_words;
 
 use super::tables::{TableLayout, CHECK_LOW_BIT};
 use crate::error::{EngineError, Result};
+
+/// Write words `first..first + out.len()` of the share a 256-bit seed stands for: the
+/// [`MaterialRng`] stream keyed by `seed` (stream 0), so any slice of it can be expanded on
+/// its own and in parallel. A data owner sends bob such a seed instead of his share of its
+/// tensor (see [`crate::owner`]).
+pub(crate) fn fill_from_seed(seed: &[u8; 32], first: usize, out: &mut [u64]) {
+    let mut rng = chacha12_at(seed, 0, 2 * first as u128);
+    fill_words(&mut rng, out);
+}
 
 /// One piece of correlated randomness a protocol step needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

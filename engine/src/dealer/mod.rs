@@ -20,11 +20,11 @@ mod provider;
 mod streams;
 pub mod tables;
 
-pub(crate) use material::fill_words;
 pub use material::{
     draw_random_parts, expand_party_share, expand_with, Correction, MaterialRng, MaterialSpec,
     PartShapes,
 };
+pub(crate) use material::{fill_from_seed, fill_words};
 pub(crate) use provider::{Dealer, FixedMasks};
 pub use provider::{DealerPolicy, MaskRecord};
 pub use streams::{fold_identity, material_identity};

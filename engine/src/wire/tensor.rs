@@ -1,4 +1,5 @@
-//! Tensors as messages: a data owner's shares to a party, a party's reveal to a data owner.
+//! Tensors as messages: a data owner's shares to a party (alice's as values, bob's as the seed
+//! it is expanded from), a party's reveal to a data owner.
 
 use crate::error::{EngineError, Result};
 
@@ -32,4 +33,40 @@ pub fn unpack(msg: &[u64]) -> Result<(Vec<usize>, &[u64])> {
         )));
     }
     Ok((shape, data))
+}
+
+/// Words of the seed that stands for bob's share of a data owner's tensor (256 bits).
+pub const SHARE_SEED_WORDS: usize = 4;
+
+/// Bob's share of a tensor as a message: `[rank, dims..., seed (4 words)]`.
+pub fn pack_seed(shape: &[usize], seed: &[u8; 32]) -> Vec<u64> {
+    let words: [u64; SHARE_SEED_WORDS] = bytemuck::cast(*seed);
+    pack(shape, &words)
+}
+
+/// The shape and seed of a seeded share message, checked: the header must fit the message,
+/// the shape's element count must not overflow, and exactly one seed must follow.
+pub fn unpack_seed(msg: &[u64]) -> Result<(Vec<usize>, [u8; 32])> {
+    let rank = *msg
+        .first()
+        .ok_or_else(|| EngineError::Protocol("empty message".into()))? as usize;
+    if rank >= msg.len() || msg.len() - 1 - rank != SHARE_SEED_WORDS {
+        return Err(EngineError::Protocol(format!(
+            "a seeded share must be a header and {SHARE_SEED_WORDS} seed words, got {} words",
+            msg.len()
+        )));
+    }
+    let shape: Vec<usize> = msg[1..1 + rank].iter().map(|&d| d as usize).collect();
+    if shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .is_none()
+    {
+        return Err(EngineError::Protocol(format!(
+            "seeded share of shape {shape:?}: too many elements"
+        )));
+    }
+    let mut words = [0u64; SHARE_SEED_WORDS];
+    words.copy_from_slice(&msg[1 + rank..]);
+    Ok((shape, bytemuck::cast(words)))
 }

@@ -14,7 +14,7 @@
 //!   comparisons (differences below `2^63`) are exact too;
 //! - ReLU, Dropout and Flatten keep or shrink every bound;
 //! - convolutions, affine maps (shared as diagonal weights), pools, the residual `Add` (a sum of
-//!   shares: the bounds add up), `Concat`, Clip and LeakyReLU each have their rule in
+//!   shares: the bounds add up), `Concat`, Clip, LeakyReLU and HardSwish each have their rule in
 //!   `layer_step` (see `docs/range-analysis.md`); a graph is analysed in the order it runs, with
 //!   per-element bounds of every live value.
 //!

@@ -44,7 +44,7 @@ pub use argmax::pairwise_argmax_specs;
 pub use eq_index::{eq_index_bits, eq_index_specs, MAX_EQ_INDEX_TABLE_WORDS};
 pub use mode::CompareMode;
 pub use narrow::{narrow_specs, Payload};
-pub use piecewise::{clip_specs, leaky_relu_specs};
+pub use piecewise::{clip_specs, hardswish_specs, leaky_relu_specs, HardSwishConstants};
 
 use kernels::{BeaverKind, BinaryOp, ScalarOp, Tensor};
 
