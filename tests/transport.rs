@@ -158,6 +158,7 @@ fn raw_peer(max_frame_words: u64) -> (engine::transport::StreamTransport, std::n
             timeout: Duration::from_secs(5),
             max_frame_words,
             max_wait: Duration::from_secs(5),
+            ..StreamOptions::with_timeout(Duration::from_secs(5))
         },
     );
     t.add_link(PartyId::Bob, Link::tcp(accepted, None).unwrap());

@@ -7,7 +7,9 @@ use std::io;
 use std::net::{Ipv4Addr, Shutdown, TcpListener, TcpStream};
 use std::time::Duration;
 
-use super::stream::{Link, ReadHalf, StreamOptions, StreamTransport, WriteHalf};
+use super::stream::{
+    read_socket_paced, Link, Pace, ReadHalf, StreamOptions, StreamTransport, WriteHalf,
+};
 use super::PartyId;
 use crate::error::{EngineError, Result};
 
@@ -15,8 +17,8 @@ use crate::error::{EngineError, Result};
 pub type TcpTransport = StreamTransport;
 
 impl ReadHalf for TcpStream {
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        TcpStream::set_read_timeout(self, timeout)
+    fn read_paced(&mut self, buf: &mut [u8], pace: &mut Pace) -> io::Result<usize> {
+        read_socket_paced(self, TcpStream::set_read_timeout, buf, pace)
     }
 }
 
@@ -73,8 +75,13 @@ pub fn tcp_mesh_with(
 }
 
 impl ReadHalf for std::os::unix::net::UnixStream {
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        std::os::unix::net::UnixStream::set_read_timeout(self, timeout)
+    fn read_paced(&mut self, buf: &mut [u8], pace: &mut Pace) -> io::Result<usize> {
+        read_socket_paced(
+            self,
+            std::os::unix::net::UnixStream::set_read_timeout,
+            buf,
+            pace,
+        )
     }
 }
 
