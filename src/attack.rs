@@ -14,7 +14,7 @@
 //! services closed or refused and how long the longest was held.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,6 +62,10 @@ pub struct AttackArgs {
     /// How long the attack runs.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
+    /// The local address the pre-authentication sockets come from (default: the system's
+    /// choice); on one host, e.g. `127.0.0.2`, a source apart from the data owners'.
+    #[arg(long)]
+    pub source: Option<IpAddr>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -150,11 +154,78 @@ fn service(name: &str) -> Result<Role> {
     }
 }
 
+/// The raw form of a socket address, for `bind` and `connect`.
+fn raw_addr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_storage is a valid (unspecified) address.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(v4) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            unsafe { std::ptr::write(std::ptr::addr_of_mut!(storage).cast(), sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: v6.port().to_be(),
+                sin6_flowinfo: v6.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: v6.ip().octets(),
+                },
+                sin6_scope_id: v6.scope_id(),
+            };
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
+            unsafe { std::ptr::write(std::ptr::addr_of_mut!(storage).cast(), sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// A TCP connection to `addr`, from `source` when given (std cannot bind before connecting).
+fn connect_from(source: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    let Some(source) = source else {
+        return TcpStream::connect_timeout(&addr, Duration::from_secs(5));
+    };
+    let family = if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    };
+    // SAFETY: plain socket calls; the descriptor is owned by `fd` from here on.
+    let raw = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a fresh descriptor no one else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let (src, src_len) = raw_addr(SocketAddr::new(source, 0));
+    let (dst, dst_len) = raw_addr(addr);
+    // SAFETY: the addresses live across the calls and their lengths are theirs.
+    unsafe {
+        if libc::bind(raw, std::ptr::addr_of!(src).cast(), src_len) != 0
+            || libc::connect(raw, std::ptr::addr_of!(dst).cast(), dst_len) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(TcpStream::from(fd))
+}
+
 /// Hold a connection that sends nothing; reopen it when the service closes it.
-fn preauth(addr: SocketAddr, until: Instant, t: &Tally) {
+fn preauth(source: Option<IpAddr>, addr: SocketAddr, until: Instant, t: &Tally) {
     while Instant::now() < until {
         let opened = Instant::now();
-        let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+        let mut s = match connect_from(source, addr) {
             Ok(s) => s,
             Err(e) => {
                 t.error(e);
@@ -213,7 +284,10 @@ fn slowloris_one(
     };
     t.opened.fetch_add(1, Ordering::SeqCst);
     let started = Instant::now();
-    if s.write_all(&hello).and_then(|()| s.write_all(request)).is_err() {
+    if s.write_all(&hello)
+        .and_then(|()| s.write_all(request))
+        .is_err()
+    {
         return t.closed_after(started.elapsed());
     }
     // A share frame of 4096 words, of which a byte goes out every `trickle`.
@@ -225,14 +299,20 @@ fn slowloris_one(
         if Instant::now() >= until {
             return t.still_held(started.elapsed());
         }
-        if at < share.len() && s.write_all(&share[at..at + 1]).and_then(|()| s.flush()).is_err() {
+        if at < share.len()
+            && s.write_all(&share[at..at + 1])
+                .and_then(|()| s.flush())
+                .is_err()
+        {
             return t.closed_after(started.elapsed());
         }
         at += 1;
         // Wait for the next byte's turn, watching for the service's reply or its close.
         let next = Instant::now() + trickle;
         while Instant::now() < next {
-            let left = next.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
+            let left = next
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_millis(1));
             let _ = s.set_read_timeout(Some(left));
             match s.read(&mut buf) {
                 Ok(0) => return t.closed_after(started.elapsed()),
@@ -356,9 +436,10 @@ pub fn run(args: &AttackArgs) -> Result<serde_json::Value> {
             .address(&target)
             .and_then(|a| a.to_socket_addrs().ok()?.next())
             .ok_or_else(|| EngineError::Invalid(format!("no address for {target}")))?;
+        let source = args.source;
         for _ in 0..args.preauth {
             let t = tallies[0].clone();
-            threads.push(std::thread::spawn(move || preauth(addr, until, &t)));
+            threads.push(std::thread::spawn(move || preauth(source, addr, until, &t)));
         }
     }
     if args.slowloris > 0 {
@@ -389,10 +470,9 @@ pub fn run(args: &AttackArgs) -> Result<serde_json::Value> {
         threads.push(std::thread::spawn(move || idle(&net, &target, until, &t)));
     }
     if args.oversized > 0 {
-        let width = engine::service::client::RemoteOwner::new(args.deploy.owner_net(
-            args.as_name.as_deref(),
-            false,
-        )?)?
+        let width = engine::service::client::RemoteOwner::new(
+            args.deploy.owner_net(args.as_name.as_deref(), false)?,
+        )?
         .models()?
         .into_iter()
         .find(|m| m.name == args.model)
@@ -447,7 +527,10 @@ pub fn main(args: &AttackArgs) -> Result<()> {
     if args.json {
         println!("{report}");
     } else {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     }
     Ok(())
 }

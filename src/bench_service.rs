@@ -287,7 +287,10 @@ pub fn run(args: &BenchServiceArgs) -> Result<BenchServiceReport> {
     // Validate every option before connecting (the deadline is set again at the common start).
     args.stop_rule()?;
     let names: Vec<Option<String>> = match &args.as_name {
-        Some(list) => list.split(',').map(|n| Some(n.trim().to_string())).collect(),
+        Some(list) => list
+            .split(',')
+            .map(|n| Some(n.trim().to_string()))
+            .collect(),
         None => vec![None],
     };
     let mut probe = crate::remote::owner(&args.deploy, names[0].as_deref(), false)?;
@@ -364,8 +367,8 @@ pub fn run(args: &BenchServiceArgs) -> Result<BenchServiceReport> {
         let (ready_barrier, go) = (Arc::clone(&ready_barrier), Arc::clone(&go));
         threads.push(std::thread::spawn(move || -> Result<ClientLog> {
             // Connect and warm up; a client that cannot must still reach the barrier.
-            let ready = crate::remote::owner(&args.deploy, name.as_deref(), false)
-                .and_then(|mut o| {
+            let ready =
+                crate::remote::owner(&args.deploy, name.as_deref(), false).and_then(|mut o| {
                     o.connect()?;
                     o.models()?;
                     Ok(o)

@@ -259,7 +259,10 @@ pub fn models(args: &DeployArgs, as_name: Option<&str>, delete: Option<&str>) ->
         if let Some(owner) = &m.owner {
             line.push_str(&format!("  owner {owner}"));
         }
-        line.push_str(&format!("  input {:?}  {} classes", m.input_shape, m.classes));
+        line.push_str(&format!(
+            "  input {:?}  {} classes",
+            m.input_shape, m.classes
+        ));
         if let Some(p) = m.parameters {
             line.push_str(&format!("  {p} parameters"));
         }

@@ -5,19 +5,19 @@
 mod common;
 
 use common::cluster::{data, Cluster, Options};
+use engine::deploy::{Deployment, Role};
 use engine::error::ErrorKind;
 use engine::nn::{Layer, ModelBounds, Sequential};
+use engine::service::client::RemoteOwner;
 use engine::service::local::{LocalConfig, LocalDeployment};
+use engine::service::net::Net;
 use engine::FixedPoint;
-use ndarray::{Array1, Array4};
+use ndarray::{Array1, Array2, Array4};
 use rand::{Rng, SeedableRng};
 
-/// Row 7: with batch 1, the out-of-range bit once reached the client and both parties: a
-/// per-input oracle on hidden activations. Now the parties never open it: a flagged batch's
-/// predictions are withheld inside the computation, the client learns only that its request
-/// failed, and the model owner's listing counts the batches.
-#[test]
-fn the_out_of_range_flag_goes_to_the_model_owner_only() {
+/// A small MLP (6 inputs, 3 classes), 12 inputs it was calibrated on, and its calibrated
+/// bounds (checked at run time: range-checked).
+fn calibrated_mlp() -> (Sequential, Vec<f64>, ModelBounds) {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(18);
     let (d, h, c) = (6, 5, 3);
     let mut lin = |i: usize, o: usize| {
@@ -31,12 +31,25 @@ fn the_out_of_range_flag_goes_to_the_model_owner_only() {
     };
     let model = Sequential::new(vec![lin(d, h), Layer::ReLU, lin(h, c)]).unwrap();
     let n = 12;
-    let x: Vec<f64> = (0..n * d).map(|i| ((i * 7919) % 200) as f64 / 100.0 - 1.0).collect();
+    let x: Vec<f64> = (0..n * d)
+        .map(|i| ((i * 7919) % 200) as f64 / 100.0 - 1.0)
+        .collect();
     let cal = engine::nn::range::calibrate(&model, &x, n, 1.2).unwrap();
     let bounds = ModelBounds {
         input_bound: 8.0,
         calibrated: Some(cal),
     };
+    (model, x, bounds)
+}
+
+/// Row 7: with batch 1, the out-of-range bit once reached the client and both parties: a
+/// per-input oracle on hidden activations. Now the parties never open it: a flagged batch's
+/// predictions are withheld inside the computation, the client learns only that its request
+/// failed, and the model owner's listing counts the batches.
+#[test]
+fn the_out_of_range_flag_goes_to_the_model_owner_only() {
+    let (model, x, bounds) = calibrated_mlp();
+    let (n, c) = (12, 3);
     let dep = LocalDeployment::start(LocalConfig {
         pool: 0,
         ..Default::default()
@@ -44,7 +57,13 @@ fn the_out_of_range_flag_goes_to_the_model_owner_only() {
     .unwrap();
     let mut owner = dep.model_owner().unwrap();
     owner
-        .upload("cal", &model, &FixedPoint::default(), &bounds, &mut |_, _| {})
+        .upload(
+            "cal",
+            &model,
+            &FixedPoint::default(),
+            &bounds,
+            &mut |_, _| {},
+        )
         .unwrap();
     let mut client = dep.client().unwrap();
     let info = client.models().unwrap();
@@ -59,7 +78,9 @@ fn the_out_of_range_flag_goes_to_the_model_owner_only() {
     let r = client.classify("cal", &x, None, 1).unwrap();
     assert_eq!(r.predictions, plain);
     let count = |o: &mut engine::service::client::RemoteOwner| {
-        o.models().unwrap()[0].out_of_range.expect("the owner's count")
+        o.models().unwrap()[0]
+            .out_of_range
+            .expect("the owner's count")
     };
     assert_eq!(count(&mut owner), 0);
     // Out of range, one row per batch: the client learns that its request failed, not why.
@@ -87,7 +108,10 @@ fn the_out_of_range_flag_goes_to_the_model_owner_only() {
     assert_eq!(seen[0].owner, None);
     assert_eq!(seen[0].parameters, None);
     // The deployment serves on.
-    assert_eq!(client.classify("cal", &x, None, 4).unwrap().predictions, plain);
+    assert_eq!(
+        client.classify("cal", &x, None, 4).unwrap().predictions,
+        plain
+    );
 }
 
 /// Row 8: every data owner once saw every model, its owner and its parameter count. A client
@@ -118,17 +142,25 @@ fn data_owners_list_only_what_they_may_use() {
     c.owner_ok(&[
         "upload", "--model", &model, "--name", "digits", "--as", "hospital",
     ]);
-    c.owner_ok(&[
-        "upload",
-        "--model",
-        &model,
-        "--name",
-        "checked",
-        "--as",
-        "hospital",
-        "--calibrate",
-        "x.npy",
-    ]);
+    // A model whose calibrated bounds are checked at run time, and rows within them.
+    let (mlp, mx, bounds) = calibrated_mlp();
+    let d = Deployment::load(&c.config).unwrap();
+    let net = Net::new(d, Role::ModelOwner("hospital".into()), Some(&c.keys())).unwrap();
+    RemoteOwner::new(net)
+        .unwrap()
+        .upload(
+            "checked",
+            &mlp,
+            &FixedPoint::default(),
+            &bounds,
+            &mut |_, _| {},
+        )
+        .unwrap();
+    for (file, rows) in [("m.npy", 8usize), ("m4.npy", 4)] {
+        let v: Vec<f32> = mx[..rows * 6].iter().map(|&v| v as f32).collect();
+        ndarray_npy::write_npy(c.path(file), &Array2::from_shape_vec((rows, 6), v).unwrap())
+            .unwrap();
+    }
     let own = c.owner_ok(&["models", "--as", "hospital"]);
     assert!(
         own.contains("digits  owner hospital") && own.contains("parameters"),
@@ -141,12 +173,18 @@ fn data_owners_list_only_what_they_may_use() {
         "another model owner sees hospital's models: {other}"
     );
     let client = c.owner_ok(&["models", "--as", "clinic"]);
-    assert!(client.contains("digits  input [1, 8, 8]  10 classes"), "{client}");
+    assert!(
+        client.contains("digits  input [1, 8, 8]  10 classes"),
+        "{client}"
+    );
     assert!(
         !client.contains("owner") && !client.contains("parameters"),
         "a client sees the owner or the size: {client}"
     );
-    assert!(client.contains("checked") && client.contains("range-checked"), "{client}");
+    assert!(
+        client.contains("checked") && client.contains("range-checked"),
+        "{client}"
+    );
     // Without --as, several data owners: asked for it, with the names.
     let out = c.owner(&["models"]);
     let err = String::from_utf8_lossy(&out.stderr);
@@ -157,8 +195,7 @@ fn data_owners_list_only_what_they_may_use() {
     assert!(err.contains("hospital") && err.contains("clinic"), "{err}");
     // The score hint runs as printed (with the deployment file).
     let out = c.owner_ok(&[
-        "classify", "--remote", "digits", "--as", "clinic", "--input", "x.npy", "--labels",
-        "y.npy",
+        "classify", "--remote", "digits", "--as", "clinic", "--input", "x.npy", "--labels", "y.npy",
     ]);
     let hint = out
         .lines()
@@ -187,28 +224,22 @@ fn data_owners_list_only_what_they_may_use() {
             "classify", "--remote", "checked", "--as", who, "--input", rows_file, "--batch", "1",
         ])
     };
-    let out = run("clinic", "x.npy");
+    let out = run("clinic", "m.npy");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("limits.range_checked_batches_per_hour"),
         "{err}"
     );
-    let four: Vec<f32> = x[..4 * 64].iter().map(|&v| v as f32).collect();
-    ndarray_npy::write_npy(
-        c.path("x4.npy"),
-        &Array4::from_shape_vec((4, 1, 8, 8), four).unwrap(),
-    )
-    .unwrap();
-    let ok = run("clinic", "x4.npy");
+    let ok = run("clinic", "m4.npy");
     assert!(
         ok.status.success(),
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
-    let again = run("clinic", "x4.npy");
+    let again = run("clinic", "m4.npy");
     assert!(!again.status.success(), "the hour's budget was spent");
     // Another client has its own budget.
-    let other = run("lab", "x4.npy");
+    let other = run("lab", "m4.npy");
     assert!(
         other.status.success(),
         "{}",

@@ -169,7 +169,9 @@ fn upload_classify_score_restart_delete() {
         let e = c.owner(&["score", "--request", &request, "--as", "pharma"]);
         let err = String::from_utf8_lossy(&e.stderr);
         assert!(
-            err.contains(&format!("no correct count of request {request} is kept for model owner 'pharma'")),
+            err.contains(&format!(
+                "no correct count of request {request} is kept for model owner 'pharma'"
+            )),
             "{err}"
         );
         let s = c.owner_ok(&["score", "--request", &request, "--as", "hospital"]);
@@ -179,10 +181,7 @@ fn upload_classify_score_restart_delete() {
         );
         let again = c.owner(&["score", "--request", &request, "--as", "hospital"]);
         let err = String::from_utf8_lossy(&again.stderr);
-        assert!(
-            err.contains("no correct count of request"),
-            "{err}"
-        );
+        assert!(err.contains("no correct count of request"), "{err}");
     }
     assert!(json_field(&clinic, "party_rounds")[0].as_u64().unwrap() > 0);
 

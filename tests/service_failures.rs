@@ -104,6 +104,7 @@ fn limit() -> Duration {
 fn whichever_service_dies_or_stalls_mid_request_the_client_hears_it_in_time_naming_it() {
     let mut c = Cluster::start(Options {
         timeout_secs: TIMEOUT,
+        netns: false,
         ..Default::default()
     });
     inputs(&c);
@@ -149,6 +150,7 @@ fn whichever_service_dies_or_stalls_mid_request_the_client_hears_it_in_time_nami
 fn a_service_down_before_the_request_or_a_dealer_refusal_is_named_at_once() {
     let mut c = Cluster::start(Options {
         timeout_secs: TIMEOUT,
+        netns: false,
         ..Default::default()
     });
     inputs(&c);
@@ -161,7 +163,8 @@ fn a_service_down_before_the_request_or_a_dealer_refusal_is_named_at_once() {
     for victim in ["dealer", "bob", "alice"] {
         c.kill(victim);
         let t = Instant::now();
-        let (err, waited) = wait_failed(classify(&c, "x.npy"), t, limit() + Duration::from_secs(30));
+        let (err, waited) =
+            wait_failed(classify(&c, "x.npy"), t, limit() + Duration::from_secs(30));
         eprintln!("{victim} down: error after {waited:?}: {}", err.trim());
         assert!(waited <= limit(), "{victim} down: error after {waited:?}");
         assert_eq!(first_named(&err), Some(victim), "{err}");

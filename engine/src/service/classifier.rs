@@ -144,26 +144,27 @@ impl SecureClassifier {
         // failed (the client alone learns only that it did).
         let checked = self.plan.limits.iter().any(Option::is_some);
         let before = if checked { self.out_of_range()? } else { 0 };
-        let r = match self
-            .client
-            .classify_observed(&self.name, data, labels, opts.batch, on_progress)
-        {
-            Ok(r) => r,
-            Err(e) if checked && e.kind() == crate::error::ErrorKind::Refused => {
-                let after = self.out_of_range()?;
-                if after == before {
-                    return Err(e);
-                }
-                return Err(crate::error::EngineError::Range(format!(
-                    "a hidden value left its calibrated range in {} batch(es) of this request \
+        let r =
+            match self
+                .client
+                .classify_observed(&self.name, data, labels, opts.batch, on_progress)
+            {
+                Ok(r) => r,
+                Err(e) if checked && e.kind() == crate::error::ErrorKind::Refused => {
+                    let after = self.out_of_range()?;
+                    if after == before {
+                        return Err(e);
+                    }
+                    return Err(crate::error::EngineError::Range(format!(
+                        "a hidden value left its calibrated range in {} batch(es) of this request \
                      (the model owner is told how many, the client only that the request \
                      failed, the parties nothing); nothing of those batches was revealed; \
                      recalibrate on more representative data or with a larger margin",
-                    after.wrapping_sub(before)
-                )));
-            }
-            Err(e) => return Err(e),
-        };
+                        after.wrapping_sub(before)
+                    )));
+                }
+                Err(e) => return Err(e),
+            };
         let seconds = start.elapsed().as_secs_f64();
         let correct = match labels {
             Some(_) => Some(self.owner.score(r.stats.request)?),

@@ -209,10 +209,9 @@ impl RemoteOwner {
     /// that failed first.
     fn failed_midway(&mut self, owner: DataOwner, e: EngineError) -> EngineError {
         self.links = None;
-        let Some(first) = [PartyId::Alice, PartyId::Bob]
-            .into_iter()
-            .find(|&p| e.peer() == Some(p) || matches!(&e, EngineError::Remote { party, .. } if *party == p))
-        else {
+        let Some(first) = [PartyId::Alice, PartyId::Bob].into_iter().find(|&p| {
+            e.peer() == Some(p) || matches!(&e, EngineError::Remote { party, .. } if *party == p)
+        }) else {
             return e;
         };
         let other = if first == PartyId::Alice {

@@ -326,9 +326,11 @@ impl Net {
         let addr = self.deployment.address(&self.me).ok_or_else(|| {
             EngineError::Invalid(format!("{} does not listen (not a service)", self.me))
         })?;
-        TcpListener::bind(addr)
-            .map(Listener::Tcp)
-            .map_err(|e| EngineError::Invalid(format!("{}: cannot listen on {addr}: {e}", self.me)))
+        let listener = TcpListener::bind(addr).map_err(|e| {
+            EngineError::Invalid(format!("{}: cannot listen on {addr}: {e}", self.me))
+        })?;
+        widen_backlog(&listener);
+        Ok(Listener::Tcp(listener))
     }
 
     /// An in-process connection to `peer`: one end goes to its listener, the other is returned.
@@ -341,8 +343,7 @@ impl Net {
             .get(peer)
             .cloned()
             .ok_or_else(|| lost("not listening".into()))?;
-        let (mine, theirs) =
-            Link::pair(Some(self.options.heartbeat())).map_err(|e| lost(e.to_string()))?;
+        let (mine, theirs) = Link::in_process();
         tx.send(theirs).map_err(|_| lost("stopped".into()))?;
         Ok(mine)
     }
@@ -412,7 +413,11 @@ impl Net {
     }
 
     fn connect_tcp(&self, peer: &Role) -> Result<Link> {
-        let addr = self.deployment.address(peer).unwrap_or_default().to_string();
+        let addr = self
+            .deployment
+            .address(peer)
+            .unwrap_or_default()
+            .to_string();
         let lost = |e: String| self.unreachable(peer, format!("{addr}: {e}"));
         let stream = self.tcp_to(peer)?;
         match &self.security {
@@ -434,7 +439,10 @@ impl Net {
 
     /// Reserve a place among the connections being authenticated (in all and from `source`);
     /// `Err` names the limit reached.
-    fn reserve_admission(&self, source: Option<IpAddr>) -> std::result::Result<AdmitSlot<'_>, String> {
+    fn reserve_admission(
+        &self,
+        source: Option<IpAddr>,
+    ) -> std::result::Result<AdmitSlot<'_>, String> {
         let l = &self.deployment.limits;
         let mut a = self
             .admitting
@@ -465,7 +473,10 @@ impl Net {
     /// and `limits.max_connections_per_owner` (other services' links are bounded by their
     /// pools and not counted); `Err` says which limit it is over. The slot is given back when
     /// dropped.
-    pub fn establish(self: &Arc<Self>, role: &Role) -> std::result::Result<Option<ConnectionSlot>, String> {
+    pub fn establish(
+        self: &Arc<Self>,
+        role: &Role,
+    ) -> std::result::Result<Option<ConnectionSlot>, String> {
         if !role.party_id().is_data_owner() {
             return Ok(None);
         }
@@ -539,10 +550,7 @@ impl Net {
             .name("admit".into())
             .spawn(move || {
                 // The place reserved above, given back when this thread is done with it.
-                let slot = AdmitSlot {
-                    net: &net,
-                    source,
-                };
+                let slot = AdmitSlot { net: &net, source };
                 match net.accept(incoming, &allowed) {
                     Ok((role, link)) => match net.establish(&role) {
                         Ok(conn) => {
@@ -550,7 +558,11 @@ impl Net {
                             serve(role, link, conn);
                         }
                         Err(why) => {
-                            net.log_refusal("connection refused: over a connection limit", &at, &why);
+                            net.log_refusal(
+                                "connection refused: over a connection limit",
+                                &at,
+                                &why,
+                            );
                             refuse(role, link, why);
                             drop(slot);
                         }
@@ -656,6 +668,22 @@ impl Net {
             (Some(r), _) if !allowed.contains(&r) => refuse(format!("{r} may not connect here")),
             (Some(r), _) => Ok((r, link)),
         }
+    }
+}
+
+/// Connections the kernel queues for `accept` (std listens with 128). A flood of reconnecting
+/// sockets fills a short queue, and then a data owner's handshake is dropped and retransmitted
+/// (seconds late, past the first-byte deadline); the kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Raise `listener`'s accept queue to [`LISTEN_BACKLOG`] (`listen` again on a listening socket
+/// only changes its backlog); best effort, the default stays where it fails.
+fn widen_backlog(listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `listen` on a descriptor this listener owns and keeps open across the call.
+    let rc = unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "accept queue left at its default");
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, ErrorKind, Read, Write};
-use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use super::{Meter, PartyId, Transport};
@@ -67,7 +67,8 @@ impl Pace {
         if self.min_rate == 0 {
             return Ok(self.timeout);
         }
-        let due = t0 + self.timeout + Duration::from_secs_f64(self.got as f64 / self.min_rate as f64);
+        let due =
+            t0 + self.timeout + Duration::from_secs_f64(self.got as f64 / self.min_rate as f64);
         let left = due.saturating_duration_since(Instant::now());
         if left.is_zero() {
             return Err(io::Error::new(
@@ -185,7 +186,16 @@ pub struct Closed;
 /// (or exits at once if the peer has closed), without anyone waiting for it.
 pub struct Link {
     queue: Sender<(Envelope, Vec<u64>)>,
-    reader: BufReader<Paced>,
+    incoming: Incoming,
+}
+
+/// Where a link's messages arrive from.
+enum Incoming {
+    /// A byte stream (TCP, TLS, a socket pair), framed ([`crate::wire::frame`]).
+    Stream(BufReader<Paced>),
+    /// The other end's queue, inside this process: messages arrive whole, no bytes, no writer
+    /// thread (see [`Link::in_process`]).
+    Queue(Receiver<(Envelope, Vec<u64>)>),
 }
 
 impl Link {
@@ -224,14 +234,33 @@ impl Link {
             })?;
         Ok(Link {
             queue: tx,
-            reader: BufReader::with_capacity(
+            incoming: Incoming::Stream(BufReader::with_capacity(
                 1 << 20,
                 Paced {
                     half: reader,
                     pace: Pace::new(),
                 },
-            ),
+            )),
         })
+    }
+
+    /// Two links joined inside this process: each one's messages go straight to the other's
+    /// queue (no bytes, no writer thread, no heartbeats: a peer in this process that goes away
+    /// drops its end, and a receive notices at once). Frame limits and envelopes are checked
+    /// as on a stream.
+    pub fn in_process() -> (Link, Link) {
+        let (a_tx, a_rx) = channel();
+        let (b_tx, b_rx) = channel();
+        (
+            Link {
+                queue: a_tx,
+                incoming: Incoming::Queue(b_rx),
+            },
+            Link {
+                queue: b_tx,
+                incoming: Incoming::Queue(a_rx),
+            },
+        )
     }
 
     /// Queue a message for the writer thread (never blocks on the peer); fails only when the
@@ -250,10 +279,14 @@ impl Link {
         peer: PartyId,
         options: &StreamOptions,
     ) -> Result<(Envelope, Vec<u64>)> {
+        let reader = match &mut self.incoming {
+            Incoming::Queue(rx) => return receive_queued(rx, me, peer, options),
+            Incoming::Stream(reader) => reader,
+        };
         let started = Instant::now();
         loop {
-            self.reader.get_mut().pace.arm(options);
-            match read_frame_parts(&mut self.reader, options.max_frame_words, Envelope::WORDS) {
+            reader.get_mut().pace.arm(options);
+            match read_frame_parts(reader, options.max_frame_words, Envelope::WORDS) {
                 Ok((head, body)) if head.is_empty() => {
                     debug_assert!(body.is_empty());
                     if started.elapsed() > options.max_wait {
@@ -274,6 +307,44 @@ impl Link {
                     })
                 }
                 Err(e) => return Err(frame_error(me, peer, options, e)),
+            }
+        }
+    }
+}
+
+/// A message from an in-process peer's queue, within the timeout and the frame limit.
+fn receive_queued(
+    rx: &Receiver<(Envelope, Vec<u64>)>,
+    me: PartyId,
+    peer: PartyId,
+    options: &StreamOptions,
+) -> Result<(Envelope, Vec<u64>)> {
+    // A peer in this process is alive while its end of the link exists (what heartbeats tell
+    // on a stream): the wait goes on in slices of the timeout, up to `max_wait`.
+    let started = Instant::now();
+    loop {
+        match rx.recv_timeout(options.timeout) {
+            Ok((env, msg)) => {
+                let words = (msg.len() + Envelope::WORDS) as u64;
+                if words > options.max_frame_words {
+                    let e = FrameError::TooLarge {
+                        words,
+                        max_words: options.max_frame_words,
+                    };
+                    return Err(frame_error(me, peer, options, e));
+                }
+                return Ok((env, msg));
+            }
+            Err(RecvTimeoutError::Timeout) if started.elapsed() < options.max_wait => {}
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(EngineError::Stalled {
+                    me,
+                    peer,
+                    after: options.max_wait,
+                })
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(EngineError::Disconnected { me, peer })
             }
         }
     }

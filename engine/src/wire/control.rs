@@ -224,9 +224,7 @@ impl Reply {
     /// The service a failure reply is about (see [`Reply::Failed`]).
     pub fn failed_peer(&self) -> Option<PartyId> {
         match self {
-            Reply::Failed {
-                peer: Some(p), ..
-            } => match p.as_str() {
+            Reply::Failed { peer: Some(p), .. } => match p.as_str() {
                 "alice" => Some(PartyId::Alice),
                 "bob" => Some(PartyId::Bob),
                 "dealer" => Some(PartyId::Dealer),

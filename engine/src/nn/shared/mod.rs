@@ -194,7 +194,12 @@ impl SharedModel {
         Ok((out, guard.finish_flag(p)?))
     }
 
-    fn forward_guarded(&self, p: &mut Party, x: &Share, guard: &mut RangeGuard<'_>) -> Result<Share> {
+    fn forward_guarded(
+        &self,
+        p: &mut Party,
+        x: &Share,
+        guard: &mut RangeGuard<'_>,
+    ) -> Result<Share> {
         let per = self.in_features();
         let batch = match x.shape().first() {
             Some(&b) if x.len() == b * per => b,

@@ -220,16 +220,21 @@ impl PartyService {
                     .map(|i| batches.rows_of(i as u64))
                     .collect();
                 let model = m.clone();
-                let specs = needed.into_iter().map(move |r| {
-                    withholding_batch_specs(&model.model, r as usize, labels, frac)
-                });
+                let specs = needed
+                    .into_iter()
+                    .map(move |r| withholding_batch_specs(&model.model, r as usize, labels, frac));
                 let maker = MaterialMaker {
                     index: self.index,
                     seed: g.seed,
                     tag: g.tag,
                     backend: self.backend.clone(),
                 };
-                Some(Producer::start(maker, dealer, fixed_public, Box::new(specs))?)
+                Some(Producer::start(
+                    maker,
+                    dealer,
+                    fixed_public,
+                    Box::new(specs),
+                )?)
             }
             None => None,
         };

@@ -378,7 +378,16 @@ impl PartyService {
                 }
             }
             let stats = net.meter_ref().stats().total();
-            self.log_request(&role, id, kind, model, (rows, batch), &reply, started, stats);
+            self.log_request(
+                &role,
+                id,
+                kind,
+                model,
+                (rows, batch),
+                &reply,
+                started,
+                stats,
+            );
             net.meter().set_step(REPLY_STEP);
             let sent = net.send(owner, encode(&reply));
             match (sent, keep, net.take_link(owner)) {
@@ -550,7 +559,10 @@ impl PartyService {
         }
         let total = Slot(&self.active);
         let per_owner = limits.requests_per_owner();
-        let mut running = self.owner_active.lock().map_err(|_| Reply::Busy { limit })?;
+        let mut running = self
+            .owner_active
+            .lock()
+            .map_err(|_| Reply::Busy { limit })?;
         let mine = running.entry(role.clone()).or_insert(0);
         if *mine >= per_owner {
             return Err(Reply::Failed {
