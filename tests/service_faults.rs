@@ -217,7 +217,10 @@ fn certificates_from_another_ca_none_or_for_another_role_are_refused() {
         .lines()
         .filter(|l| l.contains(" WARN ") && l.contains("refused"))
         .count();
-    assert!((1..=5).contains(&lines), "{lines} refusal lines for 5 refusals:\n{log}");
+    assert!(
+        (1..=5).contains(&lines),
+        "{lines} refusal lines for 5 refusals:\n{log}"
+    );
     still_serving(&c);
 }
 
