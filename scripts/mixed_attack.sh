@@ -5,8 +5,9 @@
 #   scripts/mixed_attack.sh            (SECONDS_RUN=60 CLIENTS=20 by default)
 #
 # On loopback only: the services listen on 127.0.0.1, the legitimate clients come from
-# 127.0.0.1, the unauthenticated flood from 127.0.0.2 (a source of its own); no other address
-# is used and nothing outside this host is reached. Steps, each bounded by `timeout`:
+# 127.0.0.1, the unauthenticated flood from 127.0.0.2 and the hostile client from 127.0.0.3
+# (hosts of their own, as in the issue); no other address is used, nothing outside this host
+# is reached. Steps, each bounded by `timeout`:
 #   1. keys and a deployment, dealer/alice/bob as separate processes, the tutorial's Linear(1,1)
 #      model uploaded;
 #   2. baseline: CLIENTS clients of `bench-service` for SECONDS_RUN s, every answer checked;
@@ -34,23 +35,28 @@ timeout 1800 cargo build --release --quiet --bin secure-serving
 BIN=$PWD/target/release/secure-serving
 LIMIT=$((SECONDS_RUN * 3 + 300))
 
+# Linear(1,1) (weight 0.5, bias 0), input 0.0, expected class 0; plain Python (no numpy).
 python3 - "$WORK" <<'PY'
 import json, struct, sys
-import numpy as np
 work = sys.argv[1]
 def safetensors(path, tensors):
     header, blobs, off = {}, [], 0
-    for name, a in tensors:
-        b = np.ascontiguousarray(a, dtype="<f4").tobytes()
-        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+    for name, shape, values in tensors:
+        b = struct.pack(f"<{len(values)}f", *values)
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [off, off + len(b)]}
         blobs.append(b); off += len(b)
     h = json.dumps(header).encode(); h += b" " * (-len(h) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(h))); f.write(h)
         for b in blobs: f.write(b)
-safetensors(f"{work}/linear.safetensors", [("0.weight", np.array([[0.5]])), ("0.bias", np.array([0.0]))])
-np.save(f"{work}/lin_x.npy", np.zeros((1, 1), dtype=np.float32))
-np.save(f"{work}/lin_expect.npy", np.zeros(1, dtype=np.int64))
+def npy(path, descr, shape, data):
+    head = f"{{'descr': '{descr}', 'fortran_order': False, 'shape': {tuple(shape)}, }}".encode()
+    head += b" " * (-(10 + len(head) + 1) % 64) + b"\n"
+    with open(path, "wb") as f:
+        f.write(b"\x93NUMPY\x01\x00" + struct.pack("<H", len(head)) + head + data)
+safetensors(f"{work}/linear.safetensors", [("0.weight", [1, 1], [0.5]), ("0.bias", [1], [0.0])])
+npy(f"{work}/lin_x.npy", "<f4", (1, 1), struct.pack("<f", 0.0))
+npy(f"{work}/lin_expect.npy", "<i8", (1,), struct.pack("<q", 0))
 PY
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -101,6 +107,8 @@ bench() {
     --expect "$WORK/lin_expect.npy" --batch 1 --clients "$CLIENTS" --seconds "$SECONDS_RUN" | tail -1
 }
 
+declare -A LOGB
+for r in dealer alice bob; do LOGB[$r]=$(logsize "$r"); done
 echo "== baseline: $CLIENTS clients, ${SECONDS_RUN} s =="
 BASE=$(bench)
 echo "$BASE" >"$WORK/baseline.json"
@@ -113,7 +121,7 @@ ATTACK_S=$((SECONDS_RUN + 10))
 run attack --as mallory --target alice --preauth 256 --source 127.0.0.2 --seconds "$ATTACK_S" \
   --json >"$WORK/attack-preauth.json" &
 A1=$!
-run attack --as mallory --target alice --slowloris 32 --trickle-ms 1000 --idle 400 \
+run attack --as mallory --source 127.0.0.3 --target alice --model linear --slowloris 32 --trickle-ms 1000 --idle 400 \
   --oversized 100000 --seconds "$ATTACK_S" --json >"$WORK/attack-client.json" &
 A2=$!
 sleep 5
@@ -123,7 +131,7 @@ echo "$HIT"
 wait "$A1" "$A2" || true
 
 python3 - "$WORK" "$CLIENTS" "$SECONDS_RUN" \
-  "$(for r in dealer alice bob; do echo -n "$r:${RSS0[$r]}:$(hwm "$r"):$(rss "$r"):${LOG0[$r]}:$(logsize "$r") "; done)" <<'PY'
+  "$(for r in dealer alice bob; do echo -n "$r:${RSS0[$r]}:$(hwm "$r"):$(rss "$r"):${LOGB[$r]}:${LOG0[$r]}:$(logsize "$r") "; done)" <<'PY'
 import json, sys
 work, clients, secs, mem = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split()
 base = json.load(open(f"{work}/baseline.json"))
@@ -135,23 +143,40 @@ for name, r in (("baseline", base), ("attacked", hit)):
           + (f", first error: {r['first_error']}" if r.get('first_error') else ""))
 ratio = hit["p99_ms"] / base["p99_ms"] if base["p99_ms"] else float("inf")
 print(f"p99 attacked / unattacked: {ratio:.2f} (target <= 3)")
+# Every request logs one info line per service; what the attack adds is the attacked run's log
+# output less the baseline run's (the same load, fewer requests answered: a lower bound of 0).
 total_growth, total_log = 0, 0
 for m in mem:
-    role, rss0, hwm, rss1, log0, log1 = m.split(":")
+    role, rss0, hwm, rss1, logb, log0, log1 = m.split(":")
     growth = (int(hwm) - int(rss0)) / 1024
+    base_log = (int(log0) - int(logb)) / 1024
     logged = (int(log1) - int(log0)) / 1024
+    extra = max(0.0, logged - base_log)
     total_growth = max(total_growth, growth)
-    total_log += logged
+    total_log += extra
     print(f"{role}: RSS {int(rss0)/1024:.0f} MB before, peak {int(hwm)/1024:.0f} MB (+{growth:.0f} MB), "
-          f"{int(rss1)/1024:.0f} MB after; logged {logged:.0f} KiB during the attack")
-print(f"largest memory growth {total_growth:.0f} MB (target <= 100), log output {total_log:.0f} KiB (target <= 1024)")
+          f"{int(rss1)/1024:.0f} MB after; logged {logged:.0f} KiB attacked vs {base_log:.0f} KiB unattacked "
+          f"(+{extra:.0f} KiB)")
+print(f"largest memory growth {total_growth:.0f} MB (target <= 100), "
+      f"log output the attack added {total_log:.0f} KiB (target <= 1024)")
+reports = 0
 for f in ("attack-preauth", "attack-client"):
     try:
         a = json.load(open(f"{work}/{f}.json"))
-        print(f"{f}: " + ", ".join(f"{k} {json.dumps(a[k])}" for k in ("preauth", "slowloris", "idle", "oversized") if a[k]["opened"]))
+        reports += 1
+        for k in ("preauth", "slowloris", "idle", "oversized"):
+            if a[k]["opened"]:
+                print(f"{f} {k}: {json.dumps(a[k])}")
     except Exception as e:
         print(f"{f}: no report ({e})")
 failed = hit["errors"] + hit["lost"] + hit["mismatches"] + hit["busy"]
-print("PASS" if failed == 0 and ratio <= 3 and total_growth <= 100 and total_log <= 1024 else "MISSED a target")
+if reports < 2:
+    print("INCOMPLETE: an attack did not run")
+else:
+    print("PASS" if failed == 0 and ratio <= 3 and total_growth <= 100 and total_log <= 1024 else "MISSED a target")
 PY
-[[ -z "${RESULTS:-}" ]] || { mkdir -p "$RESULTS"; cp "$WORK"/*.json "$RESULTS"/; }
+for r in dealer alice bob; do
+  echo "$r: $(grep -c ' WARN ' "$WORK/$r.log" || true) warning lines in all; the last three:"
+  grep ' WARN ' "$WORK/$r.log" | tail -3 | cut -c1-240 || true
+done
+[[ -z "${RESULTS:-}" ]] || { mkdir -p "$RESULTS"; cp "$WORK"/*.json "$WORK"/*.log "$RESULTS"/; }

@@ -14,7 +14,7 @@
 //! services closed or refused and how long the longest was held.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,8 +62,8 @@ pub struct AttackArgs {
     /// How long the attack runs.
     #[arg(long, default_value_t = 10.0)]
     pub seconds: f64,
-    /// The local address the pre-authentication sockets come from (default: the system's
-    /// choice); on one host, e.g. `127.0.0.2`, a source apart from the data owners'.
+    /// The local address every attack connects from (default: the system's choice); on one
+    /// host, e.g. `127.0.0.2`, a source apart from the data owners'.
     #[arg(long)]
     pub source: Option<IpAddr>,
     /// Print one JSON object instead of text.
@@ -154,78 +154,11 @@ fn service(name: &str) -> Result<Role> {
     }
 }
 
-/// The raw form of a socket address, for `bind` and `connect`.
-fn raw_addr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: an all-zero sockaddr_storage is a valid (unspecified) address.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match a {
-        SocketAddr::V4(v4) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: v4.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from_ne_bytes(v4.ip().octets()),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
-            unsafe { std::ptr::write(std::ptr::addr_of_mut!(storage).cast(), sin) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            let sin6 = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: v6.port().to_be(),
-                sin6_flowinfo: v6.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: v6.ip().octets(),
-                },
-                sin6_scope_id: v6.scope_id(),
-            };
-            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in6.
-            unsafe { std::ptr::write(std::ptr::addr_of_mut!(storage).cast(), sin6) };
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
-}
-
-/// A TCP connection to `addr`, from `source` when given (std cannot bind before connecting).
-fn connect_from(source: Option<IpAddr>, addr: SocketAddr) -> std::io::Result<TcpStream> {
-    use std::os::fd::{FromRawFd, OwnedFd};
-    let Some(source) = source else {
-        return TcpStream::connect_timeout(&addr, Duration::from_secs(5));
-    };
-    let family = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: plain socket calls; the descriptor is owned by `fd` from here on.
-    let raw = unsafe { libc::socket(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a fresh descriptor no one else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let (src, src_len) = raw_addr(SocketAddr::new(source, 0));
-    let (dst, dst_len) = raw_addr(addr);
-    // SAFETY: the addresses live across the calls and their lengths are theirs.
-    unsafe {
-        if libc::bind(raw, std::ptr::addr_of!(src).cast(), src_len) != 0
-            || libc::connect(raw, std::ptr::addr_of!(dst).cast(), dst_len) != 0
-        {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(TcpStream::from(fd))
-}
-
 /// Hold a connection that sends nothing; reopen it when the service closes it.
 fn preauth(source: Option<IpAddr>, addr: SocketAddr, until: Instant, t: &Tally) {
     while Instant::now() < until {
         let opened = Instant::now();
-        let mut s = match connect_from(source, addr) {
+        let mut s = match engine::transport::connect_from(source, addr, Duration::from_secs(5)) {
             Ok(s) => s,
             Err(e) => {
                 t.error(e);
@@ -428,8 +361,28 @@ pub fn run(args: &AttackArgs) -> Result<serde_json::Value> {
     let target = service(&args.target)?;
     let deployment = engine::deploy::Deployment::load(&args.deploy.config)?;
     let until = Instant::now() + Duration::from_secs_f64(args.seconds);
-    let net = Arc::new(args.deploy.owner_net(args.as_name.as_deref(), false)?);
+    let mut net = args.deploy.owner_net(args.as_name.as_deref(), false)?;
+    if let Some(ip) = args.source {
+        net = net.with_source(ip);
+    }
+    let net = Arc::new(net);
     let tallies: [Arc<Tally>; 4] = Default::default();
+    // The model's width, asked before the other attacks start (their bursts of handshakes from
+    // this host would have this connection refused as over the per-source limit).
+    let width = if args.oversized > 0 {
+        let mut lookup = args.deploy.owner_net(args.as_name.as_deref(), false)?;
+        if let Some(ip) = args.source {
+            lookup = lookup.with_source(ip);
+        }
+        engine::service::client::RemoteOwner::new(lookup)?
+            .models()?
+            .into_iter()
+            .find(|m| m.name == args.model)
+            .map(|m| m.input_shape.iter().product::<usize>() as u64)
+            .ok_or_else(|| EngineError::Invalid(format!("no model '{}' is served", args.model)))?
+    } else {
+        1
+    };
     let mut threads = Vec::new();
     if args.preauth > 0 {
         let addr = deployment
@@ -470,14 +423,6 @@ pub fn run(args: &AttackArgs) -> Result<serde_json::Value> {
         threads.push(std::thread::spawn(move || idle(&net, &target, until, &t)));
     }
     if args.oversized > 0 {
-        let width = engine::service::client::RemoteOwner::new(
-            args.deploy.owner_net(args.as_name.as_deref(), false)?,
-        )?
-        .models()?
-        .into_iter()
-        .find(|m| m.name == args.model)
-        .map(|m| m.input_shape.iter().product::<usize>() as u64)
-        .ok_or_else(|| EngineError::Invalid(format!("no model '{}' is served", args.model)))?;
         let (net, t, n, model) = (
             net.clone(),
             tallies[3].clone(),

@@ -146,6 +146,8 @@ pub struct Net {
     established: Mutex<(usize, HashMap<Role, usize>)>,
     /// Refusals a peer can repeat at will are logged through this (rate-limited).
     log: RateLog,
+    /// The local address outgoing connections come from (`None`: the system's choice).
+    source: Option<IpAddr>,
 }
 
 /// A connection being authenticated, counted in [`Net`]'s admission limits until dropped.
@@ -236,7 +238,15 @@ impl Net {
             admitting: Mutex::new((0, HashMap::new())),
             established: Mutex::new((0, HashMap::new())),
             log,
+            source: None,
         }
+    }
+
+    /// This endpoint, its outgoing connections coming from the local address `ip` (load tools
+    /// on one host: a hostile client's connections from a source apart from the others').
+    pub fn with_source(mut self, ip: IpAddr) -> Net {
+        self.source = Some(ip);
+        self
     }
 
     /// A plain-TCP endpoint (never authenticated: loopback benchmarks, and tests that play a
@@ -386,7 +396,7 @@ impl Net {
             .collect();
         let mut last = "no address".to_string();
         for a in addrs {
-            match TcpStream::connect_timeout(&a, self.options.timeout) {
+            match crate::transport::connect_from(self.source, a, self.options.timeout) {
                 Ok(s) => return Ok(s),
                 Err(e) => last = e.to_string(),
             }
