@@ -16,7 +16,8 @@
 #      requests with the certificate of the client `mallory`;
 #   4. the figures: failed or wrong answers, p99 against the baseline's, the services' resident
 #      memory growth (VmRSS before the attack and its peak, VmHWM) and their log output.
-# Environment: SECONDS_RUN=60 CLIENTS=20 RESULTS=<dir to keep the JSON reports>.
+# Environment: SECONDS_RUN=60 CLIENTS=20 (spread over 4 client certificates)
+# PER_OWNER_REQUESTS=8 PER_OWNER_CONNECTIONS=32 RESULTS=<dir to keep the JSON reports and logs>.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -73,13 +74,26 @@ address = "127.0.0.1:$(free_port)"
 name = "owner"
 role = "model-owner"
 [[data_owner]]
-name = "client"
+name = "client1"
+role = "client"
+[[data_owner]]
+name = "client2"
+role = "client"
+[[data_owner]]
+name = "client3"
+role = "client"
+[[data_owner]]
+name = "client4"
 role = "client"
 [[data_owner]]
 name = "mallory"
 role = "client"
 [limits]
 timeout_secs = 10
+# One client may hold 8 of the 32 request places and 32 links: the hostile client cannot crowd
+# out the others (the defaults, 24 and 64, let it take most places; see docs/benchmarks.md).
+max_requests_per_owner = ${PER_OWNER_REQUESTS:-8}
+max_connections_per_owner = ${PER_OWNER_CONNECTIONS:-32}
 TOML
 timeout 60 "$BIN" keygen --deployment "$CFG" --out "$WORK/keys" >/dev/null
 declare -A PID_OF
@@ -103,7 +117,7 @@ rss() { awk '/^VmRSS/ {print $2}' "/proc/${PID_OF[$1]}/status"; }
 hwm() { awk '/^VmHWM/ {print $2}' "/proc/${PID_OF[$1]}/status"; }
 logsize() { stat -c %s "$WORK/$1.log"; }
 bench() {
-  run bench-service --as client --json --model linear --input "$WORK/lin_x.npy" \
+  run bench-service --as client1,client2,client3,client4 --json --model linear --input "$WORK/lin_x.npy" \
     --expect "$WORK/lin_expect.npy" --batch 1 --clients "$CLIENTS" --seconds "$SECONDS_RUN" | tail -1
 }
 
