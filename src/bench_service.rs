@@ -24,7 +24,9 @@ pub struct BenchServiceArgs {
     /// Deployment and keys.
     #[command(flatten)]
     pub deploy: DeployArgs,
-    /// Which client of the deployment the load generator is (default: its only client).
+    /// Which client of the deployment the load generator is (default: its only client); a
+    /// comma-separated list spreads the clients over several (client i is the i-th, round
+    /// robin).
     #[arg(long = "as")]
     pub as_name: Option<String>,
     /// The served model to classify with.
@@ -284,7 +286,14 @@ impl BenchServiceArgs {
 pub fn run(args: &BenchServiceArgs) -> Result<BenchServiceReport> {
     // Validate every option before connecting (the deadline is set again at the common start).
     args.stop_rule()?;
-    let mut probe = crate::remote::owner(&args.deploy, args.as_name.as_deref(), false)?;
+    let names: Vec<Option<String>> = match &args.as_name {
+        Some(list) => list
+            .split(',')
+            .map(|n| Some(n.trim().to_string()))
+            .collect(),
+        None => vec![None],
+    };
+    let mut probe = crate::remote::owner(&args.deploy, names[0].as_deref(), false)?;
     let info = probe
         .models()?
         .into_iter()
@@ -345,7 +354,8 @@ pub fn run(args: &BenchServiceArgs) -> Result<BenchServiceReport> {
     let stop = Arc::new(Mutex::new(None::<Stop>));
     let setup = Instant::now();
     let mut threads = Vec::new();
-    for _ in 0..args.clients {
+    for i in 0..args.clients {
+        let name = names[i % names.len()].clone();
         let (args, data, labels, expect, counters, stop) = (
             args.clone(),
             Arc::clone(&data),
@@ -357,8 +367,8 @@ pub fn run(args: &BenchServiceArgs) -> Result<BenchServiceReport> {
         let (ready_barrier, go) = (Arc::clone(&ready_barrier), Arc::clone(&go));
         threads.push(std::thread::spawn(move || -> Result<ClientLog> {
             // Connect and warm up; a client that cannot must still reach the barrier.
-            let ready = crate::remote::owner(&args.deploy, args.as_name.as_deref(), false)
-                .and_then(|mut o| {
+            let ready =
+                crate::remote::owner(&args.deploy, name.as_deref(), false).and_then(|mut o| {
                     o.connect()?;
                     o.models()?;
                     Ok(o)

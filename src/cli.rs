@@ -183,6 +183,13 @@ pub enum Command {
         #[command(flatten)]
         args: crate::bench_service::BenchServiceArgs,
     },
+    /// Hostile load against a running deployment (robustness tests, scripts/attack-bench.sh):
+    /// pre-authentication sockets, slow requests, idle links, oversized requests.
+    Attack {
+        /// Options.
+        #[command(flatten)]
+        args: crate::attack::AttackArgs,
+    },
     /// Benchmarks: GEMM vs MAC peak, secure matmul vs GEMM, comparisons, VGG16 head.
     Bench {
         /// Compute backend.
@@ -338,6 +345,7 @@ pub fn run(cli: Cli) -> Result<()> {
             delete,
         } => crate::remote::models(&deploy, as_name.as_deref(), delete.as_deref()),
         Command::BenchService { args } => crate::bench_service::run(&args).map(|_| ()),
+        Command::Attack { args } => crate::attack::main(&args),
     }
 }
 

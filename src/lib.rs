@@ -3,6 +3,7 @@
 
 #![warn(missing_docs)]
 
+pub mod attack;
 pub mod bench;
 pub mod bench_cnn;
 pub mod bench_service;

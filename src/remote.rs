@@ -82,6 +82,61 @@ impl DeployArgs {
     }
 }
 
+impl DeployArgs {
+    /// The endpoint of the data owner `name` of either kind; without a name, the deployment's
+    /// only data owner, else its only model owner, else its only client — and when that does
+    /// not settle it, an error asking for `--as` with the names to choose from.
+    pub fn any_owner_net(&self, name: Option<&str>) -> Result<Net> {
+        let d = self.deployment()?;
+        if let Some(n) = name {
+            let role = d
+                .data_owners
+                .iter()
+                .find(|r| matches!(r, Role::ModelOwner(x) | Role::Client(x) if x == n))
+                .cloned()
+                .ok_or_else(|| {
+                    EngineError::Invalid(format!(
+                        "{}: no data owner named '{n}' in the deployment",
+                        self.config.display()
+                    ))
+                })?;
+            return self.net(role);
+        }
+        let owners: Vec<&Role> = d
+            .data_owners
+            .iter()
+            .filter(|r| matches!(r, Role::ModelOwner(_)))
+            .collect();
+        let clients: Vec<&Role> = d
+            .data_owners
+            .iter()
+            .filter(|r| matches!(r, Role::Client(_)))
+            .collect();
+        match (&owners[..], &clients[..]) {
+            ([one], _) | ([], [one]) => self.net((*one).clone()),
+            ([], []) => Err(EngineError::Invalid(format!(
+                "{}: the deployment has no data owner",
+                self.config.display()
+            ))),
+            _ => {
+                let names: Vec<String> = d
+                    .data_owners
+                    .iter()
+                    .filter_map(|r| match r {
+                        Role::ModelOwner(n) | Role::Client(n) => Some(n.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                Err(EngineError::Invalid(format!(
+                    "{}: several data owners ({}); say which one asks with --as NAME",
+                    self.config.display(),
+                    names.join(", ")
+                )))
+            }
+        }
+    }
+}
+
 /// On SIGHUP, read the deployment file's revocation list again at once (it is also read again
 /// within a second of a change, at the next handshake). Without TLS, SIGHUP is ignored.
 fn reload_on_sighup(net: &Net) -> Result<()> {
@@ -188,7 +243,7 @@ pub fn upload(
 pub fn models(args: &DeployArgs, as_name: Option<&str>, delete: Option<&str>) -> Result<()> {
     let mut o = match delete {
         Some(_) => owner(args, as_name, true)?,
-        None => owner(args, as_name, true).or_else(|_| owner(args, as_name, false))?,
+        None => RemoteOwner::new(args.any_owner_net(as_name)?)?,
     };
     if let Some(name) = delete {
         o.delete(name)?;
@@ -197,13 +252,31 @@ pub fn models(args: &DeployArgs, as_name: Option<&str>, delete: Option<&str>) ->
     }
     let list = o.models()?;
     if list.is_empty() {
-        println!("no models are served");
+        println!("no models are served to {}", o.role());
     }
     for m in list {
-        println!(
-            "{}  owner {}  input {:?}  {} classes  {} parameters  {} fractional bits  |x| <= {}",
-            m.name, m.owner, m.input_shape, m.classes, m.parameters, m.frac_bits, m.input_bound
-        );
+        let mut line = m.name.clone();
+        if let Some(owner) = &m.owner {
+            line.push_str(&format!("  owner {owner}"));
+        }
+        line.push_str(&format!(
+            "  input {:?}  {} classes",
+            m.input_shape, m.classes
+        ));
+        if let Some(p) = m.parameters {
+            line.push_str(&format!("  {p} parameters"));
+        }
+        line.push_str(&format!(
+            "  {} fractional bits  |x| <= {}",
+            m.frac_bits, m.input_bound
+        ));
+        if m.range_checked {
+            line.push_str("  range-checked");
+        }
+        if let Some(n) = m.out_of_range {
+            line.push_str(&format!("  {n} batches out of range"));
+        }
+        println!("{line}");
     }
     Ok(())
 }
@@ -287,9 +360,18 @@ pub fn classify(
         ),
     }
     if labels.is_some() {
+        let owners = args
+            .deployment()?
+            .data_owners
+            .iter()
+            .filter(|r| matches!(r, Role::ModelOwner(_)))
+            .count();
         println!(
-            "the correct count is kept for the model owner: secure-serving score --request {}",
-            s.request
+            "the correct count is kept for the model owner: secure-serving score --request {} \
+             --config {}{}",
+            s.request,
+            args.config.display(),
+            if owners > 1 { " --as MODEL_OWNER" } else { "" }
         );
     }
     Ok(())

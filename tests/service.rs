@@ -165,11 +165,13 @@ fn upload_classify_score_restart_delete() {
         let request = json_field(out, "request").as_str().unwrap().to_string();
         let e = c.owner(&["score", "--request", &request, "--as", "clinic"]);
         assert!(!e.status.success(), "a client cannot run score");
-        // Another model owner is refused by both parties.
+        // Another model owner is refused by both parties, as for an id never used.
         let e = c.owner(&["score", "--request", &request, "--as", "pharma"]);
         let err = String::from_utf8_lossy(&e.stderr);
         assert!(
-            err.contains("revealed only to its model's owner, not to model owner 'pharma'"),
+            err.contains(&format!(
+                "no correct count of request {request} is kept for model owner 'pharma'"
+            )),
             "{err}"
         );
         let s = c.owner_ok(&["score", "--request", &request, "--as", "hospital"]);
@@ -179,10 +181,7 @@ fn upload_classify_score_restart_delete() {
         );
         let again = c.owner(&["score", "--request", &request, "--as", "hospital"]);
         let err = String::from_utf8_lossy(&again.stderr);
-        assert!(
-            err.contains("no correct count is kept for request"),
-            "{err}"
-        );
+        assert!(err.contains("no correct count of request"), "{err}");
     }
     assert!(json_field(&clinic, "party_rounds")[0].as_u64().unwrap() > 0);
 

@@ -72,6 +72,16 @@ pub enum EngineError {
         /// Who disconnected.
         peer: PartyId,
     },
+    /// This endpoint could not reach a service (refused, unreachable, TLS refused, ...).
+    #[error("{me} could not connect to {peer}: {detail}")]
+    Unreachable {
+        /// Who tried (its role, in words).
+        me: String,
+        /// The service it tried to reach.
+        peer: PartyId,
+        /// Why it failed.
+        detail: String,
+    },
     /// A message did not have the expected form.
     #[error("protocol error: {0}")]
     Protocol(String),
@@ -84,16 +94,20 @@ pub enum EngineError {
         /// What differed.
         detail: String,
     },
-    /// A party or the dealer answered a request with a failure (its reason, and what kind of
-    /// failure it was, so callers can branch on [`EngineError::kind`]).
-    #[error("party {party} failed: {detail}")]
+    /// A party answered a request with a failure (its reason, what kind of failure it was, so
+    /// callers can branch on [`EngineError::kind`], and the service it is about, when that is
+    /// another one: then the message names that service first).
+    #[error("{}", remote_text(*.party, *.about, .detail))]
     Remote {
-        /// Who failed.
+        /// Who reported the failure.
         party: PartyId,
         /// The kind of failure it reported.
         kind: ErrorKind,
         /// Its reason, in words.
         detail: String,
+        /// The service that failed, as the reporting party saw it (`None`: the reporter
+        /// itself).
+        about: Option<PartyId>,
     },
     /// Refused by the deployment's policy: who may do what, a name already taken, a limit.
     #[error("invalid argument: {0}")]
@@ -161,9 +175,11 @@ impl EngineError {
                 ErrorKind::BadInput
             }
             Io { .. } | Kernel(_) => ErrorKind::Internal,
-            Timeout { .. } | Stalled { .. } | Disconnected { .. } | PartyFailed { .. } => {
-                ErrorKind::PeerLost
-            }
+            Timeout { .. }
+            | Stalled { .. }
+            | Disconnected { .. }
+            | PartyFailed { .. }
+            | Unreachable { .. } => ErrorKind::PeerLost,
             Protocol(_) => ErrorKind::OutOfStep,
             OutOfStep { .. } => ErrorKind::OutOfStep,
             Range(_) => ErrorKind::OverflowDetected,
@@ -171,6 +187,32 @@ impl EngineError {
             UnknownModel { .. } => ErrorKind::UnknownModel,
             Refused(_) => ErrorKind::Refused,
         }
+    }
+}
+
+impl EngineError {
+    /// The peer this failure is about, where it names one: the service that was lost, stalled,
+    /// unreachable or that failed (a data owner then reports that peer, not the party that
+    /// noticed; see [`crate::service::client`]).
+    pub fn peer(&self) -> Option<PartyId> {
+        use EngineError::*;
+        match self {
+            Timeout { peer, .. }
+            | Stalled { peer, .. }
+            | Disconnected { peer, .. }
+            | Unreachable { peer, .. } => Some(*peer),
+            PartyFailed { party, .. } => Some(*party),
+            Remote { party, about, .. } => Some(about.unwrap_or(*party)),
+            _ => None,
+        }
+    }
+}
+
+/// The message of [`EngineError::Remote`].
+fn remote_text(party: PartyId, about: Option<PartyId>, detail: &str) -> String {
+    match about {
+        Some(p) if p != party => format!("{p} failed (as {party} reported): {detail}"),
+        _ => format!("party {party} failed: {detail}"),
     }
 }
 

@@ -74,6 +74,7 @@ pub mod nn;
 mod owner;
 pub mod party;
 pub mod protocols;
+pub mod ratelog;
 pub mod roles;
 pub mod service;
 pub mod share;

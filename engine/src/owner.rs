@@ -112,15 +112,11 @@ impl DataOwner {
             return Ok(msg);
         }
         if tag == step_code(REPLY_STEP) {
-            if let Some((detail, kind)) = decode::<Reply>(&msg, "reply")
+            if let Some(e) = decode::<Reply>(&msg, "reply")
                 .ok()
-                .and_then(|r| r.failure())
+                .and_then(|r| r.as_error(party))
             {
-                return Err(EngineError::Remote {
-                    party,
-                    kind,
-                    detail,
-                });
+                return Err(e);
             }
         }
         Err(EngineError::Protocol(format!(

@@ -34,6 +34,8 @@ pub struct Options {
     pub netns: bool,
     /// `RUST_LOG` of the services (their default level when `None`).
     pub log_filter: Option<String>,
+    /// More lines of the deployment file's `[limits]` section (`key = value`, one a line).
+    pub limits: String,
 }
 
 impl Default for Options {
@@ -44,6 +46,7 @@ impl Default for Options {
             max_requests: 32,
             netns: true,
             log_filter: None,
+            limits: String::new(),
         }
     }
 }
@@ -53,7 +56,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 /// Network namespaces made for one cluster.
 struct Netns {
     tag: String,
-    /// Namespace of each member: dealer, alice, bob, owner.
+    /// Namespace of each member: dealer, alice, bob, owner, attacker.
     names: HashMap<&'static str, String>,
     hub: String,
 }
@@ -95,7 +98,10 @@ fn make_netns(subnet: u32) -> Result<(Netns, HashMap<&'static str, String>), Str
     sh(&["ip", "-n", &hub, "link", "add", bridge, "type", "bridge"])?;
     sh(&["ip", "-n", &hub, "link", "set", bridge, "up"])?;
     let mut addrs = HashMap::new();
-    for (i, who) in ["dealer", "alice", "bob", "owner"].into_iter().enumerate() {
+    for (i, who) in ["dealer", "alice", "bob", "owner", "attacker"]
+        .into_iter()
+        .enumerate()
+    {
         let name = format!("{tag}{i}");
         sh(&["ip", "netns", "add", &name])?;
         ns.names.insert(who, name.clone());
@@ -192,8 +198,9 @@ impl Cluster {
                  [[data_owner]]\nname = \"pharma\"\nrole = \"model-owner\"\n\
                  [[data_owner]]\nname = \"clinic\"\nrole = \"client\"\n\
                  [[data_owner]]\nname = \"lab\"\nrole = \"client\"\n\
-                 [limits]\ntimeout_secs = {}\nmax_requests = {}\n",
-                addrs["alice"], addrs["bob"], addrs["dealer"], options.timeout_secs, options.max_requests
+                 [limits]\ntimeout_secs = {}\nmax_requests = {}\n{}\n",
+                addrs["alice"], addrs["bob"], addrs["dealer"], options.timeout_secs, options.max_requests,
+                options.limits
             ),
         )
         .expect("write deployment");
@@ -363,6 +370,23 @@ impl Cluster {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .expect("command starts")
+    }
+
+    /// `secure-serving attack` with `args`, from the attacker's namespace (a host of its own,
+    /// apart from the data owners'), or from here on loopback; captured output.
+    pub fn attack_spawn(&self, args: &[&str]) -> std::process::Child {
+        let mut cmd = self.command("attacker");
+        cmd.arg("attack").args(args).args(self.common_args());
+        cmd.current_dir(self.dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("attack starts")
+    }
+
+    /// The process id of a running service.
+    pub fn pid(&self, who: &str) -> u32 {
+        self.procs[who].id()
     }
 
     /// Run a data owner's command to completion.

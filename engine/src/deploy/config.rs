@@ -23,6 +23,7 @@
 //! max_frame_mib = 1024
 //! max_requests = 32             # requests a party runs at once ("busy" past it)
 //! pool = 2                      # batches of material made ahead per model and batch shape
+//! # ... and the bounds on what a peer can make a service spend (see [`Limits`])
 //!
 //! [keys]                        # optional
 //! validity_days = 365           # certificates keygen issues are valid this long (1..=3650)
@@ -59,7 +60,8 @@ pub struct DataOwnerEntry {
     pub role: String,
 }
 
-/// Optional limits.
+/// Optional limits: every resource a peer can make a service spend is bounded here (see
+/// `docs/deploy.md`, "Limits"). Each is checked before anything is allocated for it.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
@@ -76,6 +78,51 @@ pub struct Limits {
     /// made in the background after a request of that shape (0..=64; 0: all on demand).
     #[serde(default = "default_pool")]
     pub pool: usize,
+    /// Rows one classify request may have (1..=2^32).
+    #[serde(default = "default_max_rows")]
+    pub max_rows: u64,
+    /// Batches one classify request may have (1..=2^20).
+    #[serde(default = "default_max_batches")]
+    pub max_batches: u64,
+    /// Requests one data owner runs at once, over all its connections (1..=4096; at most
+    /// `max_requests` in effect); past it that owner gets "busy".
+    #[serde(default = "default_max_requests_per_owner")]
+    pub max_requests_per_owner: usize,
+    /// Established (authenticated) connections a service holds, all peers together
+    /// (1..=65536).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Established connections of one data owner (1..=65536; at most `max_connections` in
+    /// effect).
+    #[serde(default = "default_max_connections_per_owner")]
+    pub max_connections_per_owner: usize,
+    /// A data owner's connection without a request for this long is closed, heartbeats or not
+    /// (1..=86400 seconds); its next request connects again.
+    #[serde(default = "default_idle_secs")]
+    pub idle_secs: u64,
+    /// Connections being authenticated at once (1..=65536); past it new ones are closed unread.
+    #[serde(default = "default_max_admitting")]
+    pub max_admitting: usize,
+    /// Connections being authenticated at once from one source address (1..=65536; at most
+    /// `max_admitting` in effect).
+    #[serde(default = "default_max_admitting_per_source")]
+    pub max_admitting_per_source: usize,
+    /// A new connection's first byte must arrive within this many seconds (1..=300; at most
+    /// `timeout_secs` in effect).
+    #[serde(default = "default_first_byte_secs")]
+    pub first_byte_secs: u64,
+    /// Slowest transfer accepted inside a frame, in KiB per second (1..=1048576): a frame that
+    /// started arriving must have delivered `rate · (t - timeout)` bytes at every time `t`.
+    #[serde(default = "default_min_rate_kib")]
+    pub min_rate_kib: u64,
+    /// Repeated refusals of one kind are logged once per interval and then summed up in one
+    /// line (1..=3600 seconds).
+    #[serde(default = "default_log_interval_secs")]
+    pub log_interval_secs: u64,
+    /// Batches one client may run per hour against models whose bounds are checked at run
+    /// time (1..=2^32): each reveals to the client whether the batch stayed in range.
+    #[serde(default = "default_range_checked_batches_per_hour")]
+    pub range_checked_batches_per_hour: u64,
 }
 
 fn default_pool() -> usize {
@@ -94,6 +141,54 @@ fn default_max_frame_mib() -> u64 {
     (DEFAULT_MAX_FRAME_WORDS * 8) >> 20
 }
 
+fn default_max_rows() -> u64 {
+    1 << 20
+}
+
+fn default_max_batches() -> u64 {
+    4096
+}
+
+fn default_max_requests_per_owner() -> usize {
+    24
+}
+
+fn default_max_connections() -> usize {
+    1024
+}
+
+fn default_max_connections_per_owner() -> usize {
+    64
+}
+
+fn default_idle_secs() -> u64 {
+    300
+}
+
+fn default_max_admitting() -> usize {
+    256
+}
+
+fn default_max_admitting_per_source() -> usize {
+    32
+}
+
+fn default_first_byte_secs() -> u64 {
+    5
+}
+
+fn default_min_rate_kib() -> u64 {
+    64
+}
+
+fn default_log_interval_secs() -> u64 {
+    10
+}
+
+fn default_range_checked_batches_per_hour() -> u64 {
+    3600
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -101,7 +196,104 @@ impl Default for Limits {
             max_frame_mib: default_max_frame_mib(),
             max_requests: default_max_requests(),
             pool: default_pool(),
+            max_rows: default_max_rows(),
+            max_batches: default_max_batches(),
+            max_requests_per_owner: default_max_requests_per_owner(),
+            max_connections: default_max_connections(),
+            max_connections_per_owner: default_max_connections_per_owner(),
+            idle_secs: default_idle_secs(),
+            max_admitting: default_max_admitting(),
+            max_admitting_per_source: default_max_admitting_per_source(),
+            first_byte_secs: default_first_byte_secs(),
+            min_rate_kib: default_min_rate_kib(),
+            log_interval_secs: default_log_interval_secs(),
+            range_checked_batches_per_hour: default_range_checked_batches_per_hour(),
         }
+    }
+}
+
+impl Limits {
+    /// Check every limit's range; the error names the field, its value and the range.
+    pub fn check(&self) -> Result<()> {
+        let l = self;
+        for (field, value, range) in [
+            ("timeout_secs", l.timeout_secs, 1..=300),
+            ("max_frame_mib", l.max_frame_mib, 1..=65536),
+            ("pool", l.pool as u64, 0..=64),
+            ("max_requests", l.max_requests as u64, 1..=4096),
+            ("max_rows", l.max_rows, 1..=1 << 32),
+            ("max_batches", l.max_batches, 1..=1 << 20),
+            (
+                "max_requests_per_owner",
+                l.max_requests_per_owner as u64,
+                1..=4096,
+            ),
+            ("max_connections", l.max_connections as u64, 1..=65536),
+            (
+                "max_connections_per_owner",
+                l.max_connections_per_owner as u64,
+                1..=65536,
+            ),
+            ("idle_secs", l.idle_secs, 1..=86400),
+            ("max_admitting", l.max_admitting as u64, 1..=65536),
+            (
+                "max_admitting_per_source",
+                l.max_admitting_per_source as u64,
+                1..=65536,
+            ),
+            ("first_byte_secs", l.first_byte_secs, 1..=300),
+            ("min_rate_kib", l.min_rate_kib, 1..=1 << 20),
+            ("log_interval_secs", l.log_interval_secs, 1..=3600),
+            (
+                "range_checked_batches_per_hour",
+                l.range_checked_batches_per_hour,
+                1..=1 << 32,
+            ),
+        ] {
+            if !range.contains(&value) {
+                return Err(invalid(format!(
+                    "limits.{field} = {value} is outside {}..={}",
+                    range.start(),
+                    range.end()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Requests one data owner runs at once, in effect (at most `max_requests`).
+    pub fn requests_per_owner(&self) -> usize {
+        self.max_requests_per_owner.min(self.max_requests)
+    }
+
+    /// Established connections of one data owner, in effect (at most `max_connections`).
+    pub fn connections_per_owner(&self) -> usize {
+        self.max_connections_per_owner.min(self.max_connections)
+    }
+
+    /// Connections being authenticated from one source, in effect (at most `max_admitting`).
+    pub fn admitting_per_source(&self) -> usize {
+        self.max_admitting_per_source.min(self.max_admitting)
+    }
+
+    /// The wait for a new connection's first byte, in effect (at most the timeout).
+    pub fn first_byte(&self) -> Duration {
+        Duration::from_secs(self.first_byte_secs.min(self.timeout_secs))
+    }
+
+    /// How long a data owner's connection may stay without a request.
+    pub fn idle(&self) -> Duration {
+        Duration::from_secs(self.idle_secs)
+    }
+
+    /// The slowest transfer accepted inside a frame, in bytes per second.
+    pub fn min_rate(&self) -> u64 {
+        self.min_rate_kib.saturating_mul(1024)
+    }
+
+    /// The interval of rate-limited log lines.
+    pub fn log_interval(&self) -> Duration {
+        Duration::from_secs(self.log_interval_secs)
     }
 }
 
@@ -338,20 +530,7 @@ impl Deployment {
             data_owners.push(role);
         }
         let l = raw.limits;
-        for (field, value, range) in [
-            ("timeout_secs", l.timeout_secs, 1..=300),
-            ("max_frame_mib", l.max_frame_mib, 1..=65536),
-            ("pool", l.pool as u64, 0..=64),
-            ("max_requests", l.max_requests as u64, 1..=4096),
-        ] {
-            if !range.contains(&value) {
-                return Err(invalid(format!(
-                    "limits.{field} = {value} is outside {}..={}",
-                    range.start(),
-                    range.end()
-                )));
-            }
-        }
+        l.check()?;
         let keys = KeySettings::from_raw(raw.keys)?;
         Ok(Deployment {
             name: raw.name,

@@ -6,7 +6,9 @@
 //! and reads the list again when they changed; [`Revocations::reload`] reads it at once (the
 //! services call it on SIGHUP). A file that no longer parses keeps the previous list in force
 //! (and says so once). Each revoked certificate's refusal is logged once per list, however
-//! often its holder retries.
+//! often its holder retries. The same reading gives the data owners the file lists now
+//! ([`Revocations::data_owners`]): alice and bob admit an owner added to the file without a
+//! restart.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -16,6 +18,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{EngineError, Result};
+use crate::roles::Role;
 
 /// The SHA-256 of a certificate's DER encoding, written `sha256:` and 64 hexadecimal digits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -106,6 +109,8 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// A live list of revoked certificates (see the module documentation).
 pub struct Revocations {
     revoked: RwLock<HashSet<Fingerprint>>,
+    /// The data owners of the deployment file as last read (`None` until it is read again).
+    owners: RwLock<Option<Vec<Role>>>,
     source: Mutex<Option<Source>>,
     /// Revoked certificates whose refusal was logged since the list was last read.
     reported: Mutex<HashSet<Fingerprint>>,
@@ -128,6 +133,7 @@ impl Revocations {
     pub fn new(revoked: impl IntoIterator<Item = Fingerprint>) -> Arc<Revocations> {
         Arc::new(Revocations {
             revoked: RwLock::new(revoked.into_iter().collect()),
+            owners: RwLock::new(None),
             source: Mutex::new(None),
             reported: Mutex::new(HashSet::new()),
         })
@@ -177,6 +183,9 @@ impl Revocations {
     /// Read the list from the deployment file at `path` and put it in force.
     fn read(&self, path: &Path) -> Result<usize> {
         let d = super::Deployment::load(path)?;
+        if let Ok(mut o) = self.owners.write() {
+            *o = Some(d.data_owners.clone());
+        }
         let new: HashSet<Fingerprint> = d.keys.revoked.into_iter().collect();
         let n = new.len();
         if let Ok(mut r) = self.revoked.write() {
@@ -215,6 +224,16 @@ impl Revocations {
                  in force"
             ),
         }
+    }
+
+    /// The data owners of the watched deployment file as last read (looking for a newer
+    /// version first, as a handshake does); `None` when the file was not read again since the
+    /// service started (the deployment it started with is in force). Alice and bob admit the
+    /// data owners listed here, so an owner added with `keygen --add` connects without a
+    /// restart.
+    pub fn data_owners(&self) -> Option<Vec<Role>> {
+        self.refresh();
+        self.owners.read().ok().and_then(|o| o.clone())
     }
 
     /// The fingerprint of `der` if that certificate is revoked (after looking for a newer

@@ -139,9 +139,32 @@ impl SecureClassifier {
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<ClassifyReport> {
         let start = Instant::now();
-        let r = self
-            .client
-            .classify_observed(&self.name, data, labels, opts.batch, on_progress)?;
+        // This object is the model owner too: where the parties check the model's bounds at
+        // run time, it reads the out-of-range count the owner is told, to say why a request
+        // failed (the client alone learns only that it did).
+        let checked = self.plan.limits.iter().any(Option::is_some);
+        let before = if checked { self.out_of_range()? } else { 0 };
+        let r =
+            match self
+                .client
+                .classify_observed(&self.name, data, labels, opts.batch, on_progress)
+            {
+                Ok(r) => r,
+                Err(e) if checked && e.kind() == crate::error::ErrorKind::Refused => {
+                    let after = self.out_of_range()?;
+                    if after == before {
+                        return Err(e);
+                    }
+                    return Err(crate::error::EngineError::Range(format!(
+                        "a hidden value left its calibrated range in {} batch(es) of this request \
+                     (the model owner is told how many, the client only that the request \
+                     failed, the parties nothing); nothing of those batches was revealed; \
+                     recalibrate on more representative data or with a larger margin",
+                        after.wrapping_sub(before)
+                    )));
+                }
+                Err(e) => return Err(e),
+            };
         let seconds = start.elapsed().as_secs_f64();
         let correct = match labels {
             Some(_) => Some(self.owner.score(r.stats.request)?),
@@ -164,6 +187,17 @@ impl SecureClassifier {
             pooled_batches: r.stats.batches_ahead as usize,
             request: r.stats.request,
         })
+    }
+
+    /// Batches of this model that left their calibrated range so far (what its owner lists).
+    fn out_of_range(&mut self) -> Result<u64> {
+        Ok(self
+            .owner
+            .models()?
+            .into_iter()
+            .find(|m| m.name == self.name)
+            .and_then(|m| m.out_of_range)
+            .unwrap_or(0))
     }
 
     /// Delete the model at the parties and the dealer.

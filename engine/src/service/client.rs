@@ -22,7 +22,7 @@ use crate::nn::range::{check_inputs, ModelBounds};
 use crate::nn::source::ModelSource;
 use crate::owner::DataOwner;
 use crate::service::net::Net;
-use crate::transport::{Link, PartyId, StreamTransport, Transport};
+use crate::transport::{step_code, Link, PartyId, StreamOptions, StreamTransport, Transport};
 use crate::wire::control::{
     decode, encode, fresh_id, ModelInfo, Reply, Request, REPLY_STEP, REQUEST_STEP,
 };
@@ -64,6 +64,9 @@ pub struct RemoteOwner {
     /// or (tests only) a fixed seed.
     rng: Option<MaterialRng>,
     links: Option<(Link, Link)>,
+    /// When the links last carried a request (the parties close a link idle for
+    /// `limits.idle_secs`; this owner reconnects well before).
+    last_used: Instant,
     infos: HashMap<String, ModelInfo>,
 }
 
@@ -81,6 +84,7 @@ impl RemoteOwner {
             net,
             rng: None,
             links: None,
+            last_used: Instant::now(),
             infos: HashMap::new(),
         })
     }
@@ -110,8 +114,12 @@ impl RemoteOwner {
         self.net.me()
     }
 
-    /// Connect to alice and bob now (otherwise the first request does).
+    /// Connect to alice and bob now (otherwise the first request does). Links left idle for
+    /// half of `limits.idle_secs` are replaced (the parties close them at the limit).
     pub fn connect(&mut self) -> Result<()> {
+        if self.last_used.elapsed() >= self.net.deployment().limits.idle() / 2 {
+            self.links = None;
+        }
         if self.links.is_none() {
             let a = self.net.connect(&Role::Alice)?;
             let b = self.net.connect(&Role::Bob)?;
@@ -123,6 +131,7 @@ impl RemoteOwner {
     /// Send `request` to both parties; returns the owner endpoint of the request.
     pub(crate) fn begin(&mut self, request: &Request) -> Result<DataOwner> {
         self.connect()?;
+        self.last_used = Instant::now();
         let (a, b) = self.links.take().expect("connected");
         let me = self.net.me().party_id();
         let mut t = StreamTransport::new(me, self.net.options());
@@ -141,40 +150,34 @@ impl RemoteOwner {
     }
 
     /// Receive both parties' replies; keeps the links for the next request when both are done.
+    /// A failure names the service that failed first, as far as the replies tell (see
+    /// [`blame`]).
     pub(crate) fn finish(
         &mut self,
         mut owner: DataOwner,
         stats: &mut RequestStats,
     ) -> Result<[Reply; 2]> {
         owner.net().meter().set_step(REPLY_STEP);
-        let mut replies = Vec::new();
-        let mut failure = None;
-        for party in [PartyId::Alice, PartyId::Bob] {
-            match owner
+        let outcomes = [PartyId::Alice, PartyId::Bob].map(|party| {
+            owner
                 .receive_from(party)
                 .and_then(|m| decode::<Reply>(&m, "reply"))
-            {
-                Ok(r) => match r.failure() {
-                    Some((detail, kind)) => {
-                        failure.get_or_insert(EngineError::Remote {
-                            party,
-                            kind,
-                            detail,
-                        });
-                    }
-                    None => replies.push(r),
-                },
-                Err(e) => {
-                    failure.get_or_insert(e);
-                }
-            }
-        }
+                .and_then(|r| match r.as_error(party) {
+                    Some(e) => Err(e),
+                    None => Ok(r),
+                })
+        });
         let traffic = owner.net().meter_ref().stats().total();
         stats.bytes_sent = traffic.bytes_sent;
         stats.bytes_received = traffic.bytes_received;
-        if let Some(e) = failure {
-            return Err(e);
-        }
+        let [a, b] = outcomes;
+        let (a, b) = match (a, b) {
+            (Ok(a), Ok(b)) => (a, b),
+            (a, b) => {
+                self.links = None;
+                return Err(blame([a.err(), b.err()]).expect("a failure"));
+            }
+        };
         let mut t = owner
             .into_transport()
             .into_stream()
@@ -182,7 +185,7 @@ impl RemoteOwner {
         if let (Some(a), Some(b)) = (t.take_link(PartyId::Alice), t.take_link(PartyId::Bob)) {
             self.links = Some((a, b));
         }
-        for (i, r) in replies.iter().enumerate() {
+        for (i, r) in [&a, &b].into_iter().enumerate() {
             if let Reply::Done {
                 rounds,
                 messages,
@@ -197,7 +200,56 @@ impl RemoteOwner {
                 stats.batches_ahead = *ahead;
             }
         }
-        Ok([replies[0].clone(), replies[1].clone()])
+        Ok([a, b])
+    }
+
+    /// A request failed in the middle with `e`: drop the links, but first, where `e` is a
+    /// party's failure or a lost party, hear the other party's reply (it skips what the other
+    /// party still sent of the request; at most one timeout), so the error names the service
+    /// that failed first.
+    fn failed_midway(&mut self, owner: DataOwner, e: EngineError) -> EngineError {
+        self.links = None;
+        let Some(first) = [PartyId::Alice, PartyId::Bob].into_iter().find(|&p| {
+            e.peer() == Some(p) || matches!(&e, EngineError::Remote { party, .. } if *party == p)
+        }) else {
+            return e;
+        };
+        let other = if first == PartyId::Alice {
+            PartyId::Bob
+        } else {
+            PartyId::Alice
+        };
+        let Some(mut t) = owner.into_transport().into_stream() else {
+            return e;
+        };
+        let timeout = self.net.options().timeout;
+        t.set_options(StreamOptions {
+            max_wait: timeout,
+            ..self.net.options()
+        });
+        let until = Instant::now() + timeout;
+        let mut heard = None;
+        while Instant::now() < until && t.has_link(other) {
+            match t.recv_tagged(other) {
+                Ok((tag, msg)) if tag == step_code(REPLY_STEP) => {
+                    heard = decode::<Reply>(&msg, "reply")
+                        .ok()
+                        .and_then(|r| r.as_error(other));
+                    break;
+                }
+                Ok(_) => {}
+                Err(lost) => {
+                    heard = Some(lost);
+                    break;
+                }
+            }
+        }
+        let pair = if first == PartyId::Alice {
+            [Some(e), heard]
+        } else {
+            [heard, Some(e)]
+        };
+        blame(pair).expect("a failure")
     }
 
     /// Run a request without a body: send it, take both replies.
@@ -217,10 +269,29 @@ impl RemoteOwner {
     pub fn models(&mut self) -> Result<Vec<ModelInfo>> {
         let request = self.fresh_request_id();
         let ([a, b], _) = self.simple(Request::List { request })?;
-        let (Reply::Done { models: ma, .. }, Reply::Done { models: mb, .. }) = (a, b) else {
+        let (Reply::Done { models: mut ma, .. }, Reply::Done { models: mb, .. }) = (a, b) else {
             return Err(EngineError::Protocol("unexpected reply to a list".into()));
         };
-        if ma != mb {
+        // A model owner's out-of-range counts come as one share per party: add them up.
+        let shares_b: Vec<Option<u64>> = mb.iter().map(|m| m.out_of_range).collect();
+        let strip = |v: &[ModelInfo]| -> Vec<ModelInfo> {
+            v.iter()
+                .map(|m| ModelInfo {
+                    out_of_range: None,
+                    ..m.clone()
+                })
+                .collect()
+        };
+        let same = strip(&ma) == strip(&mb);
+        if same {
+            for (m, b) in ma.iter_mut().zip(shares_b) {
+                m.out_of_range = match (m.out_of_range, b) {
+                    (Some(x), Some(y)) => Some(x.wrapping_add(y)),
+                    _ => None,
+                };
+            }
+        }
+        if !same {
             return Err(EngineError::Protocol(format!(
                 "alice and bob serve different models: {:?} vs {:?}",
                 ma.iter().map(|m| &m.name).collect::<Vec<_>>(),
@@ -274,8 +345,7 @@ impl RemoteOwner {
             Ok(())
         })();
         if let Err(e) = sent {
-            self.links = None;
-            return Err(e);
+            return Err(self.failed_midway(owner, e));
         }
         self.finish(owner, &mut stats)?;
         stats.seconds = start.elapsed().as_secs_f64();
@@ -325,6 +395,15 @@ impl RemoteOwner {
             return Err(EngineError::Invalid("batch size must be at least 1".into()));
         }
         let n = data.len() / width;
+        let limits = &self.net.deployment().limits;
+        if n as u64 > limits.max_rows || (n.div_ceil(batch) as u64) > limits.max_batches {
+            return Err(EngineError::Invalid(format!(
+                "{n} rows in batches of {batch} exceed the deployment's limits \
+                 (limits.max_rows = {}, limits.max_batches = {}): split the input or use larger \
+                 batches",
+                limits.max_rows, limits.max_batches
+            )));
+        }
         // The client checks its own rows (and labels) before anything is shared.
         check_inputs(data, width, info.input_bound)?;
         if let Some(l) = labels {
@@ -345,7 +424,10 @@ impl RemoteOwner {
         };
         let mut owner = self.begin(&request)?;
         let mut predictions = Vec::with_capacity(n);
+        let mut withheld = 0usize;
         let ran = (|| -> Result<()> {
+            // Every batch is sent even after one was withheld: the parties must not learn
+            // which batch failed from when this client stops.
             for lo in (0..n).step_by(batch) {
                 let hi = (lo + batch).min(n);
                 send_batch(
@@ -355,17 +437,34 @@ impl RemoteOwner {
                     &data[lo * width..hi * width],
                     labels.map(|l| &l[lo..hi]),
                 )?;
-                predictions.extend(receive_predictions(&mut owner, &fx, hi - lo, info.classes)?);
+                match receive_predictions(
+                    &mut owner,
+                    &fx,
+                    hi - lo,
+                    info.classes,
+                    info.range_checked,
+                )? {
+                    Some(p) => predictions.extend(p),
+                    None => withheld += 1,
+                }
                 on_progress(hi, n);
             }
             Ok(())
         })();
         if let Err(e) = ran {
-            self.links = None;
-            return Err(e);
+            return Err(self.failed_midway(owner, e));
         }
         self.finish(owner, &mut stats)?;
         stats.seconds = start.elapsed().as_secs_f64();
+        if withheld > 0 {
+            return Err(EngineError::Refused(format!(
+                "the parties withheld the predictions of {withheld} of {} batches of request {}: \
+                 the model owner's check of the model failed on them (the model owner is told \
+                 how many; nothing else is revealed to anyone)",
+                n.div_ceil(batch),
+                request.id()
+            )));
+        }
         Ok(RemoteClassification { predictions, stats })
     }
 
@@ -394,5 +493,82 @@ impl RemoteOwner {
         })?;
         self.infos.remove(name);
         Ok(())
+    }
+}
+
+/// The error a data owner reports for a failed request, from what it heard of each party
+/// (alice's outcome, bob's): a party's own refusal (bad input, a limit, busy, ...) first; else
+/// the service a lost-peer failure points to, followed from party to party — bob's account when
+/// alice says she lost bob and bob says he lost the dealer, this owner's own view of a party it
+/// could not hear from at all. `None` when both were fine.
+pub(crate) fn blame(outcomes: [Option<EngineError>; 2]) -> Option<EngineError> {
+    use crate::error::ErrorKind;
+    let index = |p: PartyId| match p {
+        PartyId::Alice => Some(0),
+        PartyId::Bob => Some(1),
+        _ => None,
+    };
+    let reported = |e: &EngineError| matches!(e, EngineError::Remote { .. });
+    // A deliberate refusal by a party is the root of everything else.
+    if let Some(e) = outcomes
+        .iter()
+        .flatten()
+        .find(|e| reported(e) && e.kind() != ErrorKind::PeerLost)
+    {
+        return Some(clone_error(e));
+    }
+    let start = outcomes
+        .iter()
+        .position(|o| o.as_ref().is_some_and(reported))
+        .or_else(|| outcomes.iter().position(Option::is_some))?;
+    let mut at = start;
+    for _ in 0..2 {
+        let e = outcomes[at].as_ref().expect("a failure");
+        if !reported(e) {
+            // This owner lost the party itself: it is the one that failed.
+            return Some(clone_error(e));
+        }
+        match e.peer().and_then(index) {
+            Some(next) if next != at && outcomes[next].is_some() => at = next,
+            _ => return Some(clone_error(e)),
+        }
+    }
+    Some(clone_error(outcomes[start].as_ref().expect("a failure")))
+}
+
+/// A copy of a failure as this owner reports it (the error types hold no handles).
+fn clone_error(e: &EngineError) -> EngineError {
+    match e {
+        EngineError::Remote {
+            party,
+            kind,
+            detail,
+            about,
+        } => EngineError::Remote {
+            party: *party,
+            kind: *kind,
+            detail: detail.clone(),
+            about: *about,
+        },
+        EngineError::Timeout { me, peer, after } => EngineError::Timeout {
+            me: *me,
+            peer: *peer,
+            after: *after,
+        },
+        EngineError::Stalled { me, peer, after } => EngineError::Stalled {
+            me: *me,
+            peer: *peer,
+            after: *after,
+        },
+        EngineError::Disconnected { me, peer } => EngineError::Disconnected {
+            me: *me,
+            peer: *peer,
+        },
+        other => EngineError::Remote {
+            party: other.peer().unwrap_or(PartyId::Alice),
+            kind: other.kind(),
+            detail: other.to_string(),
+            about: None,
+        },
     }
 }

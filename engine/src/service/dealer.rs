@@ -182,10 +182,13 @@ impl DealerService {
                 break;
             }
             let me = self.clone();
-            self.net
-                .admit_on_thread(stream, vec![Role::Alice, Role::Bob], move |role, link| {
-                    me.serve_link(role.party_id(), link)
-                });
+            self.net.admit_on_thread(
+                stream,
+                vec![Role::Alice, Role::Bob],
+                move |role, link, _| me.serve_link(role.party_id(), link),
+                // Only data owners are counted against connection limits; none connects here.
+                |_, _, _| {},
+            );
         }
         Ok(())
     }

@@ -33,14 +33,15 @@ pub(crate) struct Producer {
 }
 
 impl Producer {
-    /// Start making `batches` (each a list of specs, in consumption order) with `maker`;
+    /// Start making `batches` (each a list of specs, in consumption order, produced as the
+    /// thread gets to it) with `maker`;
     /// `dealer` is bob's endpoint for the dealer's corrections (`None` for alice);
     /// `fixed_public` the public masked values of the fixed operands the specs use.
     pub(crate) fn start(
         maker: MaterialMaker,
         dealer: Option<StreamTransport>,
         fixed_public: HashMap<u64, Tensor>,
-        batches: Vec<Vec<MaterialSpec>>,
+        batches: Box<dyn Iterator<Item = Vec<MaterialSpec>> + Send>,
     ) -> Result<Producer> {
         let (tx, rx) = sync_channel(1);
         let worker = std::thread::Builder::new()

@@ -208,17 +208,18 @@ impl ScoreBook {
     }
 
     /// Hand out (and forget) this party's share of request `of`'s count to `role`, which must
-    /// be the owner of the request's model.
+    /// be the owner of the request's model. Anyone else gets the same answer as for an id that
+    /// was never used: a refusal does not tell a stranger whether a request exists.
     pub(crate) fn take(&self, role: &Role, of: u64) -> Result<u64> {
         let mut kept = self.kept.lock().map_err(|_| poisoned())?;
-        let Some(s) = kept.get(&of) else {
-            return Err(EngineError::Invalid(format!(
-                "no correct count is kept for request {of} (unknown, without labels, or already fetched)"
-            )));
-        };
-        if role != &Role::ModelOwner(s.owner.clone()) {
-            return Err(EngineError::Invalid(format!(
-                "the correct count of request {of} is revealed only to its model's owner, not to {role}"
+        let yours = kept
+            .get(&of)
+            .is_some_and(|s| role == &Role::ModelOwner(s.owner.clone()));
+        if !yours {
+            return Err(EngineError::Refused(format!(
+                "no correct count of request {of} is kept for {role} (counts go to the owner of \
+                 the request's model, once; unknown ids, requests without labels and counts \
+                 already fetched get this answer too)"
             )));
         }
         let share = kept.remove(&of).expect("checked").share;
@@ -335,8 +336,14 @@ mod tests {
         book.keep(7, "hospital", 42).unwrap();
         book.keep(7, "hospital", 99).unwrap(); // a replay does not overwrite
         book.keep(8, "pharma", u64::MAX).unwrap();
+        // A stranger's refusal reads like the refusal of an id never used.
         let e = book.take(&owner("pharma"), 7).unwrap_err().to_string();
-        assert!(e.contains("revealed only to its model's owner"), "{e}");
+        let unknown = book.take(&owner("pharma"), 12345).unwrap_err().to_string();
+        assert_eq!(
+            e.replace(" 7 ", " ID "),
+            unknown.replace(" 12345 ", " ID "),
+            "{e}"
+        );
         records_settle(dir.path(), 2);
         drop(book);
 
@@ -344,7 +351,7 @@ mod tests {
         assert_eq!(book.len(), 2);
         assert_eq!(book.take(&owner("hospital"), 7).unwrap(), 42);
         let e = book.take(&owner("hospital"), 7).unwrap_err().to_string();
-        assert!(e.contains("no correct count is kept for request 7"), "{e}");
+        assert!(e.contains("no correct count of request 7 is kept"), "{e}");
         records_settle(dir.path(), 1);
         drop(book);
 

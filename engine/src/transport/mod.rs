@@ -14,7 +14,7 @@ pub use crate::wire::envelope::{step_code, Envelope};
 pub use channel::{channel_mesh, ChannelTransport};
 pub use meter::{Meter, StepStats, TrafficStats};
 pub use stream::{Link, StreamOptions, StreamTransport};
-pub use tcp::{tcp_mesh, tcp_mesh_with, TcpTransport};
+pub use tcp::{connect_from, tcp_mesh, tcp_mesh_with, TcpTransport};
 pub use tls::{tls_mesh, TlsEndpoint};
 
 pub use crate::roles::PartyId;

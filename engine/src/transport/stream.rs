@@ -19,9 +19,113 @@ use crate::wire::frame::{
 };
 
 /// The receiving half of a byte stream.
-pub(crate) trait ReadHalf: Read + Send {
-    /// Set how long a read may wait (`None`: forever).
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+pub(crate) trait ReadHalf: Send {
+    /// Read at most `buf.len()` bytes, each wait on the socket at most what `pace` allows
+    /// ([`Pace::wait`]), noting every byte that arrives ([`Pace::note`]); `Ok(0)` at the end.
+    fn read_paced(&mut self, buf: &mut [u8], pace: &mut Pace) -> io::Result<usize>;
+}
+
+/// How long a frame may take: a frame's first byte may wait the timeout (the link is idle until
+/// then); once it started, the frame must keep arriving at `min_rate` bytes per second after a
+/// grace of one timeout — by time `t` after its first byte, `min_rate · (t - timeout)` bytes
+/// (issue 18: a per-read timeout alone let a peer sending a byte now and then hold a request
+/// 4.5 times the timeout).
+#[derive(Debug)]
+pub(crate) struct Pace {
+    timeout: Duration,
+    min_rate: u64,
+    started: Option<Instant>,
+    got: u64,
+    /// The socket timeout set last (set again only when it changes).
+    applied: Option<Duration>,
+}
+
+impl Pace {
+    fn new() -> Pace {
+        Pace {
+            timeout: Duration::from_secs(30),
+            min_rate: 0,
+            started: None,
+            got: 0,
+            applied: None,
+        }
+    }
+
+    /// Start timing the next frame.
+    fn arm(&mut self, options: &StreamOptions) {
+        self.timeout = options.timeout;
+        self.min_rate = options.min_rate;
+        self.started = None;
+        self.got = 0;
+    }
+
+    /// How long the next wait on the socket may be; an error once the frame is late.
+    pub(crate) fn wait(&self) -> io::Result<Duration> {
+        let Some(t0) = self.started else {
+            return Ok(self.timeout);
+        };
+        if self.min_rate == 0 {
+            return Ok(self.timeout);
+        }
+        let due =
+            t0 + self.timeout + Duration::from_secs_f64(self.got as f64 / self.min_rate as f64);
+        let left = due.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                ErrorKind::TimedOut,
+                format!(
+                    "a frame slower than the minimum transfer rate of {} bytes/s after {:?}",
+                    self.min_rate, self.timeout
+                ),
+            ));
+        }
+        Ok(left.min(self.timeout))
+    }
+
+    /// Whether the socket timeout must be set to `wait` (it differs from the last one set).
+    pub(crate) fn apply(&mut self, wait: Duration) -> bool {
+        if self.applied == Some(wait) {
+            return false;
+        }
+        self.applied = Some(wait);
+        true
+    }
+
+    /// `n` bytes arrived.
+    pub(crate) fn note(&mut self, n: usize) {
+        if n > 0 {
+            self.started.get_or_insert_with(Instant::now);
+            self.got += n as u64;
+        }
+    }
+}
+
+/// A plain socket's paced read: the socket timeout follows [`Pace::wait`].
+pub(crate) fn read_socket_paced<S: Read>(
+    sock: &mut S,
+    set_timeout: impl Fn(&S, Option<Duration>) -> io::Result<()>,
+    buf: &mut [u8],
+    pace: &mut Pace,
+) -> io::Result<usize> {
+    let wait = pace.wait()?;
+    if pace.apply(wait) {
+        set_timeout(sock, Some(wait))?;
+    }
+    let n = sock.read(buf)?;
+    pace.note(n);
+    Ok(n)
+}
+
+/// A read half with its frame clock, as the link's buffered reader sees it.
+struct Paced {
+    half: Box<dyn ReadHalf>,
+    pace: Pace,
+}
+
+impl Read for Paced {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.half.read_paced(buf, &mut self.pace)
+    }
 }
 
 /// The sending half of a byte stream.
@@ -29,6 +133,9 @@ pub(crate) trait WriteHalf: Write + Send + 'static {
     /// Flush and close the sending direction (best effort).
     fn close(&mut self);
 }
+
+/// The default slowest transfer accepted inside a frame: 64 KiB/s.
+pub const DEFAULT_MIN_RATE: u64 = 64 << 10;
 
 /// Settings shared by the stream transports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +147,9 @@ pub struct StreamOptions {
     /// The longest a receive waits for a message while the peer's heartbeats keep arriving
     /// (a peer that is alive but stuck).
     pub max_wait: Duration,
+    /// The slowest transfer accepted inside a frame, in bytes per second, after a grace of one
+    /// timeout from the frame's first byte (0: none; see [`Link::recv`]).
+    pub min_rate: u64,
 }
 
 impl StreamOptions {
@@ -51,6 +161,7 @@ impl StreamOptions {
             // A peer whose heartbeats arrive but whose message does not is stuck: given up
             // after ten timeouts (at least 5 minutes).
             max_wait: (timeout * 10).max(Duration::from_secs(300)),
+            min_rate: DEFAULT_MIN_RATE,
         }
     }
 
@@ -81,7 +192,7 @@ pub struct Link {
 /// Where a link's messages arrive from.
 enum Incoming {
     /// A byte stream (TCP, TLS, a socket pair), framed ([`crate::wire::frame`]).
-    Stream(BufReader<Box<dyn ReadHalf>>),
+    Stream(BufReader<Paced>),
     /// The other end's queue, inside this process: messages arrive whole, no bytes, no writer
     /// thread (see [`Link::in_process`]).
     Queue(Receiver<(Envelope, Vec<u64>)>),
@@ -123,7 +234,13 @@ impl Link {
             })?;
         Ok(Link {
             queue: tx,
-            incoming: Incoming::Stream(BufReader::with_capacity(1 << 20, reader)),
+            incoming: Incoming::Stream(BufReader::with_capacity(
+                1 << 20,
+                Paced {
+                    half: reader,
+                    pace: Pace::new(),
+                },
+            )),
         })
     }
 
@@ -153,7 +270,8 @@ impl Link {
     }
 
     /// Receive the next message, skipping heartbeats: fails after `options.timeout` without
-    /// any frame, or after `options.max_wait` without a message even while heartbeats arrive.
+    /// any frame, or after `options.max_wait` without a message even while heartbeats arrive;
+    /// a frame that started arriving must keep coming at `options.min_rate` (see [`Pace`]).
     /// Any error leaves the stream out of step: the caller must drop the link.
     pub fn recv(
         &mut self,
@@ -166,11 +284,8 @@ impl Link {
             Incoming::Stream(reader) => reader,
         };
         let started = Instant::now();
-        reader
-            .get_ref()
-            .set_read_timeout(Some(options.timeout))
-            .map_err(|e| io_err(me, peer, e))?;
         loop {
+            reader.get_mut().pace.arm(options);
             match read_frame_parts(reader, options.max_frame_words, Envelope::WORDS) {
                 Ok((head, body)) if head.is_empty() => {
                     debug_assert!(body.is_empty());
@@ -257,18 +372,20 @@ fn frame_error(me: PartyId, peer: PartyId, options: &StreamOptions, e: FrameErro
             tracing::warn!(%me, %peer, error = %e, "refused frame");
             EngineError::Protocol(format!("{me}: {peer} sent a {e}"))
         }
-        FrameError::Truncated { cause, .. } if is_stall(cause) => EngineError::Protocol(format!(
-            "{me}: {peer} stalled for {:?} in the middle of a message ({e})",
-            options.timeout
-        )),
+        FrameError::Truncated { cause, .. } if is_stall(cause) => {
+            tracing::debug!(%me, %peer, error = %e, "peer too slow in the middle of a message");
+            EngineError::Timeout {
+                me,
+                peer,
+                after: options.timeout,
+            }
+        }
         FrameError::Truncated {
             cause: ErrorKind::UnexpectedEof | ErrorKind::ConnectionReset | ErrorKind::BrokenPipe,
             ..
         } => {
-            tracing::warn!(%me, %peer, error = %e, "peer left in the middle of a message");
-            EngineError::Protocol(format!(
-                "{me}: lost {peer} in the middle of a message ({e})"
-            ))
+            tracing::debug!(%me, %peer, error = %e, "peer left in the middle of a message");
+            EngineError::Disconnected { me, peer }
         }
         FrameError::Truncated { .. } => {
             EngineError::Protocol(format!("{me}: message from {peer}: {e}"))

@@ -36,10 +36,13 @@ use rustls::{
     SignatureScheme,
 };
 
-use super::stream::{Link, ReadHalf, StreamOptions, StreamTransport, WriteHalf};
+use super::stream::{
+    read_socket_paced, Link, Pace, ReadHalf, StreamOptions, StreamTransport, WriteHalf,
+};
 use super::PartyId;
 use crate::deploy::{generate_keys, Credentials, Revocations, Role};
 use crate::error::{EngineError, Result};
+use crate::ratelog::RateLog;
 
 /// The crypto provider of every link: aws-lc-rs, with X25519MLKEM768 as the only key exchange.
 fn provider() -> Arc<CryptoProvider> {
@@ -239,6 +242,7 @@ pub struct TlsEndpoint {
     key: Option<PrivateKeyDer<'static>>,
     client: Arc<ClientConfig>,
     revoked: Arc<Revocations>,
+    log: RateLog,
 }
 
 impl TlsEndpoint {
@@ -318,7 +322,15 @@ impl TlsEndpoint {
             key,
             client: Arc::new(client),
             revoked,
+            log: RateLog::new(Duration::from_secs(10)),
         })
+    }
+
+    /// Log refused handshakes through `log` (rate-limited: a flood of refusals costs a line
+    /// per interval; see [`RateLog`]).
+    pub fn with_rate_log(mut self, log: RateLog) -> TlsEndpoint {
+        self.log = log;
+        self
     }
 
     /// This endpoint's role.
@@ -385,7 +397,7 @@ impl TlsEndpoint {
         quiet: bool,
     ) -> EngineError {
         let addr = addr.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
-        if quiet {
+        if quiet || !self.log.admit("TLS connection refused") {
             tracing::debug!(me = %self.role, peer, %addr, error = %e, "TLS connection refused");
         } else {
             tracing::warn!(me = %self.role, peer, %addr, error = %e, "TLS connection refused");
@@ -422,13 +434,15 @@ impl TlsEndpoint {
     ) -> io::Result<(Connection, TcpStream)> {
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
-        let started = std::time::Instant::now();
+        let deadline = std::time::Instant::now() + timeout * 2;
         while conn.is_handshaking() {
-            // Every read waits at most `timeout`; the whole handshake at most twice that (a
+            // Every read waits at most `timeout`, the whole handshake at most twice that (a
             // peer that sends a byte now and then cannot hold a connection).
-            if started.elapsed() > timeout * 2 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
                 return Err(io::Error::new(ErrorKind::TimedOut, "handshake too slow"));
             }
+            stream.set_read_timeout(Some(left.min(timeout)))?;
             conn.complete_io(&mut stream)?;
         }
         // Flush what the handshake left queued (the client's Finished).
@@ -457,6 +471,30 @@ impl TlsEndpoint {
             .map_err(|e| self.handshake_refused(&peer_name, addr, e))?;
         link_up(&self.role, &peer_name, &conn);
         tls_link(conn, stream, timeout / 3).map_err(|e| self.refused(&peer_name, addr, e))
+    }
+
+    /// [`Self::connect`] without the link: the raw TLS byte stream after the handshake (no
+    /// framing, no heartbeats), for load tools and tests that play a misbehaving peer byte by
+    /// byte.
+    pub fn connect_raw(
+        &self,
+        stream: TcpStream,
+        peer: &Role,
+        timeout: Duration,
+    ) -> Result<rustls::StreamOwned<ClientConnection, TcpStream>> {
+        let addr = stream.peer_addr().ok();
+        let peer_name = peer.to_string();
+        let name = ServerName::try_from(peer.subject_name(&self.deployment))
+            .map_err(|e| bad_key("peer name", e))?;
+        let conn = ClientConnection::new(self.client.clone(), name)
+            .map_err(|e| self.refused(&peer_name, addr, e))?;
+        let (conn, stream) = self
+            .finish(Connection::Client(conn), stream, timeout)
+            .map_err(|e| self.handshake_refused(&peer_name, addr, e))?;
+        match conn {
+            Connection::Client(c) => Ok(rustls::StreamOwned::new(c, stream)),
+            Connection::Server(_) => unreachable!("a connecting side is a client"),
+        }
     }
 
     /// Accept a connection on `stream` from one of `allowed`; its certificate must chain to the
@@ -546,8 +584,8 @@ struct TlsReader {
     end: usize,
 }
 
-impl Read for TlsReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+impl ReadHalf for TlsReader {
+    fn read_paced(&mut self, buf: &mut [u8], pace: &mut Pace) -> io::Result<usize> {
         loop {
             {
                 let mut c = lock(&self.conn)?;
@@ -564,18 +602,19 @@ impl Read for TlsReader {
                     continue;
                 }
             }
-            let n = self.sock.read(&mut self.raw)?;
+            // Every socket read is paced, so a peer dribbling a TLS record byte by byte is cut
+            // off like one dribbling a frame.
+            let n = read_socket_paced(
+                &mut self.sock,
+                TcpStream::set_read_timeout,
+                &mut self.raw,
+                pace,
+            )?;
             if n == 0 {
                 return Ok(0);
             }
             (self.start, self.end) = (0, n);
         }
-    }
-}
-
-impl ReadHalf for TlsReader {
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        self.sock.set_read_timeout(timeout)
     }
 }
 

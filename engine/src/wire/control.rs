@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{EngineError, ErrorKind, Result};
 use crate::nn::plan::ModelPlan;
+use crate::roles::PartyId;
 
 /// The step of a data owner's request message.
 pub const REQUEST_STEP: &str = "request";
@@ -129,13 +130,17 @@ impl Request {
     }
 }
 
-/// A model as the parties list it.
+/// A model as the parties list it. What a data owner sees depends on who it is: a client sees
+/// what it needs to classify (name, input shape, classes, fractional bits, input bound, whether
+/// hidden values are range-checked); a model owner lists its own models only, with their
+/// owner, parameter count and out-of-range count.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ModelInfo {
     /// Its name.
     pub name: String,
-    /// The model owner that uploaded it.
-    pub owner: String,
+    /// The model owner that uploaded it (its own owner's listing only).
+    #[serde(default)]
+    pub owner: Option<String>,
     /// Per-sample input shape.
     pub input_shape: Vec<usize>,
     /// Classes.
@@ -144,8 +149,19 @@ pub struct ModelInfo {
     pub frac_bits: u32,
     /// Declared input bound.
     pub input_bound: f64,
-    /// Parameters.
-    pub parameters: usize,
+    /// Parameters (its own owner's listing only).
+    #[serde(default)]
+    pub parameters: Option<usize>,
+    /// Whether hidden values are checked against the owner's calibrated bounds at run time:
+    /// then each prediction is revealed as `class + 1`, and a batch that left its range as
+    /// zeros (the client learns only that the batch failed).
+    #[serde(default)]
+    pub range_checked: bool,
+    /// Batches that left their calibrated range since the parties started (its own owner's
+    /// listing only). In a party's reply: that party's share of the count, which the owner
+    /// adds up; the parties never learn it.
+    #[serde(default)]
+    pub out_of_range: Option<u64>,
 }
 
 /// A party's answer to a request (sent when the request is done or refused).
@@ -155,7 +171,7 @@ pub enum Reply {
     Done {
         /// This party's share of the correct count (score requests).
         share: Option<u64>,
-        /// The models served (list requests).
+        /// The models served, as the asking data owner may see them (list requests only).
         models: Vec<ModelInfo>,
         /// Rounds this party sent in the request.
         rounds: u64,
@@ -174,6 +190,11 @@ pub enum Reply {
         /// What kind of failure it was.
         #[serde(default = "internal")]
         kind: ErrorKind,
+        /// The service the failure is about, where the party knows one (`alice`, `bob` or
+        /// `dealer`: a peer it lost, that stalled, that refused or that it could not reach);
+        /// the data owner follows it to the service that failed first.
+        #[serde(default)]
+        peer: Option<String>,
     },
     /// Too many requests in progress: try again later.
     Busy {
@@ -187,19 +208,49 @@ fn internal() -> ErrorKind {
 }
 
 impl Reply {
-    /// A failure reply for `e` (its text and kind).
+    /// A failure reply for `e` (its text, kind and the service it is about).
     pub fn failed(e: &EngineError) -> Reply {
+        let peer = e
+            .peer()
+            .filter(|p| !p.is_data_owner())
+            .map(|p| p.to_string());
         Reply::Failed {
             reason: e.to_string(),
             kind: e.kind(),
+            peer,
         }
+    }
+
+    /// The service a failure reply is about (see [`Reply::Failed`]).
+    pub fn failed_peer(&self) -> Option<PartyId> {
+        match self {
+            Reply::Failed { peer: Some(p), .. } => match p.as_str() {
+                "alice" => Some(PartyId::Alice),
+                "bob" => Some(PartyId::Bob),
+                "dealer" => Some(PartyId::Dealer),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// A failure reply from `party` as an error (`None` when the request is done): its reason,
+    /// kind and the service it is about.
+    pub fn as_error(&self, party: PartyId) -> Option<EngineError> {
+        let (detail, kind) = self.failure()?;
+        Some(EngineError::Remote {
+            party,
+            kind,
+            detail,
+            about: self.failed_peer().filter(|&p| p != party),
+        })
     }
 
     /// Why the request did not run, in words, and the kind of failure (`None` when it is done).
     pub fn failure(&self) -> Option<(String, ErrorKind)> {
         match self {
             Reply::Done { .. } => None,
-            Reply::Failed { reason, kind } => Some((reason.clone(), *kind)),
+            Reply::Failed { reason, kind, .. } => Some((reason.clone(), *kind)),
             Reply::Busy { limit } => Some((
                 format!("busy: {limit} requests in progress (the limit); try again later"),
                 ErrorKind::Busy,

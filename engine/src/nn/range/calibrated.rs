@@ -94,16 +94,9 @@ impl<'a> RangeGuard<'a> {
 
     /// Open the one "out of range" bit of this pass; an error if it is set.
     pub fn finish(self, p: &mut Party) -> Result<()> {
-        let Some(count) = self.count else {
-            if self.limits.iter().any(Option::is_some) {
-                return Err(EngineError::Invalid(
-                    "range guard saw none of the layers it checks".into(),
-                ));
-            }
+        let Some(flag) = self.finish_flag(p)? else {
             return Ok(());
         };
-        // count <= number of checked values < 2^62, so its sign test is exact.
-        let flag = p.ltz(&p.neg(&count)?)?;
         let opened = p.open("range check", &[flag.tensor()])?;
         let bit = p.backend().download(&opened[0])?[0];
         if bit != 0 {
@@ -112,6 +105,22 @@ impl<'a> RangeGuard<'a> {
             ));
         }
         Ok(())
+    }
+
+    /// This pass's "out of range" bit, as this party's arithmetic share of 0 or 1 (scale 0),
+    /// unopened (`None` when nothing is checked): a service withholds a flagged batch's
+    /// predictions without learning the bit, and adds it to the model owner's count.
+    pub fn finish_flag(self, p: &mut Party) -> Result<Option<Share>> {
+        let Some(count) = self.count else {
+            if self.limits.iter().any(Option::is_some) {
+                return Err(EngineError::Invalid(
+                    "range guard saw none of the layers it checks".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        // count <= number of checked values < 2^62, so its sign test is exact.
+        Ok(Some(p.ltz(&p.neg(&count)?)?))
     }
 }
 

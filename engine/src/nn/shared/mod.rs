@@ -191,9 +191,34 @@ impl SharedModel {
         specs
     }
 
+    /// Whether hidden values are checked against calibrated bounds at run time.
+    pub fn range_checked(&self) -> bool {
+        self.limits.iter().any(Option::is_some)
+    }
+
     /// Secure forward pass on this party's share of `x [batch, in]` (or `[batch, ...input
     /// shape]`); returns `[batch, out]`.
     pub fn forward(&self, p: &mut Party, x: &Share) -> Result<Share> {
+        let mut guard = RangeGuard::new(&self.limits);
+        let out = self.forward_guarded(p, x, &mut guard)?;
+        guard.finish(p)?;
+        Ok(out)
+    }
+
+    /// [`Self::forward`] without opening the range check's bit: returns the output and this
+    /// party's share of the "out of range" bit (`None` when nothing is checked).
+    pub fn forward_flagged(&self, p: &mut Party, x: &Share) -> Result<(Share, Option<Share>)> {
+        let mut guard = RangeGuard::new(&self.limits);
+        let out = self.forward_guarded(p, x, &mut guard)?;
+        Ok((out, guard.finish_flag(p)?))
+    }
+
+    fn forward_guarded(
+        &self,
+        p: &mut Party,
+        x: &Share,
+        guard: &mut RangeGuard<'_>,
+    ) -> Result<Share> {
         let per = self.in_features();
         let batch = match x.shape().first() {
             Some(&b) if x.len() == b * per => b,
@@ -212,8 +237,7 @@ impl SharedModel {
         shape.extend(&self.input_shape);
         let input = x.reshape(&shape)?;
         let f = p.fixed_point().frac_bits();
-        let mut guard = RangeGuard::new(&self.limits);
-        let out = self.wiring.evaluate(input, |i, xs| -> Result<Share> {
+        self.wiring.evaluate(input, |i, xs| -> Result<Share> {
             let l = &self.layers[i];
             let declared = l.material(batch, f).len();
             let before = p.queued_material();
@@ -228,8 +252,6 @@ impl SharedModel {
             }
             guard.observe(p, i, &y)?;
             Ok(y)
-        })?;
-        guard.finish(p)?;
-        Ok(out)
+        })
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::error::{EngineError, Result};
-use crate::nn::classify::batch_specs;
+use crate::nn::classify::withholding_batch_specs;
 use crate::party::Prepared;
 use crate::transport::{Link, PartyId, StreamTransport, Transport};
 use crate::wire::control::{
@@ -171,7 +171,8 @@ impl PartyService {
         job: &PrepareJob,
         seed: SeedGrant,
     ) -> Result<Vec<Prepared>> {
-        let specs = batch_specs(&m.model, job.rows as usize, job.labels, m.fx.frac_bits());
+        let specs =
+            withholding_batch_specs(&m.model, job.rows as usize, job.labels, m.fx.frac_bits());
         self.with_party(net, m.fx, Some(seed), |p| {
             for w in &m.weights {
                 p.install_weight_shares(w);

@@ -12,7 +12,9 @@ use crate::deploy::Role;
 use crate::error::{EngineError, Result};
 use crate::fixed::FixedPoint;
 use crate::party::Party;
-use crate::transport::{step_code, Envelope, Link, PartyId, StreamTransport, Transport};
+use crate::transport::{
+    step_code, Envelope, Link, PartyId, StreamOptions, StreamTransport, Transport,
+};
 use crate::wire::control::{
     decode, encode, DealerEnd, DealerJoin, JoinAnswer, JoinKind, PeerJoin, JOIN_STEP,
 };
@@ -143,21 +145,33 @@ impl PartyService {
         net.meter().set_step(JOIN_STEP);
         let (link, mut reused) = self.peer_pool.get(&self.net)?;
         net.add_link(PartyId::Bob, link);
-        loop {
+        // Bob answers a join as soon as his copy of the request arrives, and waits at most a
+        // timeout for it: an answer later than two timeouts will not come (heartbeats or not).
+        let saved = net.options();
+        net.set_options(StreamOptions {
+            max_wait: saved.timeout * 2,
+            ..saved
+        });
+        let answer = loop {
             let r = net
                 .send(PartyId::Bob, join.clone())
                 .and_then(|()| net.recv(PartyId::Bob));
             match r {
-                Ok(m) => return decode::<JoinAnswer>(&m, "join answer"),
+                Ok(m) => break decode::<JoinAnswer>(&m, "join answer"),
                 // A pooled link may have died while idle (bob restarted): use a new one.
                 Err(EngineError::Disconnected { .. }) if reused => {
                     net.take_link(PartyId::Bob);
-                    net.add_link(PartyId::Bob, self.net.connect(&Role::Bob)?);
+                    match self.net.connect(&Role::Bob) {
+                        Ok(l) => net.add_link(PartyId::Bob, l),
+                        Err(e) => break Err(e),
+                    }
                     reused = false;
                 }
-                Err(e) => return Err(e),
+                Err(e) => break Err(e),
             }
-        }
+        };
+        net.set_options(saved);
+        answer
     }
 
     /// The outcome of a request's checks before the parties join: on a failure, alice tells bob

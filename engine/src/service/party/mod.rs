@@ -24,7 +24,9 @@ use crate::deploy::Role;
 use crate::error::{EngineError, ErrorKind, Result};
 use crate::service::net::{LinkPool, Listener, Net};
 use crate::service::scores::ScoreBook;
-use crate::transport::{step_code, Link, PartyId, StreamTransport, Transport};
+use crate::transport::{
+    step_code, Envelope, Link, PartyId, StreamOptions, StreamTransport, Transport,
+};
 use crate::wire::control::{
     decode, digest, encode, ModelInfo, PrepareJob, Reply, Request, REPLY_STEP, REQUEST_STEP,
 };
@@ -54,6 +56,10 @@ pub struct PartyService {
     scores: ScoreBook,
     seen: Mutex<(HashSet<u64>, VecDeque<u64>)>,
     active: AtomicUsize,
+    /// Requests running now, per data owner.
+    owner_active: Mutex<HashMap<Role, usize>>,
+    /// Per client: when its hour began and the batches it ran on range-checked models since.
+    range_budget: Mutex<HashMap<Role, (Instant, u64)>>,
     peer_pool: LinkPool,
     dealer_pool: LinkPool,
     rendezvous: Mutex<Rendezvous>,
@@ -124,6 +130,8 @@ impl PartyService {
             scores: ScoreBook::open(dir, index)?,
             seen: Mutex::new((HashSet::new(), VecDeque::new())),
             active: AtomicUsize::new(0),
+            owner_active: Mutex::new(HashMap::new()),
+            range_budget: Mutex::new(HashMap::new()),
             peer_pool: LinkPool::new(Role::Bob),
             dealer_pool: LinkPool::new(Role::Dealer),
             rendezvous: Mutex::new(Rendezvous::default()),
@@ -178,7 +186,8 @@ impl PartyService {
         PartyId::compute(self.index)
     }
 
-    /// The models served.
+    /// The models served, with every detail (this service's own view; data owners see what
+    /// [`Self::models_for`] gives them).
     pub fn models(&self) -> Vec<ModelInfo> {
         let mut v: Vec<ModelInfo> = self
             .models
@@ -189,10 +198,46 @@ impl PartyService {
         v
     }
 
+    /// The models data owner `role` may see: a client every model's name and what it needs to
+    /// classify; a model owner its own models only, with their owner, parameter count and this
+    /// party's share of their out-of-range count.
+    pub(super) fn models_for(&self, role: &Role) -> Vec<ModelInfo> {
+        let mut v: Vec<ModelInfo> = self
+            .models
+            .read()
+            .map(|m| {
+                m.values()
+                    .filter_map(|s| match role {
+                        Role::ModelOwner(o) if *o == s.meta.owner => Some(s.owner_info()),
+                        Role::ModelOwner(_) => None,
+                        _ => Some(s.public_info()),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
     /// Accept connections on `listener` until the process ends: data owners' (and, on bob,
     /// alice's), each served on its own thread.
     pub fn serve(self: &Arc<Self>, listener: Listener) -> Result<()> {
         self.serve_until(listener, &AtomicBool::new(false))
+    }
+
+    /// The roles that may connect now: the data owners of the deployment file as last read
+    /// (under TLS the file is followed like the revocation list, so an owner added with
+    /// `keygen --add` connects without a restart), and alice on bob.
+    fn allowed_now(&self) -> Vec<Role> {
+        let mut allowed = self
+            .net
+            .revocations()
+            .and_then(|r| r.data_owners())
+            .unwrap_or_else(|| self.net.deployment().data_owners.clone());
+        if self.index == 1 {
+            allowed.push(Role::Alice);
+        }
+        allowed
     }
 
     /// [`Self::serve`] until `stop` is set (checked after each accepted connection).
@@ -205,34 +250,79 @@ impl PartyService {
             correct_counts_kept = self.scores.len(),
             "serving"
         );
-        let mut allowed = self.net.deployment().data_owners.clone();
-        if self.index == 1 {
-            allowed.push(Role::Alice);
-        }
         while let Some(stream) = listener.accept() {
             if stop.load(Ordering::SeqCst) {
                 break;
             }
-            let me = self.clone();
-            self.net
-                .admit_on_thread(stream, allowed.clone(), move |role, link| match role {
-                    Role::Alice => me.serve_peer_link(link),
-                    role => me.serve_owner(role, link),
-                });
+            let (me, other) = (self.clone(), self.clone());
+            self.net.admit_on_thread(
+                stream,
+                self.allowed_now(),
+                move |role, link, slot| {
+                    match role {
+                        Role::Alice => me.serve_peer_link(link),
+                        role => me.serve_owner(role, link),
+                    }
+                    drop(slot);
+                },
+                move |role, link, why| other.refuse_connection(role, link, &why),
+            );
         }
         Ok(())
     }
 
-    /// Serve a data owner's connection: request after request, until it closes or fails.
+    /// A data owner over its connection limits: its first request is answered "busy" with the
+    /// reason (and alice tells bob at once), then the connection closes.
+    fn refuse_connection(self: &Arc<Self>, role: Role, mut link: Link, why: &str) {
+        let owner = role.party_id();
+        let options = StreamOptions {
+            max_wait: self.net.options().timeout,
+            ..self.net.options()
+        };
+        let Ok((env, msg)) = link.recv(self.me(), owner, &options) else {
+            return;
+        };
+        let Ok(request) = decode::<Request>(&msg, "request") else {
+            return;
+        };
+        if env.request != request.id() || env.seq != 0 {
+            return;
+        }
+        self.refuse_peer_join(request.id(), "busy");
+        self.cancel_peer(request.id());
+        let reply = Reply::Failed {
+            reason: format!("busy: {why}; try again later"),
+            kind: ErrorKind::Busy,
+            peer: None,
+        };
+        let env = Envelope {
+            request: request.id(),
+            seq: 0,
+            step: step_code(REPLY_STEP),
+        };
+        let _ = link.send(env, encode(&reply));
+        drain(&mut link, self.me(), owner, &self.net.options());
+    }
+
+    /// Serve a data owner's connection: request after request, until it closes, fails, or
+    /// stays without a request for `limits.idle_secs`.
     pub(super) fn serve_owner(self: &Arc<Self>, role: Role, mut link: Link) {
         let owner = role.party_id();
         let options = self.net.options();
         loop {
-            let (env, msg) = match link.recv(self.me(), owner, &self.net.idle_options()) {
+            let (env, msg) = match link.recv(self.me(), owner, &self.net.owner_idle_options()) {
                 Ok(m) => m,
                 Err(EngineError::Disconnected { .. }) => return,
+                Err(EngineError::Stalled { after, .. }) => {
+                    tracing::debug!(me = %self.net.me(), peer = %role, ?after, "closed an idle data owner's link");
+                    return;
+                }
                 Err(e) => {
-                    tracing::warn!(me = %self.net.me(), peer = %role, error = %e, "dropped a data owner's link");
+                    self.net.log_refusal(
+                        "dropped a data owner's link",
+                        &role.to_string(),
+                        &e.to_string(),
+                    );
                     return;
                 }
             };
@@ -246,11 +336,16 @@ impl PartyService {
                     r
                 }
                 Ok(_) => {
-                    tracing::warn!(me = %self.net.me(), peer = %role, ?env, "refused a request out of step");
+                    self.net.log_refusal(
+                        "refused a request out of step",
+                        &role.to_string(),
+                        &format!("{env:?}"),
+                    );
                     return;
                 }
                 Err(e) => {
-                    tracing::warn!(me = %self.net.me(), peer = %role, error = %e, "refused a request");
+                    self.net
+                        .log_refusal("refused a request", &role.to_string(), &e.to_string());
                     return;
                 }
             };
@@ -258,8 +353,7 @@ impl PartyService {
             net.set_request(request.id());
             net.resume_link(owner, link, 0, 1);
             let started = Instant::now();
-            let kind = request.kind();
-            let id = request.id();
+            let (kind, id) = (request.kind(), request.id());
             let (model, rows, batch) = request.subject();
             let (reply, keep) = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 self.dispatch(&role, &request, &digest(&msg), &mut net)
@@ -269,24 +363,31 @@ impl PartyService {
                     Reply::Failed {
                         reason: "internal error (panic) in the request".into(),
                         kind: ErrorKind::Internal,
+                        peer: None,
                     },
                     false,
                 )
             });
-            let stats = net.meter_ref().stats().total();
-            match &reply {
-                Reply::Failed { reason, .. } => tracing::warn!(
-                    me = %self.net.me(), request = id, kind, model, owner = %role, reason, "request failed"
-                ),
-                Reply::Busy { limit } => tracing::warn!(
-                    me = %self.net.me(), request = id, kind, owner = %role, limit, "busy: request refused"
-                ),
-                Reply::Done { .. } => tracing::info!(
-                    me = %self.net.me(), request = id, kind, model, rows, batch, owner = %role,
-                    rounds = stats.rounds, bytes = stats.bytes_sent,
-                    ms = started.elapsed().as_secs_f64() * 1e3, "request done"
-                ),
+            if !keep {
+                // The survivors of a failed request drop its links to the other services at
+                // once (they notice now, not after a timeout).
+                for p in [PartyId::Alice, PartyId::Bob, PartyId::Dealer] {
+                    if p != self.me() {
+                        drop(net.take_link(p));
+                    }
+                }
             }
+            let stats = net.meter_ref().stats().total();
+            self.log_request(
+                &role,
+                id,
+                kind,
+                model,
+                (rows, batch),
+                &reply,
+                started,
+                stats,
+            );
             net.meter().set_step(REPLY_STEP);
             let sent = net.send(owner, encode(&reply));
             match (sent, keep, net.take_link(owner)) {
@@ -294,14 +395,52 @@ impl PartyService {
                 // After a failure the owner's link is out of step (it may still be sending the
                 // rest of the request): read and drop what arrives until the owner, having read
                 // the reply, closes (closing at once would make TCP reset the connection and
-                // discard the reply before the owner reads it); at most one timeout.
+                // discard the reply before the owner reads it); at most one timeout in all.
                 (Ok(()), false, Some(mut l)) => {
-                    let until = Instant::now() + options.timeout;
-                    while Instant::now() < until && l.recv(self.me(), owner, &options).is_ok() {}
+                    drain(&mut l, self.me(), owner, &options);
                     return;
                 }
                 _ => return,
             }
+        }
+    }
+
+    /// One line per request: done at info level; failures and refusals as warnings,
+    /// rate-limited per data owner and kind of failure (an owner can repeat them at will).
+    #[allow(clippy::too_many_arguments)]
+    fn log_request(
+        &self,
+        role: &Role,
+        id: u64,
+        kind: &str,
+        model: &str,
+        (rows, batch): (u64, u64),
+        reply: &Reply,
+        started: Instant,
+        stats: crate::transport::StepStats,
+    ) {
+        let me = self.net.me();
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        let loud = |what: &str| self.net.rate_log().admit(&format!("{what} for {role}"));
+        match reply {
+            Reply::Failed {
+                reason, kind: why, ..
+            } => {
+                if loud(&format!("request failed ({why:?})")) {
+                    tracing::warn!(%me, request = id, kind, model, owner = %role, reason, "request failed")
+                } else {
+                    tracing::debug!(%me, request = id, kind, model, owner = %role, reason, "request failed")
+                }
+            }
+            Reply::Busy { limit } => {
+                if loud("busy") {
+                    tracing::warn!(%me, request = id, kind, owner = %role, limit, "busy: request refused")
+                }
+            }
+            Reply::Done { .. } => tracing::info!(
+                %me, request = id, kind, model, rows, batch, owner = %role,
+                rounds = stats.rounds, bytes = stats.bytes_sent, ms, "request done"
+            ),
         }
     }
 
@@ -336,6 +475,7 @@ impl PartyService {
                 Reply::Failed {
                     reason: format!("request id {} was already used", request.id()),
                     kind: ErrorKind::Refused,
+                    peer: None,
                 },
                 false,
             );
@@ -347,16 +487,20 @@ impl PartyService {
                 | Request::Delete { .. }
                 | Request::Attach { .. }
         );
-        let limit = self.net.deployment().limits.max_requests;
-        if !light && self.active.fetch_add(1, Ordering::SeqCst) >= limit {
-            self.active.fetch_sub(1, Ordering::SeqCst);
-            self.refuse_peer_join(request.id(), "busy");
-            self.cancel_peer(request.id());
-            return (Reply::Busy { limit }, false);
-        }
-        let _slot = (!light).then(|| Slot(&self.active));
+        let _slot = if light {
+            None
+        } else {
+            match self.take_request_slot(role) {
+                Ok(slot) => Some(slot),
+                Err(reply) => {
+                    self.refuse_peer_join(request.id(), "busy");
+                    self.cancel_peer(request.id());
+                    return (reply, false);
+                }
+            }
+        };
         let r = match request {
-            Request::List { .. } => Ok(self.done(None, net)),
+            Request::List { .. } => Ok(self.listing(role, net)),
             Request::Score { of, .. } => {
                 self.scores.take(role, *of).map(|s| self.done(Some(s), net))
             }
@@ -377,7 +521,7 @@ impl PartyService {
                 batch,
                 labels,
             } => self
-                .classify(*request, model, *rows, *batch, *labels, digest, net)
+                .classify(role, *request, model, (*rows, *batch), *labels, digest, net)
                 .map(|ahead| self.done_ahead(ahead, net)),
             Request::Compute {
                 request,
@@ -404,15 +548,71 @@ impl PartyService {
         }
     }
 
+    /// A place among the requests running now: at most `limits.max_requests` in all and
+    /// `limits.max_requests_per_owner` for `role`; otherwise the "busy" reply to send.
+    fn take_request_slot(&self, role: &Role) -> std::result::Result<RequestSlot<'_>, Reply> {
+        let limits = &self.net.deployment().limits;
+        let limit = limits.max_requests;
+        if self.active.fetch_add(1, Ordering::SeqCst) >= limit {
+            self.active.fetch_sub(1, Ordering::SeqCst);
+            return Err(Reply::Busy { limit });
+        }
+        let total = Slot(&self.active);
+        let per_owner = limits.requests_per_owner();
+        let mut running = self
+            .owner_active
+            .lock()
+            .map_err(|_| Reply::Busy { limit })?;
+        let mine = running.entry(role.clone()).or_insert(0);
+        if *mine >= per_owner {
+            return Err(Reply::Failed {
+                reason: format!(
+                    "busy: {role} runs {per_owner} requests at once \
+                     (limits.max_requests_per_owner); try again later"
+                ),
+                kind: ErrorKind::Busy,
+                peer: None,
+            });
+        }
+        *mine += 1;
+        Ok(RequestSlot {
+            _total: total,
+            owners: &self.owner_active,
+            role: role.clone(),
+        })
+    }
+
     pub(super) fn done(&self, share: Option<u64>, net: &StreamTransport) -> Reply {
         let t = net.meter_ref().stats().total();
         Reply::Done {
             share,
-            models: self.models(),
+            models: Vec::new(),
             rounds: t.rounds,
             messages: t.messages,
             bytes: t.bytes_sent,
             ahead: 0,
+        }
+    }
+
+    /// The reply to a list request: the models `role` may see.
+    fn listing(&self, role: &Role, net: &StreamTransport) -> Reply {
+        match self.done(None, net) {
+            Reply::Done {
+                share,
+                rounds,
+                messages,
+                bytes,
+                ahead,
+                ..
+            } => Reply::Done {
+                share,
+                models: self.models_for(role),
+                rounds,
+                messages,
+                bytes,
+                ahead,
+            },
+            other => other,
         }
     }
 
@@ -436,6 +636,46 @@ impl PartyService {
                 ahead,
             },
             other => other,
+        }
+    }
+}
+
+/// A data owner's request counted among those running (in all and for its owner) until dropped.
+struct RequestSlot<'a> {
+    _total: Slot<'a>,
+    owners: &'a Mutex<HashMap<Role, usize>>,
+    role: Role,
+}
+
+impl Drop for RequestSlot<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut o) = self.owners.lock() {
+            if let Some(n) = o.get_mut(&self.role) {
+                *n -= 1;
+                if *n == 0 {
+                    o.remove(&self.role);
+                }
+            }
+        }
+    }
+}
+
+/// Read and drop what a data owner still sends on a link out of step (after a failure or a
+/// refusal), until it closes; at most one timeout in all, heartbeats or not.
+fn drain(link: &mut Link, me: PartyId, owner: PartyId, options: &StreamOptions) {
+    let until = Instant::now() + options.timeout;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return;
+        }
+        let wait = StreamOptions {
+            timeout: left.min(options.timeout),
+            max_wait: left,
+            ..*options
+        };
+        if link.recv(me, owner, &wait).is_err() {
+            return;
         }
     }
 }

@@ -2,6 +2,7 @@
 //! records on disk (`DATA_DIR/<name>.model`, atomic and checksummed) and deletes.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,30 @@ pub(super) struct ServedModel {
     pub(super) model: SharedModel,
     pub(super) weights: Vec<WeightShares>,
     pub(super) fx: FixedPoint,
+    /// This party's share of the number of batches that left their calibrated range since the
+    /// party started (for the model owner only; this party cannot read it).
+    pub(super) out_of_range: AtomicU64,
+}
+
+impl ServedModel {
+    /// What a client sees of this model: what it needs to classify.
+    pub(super) fn public_info(&self) -> ModelInfo {
+        ModelInfo {
+            owner: None,
+            parameters: None,
+            out_of_range: None,
+            ..self.meta.info()
+        }
+    }
+
+    /// What the model's owner sees: every detail, and this party's share of the out-of-range
+    /// count.
+    pub(super) fn owner_info(&self) -> ModelInfo {
+        ModelInfo {
+            out_of_range: Some(self.out_of_range.load(Ordering::SeqCst)),
+            ..self.meta.info()
+        }
+    }
 }
 
 /// What a model's record holds besides the tensors.
@@ -48,14 +73,18 @@ impl ModelMeta {
     pub(super) fn info(&self) -> ModelInfo {
         ModelInfo {
             name: self.name.clone(),
-            owner: self.owner.clone(),
+            owner: Some(self.owner.clone()),
             input_shape: self.plan.input_shape().to_vec(),
             classes: self.plan.out_features(),
             frac_bits: self.plan.frac_bits,
             input_bound: self.plan.input_bound,
-            parameters: (0..self.plan.layers.len())
-                .map(|l| self.plan.layer_parameters(l))
-                .sum(),
+            parameters: Some(
+                (0..self.plan.layers.len())
+                    .map(|l| self.plan.layer_parameters(l))
+                    .sum(),
+            ),
+            range_checked: self.plan.limits.iter().any(Option::is_some),
+            out_of_range: None,
         }
     }
 }
@@ -121,6 +150,7 @@ impl PartyService {
             model: plan.model(layers, &fx),
             weights,
             fx,
+            out_of_range: AtomicU64::new(0),
         };
         // The record is written under a name of this request's own and takes the model's name
         // only once the upload is committed everywhere.
@@ -255,6 +285,7 @@ impl PartyService {
             meta,
             weights,
             fx,
+            out_of_range: AtomicU64::new(0),
         })
     }
 
