@@ -285,11 +285,7 @@ pub fn run(args: &BenchServiceArgs) -> Result<BenchServiceReport> {
     // Validate every option before connecting (the deadline is set again at the common start).
     args.stop_rule()?;
     let mut probe = crate::remote::owner(&args.deploy, args.as_name.as_deref(), false)?;
-    let info = probe
-        .models()?
-        .into_iter()
-        .find(|m| m.name == args.model)
-        .ok_or_else(|| EngineError::Invalid(format!("no model '{}' is served", args.model)))?;
+    let info = probe.model_info(&args.model)?;
     drop(probe);
     let (file_rows, mut data) = engine::io::load_inputs(&args.input, &info.input_shape)?;
     if file_rows == 0 {

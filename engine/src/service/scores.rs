@@ -223,7 +223,7 @@ impl ScoreBook {
             )));
         };
         if role != &Role::ModelOwner(s.owner.clone()) {
-            return Err(EngineError::Invalid(format!(
+            return Err(EngineError::Refused(format!(
                 "the correct count of request {of} is revealed only to its model's owner, not to {role}"
             )));
         }
