@@ -29,6 +29,8 @@ fn main() -> engine::Result<()> {
         let r = client.classify("linear", &[0.0], Some(&[0]), 1)?;
         assert_eq!(r.predictions, vec![0]);
         times.push(r.stats.seconds * 1e3);
+        // The tutorial's model owner then learns the correct count (not timed).
+        assert_eq!(owner.score(r.stats.request)?, 1);
     }
     times.sort_by(f64::total_cmp);
     println!(

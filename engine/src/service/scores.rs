@@ -7,8 +7,10 @@
 //! atomic, checksummed), so a restarted party still answers for it. Records are written and
 //! removed by one background thread in the order the counts change, after the request has
 //! answered (a durable write costs two `fsync`s, ~0.7 ms, which stays off the request's
-//! latency); a party killed within that moment loses that one count, which the model owner then
-//! sees as "no correct count is kept". All records are loaded and checked at start-up; a
+//! latency). The writer gathers the changes of a short grace period (25 ms) first, so a count
+//! its model owner fetches at once is neither written nor removed; a party killed within that
+//! moment loses the counts not yet written, which the model owner then sees as "no correct
+//! count is kept". All records are loaded and checked at start-up; a
 //! damaged, foreign or misnamed one is refused (logged with the file and the reason) and moved
 //! aside to `<file>.bad`, since one lost count must not keep a party from serving. Ages are
 //! wall-clock times (they must survive restarts), so a clock set far forward or back expires
@@ -117,25 +119,17 @@ impl ScoreBook {
         std::thread::Builder::new()
             .name("party-scores".into())
             .spawn(move || {
-                for change in rx {
-                    let r = match change {
-                        Change::Flush(done) => {
-                            let _ = done.send(());
-                            Ok(())
+                while let Ok(first) = rx.recv() {
+                    // Gather what follows within the grace period: a count fetched at once
+                    // (the tutorial's flow) is then neither written nor removed.
+                    let mut batch = vec![first];
+                    while !matches!(batch.last(), Some(Change::Flush(_))) && batch.len() < 4096 {
+                        match rx.recv_timeout(WRITE_GRACE) {
+                            Ok(c) => batch.push(c),
+                            Err(_) => break,
                         }
-                        Change::Keep(s) => save(&writer_dir, index, &s),
-                        Change::Forget(request) => {
-                            match std::fs::remove_file(path_of(&writer_dir, request)) {
-                                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                                    Err(EngineError::Invalid(format!("cannot remove a score: {e}")))
-                                }
-                                _ => Ok(()),
-                            }
-                        }
-                    };
-                    if let Err(e) = r {
-                        tracing::warn!(error = %e, "correct count not persisted");
                     }
+                    apply(&writer_dir, index, batch);
                 }
             })
             .map_err(|e| EngineError::Invalid(format!("cannot start the score writer: {e}")))?;
@@ -230,6 +224,45 @@ impl ScoreBook {
         let share = kept.remove(&of).expect("checked").share;
         self.change(Change::Forget(of));
         Ok(share)
+    }
+}
+
+/// How long the writer gathers changes before it writes them (a count fetched within it is
+/// never written).
+const WRITE_GRACE: Duration = Duration::from_millis(25);
+
+/// Write a batch of changes in order, skipping a count kept and forgotten within the batch.
+fn apply(dir: &Path, index: usize, batch: Vec<Change>) {
+    let forgotten: std::collections::HashSet<u64> = batch
+        .iter()
+        .filter_map(|c| match c {
+            Change::Forget(r) => Some(*r),
+            _ => None,
+        })
+        .collect();
+    let mut written_here = std::collections::HashSet::new();
+    for change in batch {
+        let r = match change {
+            Change::Flush(done) => {
+                let _ = done.send(());
+                Ok(())
+            }
+            Change::Keep(s) if forgotten.contains(&s.request) => {
+                written_here.insert(s.request);
+                Ok(())
+            }
+            Change::Keep(s) => save(dir, index, &s),
+            Change::Forget(request) if written_here.contains(&request) => Ok(()),
+            Change::Forget(request) => match std::fs::remove_file(path_of(dir, request)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    Err(EngineError::Invalid(format!("cannot remove a score: {e}")))
+                }
+                _ => Ok(()),
+            },
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "correct count not persisted");
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufReader, ErrorKind, Read, Write};
-use std::sync::mpsc::{channel, RecvTimeoutError, Sender};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use super::{Meter, PartyId, Transport};
@@ -75,7 +75,16 @@ pub struct Closed;
 /// (or exits at once if the peer has closed), without anyone waiting for it.
 pub struct Link {
     queue: Sender<(Envelope, Vec<u64>)>,
-    reader: BufReader<Box<dyn ReadHalf>>,
+    incoming: Incoming,
+}
+
+/// Where a link's messages arrive from.
+enum Incoming {
+    /// A byte stream (TCP, TLS, a socket pair), framed ([`crate::wire::frame`]).
+    Stream(BufReader<Box<dyn ReadHalf>>),
+    /// The other end's queue, inside this process: messages arrive whole, no bytes, no writer
+    /// thread (see [`Link::in_process`]).
+    Queue(Receiver<(Envelope, Vec<u64>)>),
 }
 
 impl Link {
@@ -114,8 +123,27 @@ impl Link {
             })?;
         Ok(Link {
             queue: tx,
-            reader: BufReader::with_capacity(1 << 20, reader),
+            incoming: Incoming::Stream(BufReader::with_capacity(1 << 20, reader)),
         })
+    }
+
+    /// Two links joined inside this process: each one's messages go straight to the other's
+    /// queue (no bytes, no writer thread, no heartbeats: a peer in this process that goes away
+    /// drops its end, and a receive notices at once). Frame limits and envelopes are checked
+    /// as on a stream.
+    pub fn in_process() -> (Link, Link) {
+        let (a_tx, a_rx) = channel();
+        let (b_tx, b_rx) = channel();
+        (
+            Link {
+                queue: a_tx,
+                incoming: Incoming::Queue(b_rx),
+            },
+            Link {
+                queue: b_tx,
+                incoming: Incoming::Queue(a_rx),
+            },
+        )
     }
 
     /// Queue a message for the writer thread (never blocks on the peer); fails only when the
@@ -133,13 +161,17 @@ impl Link {
         peer: PartyId,
         options: &StreamOptions,
     ) -> Result<(Envelope, Vec<u64>)> {
+        let reader = match &mut self.incoming {
+            Incoming::Queue(rx) => return receive_queued(rx, me, peer, options),
+            Incoming::Stream(reader) => reader,
+        };
         let started = Instant::now();
-        self.reader
+        reader
             .get_ref()
             .set_read_timeout(Some(options.timeout))
             .map_err(|e| io_err(me, peer, e))?;
         loop {
-            match read_frame_parts(&mut self.reader, options.max_frame_words, Envelope::WORDS) {
+            match read_frame_parts(reader, options.max_frame_words, Envelope::WORDS) {
                 Ok((head, body)) if head.is_empty() => {
                     debug_assert!(body.is_empty());
                     if started.elapsed() > options.max_wait {
@@ -160,6 +192,44 @@ impl Link {
                     })
                 }
                 Err(e) => return Err(frame_error(me, peer, options, e)),
+            }
+        }
+    }
+}
+
+/// A message from an in-process peer's queue, within the timeout and the frame limit.
+fn receive_queued(
+    rx: &Receiver<(Envelope, Vec<u64>)>,
+    me: PartyId,
+    peer: PartyId,
+    options: &StreamOptions,
+) -> Result<(Envelope, Vec<u64>)> {
+    // A peer in this process is alive while its end of the link exists (what heartbeats tell
+    // on a stream): the wait goes on in slices of the timeout, up to `max_wait`.
+    let started = Instant::now();
+    loop {
+        match rx.recv_timeout(options.timeout) {
+            Ok((env, msg)) => {
+                let words = (msg.len() + Envelope::WORDS) as u64;
+                if words > options.max_frame_words {
+                    let e = FrameError::TooLarge {
+                        words,
+                        max_words: options.max_frame_words,
+                    };
+                    return Err(frame_error(me, peer, options, e));
+                }
+                return Ok((env, msg));
+            }
+            Err(RecvTimeoutError::Timeout) if started.elapsed() < options.max_wait => {}
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(EngineError::Stalled {
+                    me,
+                    peer,
+                    after: options.max_wait,
+                })
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(EngineError::Disconnected { me, peer })
             }
         }
     }
