@@ -79,7 +79,9 @@ impl ModelArgs {
         let bounds = declared_bounds(
             source.as_ref(),
             self.input_bound,
-            calibration.as_ref().map(|(p, d)| (p.as_str(), d.as_slice())),
+            calibration
+                .as_ref()
+                .map(|(p, d)| (p.as_str(), d.as_slice())),
             self.calibration_margin,
         )?;
         Ok(LoadedModel {

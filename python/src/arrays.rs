@@ -2,8 +2,8 @@
 //! dtypes, Fortran order and strided slices are copied once into row-major float64. Anything
 //! array-like that is not an ndarray goes through `numpy.asarray` first.
 
-use numpy::{PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use numpy::{PyArrayDescrMethods, PyArrayMethods};
+use numpy::{PyArrayDyn, PyReadonlyArrayDyn, PyUntypedArray, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3::types::PyAnyMethods;
 

@@ -2,7 +2,7 @@
 //! run by alice and bob on their shares ([`engine::Computation::run`]), as `examples/embed.rs`
 //! does with Rust closures.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use engine::party::Party;
 use engine::service::computation::agreed_id;
@@ -12,8 +12,8 @@ use pyo3::prelude::*;
 use pyo3::types::PyType;
 
 use crate::arrays::floats;
-use crate::deployment::{lock, LocalDeployment};
 use crate::errors::{bad_input, Error, IntoPy};
+use crate::services::{lock, Services};
 
 /// A secret tensor held as shares by alice and bob (a handle: no data here).
 #[pyclass(frozen, module = "secure_serving")]
@@ -47,7 +47,7 @@ pub struct Computation {
     id: u64,
     fixed: FixedPoint,
     /// Keeps the services running while the computation lives.
-    _deployment: Py<LocalDeployment>,
+    _services: Arc<Services>,
 }
 
 /// `"client"` or `"model_owner"` as the data owner it names.
@@ -62,21 +62,21 @@ fn data_owner(name: &str) -> PyResult<PartyId> {
 }
 
 impl Computation {
-    /// Open a computation on `d` (the Python object `owner` keeps it running).
+    /// Open a computation on `services` (kept running while it lives).
     pub fn open(
         py: Python<'_>,
-        d: &engine::LocalDeployment,
+        services: &Arc<Services>,
         fixed: FixedPoint,
-        owner: Py<LocalDeployment>,
     ) -> PyResult<Computation> {
+        let d = services.running()?;
         let c = py
-            .detach(|| engine::Computation::open(d, fixed))
+            .detach(|| engine::Computation::open(&d, fixed))
             .py_err()?;
         Ok(Computation {
             id: c.id(),
             inner: Mutex::new(Some(c)),
             fixed,
-            _deployment: owner,
+            _services: services.clone(),
         })
     }
 
@@ -146,12 +146,7 @@ impl Computation {
     }
 
     /// Fixed-point `x @ y` for `x` [m, k] and `y` [k, n] (Beaver product, then truncation).
-    fn matmul(
-        &self,
-        py: Python<'_>,
-        x: &SharedTensor,
-        y: &SharedTensor,
-    ) -> PyResult<SharedTensor> {
+    fn matmul(&self, py: Python<'_>, x: &SharedTensor, y: &SharedTensor) -> PyResult<SharedTensor> {
         self.mine(x)?;
         self.mine(y)?;
         let (m, n) = match (&x.shape[..], &y.shape[..]) {
@@ -178,7 +173,9 @@ impl Computation {
             )));
         }
         let (a, b) = (x.id, y.id);
-        self.apply(py, x.shape.clone(), move |p| p.add(&p.kept(a)?, &p.kept(b)?))
+        self.apply(py, x.shape.clone(), move |p| {
+            p.add(&p.kept(a)?, &p.kept(b)?)
+        })
     }
 
     /// `max(x, 0)` elementwise (a secure comparison).

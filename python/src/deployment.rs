@@ -2,25 +2,19 @@
 //! hosts reached through a deployment file ([`RemoteDeployment`], made by `connect`).
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use engine::deploy::Role;
 use engine::service::access::DeploymentAccess;
-use engine::service::client::RemoteOwner;
 use engine::{BackendKind, FixedPoint, LocalConfig, TransportKind};
 use pyo3::prelude::*;
 use pyo3::types::PyType;
 
 use crate::computation::Computation;
-use crate::errors::{bad_input, Error, IntoPy};
+use crate::errors::{bad_input, IntoPy};
 use crate::owner::Owner;
-
-/// `mutex`'s value, also after a thread panicked while holding it (nothing here is left half
-/// updated by a panic: the engine reports errors as values).
-pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::services::Services;
 
 /// Alice, bob and the dealer as services in this process (the same services as across hosts),
 /// with data owners named as in a deployment file.
@@ -28,32 +22,17 @@ pub fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// Use it as a context manager (or call `close()`): leaving the block stops the services.
 #[pyclass(frozen, module = "secure_serving")]
 pub struct LocalDeployment {
-    inner: Mutex<Option<engine::LocalDeployment>>,
-    /// Every data owner made here, to close their connections before the services stop.
-    owners: Mutex<Vec<Weak<Mutex<RemoteOwner>>>>,
+    services: Arc<Services>,
     backend: String,
-}
-
-impl LocalDeployment {
-    /// The running deployment, or the error of a closed one.
-    pub fn running(&self) -> PyResult<engine::LocalDeployment> {
-        lock(&self.inner)
-            .clone()
-            .ok_or_else(|| Error::new_err("the local deployment is closed"))
-    }
-
-    /// Keep a data owner's connections to close them when the deployment closes.
-    fn track(&self, owner: &Arc<Mutex<RemoteOwner>>) {
-        let mut owners = lock(&self.owners);
-        owners.retain(|o| o.strong_count() > 0);
-        owners.push(Arc::downgrade(owner));
-    }
 }
 
 /// `name` as a backend.
 fn backend_kind(name: &str) -> PyResult<BackendKind> {
-    name.parse()
-        .map_err(|_| bad_input(format!("unknown backend '{name}' (expected 'cpu' or 'gpu')")))
+    name.parse().map_err(|_| {
+        bad_input(format!(
+            "unknown backend '{name}' (expected 'cpu' or 'gpu')"
+        ))
+    })
 }
 
 #[pymethods]
@@ -113,31 +92,29 @@ impl LocalDeployment {
             .py_err()?;
         Ok(LocalDeployment {
             backend: d.backend_description().to_string(),
-            inner: Mutex::new(Some(d)),
-            owners: Mutex::new(Vec::new()),
+            services: Services::new(d),
         })
     }
 
     /// The model owner `name` (the only one when None): it uploads, deletes and fetches
     /// correct counts.
     #[pyo3(signature = (name = None))]
-    fn model_owner(slf: &Bound<'_, Self>, name: Option<&str>) -> PyResult<Owner> {
-        Self::owner(slf, name, true)
+    fn model_owner(&self, name: Option<&str>) -> PyResult<Owner> {
+        self.owner(name, true)
     }
 
     /// The client `name` (the only one when None): it classifies and receives predictions.
     #[pyo3(signature = (name = None))]
-    fn client(slf: &Bound<'_, Self>, name: Option<&str>) -> PyResult<Owner> {
-        Self::owner(slf, name, false)
+    fn client(&self, name: Option<&str>) -> PyResult<Owner> {
+        self.owner(name, false)
     }
 
     /// A custom secure computation on these services at `frac_bits` fractional bits (the
     /// first client opens it, the first model owner joins it).
     #[pyo3(signature = (frac_bits = 16))]
-    fn computation(slf: &Bound<'_, Self>, frac_bits: u32) -> PyResult<Computation> {
-        let d = slf.get().running()?;
+    fn computation(&self, py: Python<'_>, frac_bits: u32) -> PyResult<Computation> {
         let fx = FixedPoint::new(frac_bits).py_err()?;
-        Computation::open(slf.py(), &d, fx, slf.clone().unbind())
+        Computation::open(py, &self.services, fx)
     }
 
     /// The parties' compute backend, in words.
@@ -149,19 +126,12 @@ impl LocalDeployment {
     /// Whether `close()` was called.
     #[getter]
     fn closed(&self) -> bool {
-        lock(&self.inner).is_none()
+        self.services.closed()
     }
 
     /// Stop the services (after closing the data owners' connections); idempotent.
     fn close(&self, py: Python<'_>) {
-        let owners: Vec<_> = std::mem::take(&mut *lock(&self.owners));
-        let d = lock(&self.inner).take();
-        py.detach(move || {
-            for o in owners.iter().filter_map(Weak::upgrade) {
-                lock(&o).disconnect();
-            }
-            drop(d);
-        });
+        py.detach(|| self.services.close());
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -186,11 +156,15 @@ impl LocalDeployment {
 }
 
 impl LocalDeployment {
-    fn owner(slf: &Bound<'_, Self>, name: Option<&str>, model_owner: bool) -> PyResult<Owner> {
-        let this = slf.get();
-        let o = this.running()?.data_owner(name, model_owner).py_err()?;
-        let o = Owner::new(o, Some(slf.clone().unbind()));
-        this.track(o.shared());
+    /// A data owner of these services (see `model_owner` and `client`).
+    fn owner(&self, name: Option<&str>, model_owner: bool) -> PyResult<Owner> {
+        let o = self
+            .services
+            .running()?
+            .data_owner(name, model_owner)
+            .py_err()?;
+        let o = Owner::new(o, Some(self.services.clone()));
+        self.services.track(o.shared());
         Ok(o)
     }
 }

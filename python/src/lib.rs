@@ -13,6 +13,7 @@ pub mod deployment;
 pub mod errors;
 pub mod owner;
 pub mod progress;
+pub mod services;
 
 /// The native module.
 #[pymodule]

@@ -13,9 +13,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyMemoryView};
 
 use crate::arrays::{floats, labels as int_labels};
-use crate::deployment::{lock, LocalDeployment};
 use crate::errors::{bad_input, IntoPy};
 use crate::progress::Progress;
+use crate::services::{lock, Services};
 
 /// A data owner connected to alice and bob (see `LocalDeployment.model_owner`,
 /// `LocalDeployment.client` and `connect`). One request at a time per owner: calls from
@@ -28,12 +28,12 @@ pub struct Owner {
     model_owner: bool,
     /// Keeps an in-process deployment's services running while this owner lives (dropped
     /// after `inner`, so this owner's connections close first).
-    local: Option<Py<LocalDeployment>>,
+    local: Option<Arc<Services>>,
 }
 
 impl Owner {
     /// Wrap `o` (of `local`, when in-process).
-    pub fn new(o: RemoteOwner, local: Option<Py<LocalDeployment>>) -> Owner {
+    pub fn new(o: RemoteOwner, local: Option<Arc<Services>>) -> Owner {
         let role = o.role().clone();
         Owner {
             role: role.to_string(),
@@ -50,9 +50,9 @@ impl Owner {
     }
 
     /// Fail at once when the in-process deployment is closed.
-    fn check_open(&self, py: Python<'_>) -> PyResult<()> {
+    fn check_open(&self) -> PyResult<()> {
         match &self.local {
-            Some(d) => d.bind(py).get().running().map(|_| ()),
+            Some(s) => s.running().map(|_| ()),
             None => Ok(()),
         }
     }
@@ -63,7 +63,7 @@ impl Owner {
         py: Python<'_>,
         f: impl FnOnce(&mut RemoteOwner) -> engine::Result<T> + Send,
     ) -> PyResult<T> {
-        self.check_open(py)?;
+        self.check_open()?;
         py.detach(|| f(&mut lock(&self.inner))).py_err()
     }
 }
@@ -149,7 +149,7 @@ impl Owner {
         allow_unused_tensors: bool,
         progress: Option<Bound<'_, PyAny>>,
     ) -> PyResult<UploadReport> {
-        self.check_open(py)?;
+        self.check_open()?;
         let fx = FixedPoint::new(frac_bits).py_err()?;
         let mut progress = Progress::new(progress)?;
         let unused = match allow_unused_tensors {
@@ -173,7 +173,9 @@ impl Owner {
                 cal_values.map(|v| ("calibrate", v)),
                 calibration_margin,
             )?;
-            o.upload(name, source, &fx, &bounds, &mut |d, t| progress.report(d, t))
+            o.upload(name, source, &fx, &bounds, &mut |d, t| {
+                progress.report(d, t)
+            })
         })?;
         progress.finish()?;
         Ok(UploadReport {
@@ -338,7 +340,7 @@ impl Classification {
     fn __repr__(&self, py: Python<'_>) -> String {
         format!(
             "Classification({} predictions, request_id={}, {:.3} ms, rounds={:?}, bytes_sent={:?})",
-            self.predictions.bind(py).len(),
+            self.predictions.bind(py).len().unwrap_or_default(),
             self.request_id,
             self.seconds * 1e3,
             self.rounds,

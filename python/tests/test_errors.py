@@ -16,10 +16,12 @@ def test_hierarchy():
 def test_bad_shape(local, digits):
     x, _ = digits
     c = local.client()
-    with pytest.raises(ss.BadInput, match=r"shape \[10, 64\]; the model expects \[N, 1, 8, 8\]"):
+    with pytest.raises(ss.BadInput, match=r"shape \[10, 64\] has 2, expected a 4-D array"):
         c.classify("digits", x[:10].reshape(10, 64))
     with pytest.raises(ss.BadInput, match="wrong number of dimensions"):
         c.classify("digits", x[0])
+    with pytest.raises(ss.BadInput, match=r"\[2, 1, 8, 7\]"):
+        c.classify("digits", x[:2, :, :, :7])
     with pytest.raises(ss.BadInput, match="batch size must be at least 1"):
         c.classify("digits", x[:2], batch=0)
 

@@ -38,8 +38,8 @@ use serde::Deserialize;
 
 use super::revocation::Fingerprint;
 use super::Role;
-use crate::roles::PartyId;
 use crate::error::{EngineError, Result};
+use crate::roles::PartyId;
 use crate::wire::frame::DEFAULT_MAX_FRAME_WORDS;
 
 /// A service's place in the deployment file.
@@ -424,7 +424,11 @@ impl Deployment {
                 "deployment '{}': no {word}{} among its data owners ({word}s: {})",
                 self.name,
                 name.map(|n| format!(" named '{n}'")).unwrap_or_default(),
-                if all.is_empty() { "none".into() } else { names(&all) }
+                if all.is_empty() {
+                    "none".into()
+                } else {
+                    names(&all)
+                }
             ))),
             _ => Err(invalid(format!(
                 "deployment '{}': several {word}s ({}); say which one you are (--as NAME)",

@@ -123,7 +123,11 @@ impl LocalDeployment {
         }
         check_data_owners(&config.data_owners)?;
         for model_owner in [true, false] {
-            if !config.data_owners.iter().any(|r| r.party_id() == kind(model_owner)) {
+            if !config
+                .data_owners
+                .iter()
+                .any(|r| r.party_id() == kind(model_owner))
+            {
                 return Err(EngineError::Invalid(format!(
                     "an in-process deployment needs a {}",
                     if model_owner { "model owner" } else { "client" }
