@@ -5,6 +5,8 @@
 //! arrays are read in place where their layout allows; engine errors become the exception
 //! classes of [`errors`].
 
+#![warn(missing_docs)]
+
 use pyo3::prelude::*;
 
 pub mod arrays;

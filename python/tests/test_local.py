@@ -1,14 +1,16 @@
 """The tutorial's flow on an in-process deployment: upload, classify, score, models, delete;
 predictions equal to the Rust CLI's; progress callbacks; the GIL released while computing."""
 
+import io
 import subprocess
+import sys
 import threading
 
 import numpy as np
 import pytest
 
 import secure_serving as ss
-from conftest import DATA, DIGITS
+from conftest import DATA, DIGITS, REPO
 
 
 def test_tutorial_flow(local, digits):
@@ -104,9 +106,11 @@ def test_progress_callable_and_bar(local, digits):
 
 def test_upload_progress_with_tqdm_if_installed(local):
     tqdm = pytest.importorskip("tqdm")
-    bar = tqdm.tqdm(disable=True)
-    local.model_owner().upload("digits-tqdm", DIGITS, progress=bar)
+    out = io.StringIO()
+    with tqdm.tqdm(file=out, mininterval=0) as bar:
+        local.model_owner().upload("digits-tqdm", DIGITS, progress=bar)
     assert bar.n == bar.total and bar.total > 0
+    assert f"{bar.total}/{bar.total}" in out.getvalue()
     local.model_owner().delete("digits-tqdm")
 
 
@@ -184,3 +188,13 @@ def test_torch_module_if_installed():
         res = dep.client().classify("m", x.numpy())
     np.testing.assert_array_equal(res.predictions, model(x).argmax(1).numpy())
     assert model.training  # left as it was
+
+
+def test_tutorial_example_runs():
+    """python/examples/tutorial.py, in-process: the seed's flow, the accuracy to the owner."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "python" / "examples" / "tutorial.py")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "Test set: Accuracy: 313/360 (87%)  [revealed to hospital only]" in out.stdout

@@ -1,13 +1,14 @@
 """The same calls against a deployment of real processes on loopback (mutual TLS), and the
 predictions the Rust CLI gets from it."""
 
-import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 import secure_serving as ss
-from conftest import DATA, DIGITS
+from conftest import DATA, DIGITS, REPO
 
 
 def test_flow_across_processes(cluster, digits):
@@ -55,3 +56,16 @@ def test_connect_refusals(cluster, tmp_path):
     # Keys of another directory: nothing to authenticate with.
     with pytest.raises(ss.Error):
         ss.connect(cluster.config, keys=tmp_path).client()
+
+
+def test_tutorial_example_against_the_deployment(cluster):
+    """python/examples/tutorial.py with --config: the same flow against the three services."""
+    out = subprocess.run(
+        [sys.executable, str(REPO / "python" / "examples" / "tutorial.py"),
+         "--config", str(cluster.config), "--keys", str(cluster.keys), "--owner", "hospital",
+         "--name", "tutorial"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "connected to deployment 'pytest'" in out.stdout
+    assert "Test set: Accuracy: 313/360 (87%)  [revealed to hospital only]" in out.stdout
