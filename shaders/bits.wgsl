@@ -19,10 +19,6 @@ struct Params {
 @group(0) @binding(1) var<storage, read> src: array<vec2<u32>>;
 @group(0) @binding(2) var<storage, read_write> dst: array<vec2<u32>>;
 
-fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * 256u + lid;
-}
-
 // The 16 bits at positions s, s + 2, ..., s + 30 of x, compacted into the low 16 bits.
 fn gather16(x: u32, s: u32) -> u32 {
     var v = (x >> s) & 0x55555555u;

@@ -37,7 +37,7 @@ fn chacha12(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * 64u + lid;
+    let i = flat_index_of(wid, nwg, lid, 64u);
     // Outputs of relative block i: j in [first, end).
     let first = select(0u, (16u * i - p.skip) / 2u, 16u * i > p.skip);
     if (first >= p.len) {

@@ -16,10 +16,6 @@ struct Params {
 @group(0) @binding(2) var<storage, read> b: array<R>;
 @group(0) @binding(3) var<storage, read_write> out: array<R>;
 
-fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * 256u + lid;
-}
-
 // op: 0 add, 1 sub, 2 mul, 3 xor, 4 and (BinaryOp order).
 @compute @workgroup_size(256)
 fn binary(

@@ -190,7 +190,7 @@ fn sum_segments(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let i = (wid.y * nwg.x + wid.x) * 64u + lid;
+    let i = flat_index_of(wid, nwg, lid, 64u);
     if (i >= p.m) {
         return;
     }

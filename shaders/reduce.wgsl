@@ -52,7 +52,7 @@ fn sum_rows_narrow(
     @builtin(num_workgroups) nwg: vec3<u32>,
     @builtin(local_invocation_index) lid: u32,
 ) {
-    let row = (wid.y * nwg.x + wid.x) * 256u + lid;
+    let row = flat_index(wid, nwg, lid);
     if (row >= p.m) {
         return;
     }

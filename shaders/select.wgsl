@@ -22,10 +22,6 @@ struct Params {
 @group(0) @binding(5) var<storage, read> ty: array<R>;
 @group(0) @binding(6) var<storage, read_write> out: array<R>;
 
-fn flat_index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * 256u + lid;
-}
-
 // The opened bit of element i as a ring value (0 or 1).
 fn bit_of(i: u32) -> R {
     return r_and(r_shr(td[i / 64u], i % 64u), r_from_words(1u, 0u));

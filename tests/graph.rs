@@ -1,5 +1,5 @@
 //! Graph models on shares: the layers that read several values (residual `Add`, `Concat`) and the
-//! piecewise-linear activations (Clip, LeakyReLU), each against a reference computed here on
+//! activations built on comparisons (Clip, LeakyReLU, HardSwish), each against a reference computed here on
 //! odd shapes and on both backends; and whole graph models against plaintext within the error
 //! bound the range analysis proves.
 
@@ -11,7 +11,7 @@ use common::layers::{ring_inputs, run_layer, run_layer_on, sessions, F};
 use common::test_rng;
 use engine::nn::geometry::Window2d;
 use engine::nn::plain::{Layer, Sequential};
-use engine::nn::shared::{SharedAdd, SharedClip, SharedConcat, SharedLeakyReLU};
+use engine::nn::shared::{SharedAdd, SharedClip, SharedConcat, SharedHardSwish, SharedLeakyReLU};
 use engine::nn::Wiring;
 use engine::{Computation, FixedPoint, PartyId};
 use rand::Rng;
@@ -78,6 +78,42 @@ fn leaky_relu_is_exact_up_to_one_truncation() {
                         "leaky({v}) with slope {slope}: {g} vs {floor}"
                     );
                 }
+            }
+        }
+    }
+}
+
+/// HardSwish on shares against `x·clip(x + 3, 0, 6)/6` computed here in ring units, within the
+/// module's bound for exact inputs: `|x|·4 ulps + 1 ulp` (the factor is within 4 ulps of
+/// `clip(x + 3, 0, 6)/6`, the product's truncation adds one), on odd shapes, both backends, and
+/// the kinks at -3 and 3 and both ends of a ±30 range.
+#[test]
+fn hardswish_is_within_its_bound() {
+    let mut rng = test_rng("hardswish");
+    let fx = FixedPoint::new(F).unwrap();
+    let one = (1i64 << F) as f64;
+    for mut s in sessions("hardswish") {
+        for _ in 0..3 {
+            let shape = [rng.gen_range(1..4), rng.gen_range(1..40)];
+            let mut x = ring_inputs(&mut rng, shape[0] * shape[1], 30.0);
+            for (i, kink) in [3i64, -3, 6, -6].into_iter().enumerate() {
+                if let Some(v) = x.get_mut(6 + i) {
+                    *v = kink << F;
+                }
+            }
+            let layer = SharedHardSwish::new(shape[1..].to_vec(), &fx).unwrap();
+            let got = run_layer(&mut s, Arc::new(layer), &shape, &x);
+            for (g, &v) in got.iter().zip(&x) {
+                let v = v as f64;
+                let want = v * (v + 3.0 * one).clamp(0.0, 6.0 * one) / (6.0 * one);
+                let bound = v.abs() * 4.0 / one + 1.0 + 1e-6 * v.abs();
+                assert!(
+                    (*g as f64 - want).abs() <= bound,
+                    "hardswish({}) = {} (ring {g}), want {} within {bound} ulps",
+                    v / one,
+                    *g as f64 / one,
+                    want / one
+                );
             }
         }
     }

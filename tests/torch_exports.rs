@@ -19,7 +19,7 @@ fn data(name: &str) -> String {
 }
 
 /// Each export and what its imported model must show (layer names, in order of appearance).
-const MODELS: [(&str, &[&str]); 15] = [
+const MODELS: [(&str, &[&str]); 16] = [
     // Shape -> Gather -> Unsqueeze -> Concat -> Reshape: a plain flatten.
     ("view_dynamic", &["MaxPool2d", "Flatten", "Linear(96, 10)"]),
     ("view_nofold", &["MaxPool2d", "Flatten", "Linear(96, 10)"]),
@@ -65,6 +65,7 @@ const MODELS: [(&str, &[&str]); 15] = [
             "Conv2d(8, 8, kernel_size=[1, 1]",
         ],
     ),
+    ("hardswish", &["Conv2d(1, 6", "Hardswish()", "MaxPool2d"]),
 ];
 
 /// A model's import, its test rows (inputs) and torch's float64 logits on them.

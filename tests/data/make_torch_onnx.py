@@ -6,6 +6,8 @@ Needs torch 1.13.1, onnx 1.13.1, numpy 1.26 and scikit-learn (for the digits dat
 need none of them, they use the committed files):
 
     python tests/data/make_torch_onnx.py
+    ONLY=hardswish,relu6 python tests/data/make_torch_onnx.py    # just these models
+
 
 Every model reads scikit-learn's 8x8 digits ([N, 1, 8, 8], pixels in [0, 1]) with the split of
 make_onnx.py (so `digits_test_x.npy` is its test split) and is trained for a few epochs on the
@@ -205,6 +207,8 @@ MODELS = {
                                                training=torch.onnx.TrainingMode.PRESERVE)),
     "concat": (Head(ConcatNet()), dict(opset_version=13)),
     "depthwise": (Head(DepthwiseNet()), dict(opset_version=11)),
+    # nn.Hardswish is one HardSwish node from opset 14 on.
+    "hardswish": (Head(small_cnn(nn.Hardswish())), dict(opset_version=14)),
 }
 
 
@@ -230,8 +234,12 @@ def export(model, name, **kw):
     return path
 
 
+ONLY = [n for n in os.environ.get("ONLY", "").split(",") if n]
+assert all(n in MODELS for n in ONLY), f"ONLY names a model not in {list(MODELS)}"
 os.makedirs(OUT, exist_ok=True)
 for seed, (name, (model, opts)) in enumerate(MODELS.items()):
+    if ONLY and name not in ONLY:
+        continue
     torch.manual_seed(seed)
     # Fresh parameters for every model, trained with its own seed.
     for m in model.modules():
@@ -252,6 +260,9 @@ for seed, (name, (model, opts)) in enumerate(MODELS.items()):
     np.save(os.path.join(OUT, name + "_logits.npy"), z[rows].astype(np.float64))
     acc = (z.argmax(1) == yte.numpy()).mean()
     print(f"{name}: test accuracy {acc:.3f}, {len(onnx.load(os.path.join(OUT, name + '.onnx')).graph.node)} nodes")
+
+if ONLY:
+    raise SystemExit(0)
 
 # Refusals: a training-mode export (opset 14: BatchNormalization training_mode=1 and a
 # Dropout with training_mode true; opset 11: BatchNormalization with its running statistics

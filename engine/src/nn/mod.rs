@@ -2,7 +2,7 @@
 //! tutorial's encrypted classification flow.
 //!
 //! - [`plain`]: a plaintext `Sequential` of `Linear`, `Conv2d`, pools, affine maps (batch norm),
-//!   `ReLU`, `LeakyReLU`, `Clip`, `Dropout`, `Flatten`, `Add`, `Concat` (the model owner's
+//!   `ReLU`, `LeakyReLU`, `Clip`, `HardSwish`, `Dropout`, `Flatten`, `Add`, `Concat` (the model owner's
 //!   model), VGG16 builders, and plaintext evaluation.
 //! - [`graph`]: how the layers are connected (a chain or a DAG: residual connections,
 //!   concatenations), and evaluation in topological order keeping only live values.

@@ -23,8 +23,8 @@ use crate::nn::range::{layer_limits, ModelBounds, RangeReport};
 use crate::nn::shared::linear::receive_fixed_weight;
 use crate::nn::shared::{
     SharedAdd, SharedAvgPool2d, SharedClip, SharedConcat, SharedConv2d, SharedFlatten,
-    SharedIdentity, SharedLayer, SharedLeakyReLU, SharedLinear, SharedMaxPool2d, SharedModel,
-    SharedReLU,
+    SharedHardSwish, SharedIdentity, SharedLayer, SharedLeakyReLU, SharedLinear, SharedMaxPool2d,
+    SharedModel, SharedReLU,
 };
 use crate::nn::source::{encode_transposed, encode_values, LayerShape, ModelSource};
 use crate::party::Party;
@@ -200,6 +200,7 @@ impl LayerPlan {
                 Layer::ReLU => Arc::new(SharedReLU::new(input)),
                 Layer::Clip { min, max } => Arc::new(SharedClip::new(input, *min, *max, fx)?),
                 Layer::LeakyReLU { slope } => Arc::new(SharedLeakyReLU::new(input, *slope, fx)?),
+                Layer::HardSwish => Arc::new(SharedHardSwish::new(input, fx)?),
                 Layer::Dropout => Arc::new(SharedIdentity::new("Dropout")),
                 Layer::Flatten => Arc::new(SharedFlatten::new(input)),
                 Layer::MaxPool2d { window } => Arc::new(SharedMaxPool2d::new(input, *window)?),

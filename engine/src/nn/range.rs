@@ -14,7 +14,7 @@
 //!   comparisons (differences below `2^63`) are exact too;
 //! - ReLU, Dropout and Flatten keep or shrink every bound;
 //! - convolutions, affine maps (shared as diagonal weights), pools, the residual `Add` (a sum of
-//!   shares: the bounds add up), `Concat`, Clip and LeakyReLU each have their rule in
+//!   shares: the bounds add up), `Concat`, Clip, LeakyReLU and HardSwish each have their rule in
 //!   `layer_step` (see `docs/range-analysis.md`); a graph is analysed in the order it runs, with
 //!   per-element bounds of every live value.
 //!
@@ -332,6 +332,27 @@ fn layer_step(
             Step {
                 out: Arc::new(out),
                 peak: b * rin * (1.0 + 4.0 * f64::EPSILON),
+            }
+        }
+        // `y = trunc(x·s)` with the factor `s = trunc(clip(x + 3, 0, 6)·c6)`, `c6 = round(2^f/6)`:
+        // `s` is within 4 ulps of `clip(x + 3, 0, 6)/6` and at most `2^f + 4` ring units, so
+        // `|y| <= |x|` in reals and `ri·(1 + 4 ulps) + 1` in the ring; the product before its
+        // truncation holds up to `ri·(2^f + 4)`, the clip's differences `ri + 3·2^f`.
+        Layer::HardSwish => {
+            let c6 = enc(1.0 / 6.0);
+            let out = x.map(|re, e, ri| {
+                let factor_err = e / 6.0 + 4.0 * eps;
+                (
+                    re,
+                    re * factor_err + e * (1.0 + factor_err) + eps,
+                    ri * (1.0 + 4.0 * eps) + 1.0,
+                )
+            });
+            Step {
+                out: Arc::new(out),
+                peak: (rin * (scale + 4.0))
+                    .max(rin + 6.0 * scale)
+                    .max(6.0 * scale * c6),
             }
         }
         Layer::Conv2d {

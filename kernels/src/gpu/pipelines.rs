@@ -1,8 +1,10 @@
 //! WGSL sources (`shaders/` at the workspace root) and compute pipelines, built once per backend.
 //!
-//! Each kernel file is compiled after one ring prelude: `ring.wgsl` (u32 pairs, portable) or
-//! `ring_u64.wgsl` (native u64, needs `SHADER_INT64`). Kernels use the prelude's `R` type and
-//! `r_*` functions only, so the two variants are the same kernels over different arithmetic.
+//! Each kernel file is compiled after two preludes: the ring prelude, `ring.wgsl` (u32 pairs,
+//! portable) or `ring_u64.wgsl` (native u64, needs `SHADER_INT64`), then `dispatch.wgsl` (the
+//! binding layout every kernel follows and the flat element index of an invocation). Kernels use
+//! the ring prelude's `R` type and `r_*` functions only, so the two variants are the same kernels
+//! over different arithmetic.
 
 use crate::error::Result;
 
@@ -11,6 +13,7 @@ use super::U64Variant;
 
 const RING_U32: &str = include_str!("../../../shaders/ring.wgsl");
 const RING_U64: &str = include_str!("../../../shaders/ring_u64.wgsl");
+const DISPATCH: &str = include_str!("../../../shaders/dispatch.wgsl");
 const ELEMENTWISE: &str = include_str!("../../../shaders/elementwise.wgsl");
 const BEAVER: &str = include_str!("../../../shaders/beaver.wgsl");
 const TRUNCATE: &str = include_str!("../../../shaders/truncate.wgsl");
@@ -57,13 +60,13 @@ pub(crate) struct Kernels {
     pub(crate) gather: Kernel,
 }
 
-/// The full WGSL source of a kernel file for a variant.
+/// The full WGSL source of a kernel file for a variant: ring prelude, dispatch prelude, body.
 fn source(variant: U64Variant, body: &str) -> String {
     let prelude = match variant {
         U64Variant::U32Pairs => RING_U32,
         U64Variant::NativeU64 => RING_U64,
     };
-    format!("{prelude}\n{body}")
+    format!("{prelude}\n{DISPATCH}\n{body}")
 }
 
 fn module(ctx: &GpuContext, variant: U64Variant, name: &str, body: &str) -> wgpu::ShaderModule {

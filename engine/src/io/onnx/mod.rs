@@ -11,7 +11,7 @@
 //!   Gather, Unsqueeze, Concat, Reshape) is a plain flatten.
 //! - **Every other node becomes layers** ([`node`]): `Conv` (any groups: a grouped convolution
 //!   is the dense one with a block-diagonal weight; symmetric padding, dilation 1), `Gemm`,
-//!   `MatMul`, `Relu`, `LeakyRelu`, `Clip` (ReLU6, Hardtanh), `BatchNormalization` (eval),
+//!   `MatMul`, `Relu`, `LeakyRelu`, `Clip` (ReLU6, Hardtanh), `HardSwish`, `BatchNormalization` (eval),
 //!   `MaxPool`, `AveragePool`, `GlobalAveragePool`, `GlobalMaxPool`, `ReduceMean` over H and W,
 //!   `Flatten` and reshapes to `[batch, features]`, `Add`/`Sum` of data (residual
 //!   connections), `Concat` of data along channels, and `Add`/`Sub`/`Mul`/`Div` by constants

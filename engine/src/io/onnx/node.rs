@@ -14,7 +14,7 @@ use crate::nn::plain::{transposed, Layer};
 const MAX_DENSE_WEIGHTS: usize = 1 << 26;
 
 /// What the engine runs, for refusals.
-const SUPPORTED: &str = "Conv, Gemm, MatMul, Relu, LeakyRelu, Clip, BatchNormalization, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean over H and W, Flatten/Reshape to [batch, features], Add and Concat of data, Add/Sub/Mul/Div by constants, Pad before Conv or AveragePool, Dropout, Identity, and a trailing Softmax, LogSoftmax or Sigmoid";
+const SUPPORTED: &str = "Conv, Gemm, MatMul, Relu, LeakyRelu, Clip, HardSwish, BatchNormalization, MaxPool, AveragePool, GlobalAveragePool, GlobalMaxPool, ReduceMean over H and W, Flatten/Reshape to [batch, features], Add and Concat of data, Add/Sub/Mul/Div by constants, Pad before Conv or AveragePool, Dropout, Identity, and a trailing Softmax, LogSoftmax or Sigmoid";
 
 /// A node being translated: its attributes and its inputs, and errors naming it.
 struct Ctx<'n> {
@@ -210,6 +210,10 @@ impl Builder<'_> {
             "Relu" => {
                 let x = single(self)?;
                 self.layer(ctx, Layer::ReLU, vec![x.value])?
+            }
+            "HardSwish" => {
+                let x = single(self)?;
+                self.layer(ctx, Layer::HardSwish, vec![x.value])?
             }
             "LeakyRelu" => {
                 let x = single(self)?;
@@ -493,9 +497,14 @@ impl Builder<'_> {
                     "{op} of a data tensor (indexing, permuting or splitting activations) is not supported; the engine runs {SUPPORTED}"
                 )))
             }
-            "Tanh" | "Gelu" | "Erf" | "Elu" | "Selu" | "Softplus" | "HardSigmoid" | "HardSwish" | "Mish" | "Exp" | "Log" | "Sqrt" | "Pow" | "Abs" => {
+            "Tanh" | "Gelu" | "Erf" | "Elu" | "Selu" | "Softplus" | "HardSigmoid" | "Mish" | "Exp" | "Log" | "Sqrt" | "Pow" | "Abs" => {
                 return Err(ctx.err(format!(
-                    "unsupported op: the only nonlinear activations the engine runs securely are Relu, LeakyRelu and Clip (ReLU6, Hardtanh); replace {op} by one of them and retrain, or export without it"
+                    "unsupported op: the only nonlinear activations the engine runs securely are Relu, LeakyRelu, Clip (ReLU6, Hardtanh) and HardSwish; replace {op} by one of them and retrain, or export without it{}",
+                    if op == "HardSigmoid" {
+                        " (torch writes nn.Hardswish as HardSigmoid and Mul below opset 14: export with opset_version=14 or later)"
+                    } else {
+                        ""
+                    }
                 )))
             }
             _ => {

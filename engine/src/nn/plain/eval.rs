@@ -54,6 +54,10 @@ pub(super) fn forward(layer: &Layer, xs: &[&[f64]], batch: usize, inputs: &[&[us
             .iter()
             .map(|&v| if v >= 0.0 { v } else { slope * v })
             .collect(),
+        Layer::HardSwish => x
+            .iter()
+            .map(|&v| v * (v + 3.0).clamp(0.0, 6.0) / 6.0)
+            .collect(),
         Layer::Dropout | Layer::Flatten => x.to_vec(),
         Layer::MaxPool2d { window } | Layer::AvgPool2d { window, .. } => {
             let (c, h, w) = (input[0], input[1], input[2]);

@@ -90,6 +90,8 @@ pub enum Layer {
         /// Slope for negative inputs (PyTorch's `negative_slope`).
         slope: f64,
     },
+    /// `x · clip(x + 3, 0, 6) / 6` (PyTorch's `nn.Hardswish`, MobileNetV3's activation).
+    HardSwish,
     /// Elementwise sum of two or more values of one shape (a residual connection).
     Add,
     /// Concatenation of two or more values along the first per-sample axis (channels of
@@ -203,6 +205,7 @@ impl Layer {
                 format!("Clip(min={}, max={})", b(min), b(max))
             }
             Layer::LeakyReLU { slope } => format!("LeakyReLU(negative_slope={slope})"),
+            Layer::HardSwish => "Hardswish()".into(),
             Layer::Add => "Add".into(),
             Layer::Concat => "Concat".into(),
         }
@@ -261,7 +264,7 @@ impl Layer {
                 let [oh, ow] = window.output_size("Conv2d", h, w)?;
                 Ok(vec![*out_channels, oh, ow])
             }
-            Layer::ReLU | Layer::Dropout => Ok(input.to_vec()),
+            Layer::ReLU | Layer::Dropout | Layer::HardSwish => Ok(input.to_vec()),
             Layer::Clip { min, max } => {
                 let finite = [min, max].iter().all(|b| b.is_none_or(f64::is_finite));
                 if !finite || matches!((min, max), (Some(a), Some(b)) if a > b) {
@@ -375,7 +378,9 @@ impl Layer {
                 .fold(bound, f64::max),
             Layer::LeakyReLU { slope } => slope.abs().max(1.0) * bound,
             Layer::Add => input_bounds.iter().sum(),
+            // |x·clip(x + 3, 0, 6)/6| <= |x|: the factor lies in [0, 1].
             Layer::ReLU
+            | Layer::HardSwish
             | Layer::Dropout
             | Layer::Flatten
             | Layer::MaxPool2d { .. }

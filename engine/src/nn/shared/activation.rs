@@ -1,11 +1,13 @@
-//! Shared element-wise layers: ReLU, Clip, LeakyReLU, identities (Dropout), Flatten.
+//! Shared element-wise layers: ReLU, Clip, LeakyReLU, HardSwish, identities (Dropout), Flatten.
 
 use crate::dealer::MaterialSpec;
 use crate::error::{shape_err, Result};
 use crate::fixed::FixedPoint;
 use crate::nn::plain::Layer;
 use crate::party::Party;
-use crate::protocols::compare::{clip_specs, leaky_relu_specs, relu_specs};
+use crate::protocols::compare::{
+    clip_specs, hardswish_specs, leaky_relu_specs, relu_specs, HardSwishConstants,
+};
 use crate::share::Share;
 
 use super::SharedLayer;
@@ -173,5 +175,36 @@ impl SharedLayer for SharedLeakyReLU {
     }
     fn forward(&self, p: &mut Party, x: &Share) -> Result<Share> {
         p.leaky_relu(x, self.complement)
+    }
+}
+
+/// HardSwish, `x · clip(x + 3, 0, 6) / 6`: one batched comparison for the clip, a local product
+/// with `round(2^f / 6)` and a truncation for the factor, and one Beaver product with its
+/// truncation ([`Party::hardswish`]).
+#[derive(Clone, Debug)]
+pub struct SharedHardSwish {
+    per_sample: usize,
+    constants: HardSwishConstants,
+}
+
+impl SharedHardSwish {
+    /// HardSwish of inputs of per-sample shape `input`, its constants encoded in `fx`.
+    pub fn new(input: Vec<usize>, fx: &FixedPoint) -> Result<Self> {
+        Ok(SharedHardSwish {
+            per_sample: input.iter().product(),
+            constants: HardSwishConstants::new(fx)?,
+        })
+    }
+}
+
+impl SharedLayer for SharedHardSwish {
+    fn name(&self) -> String {
+        Layer::HardSwish.name()
+    }
+    fn material(&self, batch: usize, frac_bits: u32) -> Vec<MaterialSpec> {
+        hardswish_specs(batch * self.per_sample, frac_bits)
+    }
+    fn forward(&self, p: &mut Party, x: &Share) -> Result<Share> {
+        p.hardswish(x, &self.constants)
     }
 }

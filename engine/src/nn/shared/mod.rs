@@ -21,7 +21,9 @@ mod pool;
 use std::fmt;
 use std::sync::Arc;
 
-pub use activation::{SharedClip, SharedFlatten, SharedIdentity, SharedLeakyReLU, SharedReLU};
+pub use activation::{
+    SharedClip, SharedFlatten, SharedHardSwish, SharedIdentity, SharedLeakyReLU, SharedReLU,
+};
 pub use combine::{SharedAdd, SharedConcat};
 pub use conv::SharedConv2d;
 pub use linear::SharedLinear;

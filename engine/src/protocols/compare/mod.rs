@@ -38,7 +38,7 @@ mod eq_index;
 mod piecewise;
 
 pub use eq_index::{eq_index_bits, eq_index_specs, MAX_EQ_INDEX_TABLE_WORDS};
-pub use piecewise::{clip_specs, leaky_relu_specs};
+pub use piecewise::{clip_specs, hardswish_specs, leaky_relu_specs, HardSwishConstants};
 
 use kernels::{BeaverKind, BinaryOp, ScalarOp, Tensor};
 

@@ -1,5 +1,4 @@
-//! Piecewise-linear activations built on the secure comparison: Clip (ReLU6, Hardtanh) and
-//! LeakyReLU.
+//! Activations built on the secure comparison: Clip (ReLU6, Hardtanh), LeakyReLU and HardSwish.
 //!
 //! - `clip(x, L, H) = x + relu(L - x) - relu(x - H)` for public ring bounds `L <= H` (either may
 //!   be absent): both ReLUs in one batched comparison, so 8 rounds like a ReLU, and exact (the
@@ -11,9 +10,22 @@
 //!   `x >= 0` the result is `x` exactly; below, it is `slope'·x` within one ulp, where
 //!   `slope' = 1 - c/2^f` is within half an ulp of the slope. Needs `|c·x| < 2^62` (the
 //!   truncation's precondition, proven by the range analysis).
+//! - `hardswish(x) = x · clip(x + 3, 0, 6) / 6`: the clip above on `x + 3` (8 rounds), the
+//!   factor `s = trunc(h · c6)` with the public `c6 = round(2^f / 6)` (local product, 1 round),
+//!   then the Beaver product `trunc(x · s)` (2 rounds): 11 rounds. `s` is within `4` ulps of
+//!   `h / 6` (half an ulp of `c6` times `h <= 6`, plus one of truncation) and lies in
+//!   `[-1, 2^f + 4]` ring units, so the result is within `|x|·(e/6 + 4 ulps) + e + 1 ulp` of
+//!   `hardswish(x)` for an input error `e`. Needs `|x + 3| < 2^63` and `|x|·(2^f + 4) < 2^62`
+//!   (proven by the range analysis).
+//!
+//! Security: every message these protocols send is a message of the comparison, the truncation
+//! or the Beaver product, each masked by fresh dealer randomness (see their modules); the
+//! constants are public hyperparameters of the layer (like a kernel size), so what a party sends
+//! is independent of the other party's shares.
 
 use crate::dealer::MaterialSpec;
 use crate::error::Result;
+use crate::fixed::FixedPoint;
 use crate::party::Party;
 use crate::protocols::truncate::truncate_spec;
 use crate::share::Share;
@@ -34,6 +46,35 @@ pub fn leaky_relu_specs(n: usize, frac_bits: u32) -> Vec<MaterialSpec> {
     let mut v = relu_specs(n);
     v.push(truncate_spec(n, frac_bits));
     v
+}
+
+/// Material specs of [`Party::hardswish`] on `n` elements at `frac_bits`, in the order it
+/// consumes them.
+pub fn hardswish_specs(n: usize, frac_bits: u32) -> Vec<MaterialSpec> {
+    let mut v = clip_specs(n, 2);
+    v.push(truncate_spec(n, frac_bits));
+    v.push(MaterialSpec::MulTriple { n });
+    v.push(truncate_spec(n, frac_bits));
+    v
+}
+
+/// The public ring constants of [`Party::hardswish`] at one fixed-point scale.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HardSwishConstants {
+    three: u64,
+    six: u64,
+    sixth: u64,
+}
+
+impl HardSwishConstants {
+    /// `3`, `6` and `1/6` encoded in `fx`.
+    pub fn new(fx: &FixedPoint) -> Result<Self> {
+        Ok(HardSwishConstants {
+            three: fx.encode_one(3.0, 0)?,
+            six: fx.encode_one(6.0, 0)?,
+            sixth: fx.encode_one(1.0 / 6.0, 0)?,
+        })
+    }
 }
 
 impl Party {
@@ -73,5 +114,15 @@ impl Party {
         let scaled = self.mul_public_int(&negative[0], c as i64)?;
         let t = self.truncate(&scaled)?;
         self.sub(x, &t)
+    }
+
+    /// HardSwish `x · clip(x + 3, 0, 6) / 6` elementwise in 11 rounds (see the module
+    /// documentation for its error bound and preconditions).
+    pub fn hardswish(&mut self, x: &Share, c: &HardSwishConstants) -> Result<Share> {
+        let shifted = self.add_public_ring(x, c.three)?;
+        let h = self.clip(&shifted, Some(0), Some(c.six))?;
+        let scaled = self.mul_public_int(&h, c.sixth as i64)?;
+        let s = self.truncate(&scaled)?;
+        self.mul(x, &s)
     }
 }
