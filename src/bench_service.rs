@@ -294,11 +294,7 @@ pub fn run(args: &BenchServiceArgs) -> Result<BenchServiceReport> {
         None => vec![None],
     };
     let mut probe = crate::remote::owner(&args.deploy, names[0].as_deref(), false)?;
-    let info = probe
-        .models()?
-        .into_iter()
-        .find(|m| m.name == args.model)
-        .ok_or_else(|| EngineError::Invalid(format!("no model '{}' is served", args.model)))?;
+    let info = probe.model_info(&args.model)?;
     drop(probe);
     let (file_rows, mut data) = engine::io::load_inputs(&args.input, &info.input_shape)?;
     if file_rows == 0 {

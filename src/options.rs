@@ -5,12 +5,10 @@ use clap::Args;
 
 use engine::error::{EngineError, Result};
 use engine::fixed::FixedPoint;
-use engine::io::{
-    import_onnx, load_inputs, load_labels, load_safetensors_model_with, ModelFile, UnusedTensors,
-};
+use engine::io::{declared_bounds, load_inputs, load_labels, open_model, UnusedTensors};
 use engine::nn::check_labels;
-use engine::nn::range::{calibrate, check_inputs, ModelBounds, DEFAULT_INPUT_BOUND};
-use engine::nn::source::{to_sequential, ModelSource};
+use engine::nn::range::{ModelBounds, DEFAULT_INPUT_BOUND};
+use engine::nn::source::ModelSource;
 
 /// A model file and how the model owner encodes and bounds it.
 #[derive(Args, Debug, Clone)]
@@ -69,51 +67,23 @@ impl ModelArgs {
         } else {
             UnusedTensors::Refuse
         };
-        let source: Box<dyn ModelSource> = if model.ends_with(".onnx") {
-            if self.arch.is_some() {
-                return Err(EngineError::Invalid(
-                    "--arch applies to safetensors models; an ONNX file carries its graph".into(),
-                ));
-            }
-            let import = import_onnx(model)?;
-            for note in &import.notes {
-                eprintln!("note: {note}");
-            }
-            Box::new(import.model)
-        } else {
-            let arch = self.arch.as_deref().ok_or_else(|| {
-                EngineError::Invalid(format!(
-                    "{model}: a safetensors model needs --arch (e.g. vgg16-head, vgg16, resnet18 or linear,relu,linear)"
-                ))
-            })?;
-            if engine::io::parse_preset(arch)?.is_some() {
-                Box::new(load_safetensors_model_with(
-                    model,
-                    arch,
-                    &self.prefix,
-                    unused,
-                )?)
-            } else {
-                // Streamed from the memory-mapped file, tensor by tensor, when shared.
-                Box::new(ModelFile::open_with(model, arch, &self.prefix, unused)?)
-            }
+        let opened = open_model(model, self.arch.as_deref(), &self.prefix, unused)?;
+        for note in &opened.notes {
+            eprintln!("note: {note}");
+        }
+        let source = opened.source;
+        let calibration = match &self.calibrate {
+            Some(path) => Some((path, load_inputs(path, &source.input_shape())?.1)),
+            None => None,
         };
-        let input_shape = source.input_shape();
-        let width: usize = input_shape.iter().product();
-        let bounds = match &self.calibrate {
-            Some(path) => {
-                let (rows, cal) = load_inputs(path, &input_shape)?;
-                check_inputs(&cal, width, self.input_bound)
-                    .map_err(|e| EngineError::Range(format!("{path}: {e}")))?;
-                // Calibration runs the plaintext model: the owner reads it whole here.
-                let whole = to_sequential(source.as_ref())?;
-                ModelBounds {
-                    input_bound: self.input_bound,
-                    calibrated: Some(calibrate(&whole, &cal, rows, self.calibration_margin)?),
-                }
-            }
-            None => ModelBounds::worst_case(self.input_bound),
-        };
+        let bounds = declared_bounds(
+            source.as_ref(),
+            self.input_bound,
+            calibration
+                .as_ref()
+                .map(|(p, d)| (p.as_str(), d.as_slice())),
+            self.calibration_margin,
+        )?;
         Ok(LoadedModel {
             source,
             bounds,

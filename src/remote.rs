@@ -7,8 +7,9 @@ use std::sync::Arc;
 use clap::Args;
 use kernels::{backend_from_kind, BackendKind};
 
-use engine::deploy::{Deployment, Role};
+use engine::deploy::Role;
 use engine::error::{EngineError, Result};
+use engine::service::access::DeploymentAccess;
 use engine::service::client::RemoteOwner;
 use engine::service::dealer::DealerService;
 use engine::service::net::Net;
@@ -30,55 +31,23 @@ pub struct DeployArgs {
 }
 
 impl DeployArgs {
-    fn deployment(&self) -> Result<Deployment> {
-        Deployment::load(&self.config)
+    /// The same, as the engine takes it.
+    pub fn access(&self) -> DeploymentAccess {
+        DeploymentAccess {
+            config: self.config.clone(),
+            keys: self.keys.clone(),
+            insecure: self.insecure,
+        }
     }
 
-    fn keys_dir(&self) -> PathBuf {
-        self.keys
-            .clone()
-            .unwrap_or_else(|| self.config.parent().unwrap_or(Path::new(".")).join("keys"))
-    }
-
-    /// The endpoint of `role`. Under TLS its revocation list follows the deployment file
-    /// (read again when the file changes).
+    /// The endpoint of `role` (see [`DeploymentAccess::net`]).
     pub fn net(&self, role: Role) -> Result<Net> {
-        let d = self.deployment()?;
-        if self.insecure {
-            tracing::warn!(%role, "--insecure: plain TCP, no authentication, no encryption");
-            Net::new(d, role, None)
-        } else {
-            let net = Net::new(d, role, Some(&self.keys_dir()))?;
-            if let Some(r) = net.revocations() {
-                r.watch(&self.config);
-            }
-            Ok(net)
-        }
+        self.access().net(role)
     }
 
-    /// The endpoint of data owner `name` (`kind` `model-owner` or `client`), or of the
-    /// deployment's only data owner of that kind when `name` is absent.
+    /// The endpoint of data owner `name` (see [`DeploymentAccess::owner_net`]).
     pub fn owner_net(&self, name: Option<&str>, model_owner: bool) -> Result<Net> {
-        let d = self.deployment()?;
-        let fits = |r: &Role| match r {
-            Role::ModelOwner(n) => model_owner && name.is_none_or(|w| w == n),
-            Role::Client(n) => !model_owner && name.is_none_or(|w| w == n),
-            _ => false,
-        };
-        let found: Vec<&Role> = d.data_owners.iter().filter(|r| fits(r)).collect();
-        let kind = if model_owner { "model owner" } else { "client" };
-        match found[..] {
-            [one] => self.net(one.clone()),
-            [] => Err(EngineError::Invalid(format!(
-                "{}: no {kind}{} in the deployment",
-                self.config.display(),
-                name.map(|n| format!(" named '{n}'")).unwrap_or_default()
-            ))),
-            _ => Err(EngineError::Invalid(format!(
-                "{}: several {kind}s; say which with --as NAME",
-                self.config.display()
-            ))),
-        }
+        self.access().owner_net(name, model_owner)
     }
 }
 
@@ -87,7 +56,7 @@ impl DeployArgs {
     /// only data owner, else its only model owner, else its only client — and when that does
     /// not settle it, an error asking for `--as` with the names to choose from.
     pub fn any_owner_net(&self, name: Option<&str>) -> Result<Net> {
-        let d = self.deployment()?;
+        let d = self.access().deployment()?;
         if let Some(n) = name {
             let role = d
                 .data_owners
@@ -204,7 +173,7 @@ pub fn party(args: &DeployArgs, role: &str, data_dir: &Path, backend: BackendKin
 
 /// Connect as a data owner.
 pub fn owner(args: &DeployArgs, name: Option<&str>, model_owner: bool) -> Result<RemoteOwner> {
-    RemoteOwner::new(args.owner_net(name, model_owner)?)
+    args.access().owner(name, model_owner)
 }
 
 /// `secure-serving upload`: share a model to the deployment under `name`.
@@ -295,11 +264,7 @@ pub fn classify(
 ) -> Result<()> {
     let mut o = owner(args, as_name, false)?;
     let start = std::time::Instant::now();
-    let info = o
-        .models()?
-        .into_iter()
-        .find(|m| m.name == name)
-        .ok_or_else(|| EngineError::Invalid(format!("no model '{name}' is served")))?;
+    let info = o.model_info(name)?;
     let (n, data) = engine::io::load_inputs(input, &info.input_shape)?;
     if n == 0 {
         return Err(EngineError::Format(format!("{input}: no input rows")));
@@ -361,6 +326,7 @@ pub fn classify(
     }
     if labels.is_some() {
         let owners = args
+            .access()
             .deployment()?
             .data_owners
             .iter()

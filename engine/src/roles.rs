@@ -83,6 +83,14 @@ impl Role {
         }
     }
 
+    /// A data owner's name (`None` for alice, bob and the dealer).
+    pub fn owner_name(&self) -> Option<&str> {
+        match self {
+            Role::ModelOwner(n) | Role::Client(n) => Some(n),
+            _ => None,
+        }
+    }
+
     /// The DNS name bound into this role's certificate in deployment `deployment`.
     pub fn subject_name(&self, deployment: &str) -> String {
         match self {

@@ -40,6 +40,7 @@ use serde::Deserialize;
 use super::revocation::Fingerprint;
 use super::Role;
 use crate::error::{EngineError, Result};
+use crate::roles::PartyId;
 use crate::wire::frame::DEFAULT_MAX_FRAME_WORDS;
 
 /// A service's place in the deployment file.
@@ -485,6 +486,24 @@ fn check_address(role: &str, address: &str) -> Result<()> {
     }
 }
 
+/// Check data owners' names: each one DNS label (it becomes part of certificate names), no
+/// name twice.
+pub fn check_data_owners(owners: &[Role]) -> Result<()> {
+    let mut names = BTreeSet::new();
+    for o in owners {
+        let Some(name) = o.owner_name() else {
+            return Err(invalid(format!("{o} is not a data owner")));
+        };
+        check_label("data owner name", name)?;
+        if !names.insert(name) {
+            return Err(invalid(format!(
+                "duplicate data owner name '{name}' (names must be unique)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Deployment {
     /// Parse and validate a deployment file's text. Errors name the line (for syntax, missing
     /// and unknown fields) or the offending entry.
@@ -506,10 +525,8 @@ impl Deployment {
                 )));
             }
         }
-        let mut names = BTreeSet::new();
         let mut data_owners = Vec::new();
         for o in &raw.data_owner {
-            check_label("data owner name", &o.name)?;
             let role = match o.role.as_str() {
                 "model-owner" => Role::ModelOwner(o.name.clone()),
                 "client" => Role::Client(o.name.clone()),
@@ -521,14 +538,9 @@ impl Deployment {
                     )))
                 }
             };
-            if !names.insert(o.name.as_str()) {
-                return Err(invalid(format!(
-                    "duplicate data owner name '{}' (names must be unique)",
-                    o.name
-                )));
-            }
             data_owners.push(role);
         }
+        check_data_owners(&data_owners)?;
         let l = raw.limits;
         l.check()?;
         let keys = KeySettings::from_raw(raw.keys)?;
@@ -560,6 +572,49 @@ impl Deployment {
         let mut r = vec![Role::Alice, Role::Bob, Role::Dealer];
         r.extend(self.data_owners.iter().cloned());
         r
+    }
+
+    /// The data owner named `name` of one kind (a model owner when `model_owner`, else a
+    /// client), or the deployment's only data owner of that kind when `name` is `None`.
+    pub fn data_owner(&self, name: Option<&str>, model_owner: bool) -> Result<Role> {
+        let kind = if model_owner {
+            PartyId::ModelOwner
+        } else {
+            PartyId::Client
+        };
+        let word = if model_owner { "model owner" } else { "client" };
+        let names = |roles: &[&Role]| {
+            let n: Vec<&str> = roles.iter().filter_map(|r| r.owner_name()).collect();
+            n.join(", ")
+        };
+        let all: Vec<&Role> = self
+            .data_owners
+            .iter()
+            .filter(|r| r.party_id() == kind)
+            .collect();
+        let found: Vec<&Role> = all
+            .iter()
+            .copied()
+            .filter(|r| name.is_none() || r.owner_name() == name)
+            .collect();
+        match found[..] {
+            [one] => Ok(one.clone()),
+            [] => Err(invalid(format!(
+                "deployment '{}': no {word}{} among its data owners ({word}s: {})",
+                self.name,
+                name.map(|n| format!(" named '{n}'")).unwrap_or_default(),
+                if all.is_empty() {
+                    "none".into()
+                } else {
+                    names(&all)
+                }
+            ))),
+            _ => Err(invalid(format!(
+                "deployment '{}': several {word}s ({}); say which one you are (--as NAME)",
+                self.name,
+                names(&found)
+            ))),
+        }
     }
 
     /// The address a service listens on.

@@ -253,37 +253,14 @@ pub fn load_features(path: &str, features: usize) -> Result<(usize, Vec<f64>)> {
 /// first against `sample` and that every value is finite (positions counted from 0 in the file);
 /// returns `N` and the row-major values.
 pub fn load_inputs(path: &str, sample: &[usize]) -> Result<(usize, Vec<f64>)> {
-    let what = if sample.len() == 1 {
-        "a 2-D float32/float64 array [N, features]".to_string()
-    } else {
-        format!(
-            "a {}-D float32/float64 array [N, C, H, W]",
-            sample.len() + 1
-        )
-    };
-    let arr = read_npy_checked(path, sample.len() + 1, true, &what)?;
+    let arr = read_npy_checked(
+        path,
+        sample.len() + 1,
+        true,
+        &describe_inputs("float32/float64 array", sample),
+    )?;
     debug_assert!(matches!(arr.elem, Elem::F32 | Elem::F64));
-    let n = arr.shape[0];
-    if arr.shape[1..] != *sample {
-        return Err(format_err(
-            path,
-            match sample {
-                [f] => format!(
-                    "inputs have {} features per row, the model expects {f}",
-                    arr.shape[1]
-                ),
-                _ => format!(
-                    "inputs have shape {:?}; the model expects [N, {}]",
-                    arr.shape,
-                    sample
-                        .iter()
-                        .map(|d| d.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            },
-        ));
-    }
+    let n = check_input_shape(&arr.shape, sample).map_err(|m| format_err(path, m))?;
     let w: usize = sample.iter().product::<usize>().max(1);
     let data = arr.floats;
     if let Some(i) = data.iter().position(|v| !v.is_finite()) {
@@ -298,6 +275,45 @@ pub fn load_inputs(path: &str, sample: &[usize]) -> Result<(usize, Vec<f64>)> {
         ));
     }
     Ok((n, data))
+}
+
+/// What inputs for samples of shape `sample` are: `a 2-D {kind} [N, features]` or
+/// `a 4-D {kind} [N, C, H, W]`.
+pub fn describe_inputs(kind: &str, sample: &[usize]) -> String {
+    if sample.len() == 1 {
+        format!("a 2-D {kind} [N, features]")
+    } else {
+        format!("a {}-D {kind} [N, C, H, W]", sample.len() + 1)
+    }
+}
+
+/// Check that inputs of shape `shape` are `N` samples of shape `sample` (`[N, ...sample]`);
+/// returns `N`, or what is wrong, in words.
+pub fn check_input_shape(shape: &[usize], sample: &[usize]) -> std::result::Result<usize, String> {
+    if shape.len() != sample.len() + 1 {
+        return Err(format!(
+            "wrong number of dimensions: shape {shape:?} has {}, expected {}",
+            shape.len(),
+            describe_inputs("array", sample)
+        ));
+    }
+    if shape[1..] != *sample {
+        return Err(match sample {
+            [f] => format!(
+                "inputs have {} features per row, the model expects {f}",
+                shape[1]
+            ),
+            _ => format!(
+                "inputs have shape {shape:?}; the model expects [N, {}]",
+                sample
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    Ok(shape[0])
 }
 
 /// Read integer labels `[N]` (int64 or int32).

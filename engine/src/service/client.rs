@@ -128,6 +128,11 @@ impl RemoteOwner {
         Ok(())
     }
 
+    /// Close the connections to alice and bob (the next request connects again).
+    pub fn disconnect(&mut self) {
+        self.links = None;
+    }
+
     /// Send `request` to both parties; returns the owner endpoint of the request.
     pub(crate) fn begin(&mut self, request: &Request) -> Result<DataOwner> {
         self.connect()?;
@@ -302,6 +307,20 @@ impl RemoteOwner {
         Ok(ma)
     }
 
+    /// What the parties serve under `name` (its input shape, classes, input bound and
+    /// encoding): from this owner's last listing, or listed now.
+    pub fn model_info(&mut self, name: &str) -> Result<ModelInfo> {
+        if !self.infos.contains_key(name) {
+            self.models()?;
+        }
+        self.infos
+            .get(name)
+            .cloned()
+            .ok_or_else(|| EngineError::UnknownModel {
+                name: name.to_string(),
+            })
+    }
+
     /// Upload `model` under `name` (model owners only): the range analysis runs here first and
     /// refuses a model that could overflow for inputs within `bounds`; then each layer's shares
     /// are streamed to the parties, which store them persistently.
@@ -314,7 +333,7 @@ impl RemoteOwner {
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<(ModelPlan, RequestStats)> {
         if !matches!(self.net.me(), Role::ModelOwner(_)) {
-            return Err(EngineError::Invalid(format!(
+            return Err(EngineError::Refused(format!(
                 "only a model owner uploads models, not {}",
                 self.net.me()
             )));
@@ -375,14 +394,7 @@ impl RemoteOwner {
         batch: usize,
         on_progress: &mut dyn FnMut(usize, usize),
     ) -> Result<RemoteClassification> {
-        if !self.infos.contains_key(name) {
-            self.models()?;
-        }
-        let info = self
-            .infos
-            .get(name)
-            .cloned()
-            .ok_or_else(|| EngineError::Invalid(format!("no model '{name}' is served")))?;
+        let info = self.model_info(name)?;
         let width: usize = info.input_shape.iter().product();
         if width == 0 || data.is_empty() || !data.len().is_multiple_of(width) {
             return Err(EngineError::Invalid(format!(

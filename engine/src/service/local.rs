@@ -25,14 +25,14 @@ use std::time::Duration;
 use kernels::{backend_from_kind, BackendKind};
 use rand_core::SeedableRng;
 
-use crate::deploy::config::Limits;
+use crate::deploy::config::{check_data_owners, Limits};
 use crate::deploy::{generate_keys, Deployment, KeySet, Role};
 use crate::error::{EngineError, Result};
 use crate::service::client::RemoteOwner;
 use crate::service::dealer::DealerService;
 use crate::service::net::{Listener, MemoryNet, Net};
 use crate::service::party::PartyService;
-use crate::transport::{TlsEndpoint, TransportKind};
+use crate::transport::{PartyId, TlsEndpoint, TransportKind};
 
 /// How to run a deployment in-process.
 #[derive(Clone, Debug)]
@@ -54,6 +54,10 @@ pub struct LocalConfig {
     /// owners' share splitting come from it (set `pool` to 0 too, so no background work
     /// changes the order of requests). `None`: OS randomness.
     pub test_seed: Option<u64>,
+    /// The data owners (at least one model owner and one client; names as in a deployment
+    /// file): [`LocalDeployment::model_owner`] and [`LocalDeployment::client`] are the first of
+    /// each kind, [`LocalDeployment::data_owner`] picks one by name.
+    pub data_owners: Vec<Role>,
 }
 
 impl Default for LocalConfig {
@@ -66,11 +70,24 @@ impl Default for LocalConfig {
             pool: crate::deploy::config::Limits::default().pool,
             tune_allocator: true,
             test_seed: None,
+            data_owners: vec![
+                Role::ModelOwner("owner".into()),
+                Role::Client("client".into()),
+            ],
         }
     }
 }
 
 const NAME: &str = "in-process";
+
+/// The transport endpoint of a model owner (`model_owner`) or of a client.
+fn kind(model_owner: bool) -> PartyId {
+    if model_owner {
+        PartyId::ModelOwner
+    } else {
+        PartyId::Client
+    }
+}
 
 /// A running in-process deployment (see the module documentation). Clones share the same
 /// services; dropping the last clone (and every [`Computation`] made from it) stops them once
@@ -104,6 +121,19 @@ impl LocalDeployment {
         if config.tune_allocator {
             crate::alloc::tune_allocator();
         }
+        check_data_owners(&config.data_owners)?;
+        for model_owner in [true, false] {
+            if !config
+                .data_owners
+                .iter()
+                .any(|r| r.party_id() == kind(model_owner))
+            {
+                return Err(EngineError::Invalid(format!(
+                    "an in-process deployment needs a {}",
+                    if model_owner { "model owner" } else { "client" }
+                )));
+            }
+        }
         let tcp = config.transport != TransportKind::Channels;
         let mut listeners = Vec::new();
         let mut addresses = Vec::new();
@@ -122,10 +152,7 @@ impl LocalDeployment {
             alice: addresses[0].clone(),
             bob: addresses[1].clone(),
             dealer: addresses[2].clone(),
-            data_owners: vec![
-                Role::ModelOwner("owner".into()),
-                Role::Client("client".into()),
-            ],
+            data_owners: config.data_owners.clone(),
             limits: Limits {
                 timeout_secs: config.timeout.as_secs().max(1),
                 max_requests: config.max_requests,
@@ -232,14 +259,33 @@ impl LocalDeployment {
         self.inner.dealer.as_ref().expect("started")
     }
 
-    /// The model owner's endpoint (it uploads, deletes and receives correct counts).
+    /// The (first) model owner's endpoint (it uploads, deletes and receives correct counts).
     pub fn model_owner(&self) -> Result<RemoteOwner> {
-        self.owner(Role::ModelOwner("owner".into()), 1)
+        self.first(true)
     }
 
-    /// The client's endpoint (it classifies and receives its predictions).
+    /// The (first) client's endpoint (it classifies and receives its predictions).
     pub fn client(&self) -> Result<RemoteOwner> {
-        self.owner(Role::Client("client".into()), 2)
+        self.first(false)
+    }
+
+    /// The endpoint of data owner `name` (a model owner when `model_owner`, else a client), or
+    /// of the only one of that kind when `name` is `None` (as across hosts).
+    pub fn data_owner(&self, name: Option<&str>, model_owner: bool) -> Result<RemoteOwner> {
+        let role = self.inner.deployment.data_owner(name, model_owner)?;
+        self.owner(role, if model_owner { 1 } else { 2 })
+    }
+
+    fn first(&self, model_owner: bool) -> Result<RemoteOwner> {
+        let role = self
+            .inner
+            .deployment
+            .data_owners
+            .iter()
+            .find(|r| r.party_id() == kind(model_owner))
+            .cloned()
+            .expect("checked at start");
+        self.owner(role, if model_owner { 1 } else { 2 })
     }
 
     fn owner(&self, role: Role, salt: u64) -> Result<RemoteOwner> {

@@ -8,6 +8,7 @@
 //! - [`party`]: a compute party's service: runs data owners' requests with the other party
 //!   and the dealer.
 //! - [`dealer`]: the dealer's service: a seed per request and party, bob's corrections.
+//! - [`access`]: how a host reaches a deployment (its file, keys, and which role it plays).
 //! - [`client`]: a data owner's side: upload, classify, score, list, delete.
 //! - [`classifier`]: the tutorial's flow on an in-process deployment in one object.
 //! - [`computation`]: custom secure computations on an in-process deployment (the embedding
@@ -26,6 +27,7 @@
 //! ([`crate::nn::ModelPlan::build_layer`] for uploads, the classification batch step of
 //! [`crate::nn::classify`]); only the transport differs.
 
+pub mod access;
 pub mod classifier;
 pub mod client;
 pub mod computation;

@@ -71,6 +71,13 @@ pub fn import_onnx(path: &str) -> Result<OnnxImport> {
     Builder::new(path, &graph)?.run(&graph)
 }
 
+/// [`import_onnx`] on a file's bytes already in memory (a model exported to a buffer);
+/// `name` stands for the file in error messages.
+pub fn import_onnx_bytes(name: &str, bytes: &[u8]) -> Result<OnnxImport> {
+    let graph = decode_model(name, bytes)?;
+    Builder::new(name, &graph)?.run(&graph)
+}
+
 /// A data value of the model under construction, as the graph's nodes see it.
 #[derive(Clone, Debug)]
 struct Data {

@@ -77,12 +77,12 @@ impl PartyService {
         match (served, u.serving) {
             (None, None) => Ok(()),
             (Some(a), Some(b)) if a == b => Ok(()),
-            (Some(_), None) => Err(EngineError::Invalid(format!(
+            (Some(_), None) => Err(EngineError::Refused(format!(
                 "model '{name}' already exists (delete it first)"
             ))),
-            (None, Some(_)) => Err(EngineError::Invalid(format!(
-                "no model '{name}' is served here"
-            ))),
+            (None, Some(_)) => Err(EngineError::UnknownModel {
+                name: name.to_string(),
+            }),
             (Some(_), Some(_)) => Err(EngineError::Invalid(format!(
                 "model '{name}' was replaced while this request waited"
             ))),
@@ -102,7 +102,7 @@ impl PartyService {
 
     pub(super) fn check_owner(&self, role: &Role, m: &ServedModel) -> Result<()> {
         if role != &Role::ModelOwner(m.meta.owner.clone()) {
-            return Err(EngineError::Invalid(format!(
+            return Err(EngineError::Refused(format!(
                 "model '{}' belongs to model owner '{}'; {role} may not delete it",
                 m.meta.name, m.meta.owner
             )));
