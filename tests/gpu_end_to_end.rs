@@ -247,9 +247,19 @@ fn a_gpu_classification_moves_only_opened_values_to_the_host() {
             // eq's opened words become the gather index (not a counted data upload).
             let eq = traffic.step("eq");
             // Reveals: the predictions [m] of each batch and the final count [1], each framed
-            // with a 2-word header; shares received: x [m, input] (3 words) and y [m] (2 words).
+            // with a 2-word header; shares received: x [m, input] (3 header words) and y [m]
+            // (2).
             assert_eq!(reveal.messages, batches + 1);
             let bob = party as u64;
+            // Alice receives her shares as values, bob only their seeds (4 words each), which
+            // he expands and uploads: the same data words reach the device either way.
+            let seed = 8 * engine::wire::tensor::SHARE_SEED_WORDS as u64;
+            let data = 8 * (n * input + n) as u64;
+            assert_eq!(
+                share.bytes_received,
+                if party == 0 { data + 40 * batches } else { (40 + 2 * seed) * batches },
+                "party {party}: shares received"
+            );
             // Every message to the peer carries a material check word that is not data.
             let check = 8 * engine::party::CHECK_WORDS_PER_MESSAGE;
             let want = kernels::TransferStats {
@@ -260,8 +270,7 @@ fn a_gpu_classification_moves_only_opened_values_to_the_host() {
                 upload_bytes: peer.bytes_received
                     - check * peer.messages
                     - (eq.bytes_received - check * eq.messages)
-                    + share.bytes_received
-                    - 40 * batches
+                    + 8 * (n * input + n) as u64
                     + bob * 8 * words,
             };
             if party == 1 {
