@@ -23,7 +23,7 @@ def test_tutorial_flow(local, digits):
     correct = owner.score(res.request_id)
     assert correct == int((res.predictions == y).sum())
     # Revealed once: a second fetch is refused by the parties.
-    with pytest.raises(ss.BadInput, match="no correct count"):
+    with pytest.raises(ss.Refused, match="no correct count"):
         owner.score(res.request_id)
     # The README's figure for this model and data (equal to the plaintext model's count).
     assert correct == 313
