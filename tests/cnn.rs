@@ -10,7 +10,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::layers::{ring_inputs, run_layer, sessions, F};
+use common::layers::{ring_inputs, run_layer, F};
+use common::sessions;
 use common::test_rng;
 use engine::nn::geometry::Window2d;
 use engine::nn::plain::{Layer, Sequential};

@@ -7,7 +7,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::layers::{ring_inputs, run_layer, run_layer_on, sessions, F};
+use common::layers::{ring_inputs, run_layer, run_layer_on, F};
+use common::sessions;
 use common::test_rng;
 use engine::nn::geometry::Window2d;
 use engine::nn::plain::{Layer, Sequential};

@@ -6,8 +6,7 @@
 
 mod common;
 
-use common::layers::sessions;
-use common::{session, test_rng};
+use common::{byte_chi2, session, sessions, test_rng};
 use engine::dealer::tables::{check_top_bit, CHECK_LOW_BIT};
 use engine::error::ErrorKind;
 use engine::party::CHECK_WORDS_PER_MESSAGE;
@@ -277,31 +276,6 @@ fn narrow_rounds_and_bytes_are_fixed() {
             3 + 4 + 1
         );
     }
-}
-
-/// Two-sample chi-square over byte values of two word streams.
-fn byte_chi2(a: &[u64], b: &[u64]) -> f64 {
-    let hist = |w: &[u64]| {
-        let mut h = [0f64; 256];
-        for x in w {
-            for byte in x.to_le_bytes() {
-                h[byte as usize] += 1.0;
-            }
-        }
-        h
-    };
-    let (ha, hb) = (hist(a), hist(b));
-    let (na, nb): (f64, f64) = (ha.iter().sum(), hb.iter().sum());
-    (0..256)
-        .map(|i| {
-            let t = ha[i] + hb[i];
-            if t == 0.0 {
-                return 0.0;
-            }
-            let (ea, eb) = (t * na / (na + nb), t * nb / (na + nb));
-            (ha[i] - ea).powi(2) / ea + (hb[i] - eb).powi(2) / eb
-        })
-        .sum()
 }
 
 #[test]

@@ -164,7 +164,8 @@ impl MaterialMaker {
     ///
     /// For a fixed-operand product `X·W` the per-call material `(a, c = a·b)` becomes
     /// `(a, M = a·F + c)` where `F = W - b` is the operand's public masked value: `M` is a share
-    /// of `a·W`, so the online phase needs only `E·W_i + M_i` (one product per party).
+    /// of `a·W`, so the online phase needs only `E·W_i + M_i` (one product per party). A
+    /// convolution's material `(a, c = im2col(a)·b)` likewise becomes `(a, im2col(a)·F + c)`.
     ///
     /// For truncation, alice folds the public offset `2^62` into her share of the mask `r`, so
     /// the online masking `x + 2^62 + r` is a single addition.
@@ -193,6 +194,19 @@ impl MaterialMaker {
                 .ok_or_else(|| shape_err("fixed", "c"))?;
             let mm = self.backend.matmul(&a, f, Some(&c))?;
             parts = vec![a, mm];
+        }
+        if let MaterialSpec::FixedConv { fixed_id, conv } = *spec {
+            let f = fixed_public.get(&fixed_id).ok_or_else(|| {
+                EngineError::Invalid(format!("fixed operand {fixed_id} is not registered"))
+            })?;
+            let (pixels, n) = (conv.pixels(), conv.out_channels());
+            let cols = self
+                .backend
+                .gather(&parts[0], &conv.im2col(), &[pixels, conv.depth()])?;
+            let c = parts[1]
+                .reshaped(vec![pixels, n])
+                .ok_or_else(|| shape_err("fixed conv", "c"))?;
+            parts[1] = self.backend.matmul(&cols, f, Some(&c))?;
         }
         Ok(parts)
     }

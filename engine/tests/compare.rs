@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{apply, apply2, reveal, session, test_rng};
+use common::{apply, apply2, byte_chi2, reveal, session, test_rng};
 use engine::party::CHECK_WORDS_PER_MESSAGE;
 use engine::protocols::compare::compare_specs;
 use engine::PartyId;
@@ -231,31 +231,6 @@ fn rounds_and_bytes_per_comparison_are_fixed() {
         })
         .unwrap();
     assert_eq!(t.rounds, 32);
-}
-
-/// Two-sample chi-square over byte values of two word streams.
-fn byte_chi2(a: &[u64], b: &[u64]) -> f64 {
-    let hist = |w: &[u64]| {
-        let mut h = [0f64; 256];
-        for x in w {
-            for byte in x.to_le_bytes() {
-                h[byte as usize] += 1.0;
-            }
-        }
-        h
-    };
-    let (ha, hb) = (hist(a), hist(b));
-    let (na, nb): (f64, f64) = (ha.iter().sum(), hb.iter().sum());
-    (0..256)
-        .map(|i| {
-            let t = ha[i] + hb[i];
-            if t == 0.0 {
-                return 0.0;
-            }
-            let (ea, eb) = (t * na / (na + nb), t * nb / (na + nb));
-            (ha[i] - ea).powi(2) / ea + (hb[i] - eb).powi(2) / eb
-        })
-        .sum()
 }
 
 #[test]

@@ -1,32 +1,15 @@
-//! Shared helpers of the layer-level tests: sessions on every backend, ring inputs with edge
+//! Shared helpers of the layer-level tests: ring inputs with edge
 //! values, one shared layer run on revealed ring values.
 
 use std::sync::Arc;
 
 use engine::nn::shared::SharedLayer;
-use engine::{BackendKind, Computation, FixedPoint, LocalConfig, PartyId};
+use engine::{Computation, PartyId};
 use rand::Rng;
 use rand_chacha::ChaCha20Rng;
 
 /// Fractional bits of the default session.
 pub const F: u32 = 16;
-
-/// CPU, and the GPU where an adapter exists (a skip line otherwise; CI=true requires it).
-pub fn sessions(what: &str) -> Vec<Computation> {
-    let mut v = vec![super::computation(LocalConfig::default(), FixedPoint::default()).unwrap()];
-    let gpu = LocalConfig {
-        backend: BackendKind::Gpu,
-        ..Default::default()
-    };
-    match super::computation(gpu, FixedPoint::default()) {
-        Ok(s) => v.push(s),
-        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
-            eprintln!("SKIP gpu {what}: {e}")
-        }
-        Err(e) => panic!("CI=true but the GPU backend is unavailable: {e}"),
-    }
-    v
-}
 
 /// Ring values of fixed-point inputs in ±`max` with edge values (0, ±1 ulp, -1.0, ±max).
 pub fn ring_inputs(rng: &mut ChaCha20Rng, n: usize, max: f64) -> Vec<i64> {

@@ -6,6 +6,7 @@
 #[path = "../../engine/tests/common/mod.rs"]
 mod harness;
 
+#[allow(unused_imports)]
 pub use harness::*;
 
 pub mod cli;

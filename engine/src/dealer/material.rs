@@ -12,6 +12,7 @@ use kernels::cpu::zeroed_words;
 
 use super::tables::{TableLayout, CHECK_LOW_BIT};
 use crate::error::{EngineError, Result};
+use crate::nn::geometry::ConvShape;
 
 /// Write words `first..first + out.len()` of the share a 256-bit seed stands for: the
 /// [`MaterialRng`] stream keyed by `seed` (stream 0), so any slice of it can be expanded on
@@ -58,6 +59,15 @@ pub enum MaterialSpec {
         k: usize,
         /// Columns of W.
         n: usize,
+    },
+    /// Per-product material for the convolution of `X [batch, c, h, w]` by a fixed weight
+    /// `W [c·kh·kw, out]`: a fresh activation-shaped mask `a` and `c = im2col(a)·b`
+    /// `[pixels, out]` (see [`crate::protocols::conv`]).
+    FixedConv {
+        /// Identifier of the fixed operand.
+        fixed_id: u64,
+        /// The convolution's geometry.
+        conv: ConvShape,
     },
     /// Truncation pairs: random `r`, with shares of `r >> bits` (logical) and of `msb(r)`.
     Trunc {
@@ -133,6 +143,7 @@ const TAG_AND: u64 = 6;
 const TAG_SELECT: u64 = 7;
 const TAG_ONE_HOT: u64 = 8;
 const TAG_NARROW: u64 = 9;
+const TAG_FIXED_CONV: u64 = 10;
 
 impl MaterialSpec {
     /// Largest domain of [`MaterialSpec::OneHot`]: tables of 4096 words per element.
@@ -146,6 +157,10 @@ impl MaterialSpec {
             MatmulTriple { m, k, n } => (vec![m * k, k * n], vec![m * n]),
             FixedMask { k, n, .. } => (vec![k * n], vec![]),
             FixedTriple { m, k, n, .. } => (vec![m * k], vec![m * n]),
+            FixedConv { conv, .. } => (
+                vec![conv.input_len()],
+                vec![conv.pixels() * conv.out_channels()],
+            ),
             Trunc { n, .. } => (vec![n], vec![n, n]),
             AndTriple { n } => (vec![n, n], vec![n]),
             BitSelect { n, payloads } => {
@@ -188,6 +203,11 @@ impl MaterialSpec {
             MatmulTriple { m, k, n } => sum(&[mul(m, k), mul(k, n), mul(m, n)]),
             FixedMask { k, n, .. } => mul(k, n),
             FixedTriple { m, k, n, .. } => sum(&[mul(m, k), mul(m, n)]),
+            // Checked by `ConvShape::new`: neither size overflows.
+            FixedConv { conv, .. } => sum(&[
+                Some(conv.input_len() as u64),
+                mul(conv.pixels(), conv.out_channels()),
+            ]),
             Trunc { n, .. } => mul(n, 3),
             BitSelect { n, payloads } => {
                 let pn = mul(payloads, n);
@@ -255,6 +275,10 @@ impl MaterialSpec {
             FixedTriple { fixed_id, m, k, n } => {
                 out.extend([TAG_FIXED_TRIPLE, fixed_id, w(m), w(k), w(n)])
             }
+            FixedConv { fixed_id, conv } => {
+                let [a, b, c] = conv.pack();
+                out.extend([TAG_FIXED_CONV, fixed_id, a, b, c])
+            }
             Trunc { n, bits } => out.extend([TAG_TRUNC, w(n), bits as u64, 0, 0]),
             AndTriple { n } => out.extend([TAG_AND, w(n), 0, 0, 0]),
             BitSelect { n, payloads } => out.extend([TAG_SELECT, w(n), w(payloads), 0, 0]),
@@ -294,6 +318,11 @@ impl MaterialSpec {
                 m: u(w[2]),
                 k: u(w[3]),
                 n: u(w[4]),
+            },
+            TAG_FIXED_CONV => FixedConv {
+                fixed_id: w[1],
+                conv: ConvShape::unpack([w[2], w[3], w[4]])
+                    .map_err(|e| EngineError::Protocol(format!("material request: {e}")))?,
             },
             TAG_TRUNC => Trunc {
                 n: u(w[1]),

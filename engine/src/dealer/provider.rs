@@ -29,6 +29,7 @@ use std::sync::{Arc, RwLock};
 
 use kernels::cpu::gemm::{gemm, gemm_packed, PackedB};
 use kernels::cpu::zeroed_words;
+use kernels::GATHER_ZERO;
 use rayon::prelude::*;
 
 use super::material::{
@@ -37,6 +38,7 @@ use super::material::{
 use super::streams::{material_stream, StreamSpace};
 use super::tables::narrow_values;
 use crate::error::{EngineError, Result};
+use crate::nn::geometry::ConvShape;
 
 use crate::wire::dealer::{decode_material_request, STATUS_OK};
 
@@ -88,6 +90,23 @@ pub(crate) struct FixedMasks {
 }
 
 impl FixedMasks {
+    /// Refuse unless fixed operand `fixed_id` is live and `k x n`.
+    fn check(&self, fixed_id: u64, k: usize, n: usize) -> Result<()> {
+        let Some(b) = self.live.get(&fixed_id) else {
+            return Err(EngineError::Protocol(format!(
+                "unknown fixed operand {fixed_id}"
+            )));
+        };
+        if (b.k(), b.n()) != (k, n) {
+            return Err(EngineError::Protocol(format!(
+                "fixed operand {fixed_id} is {}x{}, request says {k}x{n}",
+                b.k(),
+                b.n()
+            )));
+        }
+        Ok(())
+    }
+
     /// How each mask was drawn.
     pub(crate) fn records(&self) -> &[MaskRecord] {
         &self.minted
@@ -205,31 +224,16 @@ impl Dealer {
             }
             MaterialSpec::FixedMask { .. } => unreachable!("handled above"),
             MaterialSpec::FixedTriple { fixed_id, m, k, n } => {
-                let b = self
-                    .fixed
-                    .read()
-                    .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?
-                    .live
-                    .get(&fixed_id)
-                    .cloned()
-                    .ok_or_else(|| {
-                        EngineError::Protocol(format!("unknown fixed operand {fixed_id}"))
-                    })?;
-                if (b.k(), b.n()) != (k, n) {
-                    return Err(EngineError::Protocol(format!(
-                        "fixed operand {fixed_id} is {}x{}, request says {k}x{n}",
-                        b.k(),
-                        b.n()
-                    )));
-                }
-                // a = a0 + a1, summed in place into bob's part (not needed afterwards).
-                let a = &mut p1[0];
-                a.par_iter_mut()
-                    .zip(&p0[0])
-                    .for_each(|(x, y)| *x = x.wrapping_add(*y));
+                let b = self.fixed_mask(fixed_id, k, n)?;
+                let a = sum_into_bobs(&mut p1[0], &p0[0]);
                 let mut c = vec![0u64; m * n];
                 gemm_packed(m, a, &b, &mut c, false);
                 vec![c]
+            }
+            MaterialSpec::FixedConv { fixed_id, conv } => {
+                let b = self.fixed_mask(fixed_id, conv.depth(), conv.out_channels())?;
+                let a = sum_into_bobs(&mut p1[0], &p0[0]);
+                vec![convolve_mask(&conv, a, &b)]
             }
             MaterialSpec::Trunc { bits, .. } => {
                 let r = add(&p0[0], &p1[0]);
@@ -326,21 +330,25 @@ impl Dealer {
                     new_fixed.push(fixed_id);
                 }
                 MaterialSpec::FixedTriple { fixed_id, k, n, .. } => {
-                    let Some(b) = fixed.live.get(&fixed_id) else {
-                        return refuse(format!("unknown fixed operand {fixed_id}"));
-                    };
-                    if (b.k(), b.n()) != (k, n) {
-                        return refuse(format!(
-                            "fixed operand {fixed_id} is {}x{}, request says {k}x{n}",
-                            b.k(),
-                            b.n()
-                        ));
-                    }
+                    fixed.check(fixed_id, k, n)?;
+                }
+                MaterialSpec::FixedConv { fixed_id, conv } => {
+                    fixed.check(fixed_id, conv.depth(), conv.out_channels())?;
                 }
                 _ => {}
             }
         }
         Ok(())
+    }
+
+    /// The mask `b` of fixed operand `fixed_id`, checked to be `k x n`.
+    fn fixed_mask(&self, fixed_id: u64, k: usize, n: usize) -> Result<Arc<PackedB>> {
+        let fixed = self
+            .fixed
+            .read()
+            .map_err(|_| EngineError::Protocol("dealer state poisoned".into()))?;
+        fixed.check(fixed_id, k, n)?;
+        Ok(fixed.live[&fixed_id].clone())
     }
 
     /// Serve one request received on a link whose streams are `space`.
@@ -355,6 +363,34 @@ impl Dealer {
         }
         Ok(out)
     }
+}
+
+/// `a = a0 + a1`, summed in place into bob's part (not needed afterwards).
+fn sum_into_bobs<'a>(bobs: &'a mut [u64], alices: &[u64]) -> &'a [u64] {
+    bobs.par_iter_mut()
+        .zip(alices)
+        .for_each(|(x, y)| *x = x.wrapping_add(*y));
+    bobs
+}
+
+/// `im2col(a)·b` for an activation-shaped mask `a` of `conv`'s input: the convolution of the
+/// mask by the fixed mask `b`, made block of output pixels by block so im2col's expansion of
+/// the mask is never held whole.
+fn convolve_mask(conv: &ConvShape, a: &[u64], b: &PackedB) -> Vec<u64> {
+    let (pixels, k, n) = (conv.pixels(), conv.depth(), conv.out_channels());
+    let mut c = vec![0u64; pixels * n];
+    let rows = crate::protocols::matmul::block_rows(k).min(pixels);
+    let mut cols = zeroed_words(rows * k);
+    for p0 in (0..pixels).step_by(rows) {
+        let p1 = (p0 + rows).min(pixels);
+        let index = conv.im2col_rows(p0..p1);
+        let block = &mut cols[..index.len()];
+        block.par_iter_mut().zip(&index).for_each(|(d, &i)| {
+            *d = if i == GATHER_ZERO { 0 } else { a[i as usize] };
+        });
+        gemm_packed(p1 - p0, block, b, &mut c[p0 * n..p1 * n], false);
+    }
+    c
 }
 
 #[cfg(test)]

@@ -115,22 +115,189 @@ pub fn check_addressable(op: &'static str, len: usize) -> Result<()> {
 pub fn im2col_index(win: &Window2d, n: usize, c: usize, h: usize, w: usize) -> Result<Vec<u32>> {
     let [oh, ow] = win.output_size("conv2d", h, w)?;
     check_addressable("conv2d", n * c * h * w)?;
+    Ok(im2col_rows(win, [c, h, w], [oh, ow], 0..n * oh * ow))
+}
+
+/// Rows `pixels` of the im2col index of `x [n, c, h, w]` (see [`im2col_index`]), for a
+/// geometry already checked.
+fn im2col_rows(
+    win: &Window2d,
+    [c, h, w]: [usize; 3],
+    [oh, ow]: [usize; 2],
+    pixels: std::ops::Range<usize>,
+) -> Vec<u32> {
     let k = c * win.kernel[0] * win.kernel[1];
-    let mut out = Vec::with_capacity(n * oh * ow * k);
-    for b in 0..n {
-        for y in 0..oh {
-            for x in 0..ow {
-                for ch in 0..c {
-                    let base = (b * c + ch) * h * w;
-                    out.extend(
-                        win.taps(y, x, h, w)
-                            .map(|t| t.map_or(GATHER_ZERO, |i| idx(base + i))),
-                    );
-                }
-            }
+    let mut out = Vec::with_capacity(pixels.len() * k);
+    for p in pixels {
+        let (b, y, x) = (p / (oh * ow), (p / ow) % oh, p % ow);
+        for ch in 0..c {
+            let base = (b * c + ch) * h * w;
+            out.extend(
+                win.taps(y, x, h, w)
+                    .map(|t| t.map_or(GATHER_ZERO, |i| idx(base + i))),
+            );
         }
     }
-    Ok(out)
+    out
+}
+
+/// A convolution over a batch: input `[batch, c, h, w]`, its window and output channels — what
+/// the dealer needs to make convolution-shaped material (see
+/// [`crate::protocols::conv`]). Built only through [`ConvShape::new`], which checks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvShape {
+    batch: usize,
+    input: [usize; 3],
+    window: Window2d,
+    out_channels: usize,
+    out_hw: [usize; 2],
+}
+
+impl ConvShape {
+    /// Largest batch, output channels (32 bits), input channels, height and width (21 bits)
+    /// and window entries (10 bits) a material request can carry.
+    const LIMITS: [u32; 3] = [32, 21, 10];
+
+    /// Check a convolution's geometry: the window fits, every size is at least 1 and within
+    /// what a material request can carry, and the input can be addressed by a gather.
+    pub fn new(
+        batch: usize,
+        input: [usize; 3],
+        window: Window2d,
+        out_channels: usize,
+    ) -> Result<ConvShape> {
+        let [c, h, w] = input;
+        let out_hw = window.output_size("conv2d", h, w)?;
+        let fits = |v: usize, bits: u32| v >= 1 && v < (1usize << bits);
+        let [wide, mid, small] = Self::LIMITS;
+        let ok = fits(batch, wide)
+            && fits(out_channels, wide)
+            && [c, h, w].iter().all(|&v| fits(v, mid))
+            && window
+                .kernel
+                .iter()
+                .chain(&window.stride)
+                .all(|&v| fits(v, small))
+            && window.padding.iter().all(|&v| fits(v + 1, small));
+        if !ok {
+            return Err(shape_err(
+                "conv2d",
+                format!(
+                    "batch {batch}, input {input:?}, {window:?}, {out_channels} output channels:                      a size is 0 or too large for convolution-shaped material"
+                ),
+            ));
+        }
+        let depth = c * window.kernel[0] * window.kernel[1];
+        let sizes = batch.checked_mul(c * h * w).zip(
+            batch
+                .checked_mul(out_hw[0] * out_hw[1])
+                .filter(|p| p.checked_mul(depth.max(out_channels)).is_some()),
+        );
+        let Some((elements, _)) = sizes else {
+            return Err(shape_err("conv2d", "sizes overflow"));
+        };
+        check_addressable("conv2d", elements)?;
+        Ok(ConvShape {
+            batch,
+            input,
+            window,
+            out_channels,
+            out_hw,
+        })
+    }
+
+    /// Elements of the input `batch·c·h·w`.
+    pub fn input_len(&self) -> usize {
+        self.batch * self.input.iter().product::<usize>()
+    }
+
+    /// Output pixels `batch·oh·ow` (rows of the product).
+    pub fn pixels(&self) -> usize {
+        self.batch * self.out_hw[0] * self.out_hw[1]
+    }
+
+    /// Product depth `c·kh·kw` (rows of the weight).
+    pub fn depth(&self) -> usize {
+        self.input[0] * self.window.kernel[0] * self.window.kernel[1]
+    }
+
+    /// Output channels (columns of the weight).
+    pub fn out_channels(&self) -> usize {
+        self.out_channels
+    }
+
+    /// Batch size.
+    pub fn batch(&self) -> usize {
+        self.batch
+    }
+
+    /// Per-sample input `[c, h, w]`.
+    pub fn input(&self) -> [usize; 3] {
+        self.input
+    }
+
+    /// The window.
+    pub fn window(&self) -> Window2d {
+        self.window
+    }
+
+    /// Rows `pixels` of the im2col index of the input (`[pixels.len(), depth]` entries).
+    pub fn im2col_rows(&self, pixels: std::ops::Range<usize>) -> Vec<u32> {
+        im2col_rows(&self.window, self.input, self.out_hw, pixels)
+    }
+
+    /// The whole im2col index (`[pixels, depth]`).
+    pub fn im2col(&self) -> Vec<u32> {
+        self.im2col_rows(0..self.pixels())
+    }
+
+    /// Pack into three words (see [`ConvShape::unpack`]).
+    pub fn pack(&self) -> [u64; 3] {
+        let [c, h, w] = self.input.map(|v| v as u64);
+        let win = &self.window;
+        let small = [
+            win.kernel[0],
+            win.kernel[1],
+            win.stride[0],
+            win.stride[1],
+            win.padding[0],
+            win.padding[1],
+        ];
+        let window = small
+            .iter()
+            .enumerate()
+            .fold(0u64, |acc, (i, &v)| acc | (v as u64) << (10 * i));
+        [
+            self.batch as u64 | (self.out_channels as u64) << 32,
+            c | h << 21 | w << 42,
+            window,
+        ]
+    }
+
+    /// Unpack words made by [`ConvShape::pack`], checking the geometry again (they may come
+    /// from a peer).
+    pub fn unpack(words: [u64; 3]) -> Result<ConvShape> {
+        let field = |word: u64, at: u32, bits: u32| ((word >> at) & ((1 << bits) - 1)) as usize;
+        let [sizes, input, window] = words;
+        if words[1] >> 63 != 0 || window >> 60 != 0 {
+            return Err(shape_err("conv2d", "malformed convolution geometry"));
+        }
+        let s = |i: u32| field(window, 10 * i, 10);
+        ConvShape::new(
+            field(sizes, 0, 32),
+            [
+                field(input, 0, 21),
+                field(input, 21, 21),
+                field(input, 42, 21),
+            ],
+            Window2d {
+                kernel: [s(0), s(1)],
+                stride: [s(2), s(3)],
+                padding: [s(4), s(5)],
+            },
+            field(sizes, 32, 32),
+        )
+    }
 }
 
 /// Re-layout `[n·hw, c]` (rows of pixels, one column per channel) to NCHW `[n, c, hw]`.

@@ -46,6 +46,10 @@ impl FixedOperand {
     pub fn n(&self) -> usize {
         self.w.shape()[1]
     }
+    /// This party's share of the operand.
+    pub fn share(&self) -> &Share {
+        &self.w
+    }
     /// Dealer material spec for one product with `m` rows of input.
     pub fn triple_spec(&self, m: usize) -> MaterialSpec {
         MaterialSpec::FixedTriple {

@@ -5,12 +5,14 @@
 //! - [`truncate`]: dealer-assisted exact fixed-point truncation (1 round).
 //! - [`mul`]: Beaver elementwise multiplication.
 //! - [`matmul`]: Beaver matrix products, including fixed (masked-once) operands.
+//! - [`conv`]: convolutions by fixed operands that open the activation, not its im2col.
 //! - [`compare`]: sign/less-than via a boolean prefix adder (any ring value) or dealer lookup
 //!   tables (values below `2^31`, with a fused range check), ReLU, Clip, LeakyReLU, eq, max,
 //!   argmax.
 //! - [`range_check`]: the in-protocol range checks of a batch, finished with one bit per site.
 
 pub mod compare;
+pub mod conv;
 pub mod io;
 pub mod linear;
 pub mod matmul;

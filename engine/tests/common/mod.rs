@@ -2,7 +2,9 @@
 //! seeds, computations on fresh in-process services, and program shortcuts.
 #![allow(dead_code)]
 
-use engine::{Computation, FixedPoint, LocalConfig, LocalDeployment, PartyId, SharedTensor};
+use engine::{
+    BackendKind, Computation, FixedPoint, LocalConfig, LocalDeployment, PartyId, SharedTensor,
+};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -87,4 +89,46 @@ pub fn argmax(row: &[f64]) -> i64 {
         }
     }
     best as i64
+}
+
+/// Two-sample chi-square over byte values of two word streams.
+pub fn byte_chi2(a: &[u64], b: &[u64]) -> f64 {
+    let hist = |w: &[u64]| {
+        let mut h = [0f64; 256];
+        for x in w {
+            for byte in x.to_le_bytes() {
+                h[byte as usize] += 1.0;
+            }
+        }
+        h
+    };
+    let (ha, hb) = (hist(a), hist(b));
+    let (na, nb): (f64, f64) = (ha.iter().sum(), hb.iter().sum());
+    (0..256)
+        .map(|i| {
+            let t = ha[i] + hb[i];
+            if t == 0.0 {
+                return 0.0;
+            }
+            let (ea, eb) = (t * na / (na + nb), t * nb / (na + nb));
+            (ha[i] - ea).powi(2) / ea + (hb[i] - eb).powi(2) / eb
+        })
+        .sum()
+}
+
+/// CPU, and the GPU where an adapter exists (a skip line otherwise; CI=true requires it).
+pub fn sessions(what: &str) -> Vec<Computation> {
+    let mut v = vec![computation(LocalConfig::default(), FixedPoint::default()).unwrap()];
+    let gpu = LocalConfig {
+        backend: BackendKind::Gpu,
+        ..Default::default()
+    };
+    match computation(gpu, FixedPoint::default()) {
+        Ok(s) => v.push(s),
+        Err(e) if std::env::var("CI").as_deref() != Ok("true") => {
+            eprintln!("SKIP gpu {what}: {e}")
+        }
+        Err(e) => panic!("CI=true but the GPU backend is unavailable: {e}"),
+    }
+    v
 }

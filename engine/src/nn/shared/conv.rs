@@ -1,12 +1,13 @@
-//! Shared `Conv2d` (groups = 1): im2col (a local gather), one fixed-operand product with the
-//! weight `[c·kh·kw, out]` masked once like a Linear weight, the bias, and a local re-layout
-//! from rows of pixels back to NCHW.
+//! Shared `Conv2d` (groups = 1): one convolution-shaped product with the weight
+//! `[c·kh·kw, out]` masked once like a Linear weight (it opens the activation, not its im2col
+//! expansion: [`crate::protocols::conv`]), the truncation, the bias, and a local re-layout from
+//! rows of pixels back to NCHW.
 
 use crate::dealer::MaterialSpec;
 use crate::error::{shape_err, Result};
-use crate::nn::geometry::{im2col_index, nhwc_to_nchw_index, Window2d};
+use crate::nn::geometry::{nhwc_to_nchw_index, ConvShape, Window2d};
 use crate::party::Party;
-use crate::protocols::matmul::matmul_fixed_specs;
+use crate::protocols::conv::conv_fixed_specs;
 use crate::share::Share;
 
 use super::SharedLayer;
@@ -47,6 +48,8 @@ impl SharedConv2d {
             ));
         }
         let out_hw = window.output_size("conv2d", h, w)?;
+        // The geometry a batch of one carries to the dealer (refused here, at build, if not).
+        ConvShape::new(1, [c, h, w], *window, out_channels)?;
         Ok((in_channels * window.kernel[0] * window.kernel[1], out_hw))
     }
 
@@ -76,8 +79,9 @@ impl SharedConv2d {
         in_channels * window.kernel[0] * window.kernel[1]
     }
 
-    fn k(&self) -> usize {
-        Self::depth(self.in_channels, &self.window)
+    /// The convolution over a batch of `batch` samples.
+    fn shape(&self, batch: usize) -> Result<ConvShape> {
+        ConvShape::new(batch, self.input, self.window, self.out_channels)
     }
 }
 
@@ -102,21 +106,19 @@ impl SharedLayer for SharedConv2d {
     }
 
     fn material(&self, batch: usize, frac_bits: u32) -> Vec<MaterialSpec> {
-        let pixels = batch * self.out_hw[0] * self.out_hw[1];
-        matmul_fixed_specs(self.fixed, pixels, self.k(), self.out_channels, frac_bits)
+        // A batch too large for the geometry needs no material: `forward` refuses it first.
+        self.shape(batch)
+            .map(|conv| conv_fixed_specs(self.fixed, conv, frac_bits))
+            .unwrap_or_default()
     }
 
     fn forward(&self, p: &mut Party, x: &Share) -> Result<Share> {
         let n = x.shape()[0];
-        let [c, h, w] = self.input;
-        let pixels = n * self.out_hw[0] * self.out_hw[1];
-        let cols = p.gather(
-            x,
-            &im2col_index(&self.window, n, c, h, w)?,
-            &[pixels, self.k()],
-        )?;
+        let conv = self.shape(n)?;
         let wt = p.fixed_operand(self.fixed, &p.kept(self.weight)?)?;
-        let z = p.matmul_fixed(&cols, &wt)?;
+        let [c, h, w] = self.input;
+        // Inputs may arrive as rows of features; the layout is NCHW either way.
+        let z = p.conv_fixed(&x.reshape(&[n, c, h, w])?, &conv, &wt)?;
         let z = p.add_row_broadcast(&z, &p.kept(self.bias)?)?;
         let [oh, ow] = self.out_hw;
         p.gather(
