@@ -113,9 +113,11 @@ fn cnn_benches(kind: BackendKind, cifar: bool, full: bool) -> Result<()> {
     let mut rng = ChaCha20Rng::from_entropy();
     if cifar {
         crate::bench_cnn::vgg16_run(kind, 32, None, 512, 10, &[1, 64], &mut rng)?;
+        crate::bench_resnet::resnet18_run(kind, 32, &[1, 8], &mut rng)?;
     }
     if full {
         crate::bench_cnn::vgg16_run(kind, 224, Some([7, 7]), 4096, 1000, &[1], &mut rng)?;
+        crate::bench_resnet::resnet18_run(kind, 224, &[1], &mut rng)?;
     }
     Ok(())
 }

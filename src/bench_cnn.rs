@@ -1,4 +1,4 @@
-//! VGG16 benchmarks: the CIFAR-10-shaped model (3x32x32, 13 convolutions, 512-512-10
+//! VGG16 benchmarks (ResNet-18's are in [`crate::bench_resnet`]): the CIFAR-10-shaped model (3x32x32, 13 convolutions, 512-512-10
 //! classifier) at batch 1 and 64, and torchvision's whole VGG16 at 224x224 on request; MACs per
 //! image beside every time, rounds and bytes per image per layer type.
 
@@ -168,9 +168,29 @@ pub fn vgg16_run(
         });
         let _ = shape;
     }
+    // The plaintext baseline runs first, so its weights are freed before the model is shared.
+    let per = model.in_features();
+    let mut inputs = Vec::new();
+    for &batch in batches {
+        let xs = standard_normal(rng, batch * per);
+        let xt = be.upload(&[batch, 3, size, size], &fx.encode(&xs)?)?;
+        let reps = reps_for(batch, macs);
+        let mut t_plain = f64::INFINITY;
+        for _ in 0..reps {
+            let t = Instant::now();
+            plaintext_u64(be.as_ref(), &model, &params, &xt, f)?;
+            t_plain = t_plain.min(t.elapsed().as_secs_f64());
+        }
+        inputs.push((batch, xs, t_plain, reps));
+    }
+    drop(params);
+    engine::memory::reset_peaks();
     let t = Instant::now();
     let shared = s.share_model(PartyId::ModelOwner, &model)?;
     let share_secs = t.elapsed().as_secs_f64();
+    let share_bytes = 8 * model.parameters() as u64;
+    println!("memory while the model was shared:");
+    crate::bench::print_memory(share_bytes);
     println!(
         "VGG16 {size}x{size} ({} parameters, {:.2} GMACs per image; model shared once in {share_secs:.1} s):",
         model.parameters(),
@@ -178,21 +198,8 @@ pub fn vgg16_run(
     );
     println!("| batch | MACs/image | plaintext u64 ms | preprocessing ms | online ms | total s/image | images/s (total) | online / plaintext |");
     println!("|---|---|---|---|---|---|---|---|");
-    for &batch in batches {
-        let per = model.in_features();
-        let xs = standard_normal(rng, batch * per);
-        let xt = be.upload(&[batch, 3, size, size], &fx.encode(&xs)?)?;
-        let reps = if batch * macs as usize > 20_000_000_000 {
-            1
-        } else {
-            2
-        };
-        let mut t_plain = f64::INFINITY;
-        for _ in 0..reps {
-            let t = Instant::now();
-            plaintext_u64(be.as_ref(), &model, &params, &xt, f)?;
-            t_plain = t_plain.min(t.elapsed().as_secs_f64());
-        }
+    engine::memory::reset_peaks();
+    for (batch, xs, t_plain, reps) in inputs {
         let x = s.share(PartyId::Client, &[batch, 3, size, size], &xs)?;
         let xid = x.id();
         let layers = shared.layers().to_vec();
@@ -228,6 +235,8 @@ pub fn vgg16_run(
             Ok(())
         })?;
     }
+    println!("memory while the batches ran (from the shared model on):");
+    crate::bench::print_memory(share_bytes);
     if let Some(mb) = peak_rss_mb() {
         println!("peak resident memory of the process (model owner, client, alice, bob and dealer together): {mb:.0} MB");
     }
@@ -235,8 +244,17 @@ pub fn vgg16_run(
     Ok(())
 }
 
+/// Repetitions of a run of `batch` images of `macs` each (one for the largest runs).
+fn reps_for(batch: usize, macs: u64) -> usize {
+    if batch * macs as usize > 20_000_000_000 {
+        1
+    } else {
+        2
+    }
+}
+
 /// Standard normal samples (Box-Muller), within ±15 (the default input bound is ±16).
-fn standard_normal(rng: &mut ChaCha20Rng, n: usize) -> Vec<f64> {
+pub fn standard_normal(rng: &mut ChaCha20Rng, n: usize) -> Vec<f64> {
     (0..n)
         .map(|_| {
             let (u, v): (f64, f64) = (rng.gen_range(1e-12..1.0), rng.gen_range(0.0..1.0));

@@ -198,12 +198,12 @@ pub enum Command {
         /// Small shapes (seconds instead of minutes).
         #[arg(long)]
         quick: bool,
-        /// Run only the VGG16 benchmarks (CIFAR-10 shape, batch 1 and 64); the full run
-        /// includes them.
+        /// Run only the CNN benchmarks: VGG16 (CIFAR-10 shape, batch 1 and 64) and ResNet-18
+        /// (CIFAR-10 shape, batch 1 and 8); the full run includes them.
         #[arg(long)]
         cnn: bool,
-        /// Also run torchvision's whole VGG16 at 224x224, batch 1 (138 M parameters; minutes
-        /// and tens of GB of memory).
+        /// Also run torchvision's whole VGG16 and ResNet-18 at 224x224, batch 1 (138 M
+        /// parameters; minutes and about 14 GB of memory).
         #[arg(long)]
         vgg16_224: bool,
     },
