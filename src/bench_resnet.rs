@@ -78,12 +78,39 @@ fn resnet18(size: usize, cifar: bool, classes: usize, rng: &mut ChaCha20Rng) -> 
     g.build(vec![3, size, size])
 }
 
-/// CrypTen 0.4.1's figures for ResNet-18 on this machine (issue "CNN speed and scale"):
-/// `(size, batch, seconds per batch, rounds, MB per party)`; bytes unknown at batch 8.
-const CRYPTEN: [(usize, usize, f64, Option<u64>, Option<f64>); 3] = [
-    (32, 1, 1.82, Some(231), Some(448.0)),
-    (32, 8, 8.09, None, None),
-    (224, 1, 11.6, Some(331), Some(3980.0)),
+/// One of CrypTen's measured runs.
+struct CrypTenFigure {
+    size: usize,
+    batch: usize,
+    seconds: f64,
+    rounds: Option<u64>,
+    mb_per_party: Option<f64>,
+}
+
+/// CrypTen 0.4.1's figures for ResNet-18 on this machine (issue "CNN speed and scale"), per
+/// batch; rounds and bytes unknown at batch 8.
+const CRYPTEN: [CrypTenFigure; 3] = [
+    CrypTenFigure {
+        size: 32,
+        batch: 1,
+        seconds: 1.82,
+        rounds: Some(231),
+        mb_per_party: Some(448.0),
+    },
+    CrypTenFigure {
+        size: 32,
+        batch: 8,
+        seconds: 8.09,
+        rounds: None,
+        mb_per_party: None,
+    },
+    CrypTenFigure {
+        size: 224,
+        batch: 1,
+        seconds: 11.6,
+        rounds: Some(331),
+        mb_per_party: Some(3980.0),
+    },
 ];
 
 /// ResNet-18 at `size`x`size` for each batch size: preprocessing and online time (best of
@@ -147,7 +174,7 @@ pub fn resnet18_run(
             Ok(())
         })?;
         let total = best_pre + best_on;
-        let theirs = CRYPTEN.iter().find(|c| c.0 == size && c.1 == batch);
+        let theirs = CRYPTEN.iter().find(|c| c.size == size && c.batch == batch);
         let opt = |v: Option<String>| v.unwrap_or_else(|| "–".into());
         println!(
             "| {batch} | {:.1} | {:.1} | {:.4} | {} | {:.3} | {} | {} | {} | {} |",
@@ -156,10 +183,12 @@ pub fn resnet18_run(
             total / batch as f64,
             traffic.rounds,
             traffic.bytes_sent as f64 / 1e6 / batch as f64,
-            opt(theirs.map(|c| format!("{:.2}", c.2))),
-            opt(theirs.and_then(|c| c.3).map(|r| r.to_string())),
-            opt(theirs.and_then(|c| c.4).map(|m| format!("{m:.0}"))),
-            opt(theirs.map(|c| format!("{:.1}x", c.2 / total))),
+            opt(theirs.map(|c| format!("{:.2}", c.seconds))),
+            opt(theirs.and_then(|c| c.rounds).map(|r| r.to_string())),
+            opt(theirs
+                .and_then(|c| c.mb_per_party)
+                .map(|m| format!("{m:.0}"))),
+            opt(theirs.map(|c| format!("{:.1}x", c.seconds / total))),
         );
     }
     println!();
