@@ -42,6 +42,11 @@ pub(crate) struct Prepared {
     pub(crate) identity: u64,
 }
 
+/// Where a party takes its next chunk of material when its queue runs dry (a service's
+/// producer of a request's material, made a bounded chunk at a time; see
+/// [`Party::set_material_feed`]). `Ok(None)`: the feed has no more.
+pub(crate) type MaterialFeed = Box<dyn FnMut() -> Result<Option<Vec<Prepared>>>>;
+
 /// A compute party (alice = 0, bob = 1) inside one request: its transport, dealer grant,
 /// material queue and share store. A service builds one per request (see
 /// [`crate::service::party`]).
@@ -59,6 +64,9 @@ pub struct Party {
     /// peer's (see [`Party::exchange`]).
     consumed: u64,
     queue: VecDeque<Prepared>,
+    /// Where the next chunk of material comes from when the queue runs dry (`None`: fetched
+    /// on demand, if this party has a grant).
+    feed: Option<MaterialFeed>,
     store: HashMap<u64, Share>,
     /// The public masked value `F = W - b` of each fixed operand, by id.
     fixed_public: HashMap<u64, Tensor>,
@@ -88,10 +96,18 @@ pub(crate) fn request_corrections(
     net.meter().set_step(prev);
     let reply = reply?;
     if reply.first() != Some(&STATUS_OK) {
-        return Err(EngineError::Protocol(format!(
-            "dealer refused material request: {}",
-            words_to_text(reply.get(1..).unwrap_or(&[]))
-        )));
+        // The dealer's own reason, as a failure of the dealer: the request stops at once and
+        // every report of it names the dealer first.
+        return Err(EngineError::Remote {
+            party: PartyId::Dealer,
+            kind: crate::error::ErrorKind::Refused,
+            detail: format!(
+                "refused {} piece(s) of material from stream {first}: {}",
+                specs.len(),
+                words_to_text(reply.get(1..).unwrap_or(&[]))
+            ),
+            about: None,
+        });
     }
     // The dealer assigns streams; the other party expands at `first` from its own counter, so
     // bob must have been served exactly those (see `dealer::service`).
@@ -232,6 +248,7 @@ impl Party {
             next_stream: 0,
             consumed: 0,
             queue: VecDeque::new(),
+            feed: None,
             store: HashMap::new(),
             fixed_public: HashMap::new(),
             fixed_weights: HashMap::new(),
@@ -508,6 +525,13 @@ impl Party {
         Ok(())
     }
 
+    /// Take material from `feed`, a chunk at a time, whenever the queue runs dry (a service's
+    /// classify request streams a batch's material so; see `service::prep`). A feed that
+    /// has no more when material is needed is an error, never an on-demand fetch.
+    pub(crate) fn set_material_feed(&mut self, feed: MaterialFeed) {
+        self.feed = Some(feed);
+    }
+
     /// Number of queued material items.
     pub fn queued_material(&self) -> usize {
         self.queue.len()
@@ -532,6 +556,23 @@ impl Party {
                 })
             }
             Some(front) => front,
+            None if self.feed.is_some() => {
+                let chunk = self.feed.as_mut().map_or(Ok(None), |f| f())?;
+                match chunk {
+                    Some(items) if !items.is_empty() => {
+                        self.queue.extend(items);
+                        return self.material(spec);
+                    }
+                    _ => {
+                        return Err(EngineError::OutOfStep {
+                            step: self.net.meter_ref().current_step(),
+                            detail: format!(
+                                "the request's material ran out: the protocol needs {spec:?}"
+                            ),
+                        })
+                    }
+                }
+            }
             None => self.fetch(&[spec])?.pop().expect("one item fetched"),
         };
         self.consumed = fold_identity(self.consumed, item.identity);

@@ -237,3 +237,56 @@ fn oversized_truncated_and_garbage_frames_are_refused() {
         );
     }
 }
+
+/// A failure notice: the receiver's next receive fails with the sender's failure (its kind,
+/// reason and the service it is about) instead of waiting or only seeing the link close; a
+/// notice of an earlier request (a link kept for reuse) reads as a closed link.
+#[test]
+fn a_failure_notice_fails_the_peers_next_receive_with_its_reason() {
+    use engine::error::ErrorKind;
+    use engine::transport::{Link, StreamTransport};
+    use engine::EngineError;
+    for (request_at_alice, same) in [(7u64, true), (8, false)] {
+        let (to_bob, to_alice) = Link::in_process();
+        let options = StreamOptions::with_timeout(Duration::from_secs(30));
+        let mut alice = StreamTransport::new(PartyId::Alice, options);
+        let mut bob = StreamTransport::new(PartyId::Bob, options);
+        alice.add_link(PartyId::Bob, to_bob);
+        bob.add_link(PartyId::Alice, to_alice);
+        alice.set_request(request_at_alice);
+        bob.set_request(7);
+        bob.send_failure(
+            PartyId::Alice,
+            ErrorKind::Refused,
+            Some(PartyId::Dealer),
+            "the dealer's reason",
+        )
+        .unwrap();
+        let e = alice.recv(PartyId::Bob).expect_err("a failure");
+        match (same, e) {
+            (
+                true,
+                EngineError::Remote {
+                    party,
+                    kind,
+                    detail,
+                    about,
+                },
+            ) => {
+                assert_eq!(
+                    (party, kind, detail.as_str(), about),
+                    (
+                        PartyId::Bob,
+                        ErrorKind::Refused,
+                        "the dealer's reason",
+                        Some(PartyId::Dealer)
+                    )
+                );
+            }
+            (false, EngineError::Disconnected { me, peer }) => {
+                assert_eq!((me, peer), (PartyId::Alice, PartyId::Bob));
+            }
+            (_, e) => panic!("request {request_at_alice}: unexpected {e}"),
+        }
+    }
+}

@@ -10,16 +10,19 @@
 //!
 //! The dealer learns no data: it only ever receives bob's requests (material kinds and shapes).
 //!
+//! - `chunks`: a batch's material cut into bounded dealer requests, identically at both parties.
 //! - `material`: the kinds of material ([`MaterialSpec`]) and how each party's share is drawn.
 //! - `streams`: stream numbers, the order they are served in, material identities.
 //! - `provider`: the dealer's side of a request (corrections, parameter checks, fixed masks).
 //!   The dealer *service* (links, joins, persistence) is [`crate::service::dealer`].
 
+mod chunks;
 mod material;
 mod provider;
 mod streams;
 pub mod tables;
 
+pub use chunks::{chunk_bound, split_into_chunks, total_words, MAX_CHUNK_WORDS};
 pub use material::{
     draw_random_parts, expand_party_share, expand_with, Correction, MaterialRng, MaterialSpec,
     PartShapes,

@@ -310,7 +310,8 @@ impl Dealer {
             total = total.saturating_add(words);
             if total > self.policy.max_request_words {
                 return refuse(format!(
-                    "request needs more than {} words of material (limit)",
+                    "request needs more than {} words of material per party (the dealer's \
+                     limit, limits.max_material_words)",
                     self.policy.max_request_words
                 ));
             }

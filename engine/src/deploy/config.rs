@@ -124,6 +124,13 @@ pub struct Limits {
     /// time (1..=2^32): each reveals to the client whether the batch stayed in range.
     #[serde(default = "default_range_checked_batches_per_hour")]
     pub range_checked_batches_per_hour: u64,
+    /// Most words of material one request to the dealer may make it draw for one party
+    /// (1..=2^40; default 2^28, 2 GiB). The dealer refuses a larger request; the parties ask
+    /// for a batch's material in chunks of a quarter of it at most (and at most 2^24 words:
+    /// `dealer::chunk_bound`), so only a single piece of material larger than
+    /// the limit is refused.
+    #[serde(default = "default_max_material_words")]
+    pub max_material_words: u64,
 }
 
 fn default_pool() -> usize {
@@ -190,6 +197,11 @@ fn default_range_checked_batches_per_hour() -> u64 {
     3600
 }
 
+fn default_max_material_words() -> u64 {
+    // The dealer's own default, `DealerPolicy::DEFAULT_MAX_REQUEST_WORDS`.
+    1 << 28
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -209,6 +221,7 @@ impl Default for Limits {
             min_rate_kib: default_min_rate_kib(),
             log_interval_secs: default_log_interval_secs(),
             range_checked_batches_per_hour: default_range_checked_batches_per_hour(),
+            max_material_words: default_max_material_words(),
         }
     }
 }
@@ -250,6 +263,7 @@ impl Limits {
                 l.range_checked_batches_per_hour,
                 1..=1 << 32,
             ),
+            ("max_material_words", l.max_material_words, 1..=1 << 40),
         ] {
             if !range.contains(&value) {
                 return Err(invalid(format!(

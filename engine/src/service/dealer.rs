@@ -109,8 +109,13 @@ pub struct DealerService {
     pub(crate) hooks: Hooks,
 }
 
-fn policy(frac_bits: u32) -> DealerPolicy {
-    DealerPolicy::for_session(frac_bits)
+/// The policy of a request of a session with `frac_bits` fractional bits, under the
+/// deployment's word limit (`limits.max_material_words`).
+fn policy(frac_bits: u32, net: &Net) -> DealerPolicy {
+    DealerPolicy {
+        max_request_words: net.deployment().limits.max_material_words,
+        ..DealerPolicy::for_session(frac_bits)
+    }
 }
 
 impl DealerService {
@@ -137,8 +142,11 @@ impl DealerService {
                 EngineError::Format(format!("{}: damaged record: {e}", path.display()))
             })?;
             r.finish()?;
-            let masks =
-                FixedMasks::regenerate(record.seeds, &record.masks, policy(record.frac_bits))?;
+            let masks = FixedMasks::regenerate(
+                record.seeds,
+                &record.masks,
+                policy(record.frac_bits, &net),
+            )?;
             tracing::info!(model = %record.name, masks = record.masks.len(), "dealer: loaded model");
             models.insert(record.name.clone(), Arc::new(DealerModel { record, masks }));
         }
@@ -294,7 +302,7 @@ impl DealerService {
         net: &mut StreamTransport,
     ) -> Result<()> {
         let (party, request) = (PartyId::Bob, join.request);
-        let dealer = Dealer::new(seeds, masks.clone(), policy(join.frac_bits));
+        let dealer = Dealer::new(seeds, masks.clone(), policy(join.frac_bits, &self.net));
         let mut space = StreamSpace::new();
         if join.kind == JoinKind::Compute {
             // A computation's programs come when its owner runs them: bob's link may stay
@@ -326,7 +334,12 @@ impl DealerService {
             let reply = reply.unwrap_or_else(|e| {
                 tracing::warn!(request, error = %e, "dealer refused a request");
                 let mut r = vec![STATUS_ERROR];
-                r.extend(text_to_words(&e.to_string()));
+                // The reason itself (a policy refusal is a `Protocol` error only here).
+                let reason = match &e {
+                    EngineError::Protocol(m) => m.clone(),
+                    e => e.to_string(),
+                };
+                r.extend(text_to_words(&reason));
                 r
             });
             net.send(party, reply)?;

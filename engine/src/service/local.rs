@@ -47,6 +47,9 @@ pub struct LocalConfig {
     pub max_requests: usize,
     /// Batches of material made ahead per model and batch shape (0: all on demand).
     pub pool: usize,
+    /// The dealer's limit on one request's material, in words per party
+    /// (`limits.max_material_words`; the parties ask in chunks well below it).
+    pub max_material_words: u64,
     /// Tune the process's allocator for large share buffers (see [`crate::alloc`]); on by
     /// default, process-wide.
     pub tune_allocator: bool,
@@ -68,6 +71,7 @@ impl Default for LocalConfig {
             timeout: Duration::from_secs(30),
             max_requests: 32,
             pool: crate::deploy::config::Limits::default().pool,
+            max_material_words: crate::deploy::config::Limits::default().max_material_words,
             tune_allocator: true,
             test_seed: None,
             data_owners: vec![
@@ -157,6 +161,7 @@ impl LocalDeployment {
                 timeout_secs: config.timeout.as_secs().max(1),
                 max_requests: config.max_requests,
                 pool: config.pool,
+                max_material_words: config.max_material_words,
                 ..Limits::default()
             },
             keys: Default::default(),

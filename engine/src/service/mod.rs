@@ -41,4 +41,6 @@ pub mod scores;
 pub mod store;
 
 #[cfg(test)]
+mod stream_tests;
+#[cfg(test)]
 mod tests;

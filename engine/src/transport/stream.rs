@@ -485,9 +485,92 @@ impl StreamTransport {
     }
 }
 
+/// The step of a failure notice: a party whose request failed tells the other compute party
+/// why before it drops their link (see [`StreamTransport::send_failure`]), so the peer fails at
+/// once with the same reason instead of only seeing the link close.
+pub const FAILED_STEP: &str = "failed";
+
+/// Who a failure notice is about, as one word (0: nobody else).
+fn party_code(p: Option<PartyId>) -> u64 {
+    match p {
+        None => 0,
+        Some(PartyId::Alice) => 1,
+        Some(PartyId::Bob) => 2,
+        Some(PartyId::Dealer) => 3,
+        Some(PartyId::ModelOwner) => 4,
+        Some(PartyId::Client) => 5,
+    }
+}
+
+fn party_of_code(c: u64) -> Option<PartyId> {
+    [
+        PartyId::Alice,
+        PartyId::Bob,
+        PartyId::Dealer,
+        PartyId::ModelOwner,
+        PartyId::Client,
+    ]
+    .get((c as usize).wrapping_sub(1))
+    .copied()
+}
+
+/// The error a failure notice from `from` stands for: `from`'s failure, with its kind, reason
+/// and the service it is about.
+fn failure_notice(me: PartyId, from: PartyId, msg: &[u64]) -> EngineError {
+    let bytes: Vec<u8> = msg
+        .get(1..)
+        .unwrap_or(&[])
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .collect();
+    let text = String::from_utf8_lossy(&bytes)
+        .trim_end_matches('\0')
+        .to_string();
+    match serde_json::from_str::<(crate::error::ErrorKind, String)>(&text) {
+        Ok((kind, detail)) => EngineError::Remote {
+            party: from,
+            kind,
+            detail,
+            about: msg
+                .first()
+                .and_then(|&c| party_of_code(c))
+                .filter(|&p| p != from),
+        },
+        Err(e) => EngineError::Protocol(format!(
+            "{me}: {from} failed and sent an unreadable reason ({e})"
+        )),
+    }
+}
+
 impl StreamTransport {
+    /// Tell `to` that this request failed here, and why (`kind`, the reason `detail`, and the
+    /// service it is about, if another): `to`'s next receive on the link fails with this
+    /// failure ([`EngineError::Remote`]) instead of waiting, or of only seeing the link close.
+    pub fn send_failure(
+        &mut self,
+        to: PartyId,
+        kind: crate::error::ErrorKind,
+        about: Option<PartyId>,
+        detail: &str,
+    ) -> Result<()> {
+        let json = serde_json::to_string(&(kind, detail))
+            .map_err(|e| EngineError::Invalid(format!("failure notice: {e}")))?;
+        let mut words = vec![party_code(about)];
+        words.extend(json.as_bytes().chunks(8).map(|c| {
+            let mut b = [0u8; 8];
+            b[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(b)
+        }));
+        let prev = self.meter.set_step(FAILED_STEP);
+        let sent = self.send(to, words);
+        self.meter.set_step(prev);
+        sent
+    }
+
     /// Receive the next message from `from`, checking its request and sequence number, and its
-    /// step against `step` when given; returns the sender's step code.
+    /// step against `step` when given; returns the sender's step code. A failure notice of
+    /// this request is `from`'s failure; one of an earlier request (on a link kept for reuse)
+    /// means the link was given up: it reads as closed.
     fn receive(&mut self, from: PartyId, step: Option<&'static str>) -> Result<(u64, Vec<u64>)> {
         let (me, mut options) = (self.me, self.options);
         if from.is_data_owner() {
@@ -502,6 +585,13 @@ impl StreamTransport {
         };
         let got = self.link(from)?.recv(me, from, &options);
         let checked = got.and_then(|(env, msg)| {
+            if env.step == step_code(FAILED_STEP) {
+                return Err(if env.request == expected.request {
+                    failure_notice(me, from, &msg)
+                } else {
+                    EngineError::Disconnected { me, peer: from }
+                });
+            }
             let step_ok = step.is_none() || env.step == expected.step;
             if env.request == expected.request && env.seq == expected.seq && step_ok {
                 return Ok((env.step, msg));

@@ -1,11 +1,14 @@
 //! Material made ahead of requests: after a classify request, alice and bob make the dealer
 //! material of more batches of its shapes in the background (each batch a request of its own
-//! with the dealer); later requests of those shapes run without a dealer round trip.
+//! with the dealer, made in the same bounded chunks as a request's own material); later
+//! requests of those shapes run without a dealer round trip. A batch whose material exceeds
+//! `limits.max_material_words` is not kept ahead (its requests stream it chunk by chunk).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::dealer::{chunk_bound, split_into_chunks, total_words, MaterialSpec};
 use crate::error::{EngineError, Result};
 use crate::nn::classify::withholding_batch_specs;
 use crate::party::Prepared;
@@ -54,6 +57,17 @@ impl PartyService {
     /// ready (one producer per shape; nothing when the pool size is 0).
     pub(super) fn refill(self: &Arc<Self>, job: PrepareJob) {
         let target = self.net.deployment().limits.pool;
+        if target == 0 {
+            return;
+        }
+        // A batch too large to keep whole is not kept ahead: its requests stream it in chunks.
+        if let Err(e) = self
+            .model(&job.model)
+            .and_then(|m| self.ahead_specs(&m, &job))
+        {
+            tracing::debug!(model = %job.model, rows = job.rows, reason = %e, "no material kept ahead for this shape");
+            return;
+        }
         if target == 0
             || !self
                 .producing
@@ -171,15 +185,41 @@ impl PartyService {
         job: &PrepareJob,
         seed: SeedGrant,
     ) -> Result<Vec<Prepared>> {
-        let specs =
-            withholding_batch_specs(&m.model, job.rows as usize, job.labels, m.fx.frac_bits());
+        let specs = self.ahead_specs(m, job)?;
+        let bound = chunk_bound(self.net.deployment().limits.max_material_words);
         self.with_party(net, m.fx, Some(seed), |p| {
             for w in &m.weights {
                 p.install_weight_shares(w);
             }
-            p.preprocess(&specs)?;
+            // In the same bounded chunks as a request's own material (each one dealer
+            // request, below the dealer's limit).
+            for chunk in split_into_chunks(specs, bound) {
+                p.preprocess(&chunk)?;
+            }
             Ok(p.take_prepared())
         })
+    }
+
+    /// The material list of one batch of `job`, if a whole batch may be kept ahead: at most
+    /// `limits.max_material_words` words per party (what one batch kept ahead may hold; a
+    /// larger batch is streamed in chunks inside its requests instead).
+    pub(super) fn ahead_specs(
+        &self,
+        m: &ServedModel,
+        job: &PrepareJob,
+    ) -> Result<Vec<MaterialSpec>> {
+        let limit = self.net.deployment().limits.max_material_words;
+        let specs =
+            withholding_batch_specs(&m.model, job.rows as usize, job.labels, m.fx.frac_bits());
+        match total_words(&specs) {
+            Some(w) if w <= limit => Ok(specs),
+            words => Err(EngineError::Refused(format!(
+                "a batch of {} rows needs {} words of material per party, more than \
+                 limits.max_material_words = {limit} allows to keep ahead",
+                job.rows,
+                words.map_or_else(|| "overflowing".to_string(), |w| w.to_string())
+            ))),
+        }
     }
 
     /// Bob: make material with alice for `job` under id `request`, on the link her join came
@@ -206,6 +246,8 @@ impl PartyService {
                 )))
             }
         });
+        // Bob checks the batch's size as alice did before asking (a deployment file both read).
+        let model = model.and_then(|m| self.ahead_specs(&m, &job).map(|_| m));
         let answer = JoinAnswer {
             refused: model.as_ref().err().map(|e| e.to_string()),
             have: Vec::new(),
@@ -275,6 +317,17 @@ impl PartyService {
             .lock()
             .map(|r| r.values().map(std::collections::VecDeque::len).sum())
             .unwrap_or(0)
+    }
+
+    /// Words per party of one batch of `rows` rows of model `name`: all of its material and
+    /// its largest single piece (for tests that set the dealer's limit between the two).
+    #[cfg(test)]
+    pub(crate) fn batch_material_words(&self, name: &str, rows: u64, labels: bool) -> (u64, u64) {
+        let m = self.model(name).expect("a model of that name");
+        let specs = withholding_batch_specs(&m.model, rows as usize, labels, m.fx.frac_bits());
+        let total = total_words(&specs).expect("sizes fit");
+        let largest = specs.iter().filter_map(|s| s.checked_words()).max();
+        (total, largest.unwrap_or(0))
     }
 
     /// Bob: entries he holds (for tests).

@@ -5,12 +5,14 @@
 //! A request's size comes from the client: rows and batches are checked against
 //! `limits.max_rows` and `limits.max_batches`, and a batch's words against the frame limit
 //! (checked arithmetic), before anything is allocated for them; batch sizes and their material
-//! lists are produced batch by batch as the request runs.
+//! lists are produced batch by batch as the request runs, each batch's in chunks of bounded
+//! size (see `service::prep`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::dealer::{chunk_bound, split_into_chunks};
 use crate::deploy::Role;
 use crate::error::{EngineError, Result};
 use crate::nn::classify::{withholding_batch_specs, BatchStep};
@@ -195,8 +197,9 @@ impl PartyService {
             None
         };
         let frac = m.fx.frac_bits();
-        // Batches without material made ahead get theirs from a producer, one batch ahead of
-        // the online phase (see `service::prep`); the party object itself fetches nothing.
+        // Batches without material made ahead get theirs from a producer, one bounded chunk
+        // ahead of the online phase (see `service::prep`); the party object itself fetches
+        // nothing.
         let mut producer = match grant {
             Some(g) => {
                 let dealer = match self.index {
@@ -220,9 +223,12 @@ impl PartyService {
                     .map(|i| batches.rows_of(i as u64))
                     .collect();
                 let model = m.clone();
-                let specs = needed
-                    .into_iter()
-                    .map(move |r| withholding_batch_specs(&model.model, r as usize, labels, frac));
+                // Each batch's material in bounded chunks, cut identically at both parties.
+                let bound = chunk_bound(self.net.deployment().limits.max_material_words);
+                let specs = needed.into_iter().flat_map(move |r| {
+                    let specs = withholding_batch_specs(&model.model, r as usize, labels, frac);
+                    split_into_chunks(specs, bound)
+                });
                 let maker = MaterialMaker {
                     index: self.index,
                     seed: g.seed,
@@ -234,6 +240,7 @@ impl PartyService {
                     dealer,
                     fixed_public,
                     Box::new(specs),
+                    self.net.deployment().limits.max_material_words,
                 )?)
             }
             None => None,
@@ -242,15 +249,17 @@ impl PartyService {
             for w in &m.weights {
                 p.install_weight_shares(w);
             }
+            // A batch made ahead runs on its queued material; the others take their chunks
+            // from the producer as the queue runs dry.
+            if let Some(pr) = producer.as_mut() {
+                p.set_material_feed(pr.feed());
+            }
             let mut acc = None;
             let mut flags = 0u64;
             for (i, entry) in entries.iter_mut().enumerate() {
-                let items = match (entry.take(), producer.as_mut()) {
-                    (Some(e), _) => e.items,
-                    (None, Some(pr)) => pr.next_batch()?,
-                    (None, None) => unreachable!("a producer makes every batch not made ahead"),
-                };
-                p.queue_prepared(items);
+                if let Some(e) = entry.take() {
+                    p.queue_prepared(e.items);
+                }
                 let step = BatchStep {
                     rows: batches.rows_of(i as u64) as usize,
                     labels,

@@ -369,6 +369,18 @@ impl PartyService {
                 )
             });
             if !keep {
+                use EngineError::Remote;
+                // The other compute party hears why first (it fails at once with this reason,
+                // e.g. the dealer's refusal, rather than only seeing the link close).
+                if let Some(Remote {
+                    kind,
+                    detail,
+                    about,
+                    ..
+                }) = reply.as_error(self.me())
+                {
+                    let _ = net.send_failure(self.other(), kind, about, &detail);
+                }
                 // The survivors of a failed request drop its links to the other services at
                 // once (they notice now, not after a timeout).
                 for p in [PartyId::Alice, PartyId::Bob, PartyId::Dealer] {
