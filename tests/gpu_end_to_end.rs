@@ -257,7 +257,11 @@ fn a_gpu_classification_moves_only_opened_values_to_the_host() {
             let data = 8 * (n * input + n) as u64;
             assert_eq!(
                 share.bytes_received,
-                if party == 0 { data + 40 * batches } else { (40 + 2 * seed) * batches },
+                if party == 0 {
+                    data + 40 * batches
+                } else {
+                    (40 + 2 * seed) * batches
+                },
                 "party {party}: shares received"
             );
             // Every message to the peer carries a material check word that is not data.
