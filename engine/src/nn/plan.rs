@@ -570,7 +570,6 @@ mod tests {
 
     #[test]
     fn a_relu_read_by_its_max_pool_alone_runs_after_it_and_a_peer_cannot_claim_others() {
-        use crate::nn::geometry::Window2d;
         let model = Sequential::with_input(
             vec![
                 Layer::ReLU,
