@@ -14,6 +14,7 @@ use engine::nn::geometry::{im2col_index, max_pool_index, nhwc_to_nchw_index};
 use std::sync::Arc;
 
 use engine::nn::plain::{transposed, vgg16_torch_default, Layer, Sequential};
+use engine::nn::rewrite::DEFERRED_RELU;
 use engine::nn::shared::{SharedLayer, SharedMaxPool2d, SharedReLU};
 use engine::protocols::compare::CompareMode;
 use engine::protocols::range_check::{checked_sites, range_check_specs};
@@ -336,6 +337,9 @@ fn range_protection_cost(
     checked_kinds: &BTreeMap<String, StepStats>,
 ) -> Result<()> {
     let shapes = model.shapes()?;
+    // The same lowering as the checked layers: a ReLU the plan moved after its max pool stays
+    // the identity, and that pool computes `relu(maxpool(x))`.
+    let moved = |i: usize| checked[i].name() == DEFERRED_RELU;
     let with = |mode: CompareMode| -> Result<Vec<Arc<dyn SharedLayer>>> {
         model
             .layers
@@ -344,9 +348,16 @@ fn range_protection_cost(
             .enumerate()
             .map(|(i, (l, sl))| -> Result<Arc<dyn SharedLayer>> {
                 Ok(match l {
+                    Layer::ReLU if moved(i) => sl.clone(),
                     Layer::ReLU => Arc::new(SharedReLU::new(shapes[i].clone()).comparing(mode)),
                     Layer::MaxPool2d { window } => {
-                        Arc::new(SharedMaxPool2d::new(shapes[i].clone(), *window)?.comparing(mode))
+                        let pool =
+                            SharedMaxPool2d::new(shapes[i].clone(), *window)?.comparing(mode);
+                        Arc::new(if i > 0 && moved(i - 1) {
+                            pool.then_relu()
+                        } else {
+                            pool
+                        })
                     }
                     _ => sl.clone(),
                 })

@@ -105,7 +105,8 @@ fn parties_receive_and_store_no_value_derived_from_the_weights() {
     assert!(secret.len() > 2000, "{} secrets", secret.len());
 
     // The plan as it travels: kinds, shapes, wiring, the input bound and ring limits only
-    // (the comparison mode is one: full-width, or checked below 2^31 ring units).
+    // (the comparison mode is one: full-width, or checked below 2^31 ring units; the ReLUs
+    // moved after their max pools follow from the kinds and the wiring).
     let wire = serde_json::to_vec(&plan).unwrap();
     let json: serde_json::Value = serde_json::from_slice(&wire).unwrap();
     let mut keys: Vec<&str> = json
@@ -123,6 +124,7 @@ fn parties_receive_and_store_no_value_derived_from_the_weights() {
             "input_bound",
             "layers",
             "limits",
+            "relu_after_pool",
             "shapes",
             "wiring"
         ],

@@ -14,6 +14,8 @@
 //!   from the weights), how the owner sends its shares and how a party builds it, in every
 //!   deployment.
 //! - [`range`]: range analysis before sharing and run-time range checks (no silent overflow).
+//! - [`rewrite`]: exact rewrites of the shared model (a ReLU read only by a max pool runs after
+//!   it, `relu(maxpool(x))`), with their soundness under the range checks.
 //! - [`classify`]: a party's batch of the PySyft tutorial flow (encrypted argmax, eq with shared
 //!   labels, sum; the correct count stays shared for the model owner, predictions go to the
 //!   client only).
@@ -25,6 +27,7 @@ pub mod graph;
 pub mod plain;
 pub mod plan;
 pub mod range;
+pub mod rewrite;
 pub mod shared;
 pub mod source;
 

@@ -9,6 +9,10 @@
 //! ([`crate::service::computation::Computation::share_model_observed`]). A party that restarts
 //! rebuilds the same layers from the plan and the store ids it persisted
 //! ([`ModelPlan::assemble_layer`]).
+//!
+//! The layers a party builds may compute the plaintext model's function in a cheaper exact
+//! form: a ReLU whose output only a max pool reads runs after the pool
+//! ([`ModelPlan::relu_after_pool`], [`crate::nn::rewrite`]); the plaintext model is unchanged.
 
 use std::sync::Arc;
 
@@ -20,6 +24,7 @@ use crate::nn::geometry::Window2d;
 use crate::nn::graph::Wiring;
 use crate::nn::plain::Layer;
 use crate::nn::range::{layer_limits, ModelBounds, RangeReport};
+use crate::nn::rewrite::{relu_pool_pairs_by, DEFERRED_RELU};
 use crate::nn::shared::linear::receive_fixed_weight;
 use crate::nn::shared::{
     SharedAdd, SharedAvgPool2d, SharedClip, SharedConcat, SharedConv2d, SharedFlatten,
@@ -251,6 +256,13 @@ pub struct ModelPlan {
     /// with the batch failing on a value outside; see [`crate::protocols::range_check`]).
     #[serde(default)]
     pub compare: CompareMode,
+    /// The ReLU layers that run after the max pool that alone reads them: the ReLU is the
+    /// identity where it stands and the pool computes `relu(maxpool(x))` (exact, and proven by
+    /// the range analysis in that order: [`crate::nn::rewrite`]). Found from the layer kinds
+    /// and the wiring (empty where the checked analysis needed the original order, and in
+    /// plans made before the rewrite existed).
+    #[serde(default)]
+    pub relu_after_pool: Vec<usize>,
     /// The owner's range analysis (headroom, error bound), for display on the owner's side:
     /// never serialized, so it never reaches the parties.
     #[serde(skip)]
@@ -293,6 +305,7 @@ impl ModelPlan {
             input_bound: bounds.input_bound,
             limits: layer_limits(model, bounds, fx),
             compare: range.compare,
+            relu_after_pool: range.relu_after_pool.clone(),
             range: Some(range),
         };
         plan.check()?;
@@ -302,7 +315,8 @@ impl ModelPlan {
     /// Check the plan's internal consistency (a plan received from a peer is checked before
     /// anything is built from it): one shape per value, non-empty sizes that do not overflow,
     /// a wiring in topological order, every layer fitting the shapes it reads and writes, no
-    /// public layer with parameters, usable ring limits, a classifier output.
+    /// public layer with parameters, usable ring limits, a classifier output, ReLUs moved after
+    /// pools only where the pool alone reads them.
     pub fn check(&self) -> Result<()> {
         let bad = |m: String| Err(shape_err("model plan", m));
         if self.layers.is_empty() || self.shapes.len() != self.layers.len() + 1 {
@@ -338,6 +352,19 @@ impl ModelPlan {
         if !(self.input_bound.is_finite() && self.input_bound > 0.0) {
             return bad(format!("input bound {}", self.input_bound));
         }
+        let pairs = self.relu_pool_pairs();
+        let moved_ok = self.relu_after_pool.windows(2).all(|w| w[0] < w[1])
+            && self
+                .relu_after_pool
+                .iter()
+                .all(|r| pairs.iter().any(|(q, _)| q == r));
+        if !moved_ok {
+            return bad(format!(
+                "ReLU layers {:?} moved after max pools, but only {:?} are ReLUs read by a max pool alone",
+                self.relu_after_pool,
+                pairs.iter().map(|&(r, _)| r).collect::<Vec<_>>()
+            ));
+        }
         // Below 2^61, so `C ± y` stays below 2^63 for every |y| < 2^62.
         let limits_ok = (self.limits.is_empty() || self.limits.len() == self.layers.len())
             && self.limits.iter().flatten().all(|&c| c > 0 && c < 1 << 61);
@@ -349,6 +376,17 @@ impl ModelPlan {
             ));
         }
         Ok(())
+    }
+
+    /// Every `(relu, pool)` pair of the plan's layers where a ReLU's output is read by a max
+    /// pool alone ([`crate::nn::rewrite::relu_pool_pairs_by`]).
+    fn relu_pool_pairs(&self) -> Vec<(usize, usize)> {
+        relu_pool_pairs_by(
+            self.layers.len(),
+            &self.wiring,
+            |i| self.layers[i] == LayerPlan::Public(Layer::ReLU),
+            |i| matches!(self.layers[i], LayerPlan::Public(Layer::MaxPool2d { .. })),
+        )
     }
 
     /// The per-sample shapes of the values layer `layer` reads.
@@ -437,7 +475,27 @@ impl ModelPlan {
         fx: &FixedPoint,
     ) -> Result<Arc<dyn SharedLayer>> {
         let inputs: Vec<Vec<usize>> = self.input_shapes(layer).map(<[usize]>::to_vec).collect();
-        self.layers[layer].assemble(&inputs, ids, fx, self.compare)
+        if self.relu_after_pool.contains(&layer) {
+            return Ok(Arc::new(SharedIdentity::new(DEFERRED_RELU)));
+        }
+        // The max pool reading a moved ReLU computes `relu(maxpool(x))` (x: the ReLU's input,
+        // which the moved ReLU passes on unchanged).
+        let reads_moved = self
+            .wiring
+            .inputs(layer)
+            .iter()
+            .any(|&v| v > 0 && self.relu_after_pool.contains(&(v - 1)));
+        match (&self.layers[layer], reads_moved, inputs.as_slice()) {
+            (LayerPlan::Public(Layer::MaxPool2d { window }), true, [input]) => Ok(Arc::new(
+                SharedMaxPool2d::new(input.clone(), *window)?
+                    .comparing(self.compare)
+                    .then_relu(),
+            )),
+            (l, true, _) => Err(EngineError::Invalid(format!(
+                "layer {layer} {l:?} reads a ReLU moved after a max pool but is not that pool"
+            ))),
+            (l, false, _) => l.assemble(&inputs, ids, fx, self.compare),
+        }
     }
 
     /// A party's side of layer `layer`: receive its shares from `owner` (if it has
@@ -508,6 +566,50 @@ mod tests {
         let mut bad = plan;
         bad.shapes.pop();
         assert!(bad.check().is_err());
+    }
+
+    #[test]
+    fn a_relu_read_by_its_max_pool_alone_runs_after_it_and_a_peer_cannot_claim_others() {
+        let model = Sequential::with_input(
+            vec![
+                Layer::ReLU,
+                Layer::MaxPool2d {
+                    window: Window2d::square(2, 2, 0),
+                },
+                Layer::ReLU,
+                Layer::Flatten,
+                Layer::linear(4, 2, vec![0.5; 8], vec![0.0; 2]).unwrap(),
+            ],
+            vec![1, 4, 4],
+        )
+        .unwrap();
+        let fx = FixedPoint::default();
+        let plan = ModelPlan::of(&model, &fx, &ModelBounds::default()).unwrap();
+        assert_eq!(plan.relu_after_pool, vec![0]);
+        assert_eq!(
+            plan.assemble_layer(0, &[], &fx).unwrap().name(),
+            DEFERRED_RELU
+        );
+        let pool = plan.assemble_layer(1, &[], &fx).unwrap();
+        assert!(pool.name().starts_with("ReLU∘MaxPool2d"), "{}", pool.name());
+        // The pool's material: its comparison tree, then one ReLU per pooled value.
+        let c = plan.compare;
+        let mut want = c.max_specs(2 * 4, 4, 16);
+        want.extend(c.relu_specs(2 * 4, 16));
+        assert_eq!(pool.material(2, 16), want);
+        assert_eq!(plan.assemble_layer(2, &[], &fx).unwrap().name(), "ReLU");
+        for moved in [vec![2], vec![0, 0], vec![7]] {
+            let mut bad = plan.clone();
+            bad.relu_after_pool = moved;
+            let e = bad.check().unwrap_err().to_string();
+            assert!(e.contains("moved after max pools"), "{e}");
+        }
+        // A plan from before the rewrite (no list) keeps the ReLU in place.
+        let mut json: serde_json::Value = serde_json::to_value(&plan).unwrap();
+        json.as_object_mut().unwrap().remove("relu_after_pool");
+        let old: ModelPlan = serde_json::from_value(json).unwrap();
+        old.check().unwrap();
+        assert_eq!(old.assemble_layer(0, &[], &fx).unwrap().name(), "ReLU");
     }
 
     #[test]

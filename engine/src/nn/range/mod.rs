@@ -43,6 +43,13 @@
 //! still holds wherever it did: a model proven from input to logits keeps the full-width
 //! comparisons and no check.
 //!
+//! **ReLUs after their max pools.** The shared model runs a ReLU whose output only a max pool
+//! reads as `relu(maxpool(x))` (exact: [`crate::nn::rewrite`]), and the analysis follows that
+//! order: the moved ReLU compares nothing and does not re-anchor; the pool compares differences
+//! of pre-ReLU values (below twice their bound) and the pooled value, then re-anchors as the
+//! ReLU did. Where that order cannot be proven and the original one can, the model keeps its
+//! ReLUs before the pools ([`RangeReport::relu_after_pool`] is then empty).
+//!
 //! **Calibrated bounds.** Worst-case bounds grow with depth. The model owner may instead declare a
 //! bound for every hidden Linear output (measured in plaintext with a margin, [`calibrate`]); the
 //! analysis then starts each following layer from that bound, and the secure forward pass checks
@@ -68,6 +75,7 @@ use std::sync::Arc;
 use crate::error::{EngineError, Result};
 use crate::fixed::{FixedPoint, MAX_ENCODED_BITS};
 use crate::nn::plain::Layer;
+use crate::nn::rewrite::relu_pool_pairs;
 use crate::nn::source::{LayerShape, ModelSource};
 
 use interval::{layer_step, max_of, Bounds};
@@ -144,6 +152,10 @@ pub struct RangeReport {
     /// one checked comparison to the next (see the module documentation).
     #[serde(default)]
     pub compare: CompareMode,
+    /// The ReLU layers the shared model runs after the max pool that alone reads them
+    /// (`relu(maxpool(x))`, [`crate::nn::rewrite`]); the analysis above ran in that order.
+    #[serde(default)]
+    pub relu_after_pool: Vec<usize>,
 }
 
 impl RangeReport {
@@ -200,12 +212,14 @@ impl From<EngineError> for Violation {
     }
 }
 
-/// Propagate bounds through `model` at `frac_bits`; `Err` names the first unsafe place.
+/// Propagate bounds through `model` at `frac_bits`, with the ReLU → max pool pairs `fused`
+/// run as `relu(maxpool(x))` ([`crate::nn::rewrite`]); `Err` names the first unsafe place.
 fn propagate(
     model: &(impl ModelSource + ?Sized),
     frac_bits: u32,
     bounds: &ModelBounds,
     compare: CompareMode,
+    fused: &[(usize, usize)],
 ) -> std::result::Result<RangeReport, Violation> {
     let checks = compare == CompareMode::Checked;
     // A checked comparison is exact on values below 2^(top - 2) ring units; it is held to
@@ -248,15 +262,20 @@ fn propagate(
         let mut step = layer_step(l, ins, input, output, frac_bits, checked);
         if checks {
             // Values compared by a checked comparison: a ReLU's inputs, a max pool's
-            // differences. A ReLU's output passed its check: re-anchor at the guarantee.
+            // differences. A ReLU's output passed its check: re-anchor at the guarantee. A
+            // ReLU moved after its max pool compares nothing where it stood (the identity);
+            // the pool compares differences of the pre-ReLU values, then the ReLU checks the
+            // pooled value (below the differences' bound) and re-anchors.
             let rin = ins[0].max().0;
+            let deferred = fused.iter().any(|&(r, _)| r == idx);
+            let relu_after = fused.iter().any(|&(_, p)| p == idx);
             let compared = match l {
-                Layer::ReLU => rin,
+                Layer::ReLU if !deferred => rin,
                 Layer::MaxPool2d { .. } => 2.0 * rin,
                 _ => 0.0,
             };
             step.peak = step.peak.max(compared * compared_scale);
-            if matches!(l, Layer::ReLU) {
+            if (matches!(l, Layer::ReLU) && !deferred) || relu_after {
                 step.out = Arc::new(
                     step.out
                         .map(|re, e, ri| (re.min(guarantee * eps + e), e, ri.min(guarantee))),
@@ -299,6 +318,7 @@ fn propagate(
         layers,
         logit_error: max_of(&out.err),
         compare,
+        relu_after_pool: fused.iter().map(|&(r, _)| r).collect(),
     })
 }
 
@@ -342,18 +362,23 @@ pub fn analyse(
             )));
         }
     }
-    let violation = match propagate(model, f, bounds, CompareMode::Full) {
+    let fused = relu_pool_pairs(model)?;
+    let violation = match propagate(model, f, bounds, CompareMode::Full, &fused) {
         Ok(report) => return Ok(report),
         Err(Violation::Read(e)) => return Err(EngineError::Format(e)),
         Err(v) => v,
     };
-    // The proof does not reach the logits: re-anchor at every checked comparison.
+    // The proof does not reach the logits: re-anchor at every checked comparison; with the
+    // ReLUs before their pools where the rewrite's pool differences do not fit the check's
+    // window (see `crate::nn::rewrite`).
     if bounds.calibrated.is_none() {
-        if let Ok(report) = propagate(model, f, bounds, CompareMode::Checked) {
-            return Ok(report);
+        for pairs in [&fused[..], &[]] {
+            if let Ok(report) = propagate(model, f, bounds, CompareMode::Checked, pairs) {
+                return Ok(report);
+            }
         }
     }
-    let safe_f = largest_safe_frac_bits(model, f, bounds, &violation);
+    let safe_f = largest_safe_frac_bits(model, f, bounds, &violation, &fused);
     let safe_f = match safe_f {
         Some(g) => format!("the largest safe --frac-bits is {g}"),
         None => format!("no --frac-bits is safe for inputs within ±{b}"),
@@ -362,7 +387,7 @@ pub fn analyse(
         Violation::Layer { bits, .. } => bits - SAFE_BITS as f64,
         Violation::Input | Violation::Read(_) => f64::INFINITY,
     };
-    let safe_b = safe_input_bound(model, f, bounds, excess);
+    let safe_b = safe_input_bound(model, f, bounds, excess, &fused);
     let safe_b = match safe_b {
         Some(v) => format!("the largest safe input bound at --frac-bits {f} is {v}"),
         None => format!("no input bound is safe at --frac-bits {f}"),
@@ -387,8 +412,9 @@ fn largest_safe_frac_bits(
     f: u32,
     bounds: &ModelBounds,
     violation: &Violation,
+    fused: &[(usize, usize)],
 ) -> Option<u32> {
-    let ok = |g: u32| propagate(model, g, bounds, CompareMode::Full).is_ok();
+    let ok = |g: u32| propagate(model, g, bounds, CompareMode::Full, fused).is_ok();
     let start = match violation {
         Violation::Layer { bits, .. } => {
             let drop = ((bits - SAFE_BITS as f64) / 2.0).floor().max(0.0) as u32;
@@ -410,6 +436,7 @@ fn safe_input_bound(
     frac_bits: u32,
     bounds: &ModelBounds,
     excess: f64,
+    fused: &[(usize, usize)],
 ) -> Option<String> {
     let ok = |b: f64| {
         propagate(
@@ -420,6 +447,7 @@ fn safe_input_bound(
                 calibrated: bounds.calibrated.clone(),
             },
             CompareMode::Full,
+            fused,
         )
         .is_ok()
     };

@@ -237,3 +237,108 @@ fn client_check_names_row_and_column() {
     );
     assert!(check_inputs(&[3.0, -3.0], 2, 3.0).is_ok());
 }
+
+/// Every layer of a report but the comparisons' own entries (ReLUs and max pools).
+fn products(r: &RangeReport) -> Vec<(usize, f64, f64)> {
+    r.layers
+        .iter()
+        .filter(|l| !l.name.starts_with("ReLU") && !l.name.starts_with("MaxPool"))
+        .map(|l| (l.layer, l.accumulator_bits, l.output_bound))
+        .collect()
+}
+
+#[test]
+fn a_relu_after_its_pool_is_analysed_in_that_order_with_the_same_bounds_after_it() {
+    use crate::nn::geometry::Window2d;
+    use crate::nn::rewrite::relu_pool_pairs;
+    let conv = |c: usize, o: usize, w: f64| {
+        Layer::conv2d(
+            c,
+            o,
+            Window2d::square(3, 1, 1),
+            vec![w; o * c * 9],
+            vec![0.1; o],
+        )
+        .unwrap()
+    };
+    let m = Sequential::with_input(
+        vec![
+            conv(3, 4, 150.0),
+            Layer::ReLU,
+            Layer::MaxPool2d {
+                window: Window2d::square(2, 2, 0),
+            },
+            conv(4, 4, 1.0),
+            Layer::ReLU,
+            Layer::MaxPool2d {
+                window: Window2d::square(3, 2, 1),
+            },
+            Layer::Flatten,
+            linear(16, 3, 0.5, 0.0),
+        ],
+        vec![3, 9, 7],
+    )
+    .unwrap();
+    let b = ModelBounds::worst_case(16384.0);
+    let r = analyse(&m, &FixedPoint::default(), &b).unwrap();
+    assert_eq!(r.compare, CompareMode::Checked);
+    assert_eq!(r.relu_after_pool, vec![1, 4]);
+    let pairs = relu_pool_pairs(&m).unwrap();
+    assert_eq!(pairs, vec![(1, 2), (4, 5)]);
+    let fused = propagate(&m, 16, &b, CompareMode::Checked, &pairs)
+        .ok()
+        .unwrap();
+    let plain = propagate(&m, 16, &b, CompareMode::Checked, &[])
+        .ok()
+        .unwrap();
+    // Every product after the pairs is bounded exactly as in the original order.
+    assert_eq!(products(&fused), products(&plain));
+    assert_eq!(fused.logit_error, plain.logit_error);
+    // The pool compares differences of the pre-ReLU values: twice what the ReLU compared.
+    let bits = |r: &RangeReport, layer: usize| {
+        r.layers
+            .iter()
+            .find(|l| l.layer == layer)
+            .unwrap()
+            .accumulator_bits
+    };
+    assert!((bits(&fused, 2) - bits(&plain, 1) - 1.0).abs() < 1e-9);
+    assert!(fused.layers.iter().all(|l| l.layer != 1 && l.layer != 4));
+}
+
+#[test]
+fn where_the_pool_differences_do_not_fit_the_check_the_relus_stay_before_the_pools() {
+    use crate::nn::geometry::Window2d;
+    use crate::nn::plain::GraphBuilder;
+    use crate::nn::rewrite::relu_pool_pairs;
+    // At 8 fractional bits the check proves compared values below 2^56 ring units. A sum of
+    // four values each just below 2^54 is below 2^56 (the ReLU's input: provable), but the
+    // pool's differences of such sums are not.
+    let big = 0.99 * 2f64.powi(23);
+    let mut g = GraphBuilder::new();
+    let a = g.push(
+        Layer::Affine {
+            scale: vec![big],
+            shift: vec![0.0],
+        },
+        &[0],
+    );
+    let sum = g.push(Layer::Add, &[a, a, a, a]);
+    let relu = g.push(Layer::ReLU, &[sum]);
+    let pool = g.push(
+        Layer::MaxPool2d {
+            window: Window2d::square(2, 2, 0),
+        },
+        &[relu],
+    );
+    let flat = g.push(Layer::Flatten, &[pool]);
+    g.push(linear(4, 2, 1.0, 0.0), &[flat]);
+    let m = g.build(vec![1, 4, 4]).unwrap();
+    assert_eq!(relu_pool_pairs(&m).unwrap(), vec![(2, 3)]);
+    let fx = FixedPoint::new(8).unwrap();
+    let b = ModelBounds::worst_case(big);
+    assert!(propagate(&m, 8, &b, CompareMode::Checked, &[(2, 3)]).is_err());
+    let r = analyse(&m, &fx, &b).unwrap();
+    assert_eq!(r.compare, CompareMode::Checked);
+    assert!(r.relu_after_pool.is_empty(), "{r:?}");
+}

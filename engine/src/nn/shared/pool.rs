@@ -21,13 +21,16 @@ fn chw(op: &'static str, input: &[usize]) -> Result<[usize; 3]> {
 }
 
 /// `MaxPool2d`: every window of every channel and sample gathered into one `[windows, k]`
-/// matrix, then one comparison tree over its rows (`ceil(log2 k)` comparison rounds).
+/// matrix, then one comparison tree over its rows (`ceil(log2 k)` comparison rounds); with
+/// [`SharedMaxPool2d::then_relu`], a ReLU of each pooled value after it (the rewrite of a
+/// `ReLU → MaxPool2d` pair, see [`crate::nn::rewrite`]).
 #[derive(Clone, Debug)]
 pub struct SharedMaxPool2d {
     window: Window2d,
     input: [usize; 3],
     out_hw: [usize; 2],
     compare: CompareMode,
+    relu: bool,
 }
 
 impl SharedMaxPool2d {
@@ -41,6 +44,7 @@ impl SharedMaxPool2d {
             input,
             out_hw,
             compare: CompareMode::Full,
+            relu: false,
         })
     }
 
@@ -48,6 +52,19 @@ impl SharedMaxPool2d {
     pub fn comparing(mut self, compare: CompareMode) -> Self {
         self.compare = compare;
         self
+    }
+
+    /// The same pool followed by a ReLU of every pooled value, by the same comparison:
+    /// `relu(maxpool(x))`, which equals `maxpool(relu(x))` (see [`crate::nn::rewrite`] for why,
+    /// and why the range checks stay sound).
+    pub fn then_relu(mut self) -> Self {
+        self.relu = true;
+        self
+    }
+
+    /// Whether a ReLU of every pooled value follows the pool ([`Self::then_relu`]).
+    pub fn has_relu(&self) -> bool {
+        self.relu
     }
 
     fn rows(&self, batch: usize) -> usize {
@@ -58,14 +75,21 @@ impl SharedMaxPool2d {
 impl SharedLayer for SharedMaxPool2d {
     fn name(&self) -> String {
         format!(
-            "MaxPool2d(kernel_size={:?}, stride={:?}, padding={:?})",
-            self.window.kernel, self.window.stride, self.window.padding
+            "{}MaxPool2d(kernel_size={:?}, stride={:?}, padding={:?})",
+            if self.relu { "ReLU∘" } else { "" },
+            self.window.kernel,
+            self.window.stride,
+            self.window.padding
         )
     }
 
     fn material(&self, batch: usize, frac_bits: u32) -> Vec<MaterialSpec> {
         let k = self.window.kernel[0] * self.window.kernel[1];
-        self.compare.max_specs(self.rows(batch), k, frac_bits)
+        let mut specs = self.compare.max_specs(self.rows(batch), k, frac_bits);
+        if self.relu {
+            specs.extend(self.compare.relu_specs(self.rows(batch), frac_bits));
+        }
+        specs
     }
 
     fn forward(&self, p: &mut Party, x: &Share) -> Result<Share> {
@@ -81,6 +105,11 @@ impl SharedLayer for SharedMaxPool2d {
             windows.reshape(&[self.rows(n)])?
         } else {
             p.max_last_in(self.compare, &windows)?
+        };
+        let m = if self.relu {
+            p.relu_in(self.compare, &m)?
+        } else {
+            m
         };
         m.reshape(&[n, c, self.out_hw[0], self.out_hw[1]])
     }
