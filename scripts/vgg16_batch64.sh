@@ -58,7 +58,7 @@ role = "model-owner"
 name = "client"
 role = "client"
 [limits]
-timeout_secs = 600
+timeout_secs = 300
 TOML
 timeout 60 "$BIN" keygen --deployment "$WORK/deploy.toml" --out "$WORK/keys" >/dev/null
 "$BIN" dealer --config "$WORK/deploy.toml" > "$WORK/dealer.log" 2>&1 & PIDS+=($!)

@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::test_rng;
+use common::{argmax_rows, test_rng};
 use engine::error::ErrorKind;
 use engine::nn::plain::{vgg16_torch_default, Layer, Sequential};
 use engine::nn::range::ModelBounds;
@@ -26,18 +26,6 @@ use rand_chacha::ChaCha20Rng;
 /// at this initialisation).
 const MARGIN: f64 = 1e-3;
 
-fn argmax_rows(v: &[f64], classes: usize) -> Vec<(i64, f64)> {
-    v.chunks(classes)
-        .map(|r| {
-            let best = (0..classes).fold(0, |b, j| if r[j] > r[b] { j } else { b });
-            let second = (0..classes)
-                .filter(|&j| j != best)
-                .map(|j| r[j])
-                .fold(f64::NEG_INFINITY, f64::max);
-            (best as i64, r[best] - second)
-        })
-        .collect()
-}
 
 /// Standard normal samples (Box-Muller), kept within the default input bound.
 fn normal(rng: &mut ChaCha20Rng, n: usize) -> Vec<f64> {

@@ -10,7 +10,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{computation, test_rng};
+use common::{argmax_rows, computation, test_rng};
 use engine::error::ErrorKind;
 use engine::nn::geometry::Window2d;
 use engine::nn::plain::{GraphBuilder, Layer, Sequential};
@@ -261,19 +261,6 @@ fn cnn(rng: &mut ChaCha20Rng, [c, h, w]: [usize; 3], a1: f64, a2: f64) -> Sequen
     Sequential::with_input(layers, vec![c, h, w]).unwrap()
 }
 
-/// The plaintext prediction of each row and its margin over the runner-up.
-fn argmax_rows(v: &[f64], classes: usize) -> Vec<(i64, f64)> {
-    v.chunks(classes)
-        .map(|r| {
-            let best = (0..classes).fold(0, |b, j| if r[j] > r[b] { j } else { b });
-            let second = (0..classes)
-                .filter(|&j| j != best)
-                .map(|j| r[j])
-                .fold(f64::NEG_INFINITY, f64::max);
-            (best as i64, r[best] - second)
-        })
-        .collect()
-}
 
 /// Secure logits within the plan's proven error of plaintext, so every prediction whose
 /// plaintext margin exceeds twice that error is the plaintext one.

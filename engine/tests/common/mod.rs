@@ -132,3 +132,17 @@ pub fn sessions(what: &str) -> Vec<Computation> {
     }
     v
 }
+
+/// The plaintext prediction of each row and its margin over the runner-up.
+pub fn argmax_rows(v: &[f64], classes: usize) -> Vec<(i64, f64)> {
+    v.chunks(classes)
+        .map(|r| {
+            let best = (0..classes).fold(0, |b, j| if r[j] > r[b] { j } else { b });
+            let second = (0..classes)
+                .filter(|&j| j != best)
+                .map(|j| r[j])
+                .fold(f64::NEG_INFINITY, f64::max);
+            (best as i64, r[best] - second)
+        })
+        .collect()
+}
