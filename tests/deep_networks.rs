@@ -26,7 +26,6 @@ use rand_chacha::ChaCha20Rng;
 /// at this initialisation).
 const MARGIN: f64 = 1e-3;
 
-
 /// Standard normal samples (Box-Muller), kept within the default input bound.
 fn normal(rng: &mut ChaCha20Rng, n: usize) -> Vec<f64> {
     (0..n)

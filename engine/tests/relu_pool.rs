@@ -261,7 +261,6 @@ fn cnn(rng: &mut ChaCha20Rng, [c, h, w]: [usize; 3], a1: f64, a2: f64) -> Sequen
     Sequential::with_input(layers, vec![c, h, w]).unwrap()
 }
 
-
 /// Secure logits within the plan's proven error of plaintext, so every prediction whose
 /// plaintext margin exceeds twice that error is the plaintext one.
 fn assert_matches_plaintext(model: &Sequential, x: &[f64], n: usize, got: &[f64], err: f64) {
