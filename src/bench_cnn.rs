@@ -191,7 +191,7 @@ pub fn vgg16_run(
     let share_secs = t.elapsed().as_secs_f64();
     let share_bytes = 8 * model.parameters() as u64;
     println!("memory while the model was shared:");
-    crate::bench::print_memory(share_bytes);
+    crate::bench_memory::print_memory(share_bytes);
     println!(
         "VGG16 {size}x{size} ({} parameters, {:.2} GMACs per image; model shared once in {share_secs:.1} s):",
         model.parameters(),
@@ -237,7 +237,7 @@ pub fn vgg16_run(
         })?;
     }
     println!("memory while the batches ran (from the shared model on):");
-    crate::bench::print_memory(share_bytes);
+    crate::bench_memory::print_memory(share_bytes);
     if let Some(mb) = peak_rss_mb() {
         println!("peak resident memory of the process (model owner, client, alice, bob and dealer together): {mb:.0} MB");
     }

@@ -6,6 +6,7 @@
 pub mod attack;
 pub mod bench;
 pub mod bench_cnn;
+pub mod bench_memory;
 pub mod bench_resnet;
 pub mod bench_service;
 pub mod cli;
