@@ -87,7 +87,7 @@ fn main() {
         );
     }
     drop(clf);
-    secure_serving::bench::print_memory(share_bytes);
+    secure_serving::bench_memory::print_memory(share_bytes);
     if let Some(rss) = engine::memory::process_peak_rss_bytes() {
         println!(
             "process peak resident memory (VmHWM, everything incl. the example's own data): {:.2} GB",
