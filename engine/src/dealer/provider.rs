@@ -127,7 +127,7 @@ impl FixedMasks {
                 n: r.n,
             };
             dealer.validate(&[spec])?;
-            dealer.corrections(&spec, r.stream)?;
+            dealer.corrections(&spec, r.stream, &mut Vec::new())?;
         }
         Ok(fixed)
     }
@@ -162,8 +162,9 @@ impl Dealer {
         }
     }
 
-    /// Bob's correction words for one spec at stream `stream`.
-    fn corrections(&self, spec: &MaterialSpec, stream: u64) -> Result<Vec<u64>> {
+    /// Append bob's correction words for one spec at stream `stream` to `out` (written once,
+    /// straight into the reply: a copy per spec cost a pass over fresh pages).
+    fn corrections(&self, spec: &MaterialSpec, stream: u64, out: &mut Vec<u64>) -> Result<()> {
         let mut r0 = material_stream(self.seeds[0], stream);
         let mut r1 = material_stream(self.seeds[1], stream);
         if let MaterialSpec::FixedMask { fixed_id, k, n } = *spec {
@@ -202,12 +203,12 @@ impl Dealer {
                 k,
                 n,
             });
-            return Ok(vec![]);
+            return Ok(());
         }
         let p0 = expand_party_share(spec, 0, &mut r0, None)?;
         let mut p1 = draw_random_parts(spec, &mut r1);
         let nr = spec.parts().random.len();
-        let mut values: Vec<Vec<u64>> = match *spec {
+        let values: Vec<Vec<u64>> = match *spec {
             MaterialSpec::MulTriple { .. } => {
                 let (a, b) = (add(&p0[0], &p1[0]), add(&p0[1], &p1[1]));
                 vec![a
@@ -278,19 +279,15 @@ impl Dealer {
             }
         };
         let corrections = spec.corrections();
-        let mut out = Vec::with_capacity(spec.parts().derived.iter().sum());
-        for (i, v) in values.iter_mut().enumerate() {
-            let alice = &p0[nr + i];
+        out.reserve(spec.parts().derived.iter().sum());
+        for (i, v) in values.iter().enumerate() {
+            let alice = v.par_iter().zip(&p0[nr + i]);
             match corrections[i] {
-                Correction::Arithmetic => v
-                    .par_iter_mut()
-                    .zip(alice)
-                    .for_each(|(x, y)| *x = x.wrapping_sub(*y)),
-                Correction::Boolean => v.par_iter_mut().zip(alice).for_each(|(x, y)| *x ^= y),
+                Correction::Arithmetic => out.par_extend(alice.map(|(x, y)| x.wrapping_sub(*y))),
+                Correction::Boolean => out.par_extend(alice.map(|(x, y)| x ^ y)),
             }
-            out.extend_from_slice(v);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Check every spec of a request against the policy and the dealer's state (the one check,
@@ -358,9 +355,11 @@ impl Dealer {
         // The streams are consumed whether or not the request is served (see the module doc).
         space.admit(first, specs.len() as u64)?;
         self.validate(&specs)?;
-        let mut out = vec![STATUS_OK, first];
+        let words: usize = specs.iter().map(|s| s.parts().derived.iter().sum::<usize>()).sum();
+        let mut out = Vec::with_capacity(2 + words);
+        out.extend([STATUS_OK, first]);
         for (i, spec) in specs.iter().enumerate() {
-            out.extend(self.corrections(spec, first + i as u64)?);
+            self.corrections(spec, first + i as u64, &mut out)?;
         }
         Ok(out)
     }
