@@ -355,7 +355,10 @@ impl Dealer {
         // The streams are consumed whether or not the request is served (see the module doc).
         space.admit(first, specs.len() as u64)?;
         self.validate(&specs)?;
-        let words: usize = specs.iter().map(|s| s.parts().derived.iter().sum::<usize>()).sum();
+        let words: usize = specs
+            .iter()
+            .map(|s| s.parts().derived.iter().sum::<usize>())
+            .sum();
         let mut out = Vec::with_capacity(2 + words);
         out.extend([STATUS_OK, first]);
         for (i, spec) in specs.iter().enumerate() {
