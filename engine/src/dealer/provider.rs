@@ -163,7 +163,8 @@ impl Dealer {
     }
 
     /// Append bob's correction words for one spec at stream `stream` to `out` (written once,
-    /// straight into the reply: a copy per spec cost a pass over fresh pages).
+    /// straight into the reply, which [`Self::serve_batch`] sizes for the whole request: a copy
+    /// per spec cost a pass over fresh pages).
     fn corrections(&self, spec: &MaterialSpec, stream: u64, out: &mut Vec<u64>) -> Result<()> {
         let mut r0 = material_stream(self.seeds[0], stream);
         let mut r1 = material_stream(self.seeds[1], stream);
@@ -279,7 +280,6 @@ impl Dealer {
             }
         };
         let corrections = spec.corrections();
-        out.reserve(spec.parts().derived.iter().sum());
         for (i, v) in values.iter().enumerate() {
             let alice = v.par_iter().zip(&p0[nr + i]);
             match corrections[i] {
